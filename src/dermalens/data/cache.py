@@ -1,0 +1,159 @@
+"""Resize every image once and keep the result on disk.
+
+Decoding 600x450 JPEGs every epoch starves the model on a small machine, so
+images are decoded and resized once into a uint8 (N,size,size,3) array. The
+array is stored under a key that changes whenever anything that went into it
+changes (files, their size or mtime, the target size, the resize code), so a
+stale cache is never reused, and an unchanged dataset is never decoded twice.
+
+`resize_image` is THE resize of dermalens: training (through this cache) and
+inference must both use it, or the model sees differently resampled pixels at
+test time than it was trained on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dermalens.data.sources import DataIssue, LesionDataset
+
+# Bump whenever resize_image changes its output, so old caches are not reused.
+RESIZE_VERSION = "squash-area-down-cubic-up-v1"
+_DECODE_WORKERS = 2  # PIL and cv2 release the GIL while decoding/resizing
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, cv2.error)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a whole RGB uint8 image to size x size (aspect ratio is squashed).
+
+    INTER_AREA when the pixel count shrinks (averages, no aliasing),
+    INTER_CUBIC when it grows (smoother than linear).
+    """
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape (H,W,3), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return np.ascontiguousarray(image).copy()
+    interpolation = cv2.INTER_AREA if size * size <= height * width else cv2.INTER_CUBIC
+    return cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=interpolation)
+
+
+def cache_key(dataset: LesionDataset, size: int) -> str:
+    """sha256 over everything the cached pixels depend on."""
+    digest = hashlib.sha256()
+    rows = []
+    for image_id, path, array_index in zip(
+        dataset.records["image_id"], dataset.records["path"], dataset.records["array_index"]
+    ):
+        if array_index >= 0:
+            rows.append([image_id, int(array_index)])
+        else:
+            try:
+                stat = os.stat(path)
+                rows.append([image_id, path, stat.st_size, stat.st_mtime_ns])
+            except OSError:
+                rows.append([image_id, path, None, None])
+    digest.update(json.dumps({"name": dataset.name, "size": int(size), "resize": RESIZE_VERSION,
+                              "rows": rows}).encode())
+    if dataset.images is not None and (dataset.records["array_index"] >= 0).any():
+        digest.update(memoryview(np.ascontiguousarray(dataset.images)).cast("B"))
+    return digest.hexdigest()
+
+
+def _decode_into(dataset: LesionDataset, row: int, size: int, out: np.ndarray) -> DataIssue | None:
+    """Decode and resize one row into ``out[row]``; a DataIssue when that fails."""
+    record = dataset.records.iloc[row]
+    try:
+        out[row] = resize_image(dataset.load_image(row), size)
+    except FileNotFoundError as error:
+        return DataIssue("missing_file", record["image_id"], record["path"], str(error))
+    except _DECODE_ERRORS as error:
+        return DataIssue("unreadable_image", record["image_id"], record["path"], str(error))
+    return None
+
+
+def _decode_all(dataset: LesionDataset, size: int, out: np.ndarray, progress: bool) -> list[DataIssue]:
+    with ThreadPoolExecutor(_DECODE_WORKERS) as pool:
+        results = pool.map(lambda row: _decode_into(dataset, row, size, out), range(len(dataset)))
+        issues = [issue for issue in tqdm(results, total=len(dataset), disable=not progress,
+                                           desc=f"caching {dataset.name} at {size}px") if issue]
+    return issues
+
+
+def _load_cached(array_path: Path, issues_path: Path, expected_shape: tuple) -> tuple[np.ndarray, list[DataIssue]] | None:
+    if not (array_path.is_file() and issues_path.is_file()):
+        return None
+    try:
+        images = np.load(array_path, mmap_mode="r")
+        issues = [DataIssue(**item) for item in json.loads(issues_path.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        return None  # unreadable cache: rebuild rather than fail
+    if images.shape != expected_shape or images.dtype != np.uint8:
+        return None
+    return images, issues
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp_name, path)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
+
+
+def build_image_cache(
+    dataset: LesionDataset, size: int, cache_dir: Path | None, progress: bool = True
+) -> tuple[np.ndarray, list[DataIssue]]:
+    """uint8 (N,size,size,3) images aligned with ``dataset.records``, plus decode issues.
+
+    Images that cannot be decoded are reported as ``unreadable_image`` issues
+    (``missing_file`` when the file vanished) and their slot is left black, so
+    this pass doubles as the decode check. With ``cache_dir`` the result is
+    stored there and later calls with an unchanged dataset memory-map it
+    instead of decoding anything.
+    """
+    shape = (len(dataset), size, size, 3)
+    if cache_dir is None or len(dataset) == 0:
+        images = np.zeros(shape, dtype=np.uint8)
+        return images, _decode_all(dataset, size, images, progress)
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{dataset.name}-{size}px-{cache_key(dataset, size)}"
+    array_path, issues_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.issues.json"
+    cached = _load_cached(array_path, issues_path, shape)
+    if cached is not None:
+        return cached
+
+    # Decode straight into a memory-mapped temp file: a 224px HAM10000 cache is
+    # ~1.5 GB, which need not fit in RAM. The rename makes it visible only once
+    # complete, so an interrupted run never leaves a corrupt cache behind.
+    handle, temp_name = tempfile.mkstemp(prefix=f".{stem}-", suffix=".npy.tmp", dir=cache_dir)
+    os.close(handle)
+    try:
+        images = np.lib.format.open_memmap(temp_name, mode="w+", dtype=np.uint8, shape=shape)
+        issues = _decode_all(dataset, size, images, progress)
+        images.flush()
+        del images
+        _write_text_atomically(issues_path, json.dumps([asdict(i) for i in issues], indent=1))
+        os.replace(temp_name, array_path)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
+    return np.load(array_path, mmap_mode="r"), issues

@@ -1,0 +1,90 @@
+"""What is fed to the model: a LightningDataModule over cached, resized images."""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..models.classifier import Preprocessing
+from .sampler import ClassBalancedSampler
+from .transforms import AugmentationConfig, build_eval_transform, build_train_transform
+
+
+class CachedImageDataset(Dataset):
+    """Rows `indices` of an (N, S, S, 3) uint8 array (in memory or memory-mapped)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform):
+        self.images = images
+        self.labels = labels
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        row = self.indices[i]
+        image = np.ascontiguousarray(self.images[row])
+        return self.transform(image=image)["image"], int(self.labels[row])
+
+
+class LesionDataModule(L.LightningDataModule):
+    """Train / val / test loaders from one image cache and one split assignment.
+
+    `split` holds 'train', 'val' or 'test' per row (rows with anything else,
+    e.g. skipped bad images, are left out).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, split: np.ndarray,
+                 preprocessing: Preprocessing, augmentation: AugmentationConfig,
+                 batch_size: int = 64, eval_batch_size: int | None = None, num_workers: int = 0,
+                 balanced_sampling: bool = True, samples_per_class: int = 500, seed: int = 0,
+                 pin_memory: bool = False):
+        super().__init__()
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.split = np.asarray(split)
+        self.preprocessing = preprocessing
+        self.augmentation = augmentation
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.balanced_sampling = balanced_sampling
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+        self.pin_memory = pin_memory
+
+    def indices(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split == name)
+
+    def dataset(self, name: str, train_transform: bool = False) -> CachedImageDataset:
+        transform = (build_train_transform(self.preprocessing, self.augmentation) if train_transform
+                     else build_eval_transform(self.preprocessing))
+        return CachedImageDataset(self.images, self.labels, self.indices(name), transform)
+
+    def _loader(self, dataset, shuffle=False, sampler=None, batch_size=None) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size or self.eval_batch_size, shuffle=shuffle, sampler=sampler,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory, drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train_transform=True)
+        if self.balanced_sampling:
+            sampler = ClassBalancedSampler(self.labels[dataset.indices], self.samples_per_class, seed=self.seed)
+            return self._loader(dataset, sampler=sampler, batch_size=self.batch_size)
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, generator=generator,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.pin_memory)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"))
+
+    def train_class_counts(self, num_classes: int) -> list[int]:
+        return np.bincount(self.labels[self.indices("train")], minlength=num_classes).tolist()

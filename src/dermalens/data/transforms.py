@@ -1,0 +1,72 @@
+"""The one place that defines preprocessing and augmentation.
+
+Training, evaluation, prediction and serving all go through these functions,
+with the `Preprocessing` record saved in the checkpoint (size, mean, std), so
+an image is never normalised one way in training and another in serving.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+
+from ..models.classifier import Preprocessing
+from .cache import resize_image
+
+
+@dataclass
+class AugmentationConfig:
+    """The original design's augmentations: rotation, brightness, zoom, shifts, flips."""
+
+    rotate: float = 30.0          # degrees, +-
+    zoom: float = 0.1             # scale range 1 +- zoom
+    shift: float = 0.1            # fraction of the side, +-
+    brightness: float = 0.1       # +- fraction
+    contrast: float = 0.1
+    hflip: bool = True
+    vflip: bool = True
+    probability: float = 0.8      # chance the geometric/photometric group is applied
+
+
+def build_train_transform(pre: Preprocessing, aug: AugmentationConfig) -> A.Compose:
+    """Augment, then normalise; input is an image already resized to pre.image_size."""
+    steps: list = []
+    if aug.hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if aug.vflip:
+        steps.append(A.VerticalFlip(p=0.5))
+    if aug.rotate or aug.zoom or aug.shift:
+        steps.append(A.Affine(
+            rotate=(-aug.rotate, aug.rotate), scale=(1 - aug.zoom, 1 + aug.zoom),
+            translate_percent=(-aug.shift, aug.shift),
+            # Reflect rather than fill black: a black wedge is a shortcut the
+            # model could learn (real dermoscopy vignettes are black too).
+            border_mode=cv2.BORDER_REFLECT_101, p=aug.probability,
+        ))
+    if aug.brightness or aug.contrast:
+        steps.append(A.RandomBrightnessContrast(
+            brightness_limit=aug.brightness, contrast_limit=aug.contrast, p=aug.probability))
+    steps += [A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
+
+
+def build_eval_transform(pre: Preprocessing) -> A.Compose:
+    return A.Compose([A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()])
+
+
+def preprocess_image(image: np.ndarray, pre: Preprocessing) -> torch.Tensor:
+    """RGB uint8 image of any size -> normalised (3, S, S) float tensor for the model."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+    if image.shape[:2] != (pre.image_size, pre.image_size):
+        image = resize_image(image, pre.image_size)
+    return build_eval_transform(pre)(image=image)["image"]
+
+
+def flip_tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
+    """Test-time augmentation views: identity, horizontal, vertical, both flips."""
+    return [batch, batch.flip(-1), batch.flip(-2), batch.flip(-1).flip(-2)]

@@ -1,0 +1,202 @@
+"""Evaluation report: figures, metrics.json and a human-readable report.md.
+
+Layout of `out_dir`:
+
+    report.md          headline numbers with 95% CIs, per-class table, figures
+    metrics.json       compute_classification_metrics() output plus "context"
+    figures/*.png      confusion matrix, ROC curves, reliability diagram,
+                       training curves (when a usable metrics.csv is given)
+
+Every file is written atomically; report.md is written last, so when it
+exists everything it links to exists too.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from dermalens.classes import RESEARCH_DISCLAIMER, class_name
+from dermalens.evaluation.atomic_io import atomic_write_json, atomic_write_text
+from dermalens.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_reliability_diagram,
+    plot_roc_curves,
+    plot_training_curves,
+)
+
+__all__ = [
+    "SYNTHETIC_DATA_WARNING",
+    "atomic_write_json",
+    "atomic_write_text",
+    "render_report_markdown",
+    "write_evaluation_report",
+]
+
+FIGURES_DIR = "figures"
+
+SYNTHETIC_DATA_WARNING = (
+    "**WARNING: SYNTHETIC DATA.** This evaluation ran on synthetic images, not "
+    "dermoscopy. The numbers below only show that the pipeline runs; they mean "
+    "nothing clinically and say nothing about how the model performs on real lesions."
+)
+
+# (row label, key in metrics and in ci95). Per-class F1 rows follow for
+# melanoma (the dangerous miss) and dermatofibroma (the rarest class).
+_HEADLINE_ROWS = (
+    ("Accuracy", "accuracy"),
+    ("Balanced accuracy (mean recall, ISIC 2018)", "balanced_accuracy"),
+    ("Macro F1", "macro_f1"),
+    ("Macro AUC (one vs rest)", "auc_macro"),
+    ("ECE (top label, lower is better)", "ece"),
+    ("Brier score (lower is better)", "brier"),
+)
+_HEADLINE_CLASS_F1 = (("Melanoma F1", "mel"), ("Dermatofibroma F1", "df"))
+
+_FIGURE_TITLES = {
+    "confusion_matrix": "Confusion matrix",
+    "roc_curves": "ROC curves",
+    "reliability_diagram": "Reliability diagram",
+    "training_curves": "Training curves",
+}
+
+
+def _cell(value) -> str:
+    """A value as one markdown table cell: numbers rounded, pipes escaped."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)):
+        return "n/a" if not np.isfinite(value) else f"{value:.3f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _interval(ci95: Mapping, key: str) -> str:
+    low, high = ci95.get(key) or (None, None)
+    if low is None or high is None:
+        return "n/a"
+    return f"{low:.3f} – {high:.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _display_name(code: str) -> str:
+    try:
+        return class_name(code)
+    except ValueError:  # classes outside the registry (custom label sets)
+        return ""
+
+
+def render_report_markdown(
+    metrics: Mapping,
+    *,
+    title: str,
+    context: Mapping,
+    figures: Mapping[str, str],
+) -> str:
+    """The report.md text; `figures` maps figure names to relative paths."""
+    classes = list(metrics["classes"])
+    ci95 = metrics.get("ci95", {})
+    lines = [f"# {title}", ""]
+    if context.get("synthetic_data"):
+        lines += [f"> {SYNTHETIC_DATA_WARNING}", ""]
+    lines += [f"> **{RESEARCH_DISCLAIMER}**", ""]
+
+    if context:
+        lines += ["## Context", ""]
+        lines += _table(["Key", "Value"], [[_cell(k), _cell(v)] for k, v in context.items()])
+        lines.append("")
+
+    lines += ["## Headline metrics", ""]
+    rows = [[label, _cell(metrics.get(key)), _interval(ci95, key)] for label, key in _HEADLINE_ROWS]
+    for label, code in _HEADLINE_CLASS_F1:
+        if code in metrics.get("per_class", {}):
+            rows.append([label, _cell(metrics["per_class"][code]["f1"]), _interval(ci95, f"f1_{code}")])
+    lines += _table(["Metric", "Value", "95% CI"], rows)
+    lines += [
+        "",
+        f"{metrics['n_samples']} samples. 95% CIs: percentile bootstrap over samples "
+        f"({metrics.get('n_bootstrap', 0)} resamples); n/a where not computed or undefined.",
+        "",
+    ]
+
+    lines += ["## Per-class results", ""]
+    rows = []
+    for code in classes:
+        stats = metrics["per_class"][code]
+        rows.append([
+            code, _display_name(code), _cell(stats["precision"]), _cell(stats["recall"]),
+            _cell(stats["f1"]), _interval(ci95, f"f1_{code}"), _cell(stats["auc"]),
+            str(stats["support"]),
+        ])
+    lines += _table(
+        ["Class", "Name", "Precision", "Recall", "F1", "F1 95% CI", "AUC", "Support"], rows
+    )
+    lines.append("")
+
+    lines += ["## Confusion matrix", "", "Rows: true class. Columns: predicted class.", ""]
+    rows = [[f"**{code}**"] + [str(v) for v in row] for code, row in zip(classes, metrics["confusion_matrix"])]
+    lines += _table(["true \\ predicted"] + classes, rows)
+    lines.append("")
+
+    if figures:
+        lines += ["## Figures", ""]
+        for name, relative_path in figures.items():
+            caption = _FIGURE_TITLES.get(name, name)
+            lines += [f"### {caption}", "", f"![{caption}]({relative_path})", ""]
+    return "\n".join(lines)
+
+
+def write_evaluation_report(
+    out_dir: Path,
+    metrics: dict,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    title: str,
+    context: dict,
+    metrics_csv: Path | None = None,
+) -> dict[str, Path]:
+    """Write figures, metrics.json and report.md under out_dir.
+
+    metrics: output of compute_classification_metrics for these probs/labels.
+    context: str -> str/number facts shown in the report (model, data, split,
+    checkpoint, temperature, ...); a truthy "synthetic_data" adds a warning.
+    Returns name -> path of every file written.
+    """
+    out_dir = Path(out_dir)
+    figures_dir = out_dir / FIGURES_DIR
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    classes = list(metrics["classes"])
+
+    written: dict[str, Path] = {
+        "confusion_matrix": plot_confusion_matrix(
+            metrics["confusion_matrix"], classes, figures_dir / "confusion_matrix.png"
+        ),
+        "roc_curves": plot_roc_curves(probs, labels, classes, figures_dir / "roc_curves.png"),
+        # Same binning as the reported ECE, so the title matches the table.
+        "reliability_diagram": plot_reliability_diagram(
+            probs, labels, figures_dir / "reliability_diagram.png",
+            n_bins=int(metrics.get("ece_bins", 15)),
+        ),
+    }
+    if metrics_csv is not None:
+        training_curves = plot_training_curves(metrics_csv, figures_dir / "training_curves.png")
+        if training_curves is not None:
+            written["training_curves"] = training_curves
+
+    figure_links = {name: path.relative_to(out_dir).as_posix() for name, path in written.items()}
+    written["metrics_json"] = atomic_write_json(
+        out_dir / "metrics.json", {**metrics, "context": dict(context)}
+    )
+    written["report_md"] = atomic_write_text(
+        out_dir / "report.md",
+        render_report_markdown(metrics, title=title, context=context, figures=figure_links),
+    )
+    return written

@@ -1,0 +1,93 @@
+"""The lesion classifier: a timm backbone, CBAM on its last feature map, a head.
+
+`create_classifier` is the one factory (as timm's `create_model`): it builds
+the network, fills the backbone with the best weights available, and records
+the preprocessing those weights expect, so inference can never normalise
+differently from training.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import timm
+import torch
+from torch import nn
+
+from ..classes import NUM_CLASSES
+from .cbam import CBAM
+from .weights import load_pretrained_backbone
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "efficientnet_b3"
+    num_classes: int = NUM_CLASSES
+    cbam: bool = True
+    cbam_reduction: int = 16
+    drop_rate: float = 0.3
+    drop_path_rate: float = 0.1
+    image_size: int = 300
+    pretrained: str = "auto"  # auto | timm | none | path to a weights file
+
+
+@dataclass
+class Preprocessing:
+    """What an image must go through before the model: one record, saved with the model."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+class LesionClassifier(nn.Module):
+    """backbone -> (CBAM) -> global average pool -> dropout -> linear head.
+
+    Like timm models it exposes `forward_features` (the map the head sees,
+    after CBAM: the layer Grad-CAM should look at) and `forward_head`.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = timm.create_model(
+            config.backbone, pretrained=False, num_classes=0, global_pool="",
+            drop_path_rate=config.drop_path_rate,
+        )
+        channels = self.backbone.num_features
+        self.attention = CBAM(channels, config.cbam_reduction) if config.cbam else nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(config.drop_rate)
+        self.head = nn.Linear(channels, config.num_classes)
+        self.weights_source = "random (not loaded yet)"
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        cfg = self.backbone.pretrained_cfg
+        return Preprocessing(self.config.image_size, tuple(cfg["mean"]), tuple(cfg["std"]))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.backbone.forward_features(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(torch.flatten(self.pool(features), 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def create_classifier(config: ModelConfig | None = None, load_pretrained: bool = True, **overrides) -> LesionClassifier:
+    """Build a classifier; `load_pretrained=False` when weights come from a checkpoint next."""
+    config = config or ModelConfig()
+    if overrides:
+        config = ModelConfig(**{**asdict(config), **overrides})
+    model = LesionClassifier(config)
+    if load_pretrained:
+        model.weights_source = load_pretrained_backbone(model.backbone, config.backbone, config.pretrained)
+    return model

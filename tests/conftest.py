@@ -1,0 +1,67 @@
+"""Shared test fixtures: where the real data lives, and miniature dataset layouts."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Let the tests run from a plain checkout, without `pip install -e .`.
+if str(REPO_ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "src"))
+
+SAMPLE_DIR_NAME = "ham10000_sample"
+METADATA_NAME = "HAM10000_metadata.csv"
+
+
+def resolve_shared_data() -> Path:
+    """The real-data folder: $DERMALENS_DATA, else ../shared/data beside the repo."""
+    configured = os.environ.get("DERMALENS_DATA")
+    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = resolve_shared_data()
+    if not (path / METADATA_NAME).is_file():
+        message = (
+            f"real test data not found at {path} (no {METADATA_NAME}); "
+            "set DERMALENS_DATA to the shared data folder"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI has the data: its absence is a broken setup, not a skip
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_dir(shared_data: Path) -> Path:
+    return shared_data / SAMPLE_DIR_NAME
+
+
+@pytest.fixture(scope="session")
+def sample_metadata(shared_data: Path, sample_dir: Path) -> pd.DataFrame:
+    """The HAM10000 metadata rows of the 50 sample images."""
+    metadata = pd.read_csv(shared_data / METADATA_NAME)
+    sample_ids = {p.stem for p in sample_dir.glob("ISIC_*.jpg")}
+    rows = metadata[metadata["image_id"].isin(sample_ids)].reset_index(drop=True)
+    assert len(rows) == 50, "the sample folder should hold 50 images listed in the metadata"
+    return rows
+
+
+def build_mini_ham10000(root: Path, sample_dir: Path, sample_metadata: pd.DataFrame) -> Path:
+    """A HAM10000 layout in miniature: metadata of the 50 samples + symlinked images."""
+    images = root / "HAM10000_images_part_1"
+    images.mkdir(parents=True)
+    for image_id in sample_metadata["image_id"]:
+        (images / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
+    sample_metadata.to_csv(root / METADATA_NAME, index=False)
+    return root
+
+
+@pytest.fixture
+def mini_ham10000(tmp_path: Path, sample_dir: Path, sample_metadata: pd.DataFrame) -> Path:
+    return build_mini_ham10000(tmp_path / "ham", sample_dir, sample_metadata)

@@ -1,0 +1,342 @@
+"""Readers: every dataset layout becomes the same LesionDataset."""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dermalens.classes import CLASS_CODES, ISIC2018_COLUMNS, class_index
+from dermalens.data.sources import (
+    RECORD_COLUMNS,
+    DataFormatError,
+    DatasetUnavailable,
+    LesionDataset,
+    UnreadableImageError,
+    download_dermamnist,
+    make_synthetic_dataset,
+    open_dataset,
+    read_class_folders,
+    read_dermamnist,
+    read_ham10000,
+    read_ham10000_metadata,
+    read_isic2018,
+)
+
+HAM10000_CLASS_COUNTS = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142}
+
+
+# --------------------------------------------------------------------------- DermaMNIST
+
+
+@pytest.fixture(scope="module")
+def dermamnist(shared_data: Path) -> LesionDataset:
+    return read_dermamnist(shared_data / "dermamnist.npz")
+
+
+def test_dermamnist_has_the_official_splits(dermamnist):
+    assert list(dermamnist.records.columns) == list(RECORD_COLUMNS)
+    assert dermamnist.records["official_split"].value_counts().to_dict() == {"train": 7007, "val": 1003, "test": 2005}
+    assert dermamnist.images.shape == (10015, 28, 28, 3) and dermamnist.images.dtype == np.uint8
+    assert set(dermamnist.records["label"]) == set(range(7))
+    assert dermamnist.class_counts() == HAM10000_CLASS_COUNTS
+    assert dermamnist.issues == []
+
+
+def test_dermamnist_records_point_at_their_own_images(dermamnist, shared_data):
+    records = dermamnist.records
+    assert records["image_id"].iloc[0] == "dermamnist_train_00000"
+    assert records["image_id"].is_unique
+    assert (records["lesion_id"] == records["image_id"]).all()  # DermaMNIST has no lesion ids
+    assert records["path"].isna().all()
+    with np.load(shared_data / "dermamnist.npz") as raw:
+        first_val = int(np.flatnonzero(records["image_id"] == "dermamnist_val_00000")[0])
+        np.testing.assert_array_equal(dermamnist.load_image(first_val), raw["val_images"][0])
+        assert records["label"].iloc[first_val] == int(raw["val_labels"][0, 0])
+
+
+def test_dermamnist_load_image_returns_a_copy(dermamnist):
+    image = dermamnist.load_image(0)
+    image[:] = 0
+    assert dermamnist.images[dermamnist.records["array_index"].iloc[0]].any()
+
+
+def test_dermamnist_reads_from_a_directory(shared_data):
+    dataset = read_dermamnist(shared_data)
+    assert len(dataset) == 10015
+
+
+def _write_npz(path: Path, labels=(0, 1, 2), **overrides) -> Path:
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = np.zeros((len(labels), 28, 28, 3), np.uint8)
+        arrays[f"{split}_labels"] = np.array(labels, np.uint8).reshape(-1, 1)
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return path
+
+
+def test_dermamnist_labels_out_of_range_are_issues(tmp_path):
+    dataset = read_dermamnist(_write_npz(tmp_path / "d.npz", labels=(0, 9, 6)))
+    assert len(dataset) == 6
+    assert [(i.kind, i.image_id) for i in dataset.issues] == [
+        ("unknown_label", f"dermamnist_{s}_00001") for s in ("train", "val", "test")
+    ]
+    # Array rows of the remaining records still point at the right images.
+    assert dataset.records["array_index"].tolist() == [0, 2, 3, 5, 6, 8]
+
+
+def test_dermamnist_missing_keys_raise_naming_file_and_keys(tmp_path):
+    path = _write_npz(tmp_path / "broken.npz", val_labels=None)
+    with pytest.raises(DataFormatError, match=r"broken\.npz.*val_labels"):
+        read_dermamnist(path)
+    with pytest.raises(DataFormatError, match="not found"):
+        read_dermamnist(tmp_path / "absent.npz")
+
+
+def test_download_dermamnist_offline_raises_quickly(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(DatasetUnavailable, match="127.0.0.1:9"):
+        download_dermamnist(tmp_path, timeout=3, url="http://127.0.0.1:9/x.npz")
+    assert time.monotonic() - started < 5
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_download_dermamnist_keeps_an_existing_file(tmp_path):
+    existing = _write_npz(tmp_path / "dermamnist.npz")
+    assert download_dermamnist(tmp_path, url="http://127.0.0.1:9/x.npz") == existing
+
+
+# --------------------------------------------------------------------------- HAM10000
+
+
+def test_real_metadata_class_and_lesion_counts(shared_data):
+    records, issues = read_ham10000_metadata(shared_data / "HAM10000_metadata.csv")
+    assert len(records) == 10015 and issues == []
+    counts = records["label"].map(lambda i: CLASS_CODES[i]).value_counts().to_dict()
+    assert counts == HAM10000_CLASS_COUNTS
+    assert records["lesion_id"].nunique() == 7470
+
+
+def test_real_ham10000_root_reports_the_images_it_lacks(shared_data):
+    dataset = read_ham10000(shared_data)
+    assert len(dataset) == 50
+    missing = [i for i in dataset.issues if i.kind == "missing_file"]
+    assert len(missing) == 9965 and len(dataset.issues) == 9965
+    assert set(dataset.records["image_id"]).isdisjoint(i.image_id for i in missing)
+    assert "ISIC_" in missing[0].image_id and missing[0].image_id in missing[0].detail
+
+
+def test_real_ham10000_restricted_to_available_images(shared_data):
+    dataset = read_ham10000(shared_data, restrict_to_available=True)
+    assert len(dataset) == 50 and dataset.issues == []
+    assert {k: v for k, v in dataset.class_counts().items() if v} == {"nv": 45, "mel": 4, "bcc": 1}
+    # Segmentation masks share the folder but are not images of the dataset.
+    assert not dataset.records["path"].str.contains("_segmentation").any()
+
+
+def test_mini_ham10000_layout(mini_ham10000):
+    dataset = read_ham10000(mini_ham10000)
+    assert dataset.name == "ham10000" and len(dataset) == 50 and dataset.issues == []
+    assert {k: v for k, v in dataset.class_counts().items() if v} == {"nv": 45, "mel": 4, "bcc": 1}
+    assert all(Path(p).parent.name == "HAM10000_images_part_1" for p in dataset.records["path"])
+    image = dataset.load_image(0)
+    assert image.shape == (450, 600, 3) and image.dtype == np.uint8
+
+
+def test_ham10000_explicit_image_dirs_and_metadata(mini_ham10000, tmp_path):
+    moved = tmp_path / "elsewhere.csv"
+    (mini_ham10000 / "HAM10000_metadata.csv").rename(moved)
+    dataset = read_ham10000(mini_ham10000, metadata_csv=moved, image_dirs=[mini_ham10000 / "HAM10000_images_part_1"])
+    assert len(dataset) == 50
+    with pytest.raises(DataFormatError, match="HAM10000_metadata.csv"):
+        read_ham10000(mini_ham10000)
+
+
+def test_ham10000_missing_columns_raise_naming_them(tmp_path):
+    (tmp_path / "HAM10000_metadata.csv").write_text("image_id,diagnosis\nISIC_1,nv\n")
+    with pytest.raises(DataFormatError, match=r"HAM10000_metadata\.csv.*lesion_id, dx"):
+        read_ham10000(tmp_path)
+    with pytest.raises(DataFormatError, match="not found"):
+        read_ham10000(tmp_path / "nowhere")
+
+
+def test_load_image_error_names_the_file(mini_ham10000, tmp_path):
+    dataset = read_ham10000(mini_ham10000)
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    dataset.records.loc[0, "path"] = str(broken)
+    with pytest.raises(UnreadableImageError, match="broken.jpg"):
+        dataset.load_image(0)
+    dataset.records.loc[1, "path"] = str(tmp_path / "gone.jpg")
+    with pytest.raises(FileNotFoundError, match="gone.jpg"):
+        dataset.load_image(1)
+
+
+def test_subset_reindexes_and_shares_images(dermamnist, mini_ham10000):
+    part = dermamnist.subset([10, 3, 7])
+    assert part.records.index.tolist() == [0, 1, 2]
+    assert part.records["image_id"].tolist() == dermamnist.records["image_id"].iloc[[10, 3, 7]].tolist()
+    assert part.images is dermamnist.images
+    np.testing.assert_array_equal(part.load_image(1), dermamnist.load_image(3))
+    ham = read_ham10000(mini_ham10000)
+    mask = (ham.records["label"] == class_index("mel")).to_numpy()
+    assert len(ham.subset(mask)) == 4
+
+
+# --------------------------------------------------------------------------- ISIC 2018
+
+
+def _build_isic2018(root: Path, sample_dir: Path, sample_metadata: pd.DataFrame, split: str = "Training",
+                    groupings: bool = True, gt_in_subfolder: bool = False) -> pd.DataFrame:
+    rows = sample_metadata.head(12)
+    input_dir = root / f"ISIC2018_Task3_{split}_Input"
+    input_dir.mkdir(parents=True)
+    for image_id in rows["image_id"]:
+        (input_dir / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
+    one_hot = pd.DataFrame({"image": rows["image_id"]})
+    for column in ISIC2018_COLUMNS:
+        one_hot[column] = (rows["dx"].str.upper() == column).astype(float)
+    gt_dir = root / f"ISIC2018_Task3_{split}_GroundTruth" if gt_in_subfolder else root
+    gt_dir.mkdir(exist_ok=True)
+    one_hot.to_csv(gt_dir / f"ISIC2018_Task3_{split}_GroundTruth.csv", index=False)
+    if groupings:
+        pd.DataFrame({"image": rows["image_id"], "lesion_id": rows["lesion_id"]}).to_csv(
+            root / f"ISIC2018_Task3_{split}_LesionGroupings.csv", index=False
+        )
+    return rows
+
+
+def test_isic2018_reader_maps_one_hot_columns_to_labels(tmp_path, sample_dir, sample_metadata):
+    expected = _build_isic2018(tmp_path, sample_dir, sample_metadata)
+    dataset = read_isic2018(tmp_path)
+    assert dataset.name == "isic2018" and len(dataset) == 12 and dataset.issues == []
+    assert dataset.records["label"].tolist() == [class_index(dx) for dx in expected["dx"]]
+    assert dataset.records["lesion_id"].tolist() == expected["lesion_id"].tolist()
+    assert set(dataset.records["official_split"]) == {"train"}
+    assert dataset.load_image(0).shape == (450, 600, 3)
+
+
+def test_isic2018_rows_that_are_not_one_hot_are_issues(tmp_path, sample_dir, sample_metadata):
+    rows = _build_isic2018(tmp_path, sample_dir, sample_metadata)
+    gt_path = tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv"
+    gt = pd.read_csv(gt_path)
+    gt.loc[0, ISIC2018_COLUMNS] = 0.0  # no class
+    gt.loc[1, ["MEL", "NV"]] = 1.0  # two classes
+    gt.to_csv(gt_path, index=False)
+    (tmp_path / "ISIC2018_Task3_Training_Input" / f"{rows['image_id'][2]}.jpg").unlink()
+    dataset = read_isic2018(tmp_path)
+    assert len(dataset) == 9
+    assert [(i.kind, i.image_id) for i in dataset.issues] == [
+        ("unknown_label", rows["image_id"][0]), ("unknown_label", rows["image_id"][1]),
+        ("missing_file", rows["image_id"][2]),
+    ]
+
+
+def test_isic2018_without_groupings_warns_and_uses_image_ids(tmp_path, sample_dir, sample_metadata):
+    _build_isic2018(tmp_path, sample_dir, sample_metadata, split="Validation", groupings=False,
+                    gt_in_subfolder=True)
+    with pytest.warns(UserWarning, match="grouping by lesion is impossible"):
+        dataset = read_isic2018(tmp_path, split="val")
+    assert (dataset.records["lesion_id"] == dataset.records["image_id"]).all()
+    assert set(dataset.records["official_split"]) == {"val"}
+    with pytest.raises(DataFormatError, match="Training_GroundTruth"):
+        read_isic2018(tmp_path, split="Training")
+
+
+def test_isic2018_missing_class_column_raises(tmp_path, sample_dir, sample_metadata):
+    _build_isic2018(tmp_path, sample_dir, sample_metadata)
+    gt_path = tmp_path / "ISIC2018_Task3_Training_GroundTruth.csv"
+    pd.read_csv(gt_path).drop(columns=["VASC"]).to_csv(gt_path, index=False)
+    with pytest.raises(DataFormatError, match="VASC"):
+        read_isic2018(tmp_path)
+
+
+# --------------------------------------------------------------------------- class folders
+
+
+def test_class_folders_reader(tmp_path, sample_dir, sample_metadata):
+    for code in ("nv", "MEL", "melanomaish"):
+        (tmp_path / code).mkdir()
+    ids = sample_metadata["image_id"].tolist()
+    for image_id in ids[:3]:
+        (tmp_path / "nv" / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
+    (tmp_path / "MEL" / f"{ids[3]}.jpg").symlink_to(sample_dir / f"{ids[3]}.jpg")
+    (tmp_path / "MEL" / f"{ids[0]}.png").symlink_to(sample_dir / f"{ids[0]}_segmentation.png")
+    (tmp_path / "melanomaish" / f"{ids[4]}.jpg").symlink_to(sample_dir / f"{ids[4]}.jpg")
+    (tmp_path / "empty_dir").mkdir()
+
+    dataset = read_class_folders(tmp_path)
+    assert dataset.name == "folder" and len(dataset) == 4
+    assert sorted(dataset.records["label"].tolist()) == [class_index("mel")] + [class_index("nv")] * 3
+    assert (dataset.records["lesion_id"] == dataset.records["image_id"]).all()
+    kinds = {(i.kind, i.image_id) for i in dataset.issues}
+    assert kinds == {("duplicate_id", ids[0]), ("unknown_label", ids[4]), ("empty", "")}
+    unknown = next(i for i in dataset.issues if i.kind == "unknown_label")
+    assert "melanomaish" in unknown.detail and unknown.path.endswith(f"{ids[4]}.jpg")
+
+
+def test_class_folders_without_subfolders_raise(tmp_path):
+    with pytest.raises(DataFormatError, match="no subfolders"):
+        read_class_folders(tmp_path)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_dataset_is_marked_and_shaped():
+    dataset = make_synthetic_dataset(n_per_class=12, size=32, seed=1)
+    assert dataset.is_synthetic and dataset.name == "synthetic"
+    assert dataset.images.shape == (84, 32, 32, 3) and dataset.images.dtype == np.uint8
+    assert dataset.class_counts() == {code: 12 for code in CLASS_CODES}
+    assert dataset.records["lesion_id"].value_counts().eq(3).all()
+    np.testing.assert_array_equal(make_synthetic_dataset(12, 32, seed=1).images, dataset.images)
+    assert not np.array_equal(make_synthetic_dataset(12, 32, seed=2).images, dataset.images)
+
+
+def test_synthetic_classes_are_learnable():
+    from sklearn.linear_model import LogisticRegression
+
+    dataset = make_synthetic_dataset(n_per_class=30, size=32, seed=0)
+    features = dataset.images[:, ::4, ::4].reshape(len(dataset), -1) / 255.0
+    labels = dataset.records["label"].to_numpy()
+    # Hold out whole lesions, as a real evaluation would.
+    held_out = dataset.records["lesion_id"].str.endswith(("0000", "0001")).to_numpy()
+    model = LogisticRegression(max_iter=2000).fit(features[~held_out], labels[~held_out])
+    assert model.score(features[held_out], labels[held_out]) > 0.8
+
+
+# --------------------------------------------------------------------------- auto-detection
+
+
+def test_open_dataset_detects_each_layout(tmp_path, shared_data, mini_ham10000, sample_dir, sample_metadata):
+    assert open_dataset(shared_data / "dermamnist.npz").name == "dermamnist"
+    assert open_dataset(shared_data).name == "dermamnist"  # dermamnist.npz wins over the partial HAM10000
+    assert open_dataset(shared_data, fmt="ham10000", restrict_to_available=True).name == "ham10000"
+    assert open_dataset(mini_ham10000).name == "ham10000"
+
+    isic = tmp_path / "isic"
+    _build_isic2018(isic, sample_dir, sample_metadata, split="Validation")
+    detected = open_dataset(isic)
+    assert detected.name == "isic2018" and set(detected.records["official_split"]) == {"val"}
+
+    folders = tmp_path / "folders"
+    (folders / "bcc").mkdir(parents=True)
+    image_id = sample_metadata["image_id"][0]
+    (folders / "bcc" / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
+    assert open_dataset(folders).name == "folder"
+
+    synthetic = open_dataset(None, fmt="synthetic", n_per_class=3, size=16)
+    assert synthetic.is_synthetic and len(synthetic) == 21
+
+
+def test_open_dataset_explains_what_it_looked_for(tmp_path):
+    (tmp_path / "random").mkdir()
+    with pytest.raises(DataFormatError, match=r"HAM10000_metadata\.csv.*GroundTruth.*akiec"):
+        open_dataset(tmp_path)
+    with pytest.raises(ValueError, match="'parquet'"):
+        open_dataset(tmp_path, fmt="parquet")

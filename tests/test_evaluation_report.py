@@ -1,0 +1,210 @@
+"""Evaluation report, figures and atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dermalens.classes import CLASS_CODES, NUM_CLASSES, RESEARCH_DISCLAIMER
+from dermalens.evaluation import report as report_module
+from dermalens.evaluation.calibration import apply_temperature
+from dermalens.evaluation.metrics import compute_classification_metrics
+from dermalens.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_reliability_diagram,
+    plot_roc_curves,
+    plot_training_curves,
+)
+from dermalens.evaluation.report import (
+    SYNTHETIC_DATA_WARNING,
+    atomic_write_json,
+    atomic_write_text,
+    write_evaluation_report,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("confusion_matrix", "roc_curves", "reliability_diagram", "training_curves")
+
+# Sparse rows as Lightning's CSVLogger writes them: lr, step losses and epoch
+# validation metrics each land on their own rows.
+LIGHTNING_METRICS_CSV = """\
+epoch,step,lr-Adam,train/loss,val/loss,val/balanced_accuracy,val/accuracy,val/macro_f1,val/auc_macro
+0,0,0.001,,,,,,
+0,4,,1.90,,,,,
+0,9,,1.60,,,,,
+0,9,,,1.50,0.30,0.55,0.25,0.70
+1,14,,1.30,,,,,
+1,19,,1.10,,,,,
+1,19,,,1.20,0.45,0.65,0.40,0.80
+2,24,,0.90,,,,,
+2,29,,0.80,,,,,
+2,29,,,1.05,0.52,0.70,0.47,0.84
+"""
+
+
+def assert_png(path: Path, min_bytes: int = 10_000) -> None:
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert len(data) > min_bytes, f"{path} is suspiciously small ({len(data)} bytes)"
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.arange(NUM_CLASSES), rng.integers(0, NUM_CLASSES, 293)])
+    logits = rng.normal(scale=1.5, size=(len(labels), NUM_CLASSES))
+    logits[np.arange(len(labels)), labels] += 2.0
+    probs = apply_temperature(logits, 1.0)
+    metrics = compute_classification_metrics(probs, labels, n_bootstrap=100)
+    return probs, labels, metrics
+
+
+@pytest.fixture
+def metrics_csv(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text(LIGHTNING_METRICS_CSV)
+    return path
+
+
+CONTEXT = {
+    "model": "efficientnet_lite0 | cbam",
+    "data": "ham10000",
+    "split": "test",
+    "checkpoint": "runs/x/best.ckpt",
+    "temperature": 1.37,
+    "tta": "hflip+vflip",
+    "git_commit": "abc1234",
+    "created": "2025-01-01T00:00:00Z",
+}
+
+
+def test_report_writes_every_file(tmp_path, evaluation, metrics_csv):
+    probs, labels, metrics = evaluation
+    out_dir = tmp_path / "report"
+    written = write_evaluation_report(
+        out_dir, metrics, probs, labels, title="Test-set evaluation", context=CONTEXT,
+        metrics_csv=metrics_csv,
+    )
+    assert set(written) == set(FIGURES) | {"metrics_json", "report_md"}
+    for name in FIGURES:
+        assert written[name] == out_dir / "figures" / f"{name}.png"
+        assert_png(written[name])
+    assert written["metrics_json"] == out_dir / "metrics.json"
+    assert written["report_md"] == out_dir / "report.md"
+    assert not list(out_dir.rglob("*.tmp")), "temporary files left behind"
+
+    saved = json.loads(written["metrics_json"].read_text())
+    assert set(saved) >= {
+        "accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "brier", "nll",
+        "confusion_matrix", "classes", "per_class", "ci95", "n_samples", "n_bootstrap", "context",
+    }
+    assert saved["context"] == CONTEXT
+    assert saved["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert saved["ci95"]["f1_mel"] == pytest.approx(metrics["ci95"]["f1_mel"])
+
+    text = written["report_md"].read_text()
+    assert text.startswith("# Test-set evaluation")
+    assert RESEARCH_DISCLAIMER in text[:600]  # near the top
+    assert SYNTHETIC_DATA_WARNING not in text
+    for key, value in CONTEXT.items():
+        assert key in text
+    assert "efficientnet_lite0 \\| cbam" in text  # pipes escaped inside the table
+    low, high = metrics["ci95"]["balanced_accuracy"]
+    assert f"| {metrics['balanced_accuracy']:.3f} | {low:.3f} – {high:.3f} |" in text
+    for label in ("Melanoma F1", "Dermatofibroma F1", "Macro AUC", "ECE", "Brier"):
+        assert label in text
+    for code in CLASS_CODES:
+        assert f"| {code} |" in text  # per-class row
+    # Confusion-matrix row of the first class, rows = true classes.
+    first_row = metrics["confusion_matrix"][0]
+    assert f"| **{CLASS_CODES[0]}** | " + " | ".join(map(str, first_row)) + " |" in text
+    # Figures are embedded with links relative to report.md, and they resolve.
+    for name in FIGURES:
+        assert f"](figures/{name}.png)" in text
+        assert (out_dir / f"figures/{name}.png").is_file()
+
+
+def test_report_flags_synthetic_data_and_missing_classes(tmp_path):
+    labels = np.array([0, 1, 4, 5] * 10)  # bkl, df, vasc absent
+    probs = apply_temperature(np.eye(NUM_CLASSES)[labels] * 2.0, 1.0)
+    metrics = compute_classification_metrics(probs, labels, n_bootstrap=20)
+    written = write_evaluation_report(
+        tmp_path, metrics, probs, labels, title="Smoke run",
+        context={"data": "synthetic", "synthetic_data": True},
+    )
+    assert "training_curves" not in written  # no metrics.csv given
+    text = written["report_md"].read_text()
+    assert SYNTHETIC_DATA_WARNING in text
+    # The warning comes before anything else but the title.
+    assert text.index(SYNTHETIC_DATA_WARNING) < text.index(RESEARCH_DISCLAIMER) < text.index("## Context")
+    assert "| df | Dermatofibroma |" in text and "| n/a |" in text  # undefined AUC shown as n/a
+    assert json.loads(written["metrics_json"].read_text())["per_class"]["df"]["auc"] is None
+
+
+def test_plot_functions_write_pngs(tmp_path, evaluation):
+    probs, labels, metrics = evaluation
+    cm_path = plot_confusion_matrix(metrics["confusion_matrix"], CLASS_CODES, tmp_path / "cm.png",
+                                    normalize=False)
+    roc_path = plot_roc_curves(probs, labels, CLASS_CODES, tmp_path / "sub" / "roc.png")
+    reliability_path = plot_reliability_diagram(probs, labels, tmp_path / "rel.png", n_bins=10)
+    for path in (cm_path, roc_path, reliability_path):
+        assert_png(path)
+    assert roc_path == tmp_path / "sub" / "roc.png"  # parent folders are created
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",                                                      # empty file
+        "epoch,step,lr-Adam\n0,0,0.001\n1,10,0.0005\n",          # nothing to plot
+        "step,train/loss\n0,1.0\n1,0.9\n",                       # no epoch column
+    ],
+)
+def test_training_curves_without_usable_data_return_none(tmp_path, content):
+    csv = tmp_path / "metrics.csv"
+    csv.write_text(content)
+    assert plot_training_curves(csv, tmp_path / "curves.png") is None
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_training_curves_handle_missing_file_and_partial_columns(tmp_path):
+    assert plot_training_curves(tmp_path / "absent.csv", tmp_path / "curves.png") is None
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,train/loss_step,train/loss_epoch\n0,4,1.5,\n0,9,,1.4\n1,19,,1.1\n")
+    assert_png(plot_training_curves(csv, tmp_path / "curves.png"), min_bytes=5_000)
+
+
+def test_atomic_write_replaces_and_cleans_up(tmp_path):
+    target = tmp_path / "metrics.json"
+    atomic_write_json(target, {"value": np.float32(0.5), "missing": float("nan"), "n": np.int64(3)})
+    assert json.loads(target.read_text()) == {"value": 0.5, "missing": None, "n": 3}
+    atomic_write_text(target, "second version")
+    assert target.read_text() == "second version"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "report.md"
+    atomic_write_text(target, "complete old report")
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        atomic_write_text(target, "new report that never lands")
+    assert target.read_text() == "complete old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # temp file removed
+
+    monkeypatch.undo()
+    with pytest.raises(TypeError):  # not serialisable: fails before touching disk
+        atomic_write_json(target, {"bad": object()})
+    assert target.read_text() == "complete old report"
+
+
+def test_report_module_exposes_atomic_writers():
+    assert report_module.atomic_write_text is atomic_write_text
+    assert report_module.atomic_write_json is atomic_write_json
