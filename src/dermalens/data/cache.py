@@ -66,7 +66,7 @@ def cache_key(dataset: LesionDataset, size: int) -> str:
             try:
                 stat = os.stat(path)
                 rows.append([image_id, path, stat.st_size, stat.st_mtime_ns])
-            except OSError:
+            except (OSError, TypeError):  # missing file, or no path at all: decoding will report it
                 rows.append([image_id, path, None, None])
     digest.update(json.dumps({"name": dataset.name, "size": int(size), "resize": RESIZE_VERSION,
                               "rows": rows}).encode())

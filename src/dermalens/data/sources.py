@@ -22,6 +22,7 @@ Only a layout that cannot be read at all raises `DataFormatError`.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import tempfile
@@ -145,10 +146,6 @@ def decode_image_file(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(upright.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"cannot decode image {path}: {error}") from error
-
-
-def empty_records() -> pd.DataFrame:
-    return records_frame([])
 
 
 def records_frame(rows: Iterable[dict]) -> pd.DataFrame:
@@ -586,7 +583,8 @@ def _synthetic_lesion_params(rng: np.random.Generator) -> dict:
         "aspect": rng.uniform(0.75, 1.0),
         "angle": rng.uniform(0, np.pi),
         "phases": rng.uniform(0, 2 * np.pi, size=3),
-        "skin": np.array([225.0, 180.0, 150.0]) + rng.uniform(-20, 20, size=3),
+        # Lighter or darker skin, with only a slight tint, never green or grey.
+        "skin": np.array([225.0, 180.0, 150.0]) * rng.uniform(0.8, 1.05) + rng.uniform(-8, 8, size=3),
         "spots": rng.uniform(-0.6, 0.6, size=(8, 2)),
     }
 
@@ -691,12 +689,20 @@ def detect_format(path: Path) -> str:
     )
 
 
+def _reader_options(reader) -> set[str]:
+    """Keyword options a reader accepts (everything after its path argument)."""
+    return set(list(inspect.signature(reader).parameters)[1:])
+
+
 def open_dataset(path: Path | str | None, fmt: str = "auto", **kw) -> LesionDataset:
     """Open any supported dataset; ``kw`` goes to the reader.
 
     fmt: auto | ham10000 | isic2018 | dermamnist | folder | synthetic. For
-    'synthetic' ``path`` is ignored (may be None). For auto-detected ISIC 2018
-    the Training set is read unless ``split=`` says otherwise.
+    'synthetic' ``path`` is ignored (may be None). With 'auto', options that
+    the detected reader does not take are dropped (so one call can carry
+    ``restrict_to_available`` whatever the folder turns out to be), but an
+    option no reader knows is an error; auto-detected ISIC 2018 reads the
+    Training set unless ``split=`` says otherwise.
     """
     if fmt not in DATASET_FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}; use one of {', '.join(DATASET_FORMATS)}")
@@ -705,10 +711,16 @@ def open_dataset(path: Path | str | None, fmt: str = "auto", **kw) -> LesionData
     if path is None:
         raise ValueError(f"a dataset path is needed for format {fmt!r}")
     path = Path(path)
-    if fmt == "auto":
-        fmt = detect_format(path)
-        if fmt == "isic2018" and "split" not in kw:
-            kw["split"] = available_isic2018_splits(path)[0]
     readers = {"ham10000": read_ham10000, "isic2018": read_isic2018, "dermamnist": read_dermamnist,
                "folder": read_class_folders}
+    if fmt == "auto":
+        known = set().union(*(_reader_options(r) for r in readers.values()))
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise TypeError(f"open_dataset got unknown option(s) {', '.join(unknown)}; "
+                            f"readers take: {', '.join(sorted(known))}")
+        fmt = detect_format(path)
+        kw = {k: v for k, v in kw.items() if k in _reader_options(readers[fmt])}
+        if fmt == "isic2018" and "split" not in kw:
+            kw["split"] = available_isic2018_splits(path)[0]
     return readers[fmt](path, **kw)
