@@ -8,6 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+# Tests never wait on a model hub that cannot be reached, and never open a window.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Let the tests run from a plain checkout, without `pip install -e .`.
 if str(REPO_ROOT / "src") not in sys.path:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import csv
 import io
 import json
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from .classes import RESEARCH_DISCLAIMER
@@ -249,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="demo")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_demo)
+
+    # Later pipeline stages register their own subcommands (explain, serve, export).
+    for module_name in ("dermalens.explain.cli", "dermalens.serving.cli", "dermalens.inference.export_cli"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        module.add_subcommand(sub)
     return parser
 
 

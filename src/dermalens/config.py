@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "rotate": 30.0, "zoom": 0.1, "shift": 0.1, "brightness": 0.1, "contrast": 0.1,
         "hflip": True, "vflip": True, "probability": 0.8,
     },
-    "sampler": {"balanced": True, "samples_per_class": 3500},
+    "sampler": {"balanced": True, "samples_per_class": 3500, "power": 0.0},
     "loss": {"name": "focal", "gamma": 2.0, "alpha": None, "label_smoothing": 0.0},
     "optimizer": {"lr": 1.0e-3, "weight_decay": 1.0e-5},
     "scheduler": {"factor": 0.5, "patience": 2, "min_lr": 1.0e-6},

@@ -39,7 +39,7 @@ class LesionDataModule(L.LightningDataModule):
     def __init__(self, images: np.ndarray, labels: np.ndarray, split: np.ndarray,
                  preprocessing: Preprocessing, augmentation: AugmentationConfig,
                  batch_size: int = 64, eval_batch_size: int | None = None, num_workers: int = 0,
-                 balanced_sampling: bool = True, samples_per_class: int = 500, seed: int = 0,
+                 balanced_sampling: bool = True, samples_per_class: int = 500, balance_power: float = 0.0, seed: int = 0,
                  pin_memory: bool = False):
         super().__init__()
         self.images = images
@@ -52,6 +52,7 @@ class LesionDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.balanced_sampling = balanced_sampling
         self.samples_per_class = samples_per_class
+        self.balance_power = balance_power
         self.seed = seed
         self.pin_memory = pin_memory
 
@@ -73,7 +74,8 @@ class LesionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train", train_transform=True)
         if self.balanced_sampling:
-            sampler = ClassBalancedSampler(self.labels[dataset.indices], self.samples_per_class, seed=self.seed)
+            sampler = ClassBalancedSampler(self.labels[dataset.indices], self.samples_per_class,
+                                           seed=self.seed, power=self.balance_power)
             return self._loader(dataset, sampler=sampler, batch_size=self.batch_size)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, generator=generator,

@@ -25,7 +25,7 @@ class ClassBalancedSampler(Sampler[int]):
     """
 
     def __init__(self, labels: Sequence[int], samples_per_class: int, num_classes: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, power: float = 0.0):
         labels_np = np.asarray(labels, dtype=np.int64)
         if samples_per_class <= 0:
             raise ValueError(f"samples_per_class must be positive, got {samples_per_class}")
@@ -35,6 +35,13 @@ class ClassBalancedSampler(Sampler[int]):
         if not self.present:
             raise ValueError("ClassBalancedSampler got no labels")
         self.samples_per_class = int(samples_per_class)
+        # power 0: exactly N per class (the original design). 0 < power < 1
+        # draws in proportion to n_c**power (0.5 = "square-root sampling"), a
+        # compromise that keeps some of the true prior for overall accuracy.
+        # The epoch length stays N x classes either way.
+        sizes = np.array([len(idx) for idx in self.present], dtype=np.float64) ** float(power)
+        total = self.samples_per_class * len(self.present)
+        self.draws_per_class = np.maximum(1, np.round(total * sizes / sizes.sum())).astype(int)
         self.seed = seed
         self.epoch = 0
 
@@ -42,14 +49,13 @@ class ClassBalancedSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.samples_per_class * len(self.present)
+        return int(self.draws_per_class.sum())
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng(self.seed + self.epoch)
         self.epoch += 1  # a new stream next epoch even if nobody calls set_epoch
         drawn = [
-            rng.choice(idx, self.samples_per_class, replace=len(idx) < self.samples_per_class)
-            for idx in self.present
+            rng.choice(idx, n, replace=len(idx) < n) for idx, n in zip(self.present, self.draws_per_class)
         ]
         order = np.concatenate(drawn)
         rng.shuffle(order)

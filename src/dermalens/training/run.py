@@ -116,7 +116,8 @@ def build_datamodule(config: dict, prepared: PreparedData, preprocessing) -> Les
         prepared.images, prepared.labels, prepared.split, preprocessing, AugmentationConfig(**config["augmentation"]),
         batch_size=training["batch_size"], eval_batch_size=training["eval_batch_size"],
         num_workers=training["num_workers"], balanced_sampling=config["sampler"]["balanced"],
-        samples_per_class=config["sampler"]["samples_per_class"], seed=config["seed"],
+        samples_per_class=config["sampler"]["samples_per_class"],
+        balance_power=config["sampler"]["power"], seed=config["seed"],
         pin_memory=training["accelerator"] not in ("cpu",),
     )
 
