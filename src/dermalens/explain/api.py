@@ -1,0 +1,215 @@
+"""The explanation API that the command line and the web app call.
+
+    explainer = Explainer.from_checkpoint("best.ckpt")
+    explanation = explainer.explain(rgb_uint8, method="gradcam", target_class="mel")
+    save_overlay_png(explanation, "mel_gradcam.png")
+
+Every picture it draws carries the research-tool disclaimer: a heatmap shows
+where the model looked, not where a lesion is or what it is.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index, class_name
+from ..data.cache import resize_image
+from ..data.transforms import preprocess_image
+from ..models.classifier import Preprocessing
+from .ablation_cam import AblationCamExplainer
+from .base import AttributionMethod, model_device, private_module_tree
+from .gradcam import GradCamExplainer
+from .gradcam_plusplus import GradCamPlusPlusExplainer
+from .metrics import centre_mask, energy_share
+from .overlay import heatmap_at_size, png_bytes, render_overlay
+from .shap_partition import DEFAULT_MAX_EVALS, ShapPartitionExplainer
+
+METHODS = ("gradcam", "gradcam++", "ablationcam", "shap")
+METHOD_LABELS = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "ablationcam": "Ablation-CAM (gradient-free)",
+    "shap": "SHAP (partition, blur masker)",
+}
+
+
+def check_method(method: str) -> str:
+    name = str(method).strip().lower()
+    if name not in METHODS:
+        raise ValueError(f"unknown explanation method {method!r}; known methods: {', '.join(METHODS)}")
+    return name
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+@dataclass
+class Explanation:
+    """One explained image.
+
+    heatmap: float32 (H, W) in [0, 1] at the original image size (SHAP: the
+    positive attribution of the target class, normalised). raw_map: float32,
+    signed, at the method's own resolution before upsampling: the target
+    layer's grid for CAMs (before ReLU), the model's input grid for SHAP.
+    overlay: RGB uint8, the heatmap over the image with a caption band BELOW
+    it (predicted class, probability, research-tool note); its top H rows are
+    the image (times a whole factor when W < 360 px, to keep the caption legible).
+    """
+
+    method: str
+    target_class: str
+    probabilities: dict[str, float]
+    heatmap: np.ndarray
+    raw_map: np.ndarray
+    overlay: np.ndarray
+    class_maps: dict[str, np.ndarray] | None = None   # SHAP: every class's signed map
+    seconds: float = 0.0
+    disclaimer: str = field(default=RESEARCH_DISCLAIMER, repr=False)
+
+    @property
+    def predicted_class(self) -> str:
+        return max(self.probabilities, key=self.probabilities.get)
+
+    @property
+    def centre_energy_share(self) -> float:
+        """Share of the heatmap's mass in the central box (half of each side, a quarter of the area)."""
+        return energy_share(self.heatmap, centre_mask(self.heatmap.shape))
+
+    def summary(self) -> dict:
+        """JSON-ready facts about the explanation (no arrays)."""
+        height, width = self.heatmap.shape
+        peak_y, peak_x = np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape)
+        return {
+            "method": self.method,
+            "target_class": self.target_class,
+            "target_probability": self.probabilities[self.target_class],
+            "predicted_class": self.predicted_class,
+            "predicted_probability": self.probabilities[self.predicted_class],
+            "probabilities": dict(self.probabilities),
+            "centre_energy_share": self.centre_energy_share,
+            "peak_x": (peak_x + 0.5) / width,       # heatmap maximum, as a fraction of width/height
+            "peak_y": (peak_y + 0.5) / height,
+            "image_height": height,
+            "image_width": width,
+            "raw_map_shape": list(self.raw_map.shape),
+            "seconds": self.seconds,
+            "disclaimer": self.disclaimer,
+        }
+
+
+class Explainer:
+    """A model and its preprocessing, ready to explain images; safe to share between threads.
+
+    The model is never modified: forward passes run on private module trees
+    that share its weights (hooks and layer swaps stay private), and each CAM
+    method runs one image at a time under its own lock.
+    `temperature` (from `evaluate`'s calibration) only rescales the reported
+    probabilities, so they match what `Predictor` reports.
+    """
+
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, temperature: float = 1.0):
+        self.model = model
+        self.preprocessing = preprocessing
+        self.temperature = float(temperature)
+        self._inference_view = private_module_tree(model)   # never carries hooks
+        self._methods: dict[str, AttributionMethod] = {}
+        self._methods_lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Explainer":
+        from ..inference.predictor import Predictor
+
+        return cls.from_predictor(Predictor.from_checkpoint(path, device=device))
+
+    @classmethod
+    def from_predictor(cls, predictor) -> "Explainer":
+        """Shares the predictor's model (no copy of the weights) and its calibration temperature."""
+        return cls(predictor.model, predictor.preprocessing, temperature=predictor.temperature)
+
+    def method(self, name: str) -> AttributionMethod:
+        name = check_method(name)
+        with self._methods_lock:
+            if name not in self._methods:
+                if name == "gradcam":
+                    self._methods[name] = GradCamExplainer(self.model)
+                elif name == "gradcam++":
+                    self._methods[name] = GradCamPlusPlusExplainer(self.model)
+                elif name == "ablationcam":
+                    self._methods[name] = AblationCamExplainer(self.model)
+                else:
+                    self._methods[name] = ShapPartitionExplainer(self._inference_view, self.preprocessing)
+            return self._methods[name]
+
+    @torch.inference_mode()
+    def probabilities(self, input_tensor: torch.Tensor) -> np.ndarray:
+        logits = self._inference_view(input_tensor.to(model_device(self._inference_view))).float()
+        return torch.softmax(logits / self.temperature, dim=1)[0].cpu().numpy()
+
+    def explain(self, image: np.ndarray, method: str = "gradcam", target_class: str | None = None, *,
+                shap_max_evals: int | None = None) -> Explanation:
+        """Explain one RGB uint8 image of any size for `target_class` (default: the predicted class)."""
+        method = check_method(method)
+        image = check_image(image)
+        target_index = class_index(target_class) if target_class is not None else None
+        started = time.perf_counter()
+        input_tensor = preprocess_image(image, self.preprocessing)[None]
+        probabilities = self.probabilities(input_tensor)
+        if target_index is None:
+            target_index = int(np.argmax(probabilities))
+        explainer = self.method(method)
+        model_image = resize_image(image, self.preprocessing.image_size)   # the pixels the model saw
+        if isinstance(explainer, ShapPartitionExplainer):
+            attribution = explainer.attribute(model_image, input_tensor, target_index, max_evals=shap_max_evals)
+        else:
+            attribution = explainer.attribute(model_image, input_tensor, target_index)
+        heatmap = heatmap_at_size(attribution.raw_map, *image.shape[:2])
+        probs = {code: float(p) for code, p in zip(CLASS_CODES, probabilities)}
+        target = CLASS_CODES[target_index]
+        overlay = render_overlay(image, heatmap, caption_lines(method, target, probs))
+        return Explanation(
+            method=method, target_class=target, probabilities=probs, heatmap=heatmap,
+            raw_map=np.asarray(attribution.raw_map, dtype=np.float32), overlay=overlay,
+            class_maps=attribution.class_maps, seconds=time.perf_counter() - started,
+        )
+
+
+def caption_lines(method: str, target: str, probabilities: dict[str, float]) -> list[str]:
+    predicted = max(probabilities, key=probabilities.get)
+    return [
+        f"Model output: {predicted} ({class_name(predicted)}) {probabilities[predicted]:.1%}",
+        f"{METHOD_LABELS[method]} map for: {target} ({class_name(target)}) {probabilities[target]:.1%}",
+        RESEARCH_DISCLAIMER,
+    ]
+
+
+def explain_image(model: torch.nn.Module, image: np.ndarray, preprocessing: Preprocessing, method: str = "gradcam",
+                  target_class: str | None = None, shap_max_evals: int = DEFAULT_MAX_EVALS) -> Explanation:
+    """One-off explanation; keep an `Explainer` instead when explaining many images."""
+    return Explainer(model, preprocessing).explain(image, method, target_class, shap_max_evals=shap_max_evals)
+
+
+def _png_text(explanation: Explanation) -> dict[str, str]:
+    return {
+        "Software": "dermalens",
+        "Description": f"{explanation.method} map for class {explanation.target_class}",
+        "Disclaimer": explanation.disclaimer,
+    }
+
+
+def overlay_png_bytes(explanation: Explanation) -> bytes:
+    return png_bytes(explanation.overlay, _png_text(explanation))
+
+
+def save_overlay_png(explanation: Explanation, path: str | Path) -> Path:
+    from ..evaluation.atomic_io import atomic_write_bytes
+
+    return atomic_write_bytes(path, overlay_png_bytes(explanation))

@@ -1,0 +1,62 @@
+"""What every explanation method shares: the model view it works on and what it returns.
+
+Each method lives in its own file (`gradcam.py`, `gradcam_plusplus.py`,
+`ablation_cam.py`, `shap_partition.py`) and differs from the others only
+where it truly differs, as in pytorch-grad-cam. `api.py` wires them.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Attribution:
+    """One method's answer for one image and one class, before it is drawn.
+
+    `raw_map` is signed and at the method's own resolution: the target layer's
+    grid for CAMs (before ReLU, normalisation and upsampling), the model's
+    input grid for SHAP. `class_maps` holds one such map per class when the
+    method produces all of them at no extra cost (SHAP).
+    """
+
+    raw_map: np.ndarray
+    class_maps: dict[str, np.ndarray] | None = None
+
+
+class AttributionMethod:
+    """Base of all methods: `attribute(...)` for one image, one target class index."""
+
+    name: str = ""
+    uses_gradients: bool = False
+
+    def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int) -> Attribution:
+        """image: RGB uint8 at the model's input size; input_tensor: that image preprocessed, (1, 3, S, S)."""
+        raise NotImplementedError
+
+
+def private_module_tree(model: nn.Module) -> nn.Module:
+    """A copy of `model`'s module objects that shares its parameters and buffers.
+
+    CAM methods register hooks on the target layer (and pytorch-grad-cam's
+    AblationCAM even swaps layers); doing that on a private tree means code
+    that runs the original model at the same time (a web server's predictor)
+    never passes through our hooks, and our `eval()` call leaves the original
+    model's train/eval state alone. No weights are copied.
+    """
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    # Tensors kept as plain attributes (CBAM's last spatial map) are shared too:
+    # a non-leaf one could not be deep-copied at all.
+    for module in model.modules():
+        shared.update({id(v): v for v in vars(module).values() if isinstance(v, torch.Tensor)})
+    view = copy.deepcopy(model, memo=shared)
+    return view.eval()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

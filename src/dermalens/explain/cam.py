@@ -1,0 +1,75 @@
+"""The shared base of the CAM methods: pytorch-grad-cam on the map the head sees.
+
+The target layer is `model.attention`: CBAM's output, i.e. exactly the
+features that are pooled into the classifier head (`forward_features`). For a
+model built without CBAM `attention` is an `nn.Identity`, whose output is the
+backbone's last feature map, so the same code explains both.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from .base import Attribution, AttributionMethod, private_module_tree
+
+
+class RawMapCapture:
+    """Mixin for a pytorch-grad-cam class: keeps the signed map before ReLU and upsampling.
+
+    pytorch-grad-cam only returns the map min-max scaled and resized to the
+    input; the raw one (at the target layer's grid) is what we save and what
+    we upsample once, straight to the original image size.
+    """
+
+    raw_maps: np.ndarray | None = None
+
+    def get_cam_image(self, *args, **kwargs):
+        cam = super().get_cam_image(*args, **kwargs)
+        self.raw_maps = np.asarray(cam, dtype=np.float32)
+        return cam
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The layer CAMs look at: `attention` (CBAM or Identity) of a LesionClassifier."""
+    layer = getattr(model, "attention", None)
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"{type(model).__name__} has no `attention` module to explain; expected a LesionClassifier")
+    return layer
+
+
+class CamMethod(AttributionMethod):
+    """A pytorch-grad-cam method run on a private, weight-sharing view of the model.
+
+    Hooks are registered on the view only while one explanation runs
+    (`with cam_class(...) as cam`), under a lock, so one CamMethod can serve
+    several threads.
+    """
+
+    cam_class: type[BaseCAM]
+
+    def __init__(self, model: nn.Module, lock: threading.Lock | None = None):
+        self.view = private_module_tree(model)
+        self.lock = lock or threading.Lock()
+
+    def build_cam(self) -> BaseCAM:
+        return self.cam_class(model=self.view, target_layers=[target_layer(self.view)])
+
+    def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int) -> Attribution:
+        with self.lock, torch.inference_mode(False), torch.enable_grad():
+            # The input needs a gradient path even when the model's weights are frozen.
+            x = input_tensor.detach().clone().requires_grad_(self.uses_gradients)
+            try:
+                with self.build_cam() as cam:
+                    cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
+                    raw = cam.raw_maps
+            finally:
+                # Parameter gradients are a by-product of the backward pass; free them.
+                self.view.zero_grad(set_to_none=True)
+        if raw is None:
+            raise RuntimeError(f"{self.name}: pytorch-grad-cam produced no map")
+        return Attribution(raw_map=raw[0])

@@ -1,0 +1,82 @@
+"""Maps to pictures: upsampling to the image, colouring, the caption band, PNG encoding."""
+from __future__ import annotations
+
+import io
+import math
+
+import cv2
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
+
+MIN_OVERLAY_WIDTH = 360   # smaller images are enlarged so that the caption can be read
+IMAGE_WEIGHT = 0.5        # share of the photograph in the blended overlay
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def heatmap_at_size(raw_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Positive part of a signed map, scaled to [0, 1] and resized (bilinear) to height x width.
+
+    The model saw the whole image squashed to a square (`resize_image`), so
+    the square map is stretched back over the whole original image.
+    """
+    positive = np.maximum(np.asarray(raw_map, dtype=np.float32), 0)
+    if positive.max() <= 0:
+        return np.zeros((height, width), dtype=np.float32)
+    heatmap = scale_cam_image(positive[None], (width, height))[0]
+    return np.clip(heatmap, 0.0, 1.0).astype(np.float32)
+
+
+def _wrap(text: str, max_width: int, scale: float, thickness: int) -> list[str]:
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}".strip()
+            if line and cv2.getTextSize(candidate, _FONT, scale, thickness)[0][0] > max_width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def caption_band(lines: list[str], width: int) -> np.ndarray:
+    """A dark band with white text, wrapped to `width` (ASCII text: cv2's fonts have no accents)."""
+    scale = float(np.clip(width / 900, 0.4, 0.9))
+    thickness = 1 if scale < 0.7 else 2
+    margin = max(4, int(round(10 * scale)))
+    wrapped = [w for line in lines for w in _wrap(line, width - 2 * margin, scale, thickness)]
+    line_height = cv2.getTextSize("Ag", _FONT, scale, thickness)[0][1] + cv2.getTextSize("Ag", _FONT, scale, thickness)[1]
+    step = int(round(line_height * 1.35))
+    band = np.full((2 * margin + step * len(wrapped), width, 3), 32, dtype=np.uint8)
+    for i, text in enumerate(wrapped):
+        baseline = margin + step * i + line_height
+        cv2.putText(band, text, (margin, baseline), _FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return band
+
+
+def render_overlay(image: np.ndarray, heatmap: np.ndarray, caption: list[str]) -> np.ndarray:
+    """The heatmap (jet) blended over the image, with a caption band below it.
+
+    Images narrower than MIN_OVERLAY_WIDTH are enlarged by a whole factor
+    (nearest neighbour, so no pixel is invented) before the caption is drawn.
+    """
+    blended = show_cam_on_image(image.astype(np.float32) / 255.0, heatmap, use_rgb=True,
+                                colormap=cv2.COLORMAP_JET, image_weight=IMAGE_WEIGHT)
+    factor = math.ceil(MIN_OVERLAY_WIDTH / blended.shape[1])
+    if factor > 1:
+        blended = cv2.resize(blended, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(np.vstack([blended, caption_band(caption, blended.shape[1])]))
+
+
+def png_bytes(rgb: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """PNG of an RGB uint8 image; `text` goes into the file as tEXt chunks (method, disclaimer...)."""
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()

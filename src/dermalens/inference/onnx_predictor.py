@@ -1,0 +1,243 @@
+"""Fast CPU inference with ONNX Runtime, behind the same interface as `Predictor`.
+
+An exported model (`dermalens export`) carries what is needed to use it as
+ONNX metadata (class list, preprocessing, temperature, model version...),
+so an `.onnx` file alone is enough to predict; the pixels still go through
+`preprocess_image`, the one preprocessing of dermalens.
+
+`load_predictor` is what commands and services should call: it gives the
+ONNX Runtime predictor when an up-to-date export sits beside the checkpoint
+and the PyTorch `Predictor` otherwise. Grad-CAM needs the PyTorch model, so
+explanation code keeps using `Predictor`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..classes import CLASS_CODES
+from ..data.transforms import preprocess_image
+from ..models.classifier import Preprocessing
+from .predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"            # (N, 3, S, S) float32, normalised with the metadata's mean/std
+LOGITS_NAME = "logits"          # (N, C)
+PROBABILITIES_NAME = "probabilities"  # softmax(logits / temperature at export time)
+METADATA_PREFIX = "dermalens."
+# Metadata values that are JSON documents rather than plain strings.
+_JSON_KEYS = ("classes", "preprocessing", "model_config", "val_metrics", "parity", "int8_parity", "quantization",
+              "temperature", "checkpoint_size", "epoch", "opset")
+
+
+class OnnxModelError(ValueError):
+    """An .onnx file that is missing, unreadable, or not a dermalens export."""
+
+
+def encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+    """dermalens metadata -> ONNX metadata_props (string to string)."""
+    encoded = {}
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        if isinstance(value, Preprocessing):
+            value = value.to_dict()
+        encoded[METADATA_PREFIX + key] = json.dumps(value) if key in _JSON_KEYS else str(value)
+    return encoded
+
+
+def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """ONNX metadata_props -> the dict `Predictor.metadata` would hold (preprocessing as a `Preprocessing`)."""
+    meta: dict[str, Any] = {}
+    for key, value in props.items():
+        if not key.startswith(METADATA_PREFIX):
+            continue
+        name = key[len(METADATA_PREFIX):]
+        meta[name] = json.loads(value) if name in _JSON_KEYS else value
+    missing = [k for k in ("classes", "preprocessing") if k not in meta]
+    if missing:
+        raise OnnxModelError(f"not a dermalens export: no {', '.join(METADATA_PREFIX + k for k in missing)} metadata")
+    meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"])
+    return meta
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None, optimization: str = "all", execution_mode: str = "sequential",
+                    spinning: bool = True):
+    """ONNX Runtime settings for a latency-bound CPU model (see docs/performance.md for the sweep).
+
+    optimization "all" turns on ORT's NCHWc layout (blocked convolutions),
+    the largest single gain for EfficientNet; threads default to the cores
+    this process may use; spinning keeps idle threads hot between operators
+    (lower latency; turn it off when many processes share few cores).
+    """
+    import onnxruntime as ort
+
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    modes = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+    if optimization not in levels or execution_mode not in modes:
+        raise ValueError(f"optimization must be one of {list(levels)} and execution_mode one of {list(modes)}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = levels[optimization]
+    options.execution_mode = modes[execution_mode]
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1 if execution_mode == "sequential" else 2
+    options.log_severity_level = 3  # errors only: the NCHWc serialisation notice is not for users
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def create_session(path: str | Path, threads: int | None = None, **options):
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxModelError(f"ONNX model not found: {path}")
+    try:
+        return ort.InferenceSession(str(path), session_options(threads, **options), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise OnnxModelError(f"cannot load ONNX model {path}: {type(error).__name__}: {error}") from None
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The dermalens metadata of an exported model, without starting a session."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxModelError(f"ONNX model not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise OnnxModelError(f"cannot read ONNX model {path}: {type(error).__name__}: {error}") from None
+    return decode_metadata({p.key: p.value for p in model.metadata_props})
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class OnnxPredictor:
+    """An exported model in an ONNX Runtime session; the interface of `Predictor`.
+
+    `predict_arrays` takes RGB uint8 arrays of any size, `predict` files or
+    arrays; `.metadata` holds what `Predictor.metadata` holds (with
+    `preprocessing` as a `Preprocessing`); there is no `.model` (Grad-CAM
+    needs `Predictor`).
+    """
+
+    def __init__(self, session, metadata: dict, temperature: float | None = None, tta: bool = False):
+        self.session = session
+        self.metadata = metadata
+        self.preprocessing: Preprocessing = metadata["preprocessing"]
+        if list(metadata["classes"]) != list(CLASS_CODES):
+            raise OnnxModelError(f"model was exported for classes {metadata['classes']}, "
+                                 f"this dermalens knows {list(CLASS_CODES)}")
+        self.temperature = float(metadata.get("temperature") or 1.0) if temperature is None else float(temperature)
+        self.tta = tta
+        self.input_name = session.get_inputs()[0].name
+
+    @classmethod
+    def from_file(cls, path: str | Path, tta: bool = False, threads: int | None = None,
+                  temperature: float | None = None, **options) -> "OnnxPredictor":
+        """Open an exported model; a calibration sidecar beside it (as for checkpoints) sets the temperature."""
+        path = Path(path)
+        metadata = read_onnx_metadata(path)
+        metadata["onnx_model"] = str(path)
+        if temperature is None:
+            # `evaluate` keeps the fitted temperature beside the checkpoint;
+            # <stem>.onnx and <stem>.ckpt share <stem>.calibration.json.
+            sidecar = path.with_suffix(".calibration.json")
+            if sidecar.is_file():
+                temperature = float(json.loads(sidecar.read_text())["temperature"])
+        return cls(create_session(path, threads, **options), metadata, temperature=temperature, tta=tta)
+
+    def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 arrays -> the model's (N, 3, S, S) float32 input, through `preprocess_image`."""
+        return np.stack([preprocess_image(img, self.preprocessing).numpy() for img in images])
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed (N, 3, S, S) batch -> logits (N, C), averaged over flips with tta."""
+        if self.tta:
+            views = np.concatenate([batch, batch[..., ::-1], batch[..., ::-1, :], batch[..., ::-1, ::-1]])
+            out = self.session.run([LOGITS_NAME], {self.input_name: np.ascontiguousarray(views)})[0]
+            return out.reshape(4, len(batch), -1).mean(axis=0)
+        return self.session.run([LOGITS_NAME], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+
+    def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 arrays of any size -> probabilities (N, C)."""
+        if len(images) == 0:
+            return np.zeros((0, len(CLASS_CODES)), dtype=np.float32)
+        return softmax(self.logits(self.batch(images)), self.temperature).astype(np.float32)
+
+    # Decoding files and packaging results is the same as for the PyTorch
+    # predictor: it only calls predict_arrays.
+    predict = Predictor.predict
+
+
+def onnx_beside(checkpoint: str | Path) -> Path:
+    """Where `dermalens export` puts a checkpoint's model by default: <stem>.onnx beside it."""
+    return Path(checkpoint).with_suffix(".onnx")
+
+
+def export_matches_checkpoint(onnx_path: Path, checkpoint: Path) -> bool:
+    """True when the export was made from this very checkpoint (same size and sha256)."""
+    try:
+        meta = read_onnx_metadata(onnx_path)
+    except OnnxModelError as error:
+        log.warning("ignoring %s: %s", onnx_path, error)
+        return False
+    expected = meta.get("checkpoint_sha256")
+    if expected is None:
+        return True  # exported by hand without provenance: trust the name
+    if int(meta.get("checkpoint_size", -1)) != checkpoint.stat().st_size:
+        return False
+    return file_sha256(checkpoint) == expected
+
+
+def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu") -> OnnxPredictor | Predictor:
+    """The fastest predictor for a model file.
+
+    `.onnx` -> OnnxPredictor. `.ckpt` -> OnnxPredictor when `<stem>.onnx` sits
+    beside it and was exported from this checkpoint (a stale export, e.g.
+    after best.ckpt was overwritten, is ignored with a warning), else the
+    PyTorch `Predictor` (always on a non-CPU device).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return OnnxPredictor.from_file(path, tta=tta)
+    beside = onnx_beside(path)
+    if device == "cpu" and beside.is_file() and path.is_file():
+        if export_matches_checkpoint(beside, path):
+            return OnnxPredictor.from_file(beside, tta=tta)
+        log.warning("%s was not exported from %s (checkpoint changed since); using PyTorch. "
+                    "Re-run `dermalens export %s`.", beside, path, path)
+    return Predictor.from_checkpoint(path, device=device, tta=tta)

@@ -1,0 +1,187 @@
+// dermalens web app: upload an image, show the class probabilities and explanations.
+// Plain JavaScript served by the app itself: nothing is loaded from the internet.
+"use strict";
+
+(function () {
+  const config = JSON.parse(document.getElementById("config").textContent);
+  const $ = (id) => document.getElementById(id);
+  const input = $("file-input");
+  const dropzone = $("dropzone");
+  let currentFile = null;
+  let generation = 0;          // ignores answers for an image that was replaced meanwhile
+  const objectUrls = {};
+
+  function setImage(slot, img, blob) {
+    if (objectUrls[slot]) URL.revokeObjectURL(objectUrls[slot]);
+    objectUrls[slot] = blob ? URL.createObjectURL(blob) : "";
+    img.src = objectUrls[slot];
+  }
+
+  function showError(element, message) {
+    element.textContent = message;
+    element.hidden = !message;
+  }
+
+  function percent(p) {
+    return (100 * p).toFixed(p >= 0.995 || p < 0.0005 ? 0 : 1) + "%";
+  }
+
+  async function errorMessage(response) {
+    // The API answers every error as JSON {"error": "..."}; anything else is reported as is.
+    try {
+      const body = await response.json();
+      if (body && body.error) return body.error;
+    } catch (ignored) { /* not JSON */ }
+    return "the server answered " + response.status + " " + response.statusText;
+  }
+
+  function renderBars(result) {
+    const bars = $("bars");
+    bars.replaceChildren();
+    result.top_k.forEach((item, rank) => {
+      const row = document.createElement("li");
+      row.className = "bar-row" + (rank === 0 ? " top" : "");
+      row.dataset.class = item.class;
+      row.dataset.probability = String(item.probability);
+      const code = document.createElement("span");
+      code.className = "bar-code";
+      code.textContent = item.class;
+      const track = document.createElement("span");
+      track.className = "bar-track";
+      const fill = document.createElement("span");
+      fill.className = "bar-fill";
+      fill.style.width = Math.max(0, Math.min(100, 100 * item.probability)).toFixed(2) + "%";
+      const name = document.createElement("span");
+      name.className = "bar-name";
+      name.textContent = item.name;
+      track.append(fill, name);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = percent(item.probability);
+      row.append(code, track, value);
+      bars.append(row);
+    });
+    const top = $("top-class");
+    top.replaceChildren("Most probable: ");
+    const strong = document.createElement("strong");
+    strong.textContent = result.top_class_name + " (" + result.top_class + ", " + percent(result.top_k[0].probability) + ")";
+    top.append(strong, ". " + result.disclaimer);
+  }
+
+  function resetResults() {
+    $("bars").replaceChildren();
+    $("top-class").textContent = "Upload an image to see the model's probabilities for each class.";
+    for (const slot of ["gradcam", "shap"]) {
+      $(slot + "-figure").hidden = true;
+    }
+    showError($("error"), "");
+    showError($("explain-error"), "");
+    $("gradcam-button").disabled = true;
+    $("shap-button").disabled = true;
+  }
+
+  async function analyse(file) {
+    const mine = ++generation;
+    currentFile = null;
+    resetResults();
+    if (!file) return;
+    if (file.size > config.maxUploadBytes) {
+      showError($("error"), "upload too large: '" + file.name + "' is " + (file.size / 1048576).toFixed(1) +
+        " MB, the limit is " + (config.maxUploadBytes / 1048576).toFixed(0) + " MB");
+      return;
+    }
+    $("preview-figure").hidden = false;
+    $("preview-caption").textContent = file.name;
+    setImage("preview", $("preview"), file);
+    $("status").textContent = "Classifying " + file.name + " ...";
+    const form = new FormData();
+    form.append("image", file, file.name);
+    let response;
+    try {
+      response = await fetch("api/predict", { method: "POST", body: form });
+    } catch (error) {
+      if (mine === generation) showError($("error"), "cannot reach the server: " + error.message);
+      $("status").textContent = "";
+      return;
+    }
+    if (mine !== generation) return;
+    $("status").textContent = "";
+    if (!response.ok) {
+      $("preview-figure").hidden = true;
+      showError($("error"), await errorMessage(response));
+      return;
+    }
+    const result = await response.json();
+    if (mine !== generation) return;
+    $("preview-caption").textContent = result.image + " (" + result.image_size.join(" x ") + " px)";
+    renderBars(result);
+    currentFile = file;
+    $("gradcam-button").disabled = !config.explainMethods.includes("gradcam");
+    $("shap-button").disabled = !config.explainMethods.includes("shap");
+    if (config.explainMethods.includes("gradcam")) explain("gradcam");
+  }
+
+  async function explain(method) {
+    if (!currentFile) return;
+    const mine = generation;
+    const slot = method === "shap" ? "shap" : "gradcam";
+    const button = $(slot + "-button");
+    const target = $("target-class").value;
+    const label = (method === "shap" ? "SHAP" : "Grad-CAM");
+    showError($("explain-error"), "");
+    button.disabled = true;
+    $("status").textContent = "Computing " + label + (method === "shap" ? " (this can take a while)" : "") + " ...";
+    const form = new FormData();
+    form.append("image", currentFile, currentFile.name);
+    form.append("method", method);
+    form.append("format", "png");
+    if (target) form.append("class", target);
+    try {
+      const response = await fetch("api/explain", { method: "POST", body: form });
+      if (mine !== generation) return;
+      if (!response.ok) {
+        showError($("explain-error"), label + ": " + await errorMessage(response));
+        return;
+      }
+      const blob = await response.blob();
+      if (mine !== generation) return;
+      const explained = response.headers.get("X-Target-Class") || target || "top class";
+      setImage(slot, $(slot === "shap" ? "shap" : "heatmap"), blob);
+      $(slot + "-caption").textContent = label + " for class " + explained;
+      $(slot + "-figure").hidden = false;
+    } catch (error) {
+      if (mine === generation) showError($("explain-error"), label + ": cannot reach the server: " + error.message);
+    } finally {
+      if (mine === generation) {
+        button.disabled = false;
+        $("status").textContent = "";
+      }
+    }
+  }
+
+  input.addEventListener("change", () => analyse(input.files[0]));
+  $("gradcam-button").addEventListener("click", () => explain("gradcam"));
+  $("shap-button").addEventListener("click", () => explain("shap"));
+  $("target-class").addEventListener("change", () => {
+    if (currentFile && config.explainMethods.includes("gradcam")) explain("gradcam");
+  });
+  $("preview").addEventListener("error", () => {
+    if ($("preview").getAttribute("src")) {
+      $("preview-caption").textContent += " (this browser cannot display the format; the server can read it)";
+    }
+  });
+
+  for (const name of ["dragenter", "dragover"]) {
+    dropzone.addEventListener(name, (event) => { event.preventDefault(); dropzone.classList.add("dragging"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    dropzone.addEventListener(name, (event) => { event.preventDefault(); dropzone.classList.remove("dragging"); });
+  }
+  dropzone.addEventListener("drop", (event) => {
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) analyse(file);
+  });
+  // A file dropped beside the drop zone must not make the browser navigate away from the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+})();

@@ -1,0 +1,102 @@
+"""Uploaded bytes -> an upright RGB uint8 image, or an `UploadError` that says what was wrong.
+
+Uploads are decoded from memory and never written to disk, so a client's
+file name (`../../x.jpg`) is only ever a label. The pixel count is checked
+from the header before any pixel is decoded, so a small file claiming
+50,000 x 50,000 pixels (a decompression bomb) costs nothing.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import PureWindowsPath
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats a dermoscopy image plausibly comes in; Pillow's other decoders
+# (EPS, PSD, ...) are attack surface with no use here. JPEG includes MPO
+# (multi-picture JPEGs from phones).
+ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+DEFAULT_MAX_PIXELS = 40_000_000
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class UploadError(ValueError):
+    """A bad upload; `status` is the HTTP code to answer with (400, 413, 415)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class DecodedImage:
+    rgb: np.ndarray          # (H, W, 3) uint8, upright
+    filename: str            # display name only: the base name, never a path
+    original_format: str
+    original_mode: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.rgb.shape[1]), int(self.rgb.shape[0])
+
+
+def display_name(filename: str | None, limit: int = 120) -> str:
+    """The base name of a client's file name, for messages and responses only."""
+    name = PureWindowsPath(filename or "").name  # splits on both / and \
+    name = "".join(ch for ch in name if ch.isprintable())
+    return name[:limit] or "upload"
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> RGB uint8. 16-bit grey is scaled, not clipped to white."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(img, dtype=np.float64)
+        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if img.mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(grey, initial=0.0) <= 1.0 else 1.0
+        grey = np.clip(np.nan_to_num(grey * scale), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_upload(data: bytes, filename: str | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode an uploaded image the way `read_rgb_image` reads a file: EXIF-upright, RGB."""
+    name = display_name(filename)
+    if not data:
+        raise UploadError(f"uploaded file '{name}' is empty (0 bytes)")
+    try:
+        # Pillow warns above MAX_IMAGE_PIXELS and raises at twice that; both
+        # are errors here, whatever the process-wide setting is.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UploadError(f"image '{name}' is too large to decode: {error}", status=413) from None
+    except UnidentifiedImageError:
+        raise UploadError(
+            f"file '{name}' is not an image this server can read; "
+            f"send one of: {', '.join(ALLOWED_FORMATS)}", status=415) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UploadError(f"cannot read image '{name}': {error}") from None
+    with img:
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise UploadError(f"image '{name}' has no pixels ({width} x {height})")
+        if width * height > max_pixels:
+            raise UploadError(
+                f"image '{name}' is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels); "
+                f"the limit is {max_pixels / 1e6:.1f} megapixels", status=413)
+        try:
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            rgb = to_rgb(upright)
+        except (OSError, SyntaxError, ValueError, IndexError, TypeError) as error:
+            # Truncated and corrupt files land here ("image file is truncated").
+            raise UploadError(f"cannot decode image '{name}' ({img.format}): {error}") from None
+        return DecodedImage(rgb, name, img.format or "unknown", img.mode)

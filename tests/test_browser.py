@@ -1,0 +1,127 @@
+"""The web page in a real headless browser (Debian's Chromium driven by Playwright).
+
+A person's path through the page: open it, pick a real dermoscopy image,
+see seven sorted probability bars, the Grad-CAM overlay, SHAP on request,
+the model's facts and the research-tool note; a bad file shows a visible
+error. A screenshot is kept (tmp_path, and $DERMALENS_SCREENSHOT_DIR if set).
+
+Chromium comes from `scripts/install_browser.sh`. Locally the test skips
+without it; under CI its absence is a broken setup and the test fails.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dermalens.classes import RESEARCH_DISCLAIMER
+from dermalens.serving.app import create_app
+from dermalens.serving.server import ServerThread
+from dermalens.serving.service import EXPLAIN_MODULE
+from test_serving import REAL_EXPLAINER, fake_explain_api, sample_images, tiny_checkpoint
+
+CHROMIUM = Path(os.environ.get("DERMALENS_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000
+
+
+def missing(message: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must run the browser test: run scripts/install_browser.sh)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        missing(f"no Chromium at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("the playwright Python package is not installed")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+                                             timeout=TIMEOUT_MS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory):
+    # The real explanation module when it is there; otherwise a stand-in with the same contract.
+    explain = EXPLAIN_MODULE if REAL_EXPLAINER else fake_explain_api()
+    app = create_app(tiny_checkpoint(tmp_path_factory), explain_module=explain)
+    with ServerThread(app, threads=4) as url:
+        yield url + "/"
+
+
+@pytest.fixture
+def page(browser, page_url):
+    """A fresh page that records every request it makes and every script error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.requests, page.errors = [], []
+    page.on("request", lambda request: page.requests.append(request.url))
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
+    page.goto(page_url)
+    yield page
+    context.close()
+
+
+def image_loaded(page, selector: str) -> None:
+    page.wait_for_function(
+        "(s) => { const img = document.querySelector(s); return img && img.complete && img.naturalWidth > 0 "
+        "&& !img.closest('[hidden]'); }", arg=selector)
+
+
+def test_upload_shows_sorted_probabilities_and_explanations(page, page_url, sample_dir, tmp_path):
+    assert page.locator("#disclaimer").is_visible()
+    assert RESEARCH_DISCLAIMER in page.locator("#disclaimer").inner_text()
+    assert "tf_efficientnet_lite0" in page.locator("#model-name").inner_text()
+    assert page.locator("#metrics").is_visible()
+
+    image = sample_images(sample_dir)[0]
+    page.set_input_files("#file-input", str(image))
+    page.wait_for_function("document.querySelectorAll('#bars li.bar-row').length === 7")
+    rows = page.locator("#bars li.bar-row")
+    probabilities = [float(rows.nth(i).get_attribute("data-probability")) for i in range(7)]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-3)
+    assert all(rows.nth(i).is_visible() for i in range(7))
+    assert rows.first.get_attribute("data-class") in page.locator("#top-class").inner_text()
+    image_loaded(page, "#preview")
+
+    image_loaded(page, "#heatmap")           # Grad-CAM follows every prediction
+    assert "Grad-CAM" in page.locator("#gradcam-caption").inner_text()
+    assert page.locator("#shap-figure").is_hidden()
+    page.click("#shap-button")               # SHAP only on request
+    image_loaded(page, "#shap")
+    assert page.locator("#explain-error").is_hidden() and page.locator("#error").is_hidden()
+
+    screenshot = tmp_path / "dermalens-page.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    if os.environ.get("DERMALENS_SCREENSHOT_DIR"):
+        target = Path(os.environ["DERMALENS_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, target / screenshot.name)
+    assert screenshot.stat().st_size > 10_000
+
+    # Nothing came from anywhere but this server (no CDN), and no script failed.
+    outside = [u for u in page.requests if not u.startswith((page_url, "blob:", "data:"))]
+    assert not outside, outside
+    assert not page.errors, page.errors
+
+
+def test_bad_upload_shows_a_visible_error(page):
+    page.set_input_files("#file-input", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
+                                                "buffer": b"these are notes, not an image\n"}])
+    error = page.locator("#error")
+    error.wait_for(state="visible")
+    assert "notes.jpg" in error.inner_text() and "not an image" in error.inner_text()
+    assert page.locator("#bars li").count() == 0
+    assert page.locator("#disclaimer").is_visible()

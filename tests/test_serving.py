@@ -1,0 +1,466 @@
+"""The web app through real HTTP against waitress on 127.0.0.1: predictions,
+explanations, every kind of bad upload, a concurrent burst, and `dermalens serve`.
+
+The model is a tiny checkpoint trained here for one short epoch on generated
+images: its numbers mean nothing, the plumbing around it is what is tested.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dermalens.classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_index
+from dermalens.serving.app import create_app
+from dermalens.serving.client import post_image, request
+from dermalens.serving.server import ServerThread
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL_OVERRIDES = [
+    "data.format=synthetic", "data.synthetic_per_class=10", "training.max_epochs=1",
+    "training.limit_train_batches=2", "training.batch_size=8", "model.image_size=64", "model.pretrained=none",
+    "evaluation.after_training=false", "training.progress_bar=false", "data.cache_dir=null",
+]
+UPLOAD_LIMIT_MB = 1
+REAL_EXPLAINER = importlib.util.find_spec("dermalens.explain") is not None and \
+    importlib.util.find_spec("dermalens.explain.api") is not None
+
+
+# --- shared with test_browser.py ------------------------------------------
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A 64-px checkpoint trained for two batches; made once per test session (kept in its base temp)."""
+    run_dir = tmp_path_factory.getbasetemp() / "serving-tiny-model"
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    from dermalens.config import load_config
+    from dermalens.training.run import train
+
+    result = train(load_config(REPO_ROOT / "configs" / "demo.yaml", TINY_MODEL_OVERRIDES), run_dir, progress=False)
+    return result.best_checkpoint if result.best_checkpoint.is_file() else result.last_checkpoint
+
+
+@dataclass
+class FakeExplanation:
+    heatmap: np.ndarray
+    overlay: np.ndarray
+    target_class: str
+    probabilities: np.ndarray
+    method: str
+
+
+def fake_explain_api() -> SimpleNamespace:
+    """Stands in for dermalens.explain.api, same contract, where the server's side of it is under test."""
+    from dermalens.data.transforms import preprocess_image
+
+    methods = ("gradcam", "gradcam++", "occlusion", "shap")
+
+    class Explainer:
+        def __init__(self, model, preprocessing):
+            self.model, self.preprocessing = model, preprocessing
+
+        def explain(self, image, method="gradcam", target_class=None):
+            if method not in methods:
+                raise ValueError(f"unknown method {method!r}; known: {', '.join(methods)}")
+            with torch.no_grad():
+                logits = self.model(preprocess_image(image, self.preprocessing)[None])
+            probabilities = torch.softmax(logits, 1)[0].numpy()
+            target = CLASS_CODES[class_index(target_class)] if target_class else CLASS_CODES[int(probabilities.argmax())]
+            height, width = image.shape[:2]
+            yy, xx = np.mgrid[0:height, 0:width]
+            heatmap = np.exp(-(((yy - height / 2) / height) ** 2 + ((xx - width / 2) / width) ** 2) * 8)
+            heatmap = heatmap.astype(np.float32)
+            red = np.zeros_like(image)
+            red[..., 0] = 255
+            overlay = (image * (1 - 0.5 * heatmap[..., None]) + red * 0.5 * heatmap[..., None]).astype(np.uint8)
+            return FakeExplanation(heatmap, overlay, target, probabilities, method)
+
+    def overlay_png_bytes(explanation) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(explanation.overlay).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    return SimpleNamespace(Explainer=Explainer, METHODS=methods, overlay_png_bytes=overlay_png_bytes)
+
+
+def sample_images(sample_dir: Path) -> list[Path]:
+    images = sorted(sample_dir.glob("ISIC_*.jpg"))
+    assert images, f"no ISIC_*.jpg sample images in {sample_dir}"
+    return images
+
+
+# --- fixtures ---------------------------------------------------------------
+@pytest.fixture(scope="session")
+def serving_checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(serving_checkpoint):
+    """The app with the real explanation module (or its absence), under waitress on a free port."""
+    with ServerThread(create_app(serving_checkpoint, max_upload_mb=UPLOAD_LIMIT_MB), threads=4) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fake_explain_server(serving_checkpoint):
+    app = create_app(serving_checkpoint, max_upload_mb=UPLOAD_LIMIT_MB, explain_module=fake_explain_api())
+    with ServerThread(app, threads=4) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sample_jpeg(sample_dir) -> bytes:
+    return sample_images(sample_dir)[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def sample_rgb(sample_dir) -> np.ndarray:
+    with Image.open(sample_images(sample_dir)[0]) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A valid-looking PNG of a few hundred bytes whose header claims width x height pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+
+
+def assert_error(response, status: int, *phrases: str) -> dict:
+    assert response.status == status, (response.status, response.body[:500])
+    assert response.content_type == "application/json", response.headers
+    body = response.json()
+    for phrase in phrases:
+        assert phrase.lower() in body["error"].lower(), body
+    assert "Traceback" not in body["error"]
+    return body
+
+
+def assert_healthy(url: str) -> None:
+    response = request(url + "/health", timeout=10)
+    assert response.status == 200 and response.json()["status"] == "ok"
+
+
+def predict_probabilities(url: str, data: bytes, filename: str = "x.png") -> np.ndarray:
+    response = post_image(url + "/api/predict", data, filename)
+    assert response.status == 200, response.body[:500]
+    body = response.json()
+    return np.array([body["probabilities"][code] for code in CLASS_CODES])
+
+
+# --- the page and the model ------------------------------------------------
+def test_health_and_model_info(server, serving_checkpoint):
+    assert_healthy(server)
+    response = request(server + "/api/model")
+    assert response.status == 200
+    info = response.json()
+    assert [c["code"] for c in info["classes"]] == list(CLASS_CODES)
+    assert [c["name"] for c in info["classes"]] == [c.name for c in LESION_CLASSES]
+    assert info["input_size"] == 64
+    assert info["backbone"] == "tf_efficientnet_lite0" and info["name"].startswith("tf_efficientnet_lite0")
+    assert info["version"] and info["weights_source"] and info["checkpoint"] == serving_checkpoint.name
+    assert {"accuracy", "balanced_accuracy", "macro_f1"} <= set(info["val_metrics"])
+    assert info["disclaimer"] == RESEARCH_DISCLAIMER
+    assert info["max_upload_mb"] == UPLOAD_LIMIT_MB
+
+
+def test_page_needs_nothing_from_the_internet(server):
+    response = request(server + "/", headers={"Accept": "text/html"})
+    assert response.status == 200 and response.content_type == "text/html"
+    page = response.body.decode()
+    assert RESEARCH_DISCLAIMER in page
+    assert 'type="file"' in page and 'name="image"' in page
+    assert "tf_efficientnet_lite0" in page
+    # Every script, stylesheet and image the page names is served from this app.
+    references = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert references and not [r for r in references if re.match(r"^(https?:)?//", r)], references
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/app.css"):
+        assert request(server + asset).status == 200
+
+
+# --- predictions -------------------------------------------------------------
+def test_predict_sample_image_matches_the_predictor(server, serving_checkpoint, sample_dir):
+    from dermalens.inference.predictor import Predictor
+
+    path = sample_images(sample_dir)[1]
+    response = post_image(server + "/api/predict", path.read_bytes(), path.name, content_type="image/jpeg")
+    assert response.status == 200, response.body
+    body = response.json()
+    assert set(body["probabilities"]) == set(CLASS_CODES)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert body["top_class"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["top_class_name"] == LESION_CLASSES[CLASS_CODES.index(body["top_class"])].name
+    assert [item["probability"] for item in body["top_k"]] == sorted(body["probabilities"].values(), reverse=True)
+    assert body["disclaimer"] == RESEARCH_DISCLAIMER
+    assert body["image"] == path.name and body["image_size"] == [600, 450]
+    # The same numbers as `dermalens predict` on the file: one decode path, one preprocessing.
+    expected = Predictor.from_checkpoint(serving_checkpoint).predict([path])[0].probabilities
+    assert [body["probabilities"][c] for c in CLASS_CODES] == pytest.approx([expected[c] for c in CLASS_CODES],
+                                                                            abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "cmyk", "16-bit", "rgba", "palette", "tiff", "bmp", "webp"])
+def test_other_image_modes_are_converted_to_rgb(server, sample_rgb, kind):
+    rgb = Image.fromarray(sample_rgb).resize((96, 72))
+    grey = rgb.convert("L")
+    data = {
+        "grayscale": lambda: encode(grey, "PNG"),
+        "cmyk": lambda: encode(rgb.convert("CMYK"), "JPEG", quality=95),
+        "16-bit": lambda: encode(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257), "PNG"),
+        "rgba": lambda: encode(Image.fromarray(np.dstack([np.asarray(rgb), np.full((72, 96), 128, np.uint8)])), "PNG"),
+        "palette": lambda: encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+        "tiff": lambda: encode(rgb, "TIFF"),
+        "bmp": lambda: encode(rgb, "BMP"),
+        "webp": lambda: encode(rgb, "WEBP", lossless=True),
+    }[kind]()
+    probabilities = predict_probabilities(server, data, f"{kind}.img")
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    if kind == "16-bit":  # scaled to 8 bits, not clipped to white: the same as the 8-bit grey image
+        assert probabilities == pytest.approx(predict_probabilities(server, encode(grey, "PNG")), abs=1e-6)
+    if kind in ("rgba", "tiff", "bmp", "webp"):  # lossless: the same pixels as RGB
+        assert probabilities == pytest.approx(predict_probabilities(server, encode(rgb, "PNG")), abs=1e-6)
+
+
+def test_exif_rotated_photo_is_read_upright(server, sample_rgb):
+    upright = Image.fromarray(sample_rgb)                       # 600 x 450
+    stored = upright.transpose(Image.Transpose.ROTATE_90)       # as a camera held sideways stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6                                            # orientation: rotate 90 CW to display
+    response = post_image(server + "/api/predict", encode(stored, "PNG", exif=exif), "sideways.png")
+    assert response.status == 200, response.body
+    body = response.json()
+    assert body["image_size"] == [600, 450]
+    expected = predict_probabilities(server, encode(upright, "PNG"))
+    assert [body["probabilities"][c] for c in CLASS_CODES] == pytest.approx(list(expected), abs=1e-6)
+
+
+def test_client_file_name_is_only_a_label(server, sample_jpeg):
+    name = f"dermalens-{uuid.uuid4().hex}.jpg"
+    response = post_image(server + "/api/predict", sample_jpeg, f"../../../{name}")
+    assert response.status == 200, response.body
+    assert response.json()["image"] == name
+    for folder in (Path.cwd(), Path.cwd().parent, Path.cwd().parent.parent, Path(tempfile.gettempdir()), Path("/")):
+        assert not (folder / name).exists()
+    response = post_image(server + "/api/predict", sample_jpeg, "..\\..\\windows\\x.jpg")
+    assert response.status == 200 and response.json()["image"] == "x.jpg"
+
+
+# --- bad requests: 4xx JSON that names the problem, and the server keeps serving
+def multipart(fields=None, files=None) -> tuple[bytes, dict]:
+    from dermalens.serving.client import encode_multipart
+
+    body, content_type = encode_multipart(fields, files)
+    return body, {"Content-Type": content_type}
+
+
+BAD_UPLOADS = {
+    # name: (request builder -> (body, headers)), status, phrases the error must contain
+    "no file field": (lambda jpeg: multipart({"method": "gradcam"}), 400, ["no image uploaded", "'image'"]),
+    "not multipart": (lambda jpeg: (b'{"image": "x"}', {"Content-Type": "application/json"}), 400,
+                      ["multipart/form-data", "application/json"]),
+    "no body at all": (lambda jpeg: (b"", {}), 400, ["no image uploaded"]),
+    "text instead of a file": (lambda jpeg: multipart({"image": "lesion.jpg"}), 400, ["must be a file upload"]),
+    "empty upload (no file chosen)": (lambda jpeg: multipart(files={"image": ("", b"", "application/octet-stream")}),
+                                      400, ["no image selected"]),
+    "0-byte file": (lambda jpeg: multipart(files={"image": ("lesion.jpg", b"", "image/jpeg")}), 400,
+                    ["'lesion.jpg'", "empty", "0 bytes"]),
+    "text file named .jpg": (lambda jpeg: multipart(files={"image": ("notes.jpg", b"just some text\n" * 20,
+                                                                    "image/jpeg")}), 415,
+                             ["'notes.jpg'", "not an image", "JPEG, PNG"]),
+    "PDF named .jpg": (lambda jpeg: multipart(files={"image": ("scan.jpg", b"%PDF-1.4\n1 0 obj\n<< >>\nendobj\n%%EOF\n",
+                                                               "image/jpeg")}), 415, ["'scan.jpg'", "not an image"]),
+    "truncated JPEG": (lambda jpeg: multipart(files={"image": ("cut.jpg", jpeg[:len(jpeg) // 2], "image/jpeg")}),
+                       400, ["'cut.jpg'", "truncated"]),
+    "decompression bomb 50000 x 50000": (
+        lambda jpeg: multipart(files={"image": ("bomb.png", png_claiming_size(50_000, 50_000), "image/png")}),
+        413, ["'bomb.png'", "too large"]),
+    "64-megapixel header": (
+        lambda jpeg: multipart(files={"image": ("big.png", png_claiming_size(8_000, 8_000), "image/png")}),
+        413, ["8000 x 8000", "megapixels"]),
+    "over the upload limit": (
+        lambda jpeg: multipart(files={"image": ("large.jpg", jpeg + b"\0" * (UPLOAD_LIMIT_MB * 1024 * 1024),
+                                                "image/jpeg")}), 413, ["upload too large", "1 MB"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_upload_is_a_4xx_json_error(server, fake_explain_server, sample_jpeg, case):
+    build, status, phrases = BAD_UPLOADS[case]
+    body, headers = build(sample_jpeg)
+    for url in (server + "/api/predict", fake_explain_server + "/api/explain"):
+        assert_error(request(url, "POST", body, headers), status, *phrases)
+    assert_healthy(server)
+    assert_healthy(fake_explain_server)
+
+
+def test_unknown_class_method_and_format_name_the_allowed_ones(fake_explain_server, sample_jpeg):
+    url = fake_explain_server + "/api/explain"
+    assert_error(post_image(url, sample_jpeg, fields={"class": "melanoma?"}), 400, "'melanoma?'",
+                 ", ".join(CLASS_CODES))
+    assert_error(post_image(url, sample_jpeg, fields={"method": "lime"}), 400, "'lime'",
+                 "gradcam, gradcam++, occlusion, shap")
+    assert_error(post_image(url, sample_jpeg, fields={"format": "gif"}), 400, "'gif'", "png, json")
+    assert_healthy(fake_explain_server)
+
+
+def test_unknown_paths_and_methods_are_json(server):
+    body = assert_error(request(server + "/api/nothing"), 404, "/api/nothing", "POST /api/predict")
+    assert body["request_id"]
+    assert_error(request(server + "/api/predict"), 405, "GET", "POST")
+    assert_error(request(server + "/health", "POST", b""), 405, "POST", "GET")
+    page = request(server + "/no/such/page", headers={"Accept": "text/html"})
+    assert page.status == 404 and page.content_type == "text/html" and RESEARCH_DISCLAIMER in page.body.decode()
+
+
+def test_unexpected_error_is_logged_not_shown(serving_checkpoint, sample_jpeg, caplog):
+    app = create_app(serving_checkpoint)
+    service = app.extensions["dermalens"]
+
+    def broken_predict(image, source):
+        raise RuntimeError("secret internal detail")
+
+    service.predict = broken_predict
+    with caplog.at_level(logging.ERROR, logger="dermalens.serving.app"):
+        response = app.test_client().post("/api/predict", data={"image": (io.BytesIO(sample_jpeg), "a.jpg")})
+    assert response.status_code == 500
+    body = response.get_json()
+    assert "internal server error" in body["error"] and body["request_id"] in body["error"]
+    assert "secret" not in response.get_data(as_text=True) and "Traceback" not in response.get_data(as_text=True)
+    assert "secret internal detail" in caplog.text and body["request_id"] in caplog.text
+
+
+# --- explanations --------------------------------------------------------------
+def test_explain_png_and_json(fake_explain_server, sample_jpeg):
+    url = fake_explain_server + "/api/explain"
+    response = post_image(url, sample_jpeg, "lesion.jpg")
+    assert response.status == 200 and response.content_type == "image/png", response.body[:300]
+    assert response.headers["x-explanation-method"] == "gradcam"
+    assert response.headers["x-target-class"] in CLASS_CODES
+    assert Image.open(io.BytesIO(response.body)).size == (600, 450)
+
+    response = post_image(url, sample_jpeg, "lesion.jpg", fields={"method": "shap", "class": "MEL", "format": "json"})
+    assert response.status == 200, response.body[:300]
+    body = response.json()
+    assert body["method"] == "shap" and body["target_class"] == "mel" and body["target_class_name"] == "Melanoma"
+    heatmap = np.array(body["heatmap"])
+    assert heatmap.shape == (450, 600) == tuple(body["heatmap_shape"]) and 0 <= heatmap.min() <= heatmap.max() <= 1
+    assert set(body["probabilities"]) == set(CLASS_CODES) and body["disclaimer"] == RESEARCH_DISCLAIMER
+    import base64
+    assert Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"]))).size == (600, 450)
+
+
+def test_explain_without_the_explanation_module_is_503(serving_checkpoint, sample_jpeg):
+    app = create_app(serving_checkpoint, explain_module="dermalens.explain.no_such_module")
+    with ServerThread(app, threads=2) as url:
+        body = assert_error(post_image(url + "/api/explain", sample_jpeg), 503, "explanations are not available",
+                            "dermalens.explain.no_such_module")
+        assert body["status"] == 503
+        assert request(url + "/api/model").json()["explain_available"] is False
+        assert post_image(url + "/api/predict", sample_jpeg).status == 200
+
+
+@pytest.mark.skipif(not REAL_EXPLAINER, reason="dermalens.explain.api is not there yet")
+def test_gradcam_with_the_real_explainer(server, sample_jpeg):
+    response = post_image(server + "/api/explain", sample_jpeg, "lesion.jpg", fields={"class": "nv"})
+    assert response.status == 200 and response.content_type == "image/png", response.body[:500]
+    assert response.headers["x-target-class"] == "nv"
+    response = post_image(server + "/api/explain", sample_jpeg, "lesion.jpg", fields={"format": "json"})
+    assert response.status == 200, response.body[:500]
+    heatmap = np.array(response.json()["heatmap"])
+    assert heatmap.ndim == 2 and 0 <= heatmap.min() <= heatmap.max() <= 1
+
+
+# --- load ---------------------------------------------------------------------------
+def test_concurrent_burst_has_no_server_errors(fake_explain_server, sample_dir):
+    """24 requests, 8 at a time (predictions, some explanations, some bad files): no 5xx, same numbers."""
+    images = [p.read_bytes() for p in sample_images(sample_dir)[:4]]
+    expected = [predict_probabilities(fake_explain_server, data, "x.jpg") for data in images]
+
+    def one(i: int):
+        if i % 6 == 5:
+            return "bad", post_image(fake_explain_server + "/api/predict", b"not an image", "x.jpg", timeout=60)
+        if i % 6 == 4:
+            return "explain", post_image(fake_explain_server + "/api/explain", images[i % 4], "x.jpg", timeout=60)
+        return i % 4, post_image(fake_explain_server + "/api/predict", images[i % 4], "x.jpg", timeout=60)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, range(24)))
+    statuses = [response.status for _, response in results]
+    assert not [s for s in statuses if s >= 500], statuses
+    for kind, response in results:
+        if kind == "bad":
+            assert response.status == 415
+        elif kind == "explain":
+            assert response.status == 200 and response.content_type == "image/png"
+        else:  # a shared model under concurrent requests still gives each image its own numbers
+            body = response.json()
+            assert [body["probabilities"][c] for c in CLASS_CODES] == pytest.approx(list(expected[kind]), abs=1e-6)
+    assert_healthy(fake_explain_server)
+
+
+# --- the command ------------------------------------------------------------------------
+def test_dermalens_serve_command(serving_checkpoint, sample_jpeg, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    log_file = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "dermalens.cli", "serve", "--model", str(serving_checkpoint), "--port", "0",
+               "--threads", "2", "--torch-threads", "1", "--max-upload-mb", "2"]
+    with open(log_file, "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    try:
+        url = None
+        while url is None:
+            try:
+                line = lines.get(timeout=90)
+            except queue.Empty:
+                pytest.fail(f"dermalens serve did not start in 90 s:\n{log_file.read_text()}")
+            match = re.search(r"on (http://127\.0\.0\.1:\d+)/", line)
+            url = match.group(1) if match else None
+        assert_healthy(url)
+        response = post_image(url + "/api/predict", sample_jpeg, "lesion.jpg")
+        assert response.status == 200 and response.json()["disclaimer"] == RESEARCH_DISCLAIMER
+        assert request(url + "/api/model").json()["max_upload_mb"] == 2
+        server_header = request(url + "/health").headers.get("server", "")
+        assert "dermalens" in server_header and "werkzeug" not in server_header.lower()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log_file.read_text()
+    assert "Traceback" not in log_file.read_text()

