@@ -74,12 +74,18 @@ def page(browser, page_url):
 
 
 def image_loaded(page, selector: str) -> None:
-    page.wait_for_function(
-        "(s) => { const img = document.querySelector(s); return img && img.complete && img.naturalWidth > 0 "
-        "&& !img.closest('[hidden]'); }", arg=selector)
+    """Wait until the image is shown and decoded (polled from here: the page's CSP forbids eval)."""
+    from playwright.sync_api import expect
+
+    image = page.locator(selector)
+    expect(image).to_be_visible(timeout=TIMEOUT_MS)
+    expect(image).to_have_js_property("complete", True, timeout=TIMEOUT_MS)
+    assert image.evaluate("img => img.naturalWidth") > 0, f"{selector} did not decode"
 
 
 def test_upload_shows_sorted_probabilities_and_explanations(page, page_url, sample_dir, tmp_path):
+    from playwright.sync_api import expect
+
     assert page.locator("#disclaimer").is_visible()
     assert RESEARCH_DISCLAIMER in page.locator("#disclaimer").inner_text()
     assert "tf_efficientnet_lite0" in page.locator("#model-name").inner_text()
@@ -87,8 +93,8 @@ def test_upload_shows_sorted_probabilities_and_explanations(page, page_url, samp
 
     image = sample_images(sample_dir)[0]
     page.set_input_files("#file-input", str(image))
-    page.wait_for_function("document.querySelectorAll('#bars li.bar-row').length === 7")
     rows = page.locator("#bars li.bar-row")
+    expect(rows).to_have_count(7, timeout=TIMEOUT_MS)
     probabilities = [float(rows.nth(i).get_attribute("data-probability")) for i in range(7)]
     assert probabilities == sorted(probabilities, reverse=True)
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-3)

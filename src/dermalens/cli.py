@@ -107,9 +107,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .inference.predictor import Predictor
+    from .inference.onnx_predictor import load_predictor
 
-    predictor = Predictor.from_checkpoint(args.model, tta=args.tta)
+    predictor = load_predictor(args.model, tta=args.tta)  # ONNX Runtime when <stem>.onnx sits beside the .ckpt
     failures = []
     rows = []
     for image in args.images:
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k class probabilities for image files")
-    p.add_argument("--model", required=True, help="checkpoint (.ckpt)")
+    p.add_argument("--model", required=True, help="checkpoint (.ckpt) or exported model (.onnx)")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--output-format", "-f", choices=["table", "csv", "json"], default="table")

@@ -98,6 +98,12 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     dotted, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str):
+        # YAML 1.1 reads "5e-4" (no dot) as a string; a number was meant.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     result: dict = {}
     node = result
     parts = dotted.strip().split(".")

@@ -264,6 +264,7 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
                 warnings.warn(f"int8 model agrees with PyTorch on the top class for only "
                               f"{int8_parity.top1_agreement:.0%} of {int8_parity.n_images} images", stacklevel=2)
         write_metadata(final, metadata)
+        os.chmod(final, 0o644)  # mkstemp makes 0600 files; a model is meant to be shared
         os.replace(final, out)
     finally:
         for path in temporary:

@@ -54,7 +54,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, pre: Preprocessin
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         # Shape inference and graph clean-up ORT recommends before quantising.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        # ONNX's own shape inference is enough for a CNN of fixed input size
+        # (ORT's symbolic one trips over the dynamo exporter's graphs).
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         if method == "dynamic":
             quantize_dynamic(str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=True)
             return {"type": "int8", "method": "dynamic", "weights": "int8 per channel",

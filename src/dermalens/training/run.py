@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -147,6 +148,29 @@ def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoi
     return trainer, checkpoint
 
 
+def set_aside_metrics_log(run_dir: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an existing metrics.csv; keep it to merge after resuming."""
+    log_file = run_dir / "logs" / "metrics.csv"
+    if not log_file.is_file():
+        return None
+    kept = run_dir / "logs" / "metrics.before-resume.csv"
+    if kept.is_file():  # an earlier resume was interrupted too: fold it in first
+        merge_metrics_logs(kept, log_file, resumed_step=None)
+    log_file.replace(kept)
+    return kept
+
+
+def merge_metrics_logs(earlier: Path, current: Path, resumed_step: int | None) -> None:
+    """earlier rows up to the resumed step + the new rows -> current (atomically); earlier is removed."""
+    old = pd.read_csv(earlier)
+    if resumed_step is not None and "step" in old:
+        old = old[old["step"] <= resumed_step]
+    new = pd.read_csv(current) if current.is_file() else pd.DataFrame()
+    merged = pd.concat([old, new], ignore_index=True)
+    atomic_write_text(current, merged.to_csv(index=False))
+    earlier.unlink()
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -178,10 +202,15 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     )
     log.info("backbone weights: %s", module.model.weights_source)
     datamodule = build_datamodule(config, prepared, module.model.preprocessing)
+    earlier_log = set_aside_metrics_log(run_dir) if resume else None
+    resumed_step = (torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+                    ["global_step"] if resume else None)
     trainer, checkpoint = build_trainer(config, run_dir)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(run_dir / "checkpoints" / "last.ckpt") if resume else None)
     seconds = time.perf_counter() - started
+    if earlier_log is not None and trainer.is_global_zero:
+        merge_metrics_logs(earlier_log, run_dir / "logs" / "metrics.csv", resumed_step=resumed_step)
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"
     result = TrainResult(run_dir, best, run_dir / "checkpoints" / "last.ckpt", seconds)
     if config["evaluation"]["after_training"] and trainer.is_global_zero:

@@ -36,6 +36,7 @@
   }
 
   function renderBars(result) {
+    // One row per class, most probable first: "code  name ... value" over a full-width bar.
     const bars = $("bars");
     bars.replaceChildren();
     result.top_k.forEach((item, rank) => {
@@ -43,29 +44,32 @@
       row.className = "bar-row" + (rank === 0 ? " top" : "");
       row.dataset.class = item.class;
       row.dataset.probability = String(item.probability);
+      const label = document.createElement("span");
+      label.className = "bar-label";
       const code = document.createElement("span");
       code.className = "bar-code";
       code.textContent = item.class;
+      const name = document.createElement("span");
+      name.className = "bar-name";
+      name.textContent = item.name;
+      label.append(code, name);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = percent(item.probability);
       const track = document.createElement("span");
       track.className = "bar-track";
       const fill = document.createElement("span");
       fill.className = "bar-fill";
       fill.style.width = Math.max(0, Math.min(100, 100 * item.probability)).toFixed(2) + "%";
-      const name = document.createElement("span");
-      name.className = "bar-name";
-      name.textContent = item.name;
-      track.append(fill, name);
-      const value = document.createElement("span");
-      value.className = "bar-value";
-      value.textContent = percent(item.probability);
-      row.append(code, track, value);
+      track.append(fill);
+      row.append(label, value, track);
       bars.append(row);
     });
     const top = $("top-class");
     top.replaceChildren("Most probable: ");
     const strong = document.createElement("strong");
     strong.textContent = result.top_class_name + " (" + result.top_class + ", " + percent(result.top_k[0].probability) + ")";
-    top.append(strong, ". " + result.disclaimer);
+    top.append(strong);
   }
 
   function resetResults() {
