@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dermalens.atomic_io import atomic_write_text
 from dermalens.data.sources import DataIssue, LesionDataset
 
 # Bump whenever resize_image changes its output, so old caches are not reused.
@@ -108,16 +109,6 @@ def _load_cached(array_path: Path, issues_path: Path, expected_shape: tuple) -> 
     return images, issues
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
-
-
 def build_image_cache(
     dataset: LesionDataset, size: int, cache_dir: Path | None, progress: bool = True
 ) -> tuple[np.ndarray, list[DataIssue]]:
@@ -152,7 +143,7 @@ def build_image_cache(
         issues = _decode_all(dataset, size, images, progress)
         images.flush()
         del images
-        _write_text_atomically(issues_path, json.dumps([asdict(i) for i in issues], indent=1))
+        atomic_write_text(issues_path, json.dumps([asdict(i) for i in issues], indent=1))
         os.replace(temp_name, array_path)
     finally:
         Path(temp_name).unlink(missing_ok=True)

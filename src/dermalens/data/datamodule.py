@@ -83,10 +83,17 @@ class LesionDataModule(L.LightningDataModule):
                           pin_memory=self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"))
+        return self._evaluation_loader(self.dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))
+        return self._evaluation_loader(self.dataset("test"))
+
+    def _evaluation_loader(self, dataset) -> DataLoader:
+        # Under DDP every image goes to exactly one rank (Lightning's default
+        # sampler would pad with repeats, counted twice by the synced metrics).
+        from ..training.distributed import evaluation_sampler
+
+        return self._loader(dataset, sampler=evaluation_sampler(dataset, self.trainer))
 
     def train_class_counts(self, num_classes: int) -> list[int]:
         return np.bincount(self.labels[self.indices("train")], minlength=num_classes).tolist()

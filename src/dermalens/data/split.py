@@ -7,14 +7,13 @@ and stratifies by ``label`` so rare classes appear in every split.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from dermalens.atomic_io import atomic_write_text
 from dermalens.data.sources import OFFICIAL_SPLITS, LesionDataset
 
 SPLIT_COLUMNS = ("image_id", "lesion_id", "label", "split")
@@ -121,14 +120,7 @@ def write_split_csv(records: pd.DataFrame, split: pd.Series, path: Path) -> Path
     table = records[["image_id", "lesion_id", "label"]].assign(split=split.reindex(records.index).to_numpy())
     if table["split"].isna().any():
         raise ValueError("split does not cover every record")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
-            table.to_csv(out, index=False)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, table.to_csv(index=False))
 
 
 def read_split_csv(path: Path) -> pd.Series:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import pandas as pd
 from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
+from dermalens.atomic_io import atomic_write_text
 from dermalens.classes import CLASS_CODES
 from dermalens.data.sources import DataIssue, LesionDataset
 
@@ -130,14 +130,7 @@ def write_issues_csv(issues: Sequence[DataIssue], path: Path) -> Path:
         [(i.kind, i.image_id, i.path or "", i.detail) for i in issues],
         columns=["kind", "image_id", "path", "detail"],
     )
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
-            table.to_csv(out, index=False)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, table.to_csv(index=False))
 
 
 def summarise_dataset(dataset: LesionDataset) -> dict:

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from dermalens.evaluation.atomic_io import atomic_write_bytes
+from dermalens.atomic_io import atomic_write_bytes
 from dermalens.evaluation.metrics import expected_calibration_error, reliability_bins
 
 __all__ = [

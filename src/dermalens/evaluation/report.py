@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dermalens.classes import RESEARCH_DISCLAIMER, class_name
-from dermalens.evaluation.atomic_io import atomic_write_json, atomic_write_text
+from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.evaluation.plots import (
     plot_confusion_matrix,
     plot_reliability_diagram,

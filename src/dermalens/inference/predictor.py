@@ -8,10 +8,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_name
+from ..data.sources import UnreadableImageError, decode_image_file
 from ..data.transforms import build_eval_transform, flip_tta_views, preprocess_image
 from ..models.checkpoint import load_classifier
 from ..models.classifier import Preprocessing
@@ -39,16 +39,14 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, pre: Preprocessin
 
 
 def read_rgb_image(path: str | Path) -> np.ndarray:
-    """Decode an image file upright (EXIF orientation applied) as RGB uint8."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+    """Decode an image file upright (EXIF orientation applied) as RGB uint8.
+
+    The same decoder as training data; errors are ValueErrors naming the file.
+    """
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from None
+        return decode_image_file(path)
+    except UnreadableImageError as error:
+        raise ValueError(str(error)) from None
 
 
 @dataclass

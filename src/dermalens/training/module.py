@@ -29,12 +29,16 @@ def validation_metrics(num_classes: int) -> MetricCollection:
 class LesionClassifierModule(L.LightningModule):
     def __init__(self, model: dict, loss: dict, optimizer: dict, scheduler: dict,
                  class_counts: list[int], monitor: str = "val/balanced_accuracy", monitor_mode: str = "max",
-                 channels_last: bool = False, load_pretrained: bool = True):
+                 channels_last: bool = False, load_pretrained: bool = True, compile: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_classifier(ModelConfig(**model), load_pretrained=load_pretrained)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if compile:
+            # torch.compile in place: the state_dict keys stay "model.*", so
+            # checkpoints load without Lightning or compile.
+            self.model.compile()
         self.channels_last = channels_last
         self.criterion = build_loss(loss.get("name", "focal"), class_counts, gamma=loss.get("gamma", 2.0),
                                     alpha=loss.get("alpha"), label_smoothing=loss.get("label_smoothing", 0.0))

@@ -31,6 +31,7 @@ from ..data.transforms import AugmentationConfig
 from ..data.validation import BadDataError, write_issues_csv
 from ..evaluation.report import atomic_write_text
 from ..models.classifier import ModelConfig
+from .distributed import shared_run_dir
 from .module import LesionClassifierModule
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def build_datamodule(config: dict, prepared: PreparedData, preprocessing) -> Les
         num_workers=training["num_workers"], balanced_sampling=config["sampler"]["balanced"],
         samples_per_class=config["sampler"]["samples_per_class"],
         balance_power=config["sampler"]["power"], seed=config["seed"],
-        pin_memory=training["accelerator"] not in ("cpu",),
+        pin_memory=torch.cuda.is_available() and training["accelerator"] != "cpu",
     )
 
 
@@ -190,7 +191,11 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         if not last.is_file():
             raise ConfigError(f"cannot resume: no checkpoint at {last}")
     else:
-        run_dir = Path(run_dir) if run_dir else new_run_dir(config)
+        run_dir = Path(run_dir) if run_dir else shared_run_dir(config, new_run_dir)  # one folder for all DDP ranks
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            # Never overwrite a trained model: continuing is an explicit choice.
+            raise ConfigError(f"run folder {run_dir} already holds checkpoints; use --resume {run_dir} "
+                              f"or choose another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
     prepared = prepare_data(config, run_dir, progress=progress)
@@ -199,6 +204,7 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         model={**ModelConfig(**{**config["model"]}).__dict__}, loss=config["loss"], optimizer=config["optimizer"],
         scheduler=config["scheduler"], class_counts=counts, monitor=config["training"]["monitor"],
         monitor_mode=config["training"]["monitor_mode"], channels_last=config["training"]["channels_last"],
+        compile=config["training"]["compile"],
     )
     log.info("backbone weights: %s", module.model.weights_source)
     datamodule = build_datamodule(config, prepared, module.model.preprocessing)
