@@ -137,7 +137,7 @@ def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoi
     ]
     if t["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tensorboard")]
+    loggers = [CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=10), TensorBoardLogger(run_dir, name="logs", version="tensorboard")]
     trainer = L.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"], strategy=t["strategy"],
         precision=t["precision"], max_epochs=t["max_epochs"], max_time=t["max_time"],
