@@ -14,12 +14,10 @@ diagnosis: this measures plumbing, not medical performance.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +30,7 @@ from urllib.parse import urlparse
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # runs from a plain checkout too
 
+from dermalens.atomic_io import atomic_write_json  # noqa: E402
 from dermalens.serving.client import post_image, request  # noqa: E402
 from dermalens.serving.server import is_loopback  # noqa: E402
 
@@ -86,7 +85,7 @@ class ServeProcess:
 
     def stop(self) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.terminate()
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -164,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     server = ServeProcess(args.model, args.threads, args.torch_threads) if args.model else None
     try:
         url = (server.url if server else args.url).rstrip("/")
-        health = request(url + "/health", timeout=args.timeout)
+        try:
+            health = request(url + "/health", timeout=args.timeout)
+        except OSError as error:
+            raise SystemExit(f"error: cannot reach {url}/health: {error}") from None
         if health.status != 200:
             raise SystemExit(f"error: {url}/health answered {health.status}: {health.body[:200]!r}")
         model = request(url + "/api/model", timeout=args.timeout).json()
@@ -195,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "git_commit": git_commit(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(args.output, record)
         print(f"results written to {args.output}")
     if failures:
         print(f"FAILED: {failures} requests got a 5xx, a connection error or were not sent in time", file=sys.stderr)

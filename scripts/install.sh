@@ -9,6 +9,7 @@ VENV=${2:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[weights,dev]'
+"$VENV/bin/python" -m pip install -q -e '.[all]'
+# The web-app browser test drives Debian's Chromium (installed when root + apt-get).
+bash "$(dirname "$0")/install_browser.sh"
 "$VENV/bin/python" -c "import dermalens, torch, timm, lightning; print('dermalens', dermalens.__version__, 'torch', torch.__version__)"

@@ -5,7 +5,7 @@
 # to do and exits 0, so a user install still works (the browser test then skips
 # locally; under CI it fails, as it should).
 set -euo pipefail
-CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+CHROMIUM=${DERMALENS_CHROMIUM:-/usr/bin/chromium}   # the path tests/test_browser.py uses
 
 if [ -x "$CHROMIUM" ]; then
   echo "chromium: found $CHROMIUM"
@@ -17,5 +17,6 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
-apt-get install -y --no-install-recommends chromium
+# No recommends (desktop extras); a font so pages and screenshots show text.
+apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 "$CHROMIUM" --version

@@ -73,6 +73,16 @@ def page(browser, page_url):
     context.close()
 
 
+def save_screenshot(page, path: Path) -> Path:
+    """The whole page, in tmp_path and (when set) in $DERMALENS_SCREENSHOT_DIR."""
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("DERMALENS_SCREENSHOT_DIR"):
+        target = Path(os.environ["DERMALENS_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / path.name)
+    return path
+
+
 def image_loaded(page, selector: str) -> None:
     """Wait until the image is shown and decoded (polled from here: the page's CSP forbids eval)."""
     from playwright.sync_api import expect
@@ -109,13 +119,7 @@ def test_upload_shows_sorted_probabilities_and_explanations(page, page_url, samp
     image_loaded(page, "#shap")
     assert page.locator("#explain-error").is_hidden() and page.locator("#error").is_hidden()
 
-    screenshot = tmp_path / "dermalens-page.png"
-    page.screenshot(path=str(screenshot), full_page=True)
-    if os.environ.get("DERMALENS_SCREENSHOT_DIR"):
-        target = Path(os.environ["DERMALENS_SCREENSHOT_DIR"])
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(screenshot, target / screenshot.name)
-    assert screenshot.stat().st_size > 10_000
+    assert save_screenshot(page, tmp_path / "dermalens-page.png").stat().st_size > 10_000
 
     # Nothing came from anywhere but this server (no CDN), and no script failed.
     outside = [u for u in page.requests if not u.startswith((page_url, "blob:", "data:"))]
@@ -123,7 +127,7 @@ def test_upload_shows_sorted_probabilities_and_explanations(page, page_url, samp
     assert not page.errors, page.errors
 
 
-def test_bad_upload_shows_a_visible_error(page):
+def test_bad_upload_shows_a_visible_error(page, tmp_path):
     page.set_input_files("#file-input", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
                                                 "buffer": b"these are notes, not an image\n"}])
     error = page.locator("#error")
@@ -131,3 +135,4 @@ def test_bad_upload_shows_a_visible_error(page):
     assert "notes.jpg" in error.inner_text() and "not an image" in error.inner_text()
     assert page.locator("#bars li").count() == 0
     assert page.locator("#disclaimer").is_visible()
+    save_screenshot(page, tmp_path / "dermalens-page-error.png")

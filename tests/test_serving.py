@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import logging
 import os
 import queue
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -456,7 +454,7 @@ def test_dermalens_serve_command(serving_checkpoint, sample_jpeg, tmp_path):
         server_header = request(url + "/health").headers.get("server", "")
         assert "dermalens" in server_header and "werkzeug" not in server_header.lower()
     finally:
-        process.send_signal(signal.SIGINT)
+        process.terminate()
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,7 @@
+"""Serving: a web page and a JSON API around one trained model, under waitress.
+
+`app.create_app` builds the Flask app, `server.make_server` the waitress
+server, `cli` adds `dermalens serve`. See docs/serving.md. Research tool, not
+a diagnosis. Submodules import Flask and torch on demand, so importing this
+package costs nothing.
+"""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 from ..classes import RESEARCH_DISCLAIMER
 
@@ -27,11 +28,17 @@ def cmd_serve(args) -> int:
     model = app.extensions["dermalens"].info
     print(f"dermalens: serving {model['name']} ({model['checkpoint']}) on {server_url(server, args.host)}/ "
           f"with {args.threads} threads; Ctrl+C stops it.\n{RESEARCH_DISCLAIMER}", flush=True)
+    # SIGTERM (service managers, containers) stops it like Ctrl+C: waitress finishes, exit status 0.
+    signal.signal(signal.SIGTERM, stop_on_signal)
     try:
         server.run()
     finally:
         server.close()
     return 0
+
+
+def stop_on_signal(signum, frame):
+    raise SystemExit(0)
 
 
 def add_subcommand(subparsers) -> None:

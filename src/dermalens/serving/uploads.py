@@ -15,12 +15,13 @@ from pathlib import PureWindowsPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.sources import pil_to_rgb
+
 # Formats a dermoscopy image plausibly comes in; Pillow's other decoders
 # (EPS, PSD, ...) are attack surface with no use here. JPEG includes MPO
 # (multi-picture JPEGs from phones).
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 DEFAULT_MAX_PIXELS = 40_000_000
-_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
 class UploadError(ValueError):
@@ -48,20 +49,6 @@ def display_name(filename: str | None, limit: int = 120) -> str:
     name = PureWindowsPath(filename or "").name  # splits on both / and \
     name = "".join(ch for ch in name if ch.isprintable())
     return name[:limit] or "upload"
-
-
-def to_rgb(img: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> RGB uint8. 16-bit grey is scaled, not clipped to white."""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        grey = np.asarray(img, dtype=np.float64)
-        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if img.mode == "F":
-        grey = np.asarray(img, dtype=np.float64)
-        scale = 255.0 if np.nanmax(grey, initial=0.0) <= 1.0 else 1.0
-        grey = np.clip(np.nan_to_num(grey * scale), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def decode_upload(data: bytes, filename: str | None = None,
@@ -95,7 +82,7 @@ def decode_upload(data: bytes, filename: str | None = None,
         try:
             img.load()
             upright = ImageOps.exif_transpose(img)
-            rgb = to_rgb(upright)
+            rgb = pil_to_rgb(upright)
         except (OSError, SyntaxError, ValueError, IndexError, TypeError) as error:
             # Truncated and corrupt files land here ("image file is truncated").
             raise UploadError(f"cannot decode image '{name}' ({img.format}): {error}") from None
