@@ -94,6 +94,3 @@ class LesionDataModule(L.LightningDataModule):
         from ..training.distributed import evaluation_sampler
 
         return self._loader(dataset, sampler=evaluation_sampler(dataset, self.trainer))
-
-    def train_class_counts(self, num_classes: int) -> list[int]:
-        return np.bincount(self.labels[self.indices("train")], minlength=num_classes).tolist()

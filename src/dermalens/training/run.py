@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from ..classes import NUM_CLASSES
 from ..config import ConfigError, dump_config, load_config
 from ..data.cache import build_image_cache
 from ..data.datamodule import LesionDataModule
@@ -199,9 +200,9 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
     prepared = prepare_data(config, run_dir, progress=progress)
-    counts = np.bincount(prepared.labels[prepared.split == "train"], minlength=7).tolist()
+    counts = np.bincount(prepared.labels[prepared.split == "train"], minlength=NUM_CLASSES).tolist()
     module = LesionClassifierModule(
-        model={**ModelConfig(**{**config["model"]}).__dict__}, loss=config["loss"], optimizer=config["optimizer"],
+        model=asdict(ModelConfig(**config["model"])), loss=config["loss"], optimizer=config["optimizer"],
         scheduler=config["scheduler"], class_counts=counts, monitor=config["training"]["monitor"],
         monitor_mode=config["training"]["monitor_mode"], channels_last=config["training"]["channels_last"],
         compile=config["training"]["compile"],
