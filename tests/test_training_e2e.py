@@ -42,8 +42,9 @@ def fast_settings(tmp_path: Path, **extra) -> list[str]:
 def dermamnist_run(tmp_path_factory, shared_data) -> Path:
     tmp = tmp_path_factory.mktemp("dermamnist")
     run_dir = tmp / "run"
+    # TTA off here to keep the suite fast; test_flip_tta_averages_the_four_views covers it.
     code = main(["train", "--config", "demo", "--data", str(shared_data), "--run-dir", str(run_dir),
-                 *fast_settings(tmp)])
+                 *fast_settings(tmp, **{"evaluation.tta": False})])
     assert code == 0
     return run_dir
 
@@ -184,3 +185,22 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, shared_data):
                  "--set", "training.epochs=3"])
     assert code == 2
     assert "unknown config key 'training.epochs'" in capsys.readouterr().err
+
+
+def test_flip_tta_averages_the_four_views(dermamnist_run: Path):
+    from dermalens.data.transforms import build_eval_transform
+    from dermalens.inference.predictor import predict_logits
+    from dermalens.models.checkpoint import load_classifier
+
+    model, meta = load_classifier(dermamnist_run / "checkpoints" / "best.ckpt")
+    pre = meta["preprocessing"]
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    plain = predict_logits(model, images, pre, tta=False, progress=False)
+    tta = predict_logits(model, images, pre, tta=True, progress=False)
+    batch = torch.stack([build_eval_transform(pre)(image=img)["image"] for img in images])
+    with torch.no_grad():
+        views = [batch, batch.flip(-1), batch.flip(-2), batch.flip(-1).flip(-2)]
+        expected = torch.stack([model(v) for v in views]).mean(0).numpy()
+    np.testing.assert_allclose(tta, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(plain, model(batch).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(plain, tta)
