@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "strategy": "auto",
         "precision": "32-true",      # e.g. bf16-mixed on a GPU
         "channels_last": False,
+        "compile": False,            # torch.compile the model (GPU runs; minutes of compiling first)
         "limit_train_batches": None,
         "limit_val_batches": None,
         "log_every_n_steps": 20,

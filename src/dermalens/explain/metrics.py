@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import torch
@@ -41,9 +43,19 @@ def energy_share(heatmap: np.ndarray, region: np.ndarray) -> float:
     return float(heatmap[region].sum() / total) if total > 0 else float("nan")
 
 
+def peak_location(heatmap: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the map's maximum. An upsampled coarse map has a flat top; of
+    its tied pixels the one nearest to their centroid is taken, not the first in
+    memory order (which would always sit on the plateau's top-left edge)."""
+    heatmap = np.asarray(heatmap)
+    rows, cols = np.nonzero(heatmap >= heatmap.max() - 1e-6 * abs(heatmap.max()))
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return int(rows[nearest]), int(cols[nearest])
+
+
 def peak_in_region(heatmap: np.ndarray, region: np.ndarray) -> bool:
     """Pointing game: does the map's maximum fall inside the region?"""
-    return bool(region.flat[int(np.argmax(heatmap))])
+    return bool(region[peak_location(heatmap)])
 
 
 def centred_gaussian_map(shape: tuple[int, int], sigma_fraction: float = 0.25) -> np.ndarray:
@@ -109,7 +121,9 @@ def deletion_curve(model: torch.nn.Module, input_tensor: torch.Tensor, heatmap: 
     """Probability of `class_index` after removing the top `fraction` of pixels, for each fraction.
 
     input_tensor: one preprocessed image (1, 3, S, S); heatmap: (S, S), higher = more important.
-    fill: "road" (noisy linear imputation from the kept neighbours) or "blur" (a heavily blurred copy).
+    fill: "road" (linear imputation from the kept neighbours, ROAD without its noise, so that curves
+    are reproducible) or "mean" (the image's mean colour). A blurred copy is not offered: blurring
+    a small bright spot leaves a bright blob, so the "deleted" evidence stays.
     """
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
@@ -119,11 +133,9 @@ def deletion_curve(model: torch.nn.Module, input_tensor: torch.Tensor, heatmap: 
     if heatmap.shape != (height, width):
         raise ValueError(f"heatmap {heatmap.shape} must be at the model input size {(height, width)}")
     order = importance_order(heatmap, rng)
-    if fill == "blur":
-        sigma = max(height, width) / 8
-        blurred = torch.from_numpy(cv2.GaussianBlur(image.permute(1, 2, 0).numpy(), (0, 0), sigma)).permute(2, 0, 1)
-    elif fill != "road":
-        raise ValueError(f"unknown fill {fill!r}; known fills: road, blur")
+    if fill not in ("road", "mean"):
+        raise ValueError(f"unknown fill {fill!r}; known fills: road, mean")
+    mean = image.mean(dim=(1, 2), keepdim=True)
     imputer = NoisyLinearImputer(noise=0.0)
     perturbed = []
     for fraction in fractions:
@@ -133,9 +145,11 @@ def deletion_curve(model: torch.nn.Module, input_tensor: torch.Tensor, heatmap: 
         if keep.all():
             perturbed.append(image)
         elif fill == "road":
-            perturbed.append(imputer(image, keep_t))
+            with warnings.catch_warnings():   # the imputer hands torch tensors to numpy functions
+                warnings.filterwarnings("ignore", message="__array_wrap__", category=DeprecationWarning)
+                perturbed.append(imputer(image, keep_t))
         else:
-            perturbed.append(image * keep_t + blurred * (1 - keep_t))
+            perturbed.append(image * keep_t + mean * (1 - keep_t))
     device = next(model.parameters()).device
     probabilities = torch.softmax(model(torch.stack(perturbed).to(device)).float(), dim=1)
     return probabilities[:, class_index].cpu().numpy()

@@ -22,8 +22,8 @@ from ..classes import CLASS_CODES
 from ..data.transforms import preprocess_image
 from ..models.classifier import Preprocessing
 from .base import Attribution, AttributionMethod, model_device
+from .names import DEFAULT_SHAP_MAX_EVALS
 
-DEFAULT_MAX_EVALS = 300
 BLUR_FRACTION = 0.25   # the blur kernel's side as a fraction of the image side
 
 
@@ -31,26 +31,31 @@ class ShapPartitionExplainer(AttributionMethod):
     name = "shap"
     uses_gradients = False
 
-    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, max_evals: int = DEFAULT_MAX_EVALS,
-                 batch_size: int = 50):
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, max_evals: int = DEFAULT_SHAP_MAX_EVALS,
+                 batch_size: int = 50, temperature: float = 1.0):
         self.model = model
         self.preprocessing = preprocessing
+        self.temperature = temperature
         self.max_evals = max_evals
         self.batch_size = batch_size
-        self._masker = None
-        # The masker caches the blurred image under id(image), and ids are reused
-        # once an image is freed: one image at a time, cache cleared before each.
+        self._explainer = None
+        # The explainer keeps per-call state, and its masker caches the blurred
+        # image under id(image) -- ids are reused once an image is freed: one
+        # image at a time, and the cache is cleared before each.
         self.lock = threading.Lock()
 
-    def masker(self):
-        """Built once: the masker's pixel hierarchy takes seconds (numba) the first time."""
-        if self._masker is None:
+    def partition_explainer(self):
+        """Built once and reused: the masker's pixel hierarchy and the explainer's
+        mask matrix take seconds to build (numba compiles on first use)."""
+        if self._explainer is None:
             import shap
 
             size = self.preprocessing.image_size
             kernel = max(3, int(round(size * BLUR_FRACTION)))
-            self._masker = shap.maskers.Image(f"blur({kernel},{kernel})", (size, size, 3))
-        return self._masker
+            masker = shap.maskers.Image(f"blur({kernel},{kernel})", (size, size, 3))
+            self._explainer = shap.PartitionExplainer(self.predict_probabilities, masker,
+                                                      output_names=list(CLASS_CODES))
+        return self._explainer
 
     def predict_probabilities(self, images: np.ndarray) -> np.ndarray:
         """What SHAP calls: (N, S, S, 3) masked images -> (N, C) class probabilities."""
@@ -58,21 +63,18 @@ class ShapPartitionExplainer(AttributionMethod):
         device = model_device(self.model)
         with torch.inference_mode():
             batch = torch.stack([preprocess_image(img, self.preprocessing) for img in images]).to(device)
-            return torch.softmax(self.model(batch).float(), dim=1).cpu().numpy()
+            return torch.softmax(self.model(batch).float() / self.temperature, dim=1).cpu().numpy()
 
     def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int,
                   max_evals: int | None = None) -> Attribution:
-        import shap
-
         max_evals = int(max_evals or self.max_evals)
         if max_evals < 10:
             raise ValueError(f"shap_max_evals must be at least 10, got {max_evals}")
         with self.lock:
-            masker = self.masker()
-            masker.last_xid = None
-            explainer = shap.PartitionExplainer(self.predict_probabilities, masker, output_names=list(CLASS_CODES))
+            explainer = self.partition_explainer()
+            explainer.masker.last_xid = None
             result = explainer(image[None], max_evals=max_evals, batch_size=self.batch_size, silent=True)
-            masker.last_xid = None
+            explainer.masker.last_xid = None
         # (1, S, S, 3, C) -> (C, S, S): a pixel's attribution is the sum over its colour channels.
         values = np.asarray(result.values, dtype=np.float32)[0].sum(axis=2).transpose(2, 0, 1)
         class_maps = {code: values[k] for k, code in enumerate(CLASS_CODES)}

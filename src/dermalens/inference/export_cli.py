@@ -46,10 +46,17 @@ def calibration_images(checkpoint: Path, patterns: list[str] | None, count: int)
     run_dir = checkpoint.resolve().parent.parent
     if not (run_dir / "config.yaml").is_file():
         return None  # export warns and calibrates on the parity images
+    import warnings
+
     from ..config import load_config
     from ..training.run import prepare_data
 
-    prepared = prepare_data(load_config(run_dir / "config.yaml"), run_dir, progress=False)
+    try:
+        prepared = prepare_data(load_config(run_dir / "config.yaml"), run_dir, progress=False)
+    except (ValueError, OSError) as error:  # data moved, relative path from elsewhere, ...
+        warnings.warn(f"cannot read the training data of {run_dir} for int8 calibration ({error}); "
+                      f"give --calibration-images", stacklevel=2)
+        return None
     rows = np.flatnonzero(prepared.split == "train")
     rows = np.random.default_rng(0).choice(rows, min(count, len(rows)), replace=False)
     return [np.asarray(prepared.images[r]) for r in np.sort(rows)]

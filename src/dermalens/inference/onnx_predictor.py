@@ -84,7 +84,7 @@ def available_cores() -> int:
 
 
 def session_options(threads: int | None = None, optimization: str = "all", execution_mode: str = "sequential",
-                    spinning: bool = True):
+                    spinning: bool = True, config_entries: dict[str, str] | None = None):
     """ONNX Runtime settings for a latency-bound CPU model (see docs/performance.md for the sweep).
 
     optimization "all" turns on ORT's NCHWc layout (blocked convolutions),
@@ -109,6 +109,8 @@ def session_options(threads: int | None = None, optimization: str = "all", execu
     options.log_severity_level = 3  # errors only: the NCHWc serialisation notice is not for users
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (config_entries or {}).items():  # e.g. {"session.dynamic_block_base": "4"}
+        options.add_session_config_entry(key, value)
     return options
 
 

@@ -1,0 +1,140 @@
+"""What every dermalens benchmark shares: the machine record, timing, tables, result files.
+
+A result file is JSON: {"benchmark", "machine", "settings", "rows": [{...}],
+"notes": [...]}; `summarize.py` turns benchmarks/results/*.json into one
+markdown table per file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+LIBRARIES = ("dermalens", "torch", "onnxruntime", "onnx", "timm", "lightning", "numpy", "opencv-python-headless",
+             "albumentations")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU model, cores, load, library versions, git commit: what a timing is only valid for."""
+    import torch
+
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5,
+                                    cwd=Path(__file__).parent).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    flags = ""
+    try:
+        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
+    except OSError:
+        pass
+    return {
+        "cpu": cpu_model(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f" {f}" in flags],
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": versions,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def interleaved_timings(candidates: dict[str, Callable[[], object]], calls: int, warmup: int = 2,
+                        block: int = 8, block_warmup: int = 2) -> dict[str, np.ndarray]:
+    """Seconds per call of each candidate: `calls` timed calls each, in alternating blocks of `block`.
+
+    Alternating the candidates block by block means a burst of load from
+    another process hits all of them alike, so ratios measured in one run
+    stay meaningful on a busy machine even when absolute times do not. Each
+    block starts with `block_warmup` untimed calls: right after another
+    runtime's call (ORT's or OpenMP's thread pool still spinning or just
+    gone to sleep) the first calls can be many times slower.
+    """
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    block = max(1, min(block, calls))
+    for _ in range(-(-calls // block)):
+        for name, fn in candidates.items():
+            for _ in range(block_warmup):
+                fn()
+            for _ in range(block):
+                started = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - started)
+    return {name: np.asarray(values[:calls]) for name, values in times.items()}
+
+
+def percentile_ms(seconds: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(seconds, q)) * 1000, 2)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """A markdown table (also readable as plain text)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, rows: list[dict], settings: dict, notes: Sequence[str] = (),
+                 out: str | Path | None = None) -> Path:
+    """Write results/<name>.json (or `out`) atomically; returns the path."""
+    path = Path(out) if out else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"benchmark": name, "machine": machine_info(), "settings": settings, "rows": rows,
+                "notes": list(notes)}
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    os.replace(temp, path)
+    return path
+
+
+def print_machine(machine: dict | None = None) -> None:
+    m = machine or machine_info()
+    print(f"machine: {m['cpu']}, {m['cores_available']} cores available, load {m['load_average_1m']}, "
+          f"torch {m['libraries']['torch']}, onnxruntime {m['libraries']['onnxruntime']}")

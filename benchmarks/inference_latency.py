@@ -1,0 +1,155 @@
+"""Inference latency and throughput on CPU: eager PyTorch, channels-last, ONNX Runtime fp32 and int8.
+
+    python benchmarks/inference_latency.py                       # random-weight EfficientNet-B3 + CBAM, 300 px
+    python benchmarks/inference_latency.py --model runs/x/checkpoints/best.ckpt
+
+Batch 1: p50/p95 latency of the model call on a preprocessed real image.
+Batch 32: images per second. App path: what the web app does per request
+(decode a 600x450 JPEG, resize, normalise, infer), through `OnnxPredictor`
+and the PyTorch `Predictor`. All variants are timed round-robin in one
+process, so the ratios hold even on a busy machine; absolute numbers need a
+quiet one. Random weights time the same as trained ones (the int8 model is
+then calibrated on the sample images; its accuracy is measured by
+quantization_accuracy.py, not here).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import format_table, interleaved_timings, percentile_ms, print_machine, write_result  # noqa: E402
+
+from dermalens import __version__  # noqa: E402
+from dermalens.classes import CLASS_CODES  # noqa: E402
+from dermalens.data.transforms import preprocess_image  # noqa: E402
+from dermalens.inference.export import checkpoint_metadata, default_sample_images, export_model  # noqa: E402
+from dermalens.inference.onnx_predictor import OnnxPredictor, available_cores, create_session  # noqa: E402
+from dermalens.inference.predictor import Predictor, read_rgb_image  # noqa: E402
+from dermalens.models.checkpoint import load_classifier  # noqa: E402
+from dermalens.models.classifier import ModelConfig, create_classifier  # noqa: E402
+
+LATENCY_TARGET_RATIO = 0.4     # exported model vs eager PyTorch, batch 1, same run
+APP_P50_TARGET_MS = 80.0
+
+
+def build_model(args) -> tuple[torch.nn.Module, dict, str]:
+    if args.model:
+        checkpoint = Path(args.model)
+        model, meta = load_classifier(checkpoint)
+        return model, checkpoint_metadata(checkpoint, meta), f"checkpoint {checkpoint}"
+    config = ModelConfig(backbone=args.backbone, image_size=args.image_size, cbam=not args.no_cbam, pretrained="none")
+    torch.manual_seed(0)
+    model = create_classifier(config, load_pretrained=False).eval()
+    meta = {"classes": list(CLASS_CODES), "preprocessing": model.preprocessing, "temperature": 1.0,
+            "version": __version__, "backbone": config.backbone, "model_config": asdict(config)}
+    return model, meta, f"random-weight {config.backbone}{' + CBAM' if config.cbam else ''} at {config.image_size}px"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint (default: random weights, see --backbone)")
+    parser.add_argument("--backbone", default="efficientnet_b3")
+    parser.add_argument("--image-size", type=int, default=300)
+    parser.add_argument("--no-cbam", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch and ORT threads (default: all cores)")
+    parser.add_argument("--rounds", type=int, default=48, help="timed batch-1 calls per variant")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch-rounds", type=int, default=3, help="timed batch-32 calls per variant")
+    parser.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
+    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--image", help="a 600x450 JPEG for the app path (default: first HAM10000 sample)")
+    parser.add_argument("--out", help="result JSON (default benchmarks/results/inference_latency.json)")
+    args = parser.parse_args(argv)
+
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
+    model, meta, description = build_model(args)
+    pre = meta["preprocessing"]
+    samples = default_sample_images()
+    image_path = Path(args.image) if args.image else (samples[0] if samples else None)
+    image = read_rgb_image(image_path) if image_path else np.random.default_rng(0).integers(0, 256, (450, 600, 3),
+                                                                                               dtype=np.uint8)
+    x1 = preprocess_image(image, pre).unsqueeze(0)
+    xb = x1.repeat(args.batch, 1, 1, 1)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    with tempfile.TemporaryDirectory(prefix="dermalens-bench-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp32 = export_model(model, meta, Path(tmp) / "model.onnx", exporter=args.exporter, parity_count=4)
+        int8 = None
+        if not args.no_int8:
+            calibration = [read_rgb_image(p) for p in samples[:16]] or None
+            int8 = export_model(model, meta, Path(tmp) / "model.int8.onnx", exporter=args.exporter, parity_count=4,
+                                quantize="int8", calibration_images=calibration)
+        sessions = {"onnxruntime": create_session(fp32.path, threads)}
+        if int8:
+            sessions["onnxruntime_int8"] = create_session(int8.path, threads)
+        onnx_predictor = OnnxPredictor(sessions["onnxruntime"], fp32.metadata)
+        torch_predictor = Predictor(model, meta)
+
+        def variants(batch: torch.Tensor) -> dict:
+            x_np = batch.numpy()
+            x_cl = batch.contiguous(memory_format=torch.channels_last)
+            out = {"eager": lambda: model(batch), "channels_last": lambda: model_cl(x_cl)}
+            for name, session in sessions.items():
+                out[name] = lambda s=session: s.run(["logits"], {"image": x_np})
+            return out
+
+        # The app path is timed in the same round-robin as the bare model
+        # calls, so its overhead over "onnxruntime" is visible directly.
+        source = image_path if image_path else image
+        app_variants = {"app_onnxruntime": lambda: onnx_predictor.predict([source]),
+                        "app_eager": lambda: torch_predictor.predict([source])}
+        with torch.inference_mode():
+            single = interleaved_timings({**variants(x1), **app_variants}, args.rounds)
+            batched = interleaved_timings(variants(xb), args.batch_rounds, warmup=0, block=args.batch_rounds,
+                                          block_warmup=1)
+        app = {name: single.pop(name) for name in app_variants}
+
+    eager_p50 = np.percentile(single["eager"], 50)
+    rows = []
+    for name, seconds in single.items():
+        rows.append({"variant": name, "batch1_p50_ms": percentile_ms(seconds, 50),
+                     "batch1_p95_ms": percentile_ms(seconds, 95),
+                     "vs_eager_p50": round(float(np.percentile(seconds, 50) / eager_p50), 3),
+                     f"batch{args.batch}_img_per_s": round(args.batch / float(np.median(batched[name])), 2)})
+    for name, seconds in app.items():
+        rows.append({"variant": name + " (decode+resize+infer)", "batch1_p50_ms": percentile_ms(seconds, 50),
+                     "batch1_p95_ms": percentile_ms(seconds, 95),
+                     "vs_eager_p50": round(float(np.percentile(seconds, 50) / np.percentile(app["app_eager"], 50)), 3),
+                     f"batch{args.batch}_img_per_s": None})
+    by_name = {row["variant"].split(" ")[0]: row for row in rows}
+    onnx_ratio = by_name["onnxruntime"]["vs_eager_p50"]
+    app_p50 = by_name["app_onnxruntime"]["batch1_p50_ms"]
+    notes = [
+        f"model: {description}; {threads} threads; ONNX via {args.exporter} exporter, "
+        f"parity max |dp| {fp32.parity.max_abs_diff:.1e}",
+        f"onnxruntime / eager at batch 1 (p50): {onnx_ratio:.2f} (target <= {LATENCY_TARGET_RATIO})",
+        f"app path p50 with onnxruntime: {app_p50:.1f} ms for {image.shape[1]}x{image.shape[0]} "
+        f"(target <= {APP_P50_TARGET_MS:.0f} ms)",
+    ]
+    if int8:
+        notes.append(f"int8: {int8.quantization['method']}, top class agrees with PyTorch on "
+                     f"{int8.int8_parity.top1_agreement:.0%} of {int8.int8_parity.n_images} sample images")
+    settings = {"model": description, "threads": threads, "rounds": args.rounds, "batch": args.batch,
+                "batch_rounds": args.batch_rounds, "exporter": args.exporter, "opset": fp32.opset,
+                "image": str(image_path) if image_path else "random 600x450"}
+    path = write_result("inference_latency", rows, settings, notes, args.out)
+    print_machine()
+    print(format_table(rows))
+    print("\n".join(notes))
+    print(f"written: {path}")
+    return {"rows": rows, "notes": notes, "path": str(path)}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Collect benchmarks/results/*.json into one markdown file (benchmarks/results/summary.md).
+
+    python benchmarks/summarize.py [--results DIR] [--out FILE]
+
+Files in the common format (bench_common.write_result: "rows", "notes",
+"machine") become a table each; any other JSON (a colleague's load test,
+say) is listed with its top-level keys so nothing is silently dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import RESULTS_DIR, format_table  # noqa: E402
+
+
+def summarize(results: Path) -> str:
+    lines = ["# dermalens benchmark results", ""]
+    machine_done = False
+    for path in sorted(results.glob("*.json")):
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            lines += [f"## {path.name}", "", f"unreadable: {error}", ""]
+            continue
+        if not isinstance(document, dict) or "rows" not in document:
+            keys = ", ".join(sorted(document)) if isinstance(document, dict) else type(document).__name__
+            lines += [f"## {path.stem}", "", f"(not in the common format; keys: {keys})", ""]
+            continue
+        machine = document.get("machine", {})
+        if not machine_done and machine:
+            libs = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items() if v)
+            lines += [f"Machine: {machine.get('cpu')}, {machine.get('cores_available')} cores available "
+                      f"(ISA {', '.join(machine.get('isa', []))}), GPU {machine.get('gpu') or 'none'}, "
+                      f"git {machine.get('git_commit')}{' (dirty)' if machine.get('git_dirty') else ''}.", "",
+                      f"Libraries: {libs}.", ""]
+            machine_done = True
+        lines += [f"## {document.get('benchmark', path.stem)}", "",
+                  f"Run {machine.get('time_utc', '?')}, load average {machine.get('load_average_1m', '?')}.", "",
+                  format_table(document["rows"]), ""]
+        lines += [f"- {note}" for note in document.get("notes", [])] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default=str(RESULTS_DIR))
+    parser.add_argument("--out", help="default: <results>/summary.md")
+    args = parser.parse_args(argv)
+    results = Path(args.results)
+    out = Path(args.out) if args.out else results / "summary.md"
+    out.write_text(summarize(results))
+    print(f"written: {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

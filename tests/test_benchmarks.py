@@ -1,0 +1,117 @@
+"""Each benchmark script runs end to end with tiny settings and writes its result file.
+
+No timing is asserted: these only show the scripts work (the numbers come
+from `benchmarks/run_all.sh` on a quiet machine).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from dermalens import __version__
+from dermalens.classes import CLASS_CODES
+from dermalens.models.checkpoint import CHECKPOINT_KEY
+from dermalens.models.classifier import ModelConfig, create_classifier
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# timm's efficientnet_lite0 (no TF "same" padding) at 32 px: the cheapest real backbone. One
+# thread: on a shared machine several threads per process mostly wait for each other.
+TINY_MODEL = ["--backbone", "efficientnet_lite0", "--image-size", "32", "--no-cbam", "--threads", "1"]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_result(path: Path) -> dict:
+    document = json.loads(path.read_text())
+    assert {"benchmark", "machine", "settings", "rows", "notes"} <= set(document)
+    machine = document["machine"]
+    assert machine["cpu"] and machine["cores_available"] >= 1 and machine["libraries"]["torch"]
+    return document
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    threads = torch.get_num_threads()  # the scripts set torch's thread count for the whole process
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+    torch.set_num_threads(threads)
+
+
+def write_tiny_checkpoint(path: Path) -> Path:
+    """A random-weight checkpoint in dermalens's format, without training (what load_classifier reads)."""
+    config = ModelConfig(backbone="efficientnet_lite0", image_size=32, cbam=True, pretrained="none")
+    model = create_classifier(config, load_pretrained=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                CHECKPOINT_KEY: {"version": __version__, "classes": list(CLASS_CODES), "model_config": asdict(config),
+                                 "preprocessing": model.preprocessing.to_dict(), "weights_source": "random",
+                                 "val_metrics": {}, "epoch": 0}}, path)
+    return path
+
+
+def test_inference_latency_runs(tmp_path, capsys):
+    out = tmp_path / "inference_latency.json"
+    load_script("inference_latency").main([*TINY_MODEL, "--rounds", "2", "--batch", "2", "--batch-rounds", "1",
+                                           "--exporter", "torchscript", "--no-int8", "--out", str(out)])
+    rows = {row["variant"].split(" ")[0]: row for row in read_result(out)["rows"]}
+    assert {"eager", "channels_last", "onnxruntime", "app_onnxruntime", "app_eager"} <= set(rows)
+    assert rows["eager"]["vs_eager_p50"] == 1.0 and rows["onnxruntime"]["batch2_img_per_s"] > 0
+    assert "| variant |" in capsys.readouterr().out
+
+
+def test_onnx_tuning_runs(tmp_path):
+    out = tmp_path / "onnx_tuning.json"
+    load_script("onnx_tuning").main([*TINY_MODEL, "--rounds", "1", "--out", str(out)])
+    rows = read_result(out)["rows"]
+    assert {row["optimization"] for row in rows} >= {"eager PyTorch", "basic", "extended", "all"}
+    assert {row["exporter"] for row in rows} >= {"dynamo", "torchscript"}
+
+
+def test_training_throughput_runs(tmp_path):
+    out = tmp_path / "training_throughput.json"
+    load_script("training_throughput").main([
+        "--setups", "dermamnist", "--workers", "0", "--steps", "2", "--warmup", "1", "--repeats", "1",
+        "--batch-size", "4", "--threads", "1", "--set", "data.format=synthetic", "data.synthetic_per_class=10",
+        "model.image_size=32",
+        "data.cache_dir=null", "--out", str(out)])
+    row, = read_result(out)["rows"]
+    assert row["setup"] == "dermamnist" and row["num_workers"] == 0
+    assert row["real_img_per_s"] > 0 and row["model_bound_img_per_s"] > 0 and row["ratio"] > 0
+
+
+def test_quantization_accuracy_runs(tmp_path, shared_data):
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt" / "model.ckpt")
+    out = tmp_path / "quantization_accuracy.json"
+    load_script("quantization_accuracy").main([
+        "--model", str(checkpoint), "--data", str(shared_data), "--limit", "40", "--rounds", "2",
+        "--methods", "static", "--calibration-count", "16", "--exporter", "torchscript", "--threads", "1",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--out", str(out)])
+    document = read_result(out)
+    rows = {row["model"]: row for row in document["rows"]}
+    assert set(rows) == {"pytorch", "onnx_fp32", "onnx_int8_static"}
+    assert document["settings"]["test_images"] == 40
+    assert rows["onnx_fp32"]["max_abs_dp_vs_pytorch"] <= 1e-4
+    for row in rows.values():
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["balanced_accuracy"] <= 1
+
+
+def test_summary_collects_results(tmp_path):
+    bench_common = load_script("bench_common")
+    bench_common.write_result("demo", [{"variant": "a", "p50_ms": 1.5}], {"x": 1}, ["a note"],
+                              tmp_path / "demo.json")
+    (tmp_path / "load_test.json").write_text(json.dumps({"p50_ms": 3}))  # another format, still listed
+    summary = load_script("summarize").main(["--results", str(tmp_path)]).read_text()
+    assert "## demo" in summary and "| a | 1.5 |" in summary and "- a note" in summary
+    assert "## load_test" in summary and "Machine:" in summary

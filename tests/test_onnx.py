@@ -1,0 +1,227 @@
+"""ONNX export and the ONNX Runtime predictor: parity with PyTorch on real images, metadata, batch sizes,
+which predictor `load_predictor` picks, int8, and failures that leave nothing behind."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dermalens.classes import CLASS_CODES
+from dermalens.config import load_config
+from dermalens.inference import export as export_module
+from dermalens.inference.export import ExportError, check_images, export_checkpoint
+from dermalens.inference.onnx_predictor import (OnnxModelError, OnnxPredictor, create_session, load_predictor,
+                                                read_onnx_metadata)
+from dermalens.inference.predictor import Predictor, read_rgb_image
+from dermalens.models.checkpoint import CheckpointError, load_classifier
+from dermalens.training.run import train
+
+# ImageNet Lite0 features (an offline weights package, as the demo uses) make
+# the tiny model's top class depend on the image, so int8 agreement means
+# something; the export checks themselves do not depend on it.
+TINY_RUN = ["data.format=synthetic", "data.synthetic_per_class=10", "training.max_epochs=1",
+            "training.limit_train_batches=2", "model.image_size=64", "model.pretrained=auto",
+            "evaluation.after_training=false", "training.progress_bar=false", "data.cache_dir=null"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Correctness, not speed, is tested here; on a shared machine several
+    # torch threads per process mostly wait for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("onnx") / "run"
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", TINY_RUN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(config, run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def checkpoint(run_dir) -> Path:
+    return run_dir / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, sample_dir):
+    """The default export: <stem>.onnx beside the checkpoint, checked on the sample images."""
+    return export_checkpoint(checkpoint, parity_images=[sample_dir / "ISIC_*.jpg"], parity_count=8)
+
+
+@pytest.fixture(scope="module")
+def sample_images(sample_dir) -> list[np.ndarray]:
+    return [read_rgb_image(p) for p in sorted(sample_dir.glob("ISIC_*.jpg"))[:12]]
+
+
+@pytest.fixture(scope="module")
+def torch_predictor(checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(checkpoint)
+
+
+def test_export_matches_pytorch_on_real_images(exported, checkpoint):
+    assert exported.path == checkpoint.with_suffix(".onnx") and exported.path.is_file()
+    assert exported.parity.n_images == 8 and "ham10000_sample" in exported.parity.source
+    assert exported.parity.max_abs_diff <= 1e-4
+    assert exported.parity.top1_agreement == 1.0
+
+
+def test_metadata_round_trip(exported, checkpoint):
+    _, meta = load_classifier(checkpoint)
+    onnx_meta = read_onnx_metadata(exported.path)
+    assert onnx_meta["classes"] == list(CLASS_CODES)
+    assert onnx_meta["preprocessing"] == meta["preprocessing"]  # image size, mean, std
+    assert onnx_meta["version"] == meta["version"]
+    assert onnx_meta["backbone"] == meta["model_config"]["backbone"] == "tf_efficientnet_lite0"
+    assert onnx_meta["model_config"] == meta["model_config"]
+    assert onnx_meta["val_metrics"] == pytest.approx(meta["val_metrics"])
+    assert onnx_meta["temperature"] == 1.0
+    assert onnx_meta["parity"]["max_abs_diff"] <= 1e-4
+    assert onnx_meta["checkpoint"] == "best.ckpt" and len(onnx_meta["checkpoint_sha256"]) == 64
+
+
+def test_dynamic_batch(exported, sample_images):
+    predictor = OnnxPredictor.from_file(exported.path)
+    batch = predictor.batch(sample_images[:5])
+    session = create_session(exported.path)
+    logits5, probs5 = session.run(["logits", "probabilities"], {"image": batch})
+    assert logits5.shape == probs5.shape == (5, len(CLASS_CODES))
+    ones = np.concatenate([session.run(["logits"], {"image": batch[i:i + 1]})[0] for i in range(5)])
+    assert ones.shape == (5, len(CLASS_CODES))
+    np.testing.assert_allclose(ones, logits5, atol=1e-5)
+    np.testing.assert_allclose(probs5.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_onnx_predictor_equals_pytorch_predictor(exported, torch_predictor, sample_images, sample_dir, tta):
+    onnx_predictor = OnnxPredictor.from_file(exported.path, tta=tta)
+    torch_predictor.tta = tta
+    try:
+        assert onnx_predictor.preprocessing == torch_predictor.preprocessing
+        images = sample_images if not tta else sample_images[:4]
+        expected, got = torch_predictor.predict_arrays(images), onnx_predictor.predict_arrays(images)
+        assert np.abs(got - expected).max() <= 1e-4
+        assert (got.argmax(1) == expected.argmax(1)).all()
+        # predict(): files in, the same Prediction records out.
+        paths = sorted(sample_dir.glob("ISIC_*.jpg"))[:2]
+        for a, b in zip(onnx_predictor.predict(paths), torch_predictor.predict(paths)):
+            assert a.source == b.source and a.top_class == b.top_class
+            assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+    finally:
+        torch_predictor.tta = False
+
+
+def test_calibration_sidecar_sets_the_temperature(exported, tmp_path, sample_images):
+    onnx_copy = tmp_path / "model.onnx"
+    shutil.copy(exported.path, onnx_copy)
+    (tmp_path / "model.calibration.json").write_text(json.dumps({"temperature": 2.0}))
+    predictor = OnnxPredictor.from_file(onnx_copy)
+    assert predictor.temperature == 2.0
+    plain = OnnxPredictor.from_file(exported.path)
+    logits = plain.logits(plain.batch(sample_images[:2]))
+    expected = np.exp(logits / 2) / np.exp(logits / 2).sum(1, keepdims=True)
+    np.testing.assert_allclose(predictor.predict_arrays(sample_images[:2]), expected, atol=1e-6)
+
+
+def test_load_predictor_picks_the_export_beside_the_checkpoint(exported, checkpoint, run_dir, tmp_path):
+    assert isinstance(load_predictor(checkpoint), OnnxPredictor)  # best.onnx sits beside best.ckpt
+    assert isinstance(load_predictor(exported.path), OnnxPredictor)
+    assert isinstance(load_predictor(run_dir / "checkpoints" / "last.ckpt"), Predictor)  # no last.onnx
+    # An export that does not come from this checkpoint (best.ckpt overwritten later) is not used.
+    stale = tmp_path / "best.ckpt"
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", stale)
+    shutil.copy(exported.path, tmp_path / "best.onnx")
+    assert isinstance(load_predictor(stale), Predictor)
+
+
+def test_predict_command_uses_the_export(exported, checkpoint, sample_dir, capsys):
+    from dermalens.cli import main
+
+    image = sorted(sample_dir.glob("ISIC_*.jpg"))[0]
+    assert main(["predict", "--model", str(checkpoint), str(image), "-f", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)["predictions"][0]
+    expected = OnnxPredictor.from_file(exported.path).predict([image])[0]
+    assert row["probabilities"] == pytest.approx(expected.probabilities, abs=1e-7)
+
+
+def test_int8_model_runs_and_mostly_agrees(checkpoint, torch_predictor, sample_dir, sample_images, tmp_path):
+    calibration = [read_rgb_image(p) for p in sorted(sample_dir.glob("ISIC_*.jpg"))[-16:]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the agreement warning, judged below instead
+        result = export_checkpoint(checkpoint, tmp_path / "model.int8.onnx", quantize="int8",
+                                   calibration_images=calibration, parity_count=4)
+    meta = read_onnx_metadata(result.path)
+    assert meta["quantization"]["type"] == "int8" and meta["quantization"]["method"] == "static"
+    assert meta["classes"] == list(CLASS_CODES) and meta["int8_parity"]["n_images"] == 4
+    int8 = OnnxPredictor.from_file(result.path).predict_arrays(sample_images)
+    np.testing.assert_allclose(int8.sum(axis=1), 1.0, atol=1e-5)
+    assert not checkpoint.with_suffix(".int8.onnx").exists()  # written where asked only
+    if "random" in torch_predictor.metadata["weights_source"]:
+        pytest.skip("no ImageNet Lite0 weights package: the untrained model's top class is noise")
+    fp32 = torch_predictor.predict_arrays(sample_images)
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.6
+    assert np.abs(int8 - fp32).max() < 0.05
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".onnx", ".tmp") or p.name.startswith("."))
+
+
+def test_export_refuses_a_bad_checkpoint_and_leaves_no_file(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        export_checkpoint(tmp_path / "missing.ckpt", tmp_path / "out.onnx")
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        export_checkpoint(not_a_checkpoint)
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_parity_check_leaves_no_file(checkpoint, sample_dir, tmp_path):
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        export_checkpoint(checkpoint, out, exporter="torchscript", tolerance=-1.0,
+                          parity_images=[sample_dir], parity_count=2)
+    assert _leftovers(tmp_path) == []
+
+
+def test_export_command_reports_errors(tmp_path, capsys):
+    from dermalens.cli import main
+
+    assert main(["export", str(tmp_path / "missing.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == []
+
+
+def test_onnx_predictor_refuses_a_foreign_onnx_file(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 7])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 7])])
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(OnnxModelError, match="not a dermalens export"):
+        OnnxPredictor.from_file(path)
+    with pytest.raises(OnnxModelError, match="not found"):
+        load_predictor(tmp_path / "missing.onnx")
+
+
+def test_parity_check_falls_back_to_random_images_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("DERMALENS_DATA", str(tmp_path))
+    monkeypatch.setattr(export_module, "_REPO_SHARED_DATA", tmp_path)
+    with pytest.warns(UserWarning, match="random images"):
+        images, source = check_images(None, 16)
+    assert source == "random" and 0 < len(images) <= 4 and images[0].dtype == np.uint8
