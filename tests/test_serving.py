@@ -462,3 +462,25 @@ def test_dermalens_serve_command(serving_checkpoint, sample_jpeg, tmp_path):
             process.wait()
     assert process.returncode == 0, log_file.read_text()
     assert "Traceback" not in log_file.read_text()
+
+
+def test_service_predicts_through_onnx_runtime_when_exported(serving_checkpoint, sample_rgb, tmp_path):
+    """With `<stem>.onnx` beside the checkpoint the app predicts through ONNX Runtime
+    (same probabilities), while explanations keep the PyTorch model."""
+    import shutil
+
+    from dermalens.inference.export import export_checkpoint
+    from dermalens.serving.service import ModelService
+
+    checkpoint = tmp_path / serving_checkpoint.name
+    shutil.copy(serving_checkpoint, checkpoint)
+    plain = ModelService.from_checkpoint(checkpoint)
+    assert plain.info["inference_engine"] == "pytorch"
+    export_checkpoint(checkpoint)
+    assert checkpoint.with_suffix(".onnx").is_file()
+    fast = ModelService.from_checkpoint(checkpoint)
+    assert fast.info["inference_engine"] == "onnxruntime"
+    assert hasattr(fast.predictor, "model")  # Grad-CAM still has the PyTorch model
+    p_fast = fast.predict(sample_rgb, "sample").probabilities
+    p_plain = plain.predict(sample_rgb, "sample").probabilities
+    assert max(abs(p_fast[c] - p_plain[c]) for c in CLASS_CODES) <= 1e-4

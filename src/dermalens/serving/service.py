@@ -28,8 +28,10 @@ class ExplainUnavailable(RuntimeError):
 
 
 class ModelService:
-    def __init__(self, predictor: Predictor, explain_module: str | ModuleType = EXPLAIN_MODULE):
-        self.predictor = predictor
+    def __init__(self, predictor: Predictor, explain_module: str | ModuleType = EXPLAIN_MODULE,
+                 fast_predictor=None):
+        self.predictor = predictor                      # PyTorch: explanations need its gradients
+        self.fast_predictor = fast_predictor or predictor  # predictions: ONNX Runtime when exported
         self._lock = threading.Lock()          # the model: one forward/backward at a time
         self._import_lock = threading.Lock()
         self._explain_module = explain_module
@@ -37,15 +39,21 @@ class ModelService:
         self._explain_error: str | None = None
         self._explainer = None
         self.info = describe_model(predictor)
+        self.info["inference_engine"] = "pytorch" if self.fast_predictor is predictor else "onnxruntime"
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "ModelService":
-        return cls(Predictor.from_checkpoint(path), **kwargs)
+        """Predict through ONNX Runtime when `dermalens export` left `<stem>.onnx` beside the checkpoint."""
+        from ..inference.onnx_predictor import load_predictor
+
+        fast = load_predictor(path)
+        pytorch = fast if isinstance(fast, Predictor) else Predictor.from_checkpoint(path)
+        return cls(pytorch, fast_predictor=fast, **kwargs)
 
     def predict(self, image: np.ndarray, source: str) -> Prediction:
         started = time.perf_counter()
         with self._lock:
-            probabilities = self.predictor.predict_arrays([image])[0]
+            probabilities = self.fast_predictor.predict_arrays([image])[0]
         log.debug("predicted %s in %.1f ms", source, (time.perf_counter() - started) * 1e3)
         return Prediction(source, {code: float(p) for code, p in zip(CLASS_CODES, probabilities)})
 
