@@ -204,3 +204,23 @@ def test_flip_tta_averages_the_four_views(dermamnist_run: Path):
     np.testing.assert_allclose(tta, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(plain, model(batch).detach().numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(plain, tta)
+
+
+def test_demo_without_data_runs_on_labelled_synthetic_data(tmp_path, monkeypatch, capsys):
+    from dermalens.data import sources
+
+    def offline(*args, **kwargs):
+        raise sources.DatasetUnavailable("offline (test)")
+
+    monkeypatch.delenv("DERMALENS_DATA", raising=False)
+    monkeypatch.setattr(sources, "download_dermamnist", offline)
+    code = main(["demo", *fast_settings(tmp_path, **{"output.runs_dir": str(tmp_path / "runs"),
+                                                     "data.synthetic_per_class": 12,
+                                                     "model.image_size": 32, "model.pretrained": "none"})])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "NO REAL DATA" in out and "NOT REAL" in out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert "SYNTHETIC-NOT-REAL" in run_dir.name
+    assert "SYNTHETIC DATA" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "metrics.json").read_text())["context"]["synthetic_data"] is True
