@@ -10,7 +10,6 @@ the head on cached features takes seconds on a 2-core CPU.
 """
 from __future__ import annotations
 
-import io
 import json
 import threading
 from dataclasses import asdict

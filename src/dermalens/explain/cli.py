@@ -29,7 +29,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--method", default="gradcam", choices=METHODS,
                    help="; ".join(f"{m}: {label}" for m, label in METHOD_LABELS.items()))
-    p.add_argument("--target-class", choices=CLASS_CODES, help="class to explain (default: the predicted class)")
+    p.add_argument("--target-class", type=str.lower, choices=CLASS_CODES, help="class to explain (default: the predicted class)")
     p.add_argument("--out", default="explanations", help="output folder (default: ./explanations)")
     p.add_argument("--shap-max-evals", type=int, default=DEFAULT_SHAP_MAX_EVALS,
                    help=f"model evaluations per image for shap (default {DEFAULT_SHAP_MAX_EVALS}): cost and detail")
