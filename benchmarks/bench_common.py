@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from dermalens.atomic_io import atomic_write_text
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LIBRARIES = ("dermalens", "torch", "onnxruntime", "onnx", "timm", "lightning", "numpy", "opencv-python-headless",
              "albumentations")
@@ -125,13 +127,23 @@ def write_result(name: str, rows: list[dict], settings: dict, notes: Sequence[st
                  out: str | Path | None = None) -> Path:
     """Write results/<name>.json (or `out`) atomically; returns the path."""
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = {"benchmark": name, "machine": machine_info(), "settings": settings, "rows": rows,
                 "notes": list(notes)}
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    os.replace(temp, path)
-    return path
+    # default=str: settings may hold paths and other plain objects.
+    return atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
+
+
+def publish_result(name: str, rows: list[dict], settings: dict, notes: Sequence[str] = (),
+                   out: str | Path | None = None, header: str | None = None) -> dict:
+    """Write the JSON, then print the machine, an optional header line, the table and the notes."""
+    path = write_result(name, rows, settings, notes, out)
+    print_machine()
+    if header:
+        print(header)
+    print(format_table(rows))
+    print("\n".join(notes))
+    print(f"written: {path}")
+    return {"rows": rows, "notes": list(notes), "path": str(path)}
 
 
 def print_machine(machine: dict | None = None) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import format_table, interleaved_timings, percentile_ms, print_machine, write_result  # noqa: E402
+from bench_common import interleaved_timings, percentile_ms, publish_result  # noqa: E402
 
 from dermalens import __version__  # noqa: E402
 from dermalens.classes import CLASS_CODES  # noqa: E402
@@ -143,12 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"model": description, "threads": threads, "rounds": args.rounds, "batch": args.batch,
                 "batch_rounds": args.batch_rounds, "exporter": args.exporter, "opset": fp32.opset,
                 "image": str(image_path) if image_path else "random 600x450"}
-    path = write_result("inference_latency", rows, settings, notes, args.out)
-    print_machine()
-    print(format_table(rows))
-    print("\n".join(notes))
-    print(f"written: {path}")
-    return {"rows": rows, "notes": notes, "path": str(path)}
+    return publish_result("inference_latency", rows, settings, notes, args.out)
 
 
 if __name__ == "__main__":

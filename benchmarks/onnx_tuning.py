@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import format_table, interleaved_timings, percentile_ms, print_machine, write_result  # noqa: E402
+from bench_common import interleaved_timings, percentile_ms, publish_result  # noqa: E402
 from inference_latency import build_model  # noqa: E402
 
 from dermalens.data.transforms import preprocess_image  # noqa: E402
@@ -94,14 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     notes = [f"model: {description}; best with {most} threads: {best['exporter']} exporter, "
              f"{best['optimization']}, {best['execution_mode']}, spinning={best['spinning']}, {best['extra']} "
              f"({best['p50_ms']} ms, {best['vs_eager_p50']:.2f} of eager)"]
-    path = write_result("onnx_tuning", rows, {"model": description, "rounds": args.rounds, "cores": cores,
-                                              "thread_counts": thread_counts},
-                        notes, args.out)
-    print_machine()
-    print(format_table(rows))
-    print("\n".join(notes))
-    print(f"written: {path}")
-    return {"rows": rows, "notes": notes, "path": str(path)}
+    settings = {"model": description, "rounds": args.rounds, "cores": cores, "thread_counts": thread_counts}
+    return publish_result("onnx_tuning", rows, settings, notes, args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import format_table, interleaved_timings, percentile_ms, print_machine, write_result  # noqa: E402
+from bench_common import interleaved_timings, percentile_ms, publish_result  # noqa: E402
 
 from dermalens.config import load_config  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
@@ -136,13 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "image_size": pre.image_size, "test_images": int(len(test_rows)),
                 "calibration_images": int(len(calibration_rows)), "threads": threads, "tta": False,
                 "temperature": temperature, "exporter": args.exporter}
-    path = write_result("quantization_accuracy", rows, settings, notes, args.out)
-    print_machine()
-    print(f"DermaMNIST test split: {len(test_rows)} images; {meta['model_config']['backbone']} {pre.image_size}px")
-    print(format_table(rows))
-    print("\n".join(notes))
-    print(f"written: {path}")
-    return {"rows": rows, "notes": notes, "path": str(path)}
+    return publish_result("quantization_accuracy", rows, settings, notes, args.out,
+                          header=f"DermaMNIST test split: {len(test_rows)} images; "
+                                 f"{meta['model_config']['backbone']} {pre.image_size}px")
 
 
 if __name__ == "__main__":

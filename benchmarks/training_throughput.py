@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import format_table, print_machine, write_result  # noqa: E402
+from bench_common import format_table, publish_result  # noqa: E402
 
 from dermalens.config import load_config  # noqa: E402
 from dermalens.models.classifier import ModelConfig  # noqa: E402
@@ -179,12 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         notes.append(f"{name}: real/model-bound >= {TARGET_RATIO} with training.num_workers in {ok}" if ok else
                      f"{name}: no num_workers value reached {TARGET_RATIO} here")
     notes.append("a training step here = forward + focal loss + backward + Adam, without Lightning's loop")
-    path = write_result("training_throughput", rows, settings, notes, args.out)
-    print_machine()
-    print(format_table(rows))
-    print("\n".join(notes))
-    print(f"written: {path}")
-    return {"rows": rows, "notes": notes, "path": str(path)}
+    return publish_result("training_throughput", rows, settings, notes, args.out)
 
 
 if __name__ == "__main__":

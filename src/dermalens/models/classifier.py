@@ -7,7 +7,7 @@ differently from training.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import timm
 import torch
