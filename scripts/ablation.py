@@ -10,7 +10,6 @@ never touched here). Prints a markdown table and writes it with a JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
