@@ -54,12 +54,17 @@ def build_model(args) -> tuple[torch.nn.Module, dict, str]:
     return model, meta, f"random-weight {config.backbone}{' + CBAM' if config.cbam else ''} at {config.image_size}px"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model choice `build_model` takes, shared by the latency benchmarks."""
     parser.add_argument("--model", help="checkpoint (default: random weights, see --backbone)")
     parser.add_argument("--backbone", default="efficientnet_b3")
     parser.add_argument("--image-size", type=int, default=300)
     parser.add_argument("--no-cbam", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch and ORT threads (default: all cores)")
     parser.add_argument("--rounds", type=int, default=48, help="timed batch-1 calls per variant")
     parser.add_argument("--batch", type=int, default=32)

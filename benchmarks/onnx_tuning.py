@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import interleaved_timings, percentile_ms, publish_result  # noqa: E402
-from inference_latency import build_model  # noqa: E402
+from inference_latency import add_model_arguments, build_model  # noqa: E402
 
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.inference.export import default_sample_images, export_model  # noqa: E402
@@ -32,10 +32,7 @@ from dermalens.inference.predictor import read_rgb_image  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint (default: random weights, see --backbone)")
-    parser.add_argument("--backbone", default="efficientnet_b3")
-    parser.add_argument("--image-size", type=int, default=300)
-    parser.add_argument("--no-cbam", action="store_true")
+    add_model_arguments(parser)
     parser.add_argument("--rounds", type=int, default=24, help="timed calls per setting")
     parser.add_argument("--threads", type=int, nargs="+", help="thread counts to try (default: 1 and all cores)")
     parser.add_argument("--out", help="result JSON (default benchmarks/results/onnx_tuning.json)")
