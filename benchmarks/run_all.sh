@@ -8,8 +8,8 @@
 #
 # Environment: PYTHON (default .venv/bin/python), DERMALENS_DATA (default
 # ../shared/data), DEMO_CKPT (a DermaMNIST checkpoint for the quantisation
-# benchmark; default: train one with configs/demo.yaml first),
-# EXPLAIN_COST_ARGS / LOAD_TEST_ARGS (for the colleagues' scripts).
+# benchmark and the load test; default: train one with configs/demo.yaml
+# first), EXPLAIN_COST_ARGS / LOAD_TEST_ARGS (extra arguments for those two).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -52,19 +52,18 @@ if [[ -n "$CKPT" ]]; then
       $( (( QUICK )) && echo "--limit 200 --rounds 8" )
 fi
 
-# Colleagues' benchmarks, when present; they take their own arguments
-# (EXPLAIN_COST_ARGS, LOAD_TEST_ARGS). The load test starts `dermalens serve`
-# on the demo checkpoint by default. --quick runs them only when given
-# arguments (explain_cost takes many minutes with its defaults).
-if [[ -f benchmarks/explain_cost.py ]] && { (( ! QUICK )) || [[ -n "${EXPLAIN_COST_ARGS:-}" ]]; }; then
+# Explanation cost and the web app under load. --quick runs them only when
+# given arguments (explain_cost takes many minutes with its defaults). The
+# load test serves the demo checkpoint with its ONNX export beside it, the
+# path the web app takes in practice.
+if (( ! QUICK )) || [[ -n "${EXPLAIN_COST_ARGS:-}" ]]; then
   run explain_cost "$PYTHON" benchmarks/explain_cost.py ${EXPLAIN_COST_ARGS:-}
 fi
-if [[ -f benchmarks/load_test.py ]]; then
-  if [[ -n "${LOAD_TEST_ARGS:-}" ]]; then
-    run load_test "$PYTHON" benchmarks/load_test.py ${LOAD_TEST_ARGS}
-  elif [[ -n "$CKPT" ]] && (( ! QUICK )); then
-    run load_test "$PYTHON" benchmarks/load_test.py --model "$CKPT" --output benchmarks/results/load_test.json
-  fi
+if [[ -n "${LOAD_TEST_ARGS:-}" ]]; then
+  run load_test "$PYTHON" benchmarks/load_test.py ${LOAD_TEST_ARGS}
+elif [[ -n "$CKPT" ]] && (( ! QUICK )); then
+  run export "$PYTHON" -m dermalens.cli export "$CKPT"
+  run load_test "$PYTHON" benchmarks/load_test.py --model "$CKPT" --output benchmarks/results/load_test.json
 fi
 
 "$PYTHON" benchmarks/summarize.py
