@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import interleaved_timings, percentile_ms, publish_result  # noqa: E402
+from bench_common import interleaved_timings, openvino_runners, percentile_ms, publish_result  # noqa: E402
 
 from dermalens import __version__  # noqa: E402
 from dermalens.classes import CLASS_CODES  # noqa: E402
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-rounds", type=int, default=3, help="timed batch-32 calls per variant")
     parser.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time the same .onnx file in OpenVINO (f32 and bf16), in a round of its own")
     parser.add_argument("--image", help="a 600x450 JPEG for the app path (default: first HAM10000 sample)")
     parser.add_argument("--out", help="result JSON (default benchmarks/results/inference_latency.json)")
     args = parser.parse_args(argv)
@@ -124,7 +126,24 @@ def main(argv: list[str] | None = None) -> dict:
             single = {name: np.concatenate([r[name] for r in repeats]) for name in repeats[0]}
             batched = interleaved_timings(variants(xb), args.batch_rounds, warmup=0, block=args.batch_rounds,
                                           block_warmup=1)
-        app = {name: single.pop(name) for name in app_variants}
+            app = {name: single.pop(name) for name in app_variants}
+            openvino_round = None
+            if args.openvino:
+                # A separate round against eager and ORT again: OpenVINO's
+                # thread pool must not disturb the main table.
+                runners = openvino_runners(fp32.path, threads)
+
+                def openvino_variants(batch: torch.Tensor) -> dict:
+                    base = variants(batch)
+                    return {"eager": base["eager"], "onnxruntime": base["onnxruntime"],
+                            **{name: lambda r=run, x=batch.numpy(): r(x) for name, run in runners.items()}}
+
+                openvino_round = (interleaved_timings(openvino_variants(x1), args.rounds),
+                                  interleaved_timings(openvino_variants(xb), args.batch_rounds, warmup=0,
+                                                      block=args.batch_rounds, block_warmup=1))
+                reference = sessions["onnxruntime"].run(["logits"], {"image": x1.numpy()})[0]
+                openvino_drift = {name: float(np.abs(run(x1.numpy()) - reference).max())
+                                  for name, run in runners.items()}
 
     eager_p50 = np.percentile(single["eager"], 50)
     rows = []
@@ -138,6 +157,16 @@ def main(argv: list[str] | None = None) -> dict:
                      "batch1_p95_ms": percentile_ms(seconds, 95),
                      "vs_eager_p50": round(float(np.percentile(seconds, 50) / np.percentile(app["app_eager"], 50)), 3),
                      f"batch{args.batch}_img_per_s": None})
+    if openvino_round:
+        ov_single, ov_batched = openvino_round
+        ov_eager = np.percentile(ov_single["eager"], 50)
+        for name in ov_single:
+            if name.startswith("openvino"):
+                rows.append({"variant": name + " (own round)", "batch1_p50_ms": percentile_ms(ov_single[name], 50),
+                             "batch1_p95_ms": percentile_ms(ov_single[name], 95),
+                             "vs_eager_p50": round(float(np.percentile(ov_single[name], 50) / ov_eager), 3),
+                             f"batch{args.batch}_img_per_s": round(args.batch / float(np.median(ov_batched[name])),
+                                                                   2)})
     by_name = {row["variant"].split(" ")[0]: row for row in rows}
     onnx_ratio = by_name["onnxruntime"]["vs_eager_p50"]
     app_p50 = by_name["app_onnxruntime"]["batch1_p50_ms"]
@@ -151,11 +180,16 @@ def main(argv: list[str] | None = None) -> dict:
         f"app path p50 with onnxruntime: {app_p50:.1f} ms for {image.shape[1]}x{image.shape[0]} "
         f"(target <= {APP_P50_TARGET_MS:.0f} ms)",
     ]
+    if openvino_round:
+        notes.append("OpenVINO round: " + ", ".join(
+            f"{name} {np.median(t) * 1e3:.1f} ms ({np.median(t) / ov_eager:.2f}x eager)"
+            for name, t in ov_single.items()) + "; max |logit - onnxruntime's| on one image: " + ", ".join(
+            f"{name} {drift:.1e}" for name, drift in openvino_drift.items()))
     if int8:
         notes.append(f"int8: {int8.quantization['method']}, top class agrees with PyTorch on "
                      f"{int8.int8_parity.top1_agreement:.0%} of {int8.int8_parity.n_images} sample images")
     settings = {"model": description, "threads": threads, "rounds": args.rounds, "repeats": len(repeats), "batch": args.batch,
-                "batch_rounds": args.batch_rounds, "exporter": args.exporter, "opset": fp32.opset,
+                "batch_rounds": args.batch_rounds, "exporter": args.exporter, "opset": fp32.opset, "openvino": args.openvino,
                 "image": str(image_path) if image_path else "random 600x450"}
     return publish_result("inference_latency", rows, settings, notes, args.out)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import interleaved_timings, percentile_ms, publish_result  # noqa: E402
+from bench_common import interleaved_timings, openvino_runners, percentile_ms, publish_result  # noqa: E402
 
 from dermalens.config import load_config  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="folder holding dermamnist.npz, or the file")
     parser.add_argument("--config", help="config for the data settings (default: the checkpoint's run config)")
     parser.add_argument("--methods", nargs="+", default=["static", "dynamic"], choices=["static", "dynamic"])
+    parser.add_argument("--openvino", action="store_true",
+                        help="also run the fp32 .onnx file in OpenVINO, f32 and bf16 (reduced precision)")
     parser.add_argument("--calibration-count", type=int, default=256, help="training images for static int8")
     parser.add_argument("--limit", type=int, help="evaluate only the first N test images (smoke runs)")
     parser.add_argument("--rounds", type=int, default=40, help="timed batch-1 calls per variant")
@@ -99,6 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
             notes.append(f"int8 {method}: {int8.quantization}")
         for name, session in sessions.items():
             probs[name] = onnx_probabilities(OnnxPredictor(session, fp32.metadata), images)
+        runners = openvino_runners(fp32.path, threads) if args.openvino else {}
+        if runners:
+            x_all = np.stack([preprocess_image(img, pre).numpy() for img in images])
+            for name, run in runners.items():
+                probs[name] = softmax(np.concatenate([run(x_all[i:i + 256]) for i in range(0, len(x_all), 256)]),
+                                      temperature)
 
         x1 = preprocess_image(images[0], pre).unsqueeze(0)
         xb = torch.stack([preprocess_image(img, pre) for img in images[:args.batch]])
@@ -107,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
             out = {"pytorch": lambda: model(batch)}
             for name, session in sessions.items():
                 out[name] = lambda s=session, x=batch.numpy(): s.run(["logits"], {"image": x})
+            for name, run in runners.items():
+                out[name] = lambda r=run, x=batch.numpy(): r(x)
             return out
 
         with torch.inference_mode():
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         })
     base = next(r for r in rows if r["model"] == "onnx_fp32")
     for row in rows:
-        if row["model"].startswith("onnx_int8"):
+        if row["model"].startswith(("onnx_int8", "openvino")):
             notes.append(f"{row['model']}: accuracy {row['accuracy'] - base['accuracy']:+.4f}, balanced accuracy "
                          f"{row['balanced_accuracy'] - base['balanced_accuracy']:+.4f}, AUC "
                          f"{row['auc_macro'] - base['auc_macro']:+.4f} vs fp32; batch-1 latency x"
@@ -135,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"checkpoint": str(checkpoint), "backbone": meta["model_config"]["backbone"],
                 "image_size": pre.image_size, "test_images": int(len(test_rows)),
                 "calibration_images": int(len(calibration_rows)), "threads": threads, "tta": False,
-                "temperature": temperature, "exporter": args.exporter}
+                "temperature": temperature, "exporter": args.exporter,
+                "openvino": args.openvino}
     return publish_result("quantization_accuracy", rows, settings, notes, args.out,
                           header=f"DermaMNIST test split: {len(test_rows)} images; "
                                  f"{meta['model_config']['backbone']} {pre.image_size}px")

@@ -3,8 +3,8 @@
     python benchmarks/summarize.py [--results DIR] [--out FILE]
 
 Files in the common format (bench_common.write_result: "rows", "notes",
-"machine") become a table each; any other JSON (a colleague's load test,
-say) is listed with its top-level keys so nothing is silently dropped.
+"machine") become a table each, and so does load_test.py's own format; any
+other JSON is listed with its top-level keys so nothing is silently dropped.
 """
 from __future__ import annotations
 
@@ -17,6 +17,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import RESULTS_DIR, format_table  # noqa: E402
 
 
+def load_test_section(document: dict) -> list[str]:
+    """load_test.py writes settings/result rather than rows: one row per run."""
+    settings, result = document["settings"], document["result"]
+    latency = result.get("latency_ms", {})
+    row = {"target": settings.get("model") or settings.get("url"),
+           "requests": settings.get("requests"), "concurrency": settings.get("concurrency"),
+           **{f"{key}_ms": latency.get(key) for key in ("p50", "p95", "p99", "max")},
+           "requests_per_s": result.get("requests_per_second"),
+           "answers": ", ".join(f"{code} {n}" for code, n in result.get("counts", {}).items())}
+    return ["## load_test", "", f"Run {document.get('finished', '?')}, image {Path(str(settings.get('image'))).name}.",
+            "", format_table([row]), ""]
+
+
 def summarize(results: Path) -> str:
     lines = ["# dermalens benchmark results", ""]
     machine_done = False
@@ -25,6 +38,9 @@ def summarize(results: Path) -> str:
             document = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             lines += [f"## {path.name}", "", f"unreadable: {error}", ""]
+            continue
+        if isinstance(document, dict) and {"settings", "result"} <= set(document) and "rows" not in document:
+            lines += load_test_section(document)
             continue
         if not isinstance(document, dict) or "rows" not in document:
             keys = ", ".join(sorted(document)) if isinstance(document, dict) else type(document).__name__

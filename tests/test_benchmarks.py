@@ -71,6 +71,18 @@ def test_inference_latency_runs(tmp_path, capsys):
     assert "| variant |" in capsys.readouterr().out
 
 
+def test_inference_latency_compares_openvino(tmp_path):
+    out = tmp_path / "inference_latency.json"
+    load_script("inference_latency").main([*TINY_MODEL, "--rounds", "2", "--batch", "2", "--batch-rounds", "1",
+                                           "--repeats", "1", "--no-int8", "--openvino", "--out", str(out)])
+    document = read_result(out)
+    rows = {row["variant"].split(" ")[0]: row for row in document["rows"]}
+    assert "openvino_f32" in rows and rows["openvino_f32"]["batch1_p50_ms"] > 0
+    # bf16 only where the CPU has bf16 instructions; otherwise OpenVINO runs f32 and says so.
+    assert set(r for r in rows if r.startswith("openvino")) <= {"openvino_f32", "openvino_bf16"}
+    assert any(note.startswith("OpenVINO round:") for note in document["notes"])
+
+
 def test_onnx_tuning_runs(tmp_path):
     out = tmp_path / "onnx_tuning.json"
     load_script("onnx_tuning").main([*TINY_MODEL, "--rounds", "1", "--out", str(out)])
@@ -107,11 +119,28 @@ def test_quantization_accuracy_runs(tmp_path, shared_data):
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["balanced_accuracy"] <= 1
 
 
+def test_quantization_accuracy_with_openvino(tmp_path, shared_data):
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt" / "model.ckpt")
+    out = tmp_path / "quantization_accuracy.json"
+    load_script("quantization_accuracy").main([
+        "--model", str(checkpoint), "--data", str(shared_data), "--limit", "20", "--rounds", "2",
+        "--methods", "dynamic", "--openvino", "--exporter", "torchscript", "--threads", "1",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--out", str(out)])
+    rows = {row["model"]: row for row in read_result(out)["rows"]}
+    # OpenVINO at f32 computes the same model: same probabilities as PyTorch within export tolerance.
+    assert rows["openvino_f32"]["max_abs_dp_vs_pytorch"] <= 1e-4
+    assert rows["openvino_f32"]["top1_agrees_with_fp32"] == 1.0
+
+
 def test_summary_collects_results(tmp_path):
     bench_common = load_script("bench_common")
     bench_common.write_result("demo", [{"variant": "a", "p50_ms": 1.5}], {"x": 1}, ["a note"],
                               tmp_path / "demo.json")
-    (tmp_path / "load_test.json").write_text(json.dumps({"p50_ms": 3}))  # another format, still listed
+    (tmp_path / "load_test.json").write_text(json.dumps({  # load_test.py's own format
+        "finished": "t", "settings": {"model": "best.ckpt", "image": "/x/ISIC_1.jpg", "requests": 20, "concurrency": 4},
+        "result": {"counts": {"2xx": 20}, "latency_ms": {"p50": 45.3, "p95": 65.3}, "requests_per_second": 9.5}}))
+    (tmp_path / "other.json").write_text(json.dumps({"p50_ms": 3}))  # an unknown format, still listed
     summary = load_script("summarize").main(["--results", str(tmp_path)]).read_text()
     assert "## demo" in summary and "| a | 1.5 |" in summary and "- a note" in summary
-    assert "## load_test" in summary and "Machine:" in summary
+    assert "## load_test" in summary and "| best.ckpt | 20 | 4 | 45.3 | 65.3 |" in summary
+    assert "## other" in summary and "keys: p50_ms" in summary and "Machine:" in summary
