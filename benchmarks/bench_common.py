@@ -23,7 +23,6 @@ from dermalens.atomic_io import atomic_write_text
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LIBRARIES = ("dermalens", "torch", "onnxruntime", "onnx", "timm", "lightning", "numpy", "opencv-python-headless",
              "albumentations", "openvino")
-OPENVINO_PRECISIONS = ("f32", "bf16")
 
 
 def cpu_model() -> str:
@@ -103,29 +102,22 @@ def interleaved_timings(candidates: dict[str, Callable[[], object]], calls: int,
 
 
 def openvino_runners(onnx_path: str | Path, threads: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """The exported .onnx file compiled by OpenVINO: {"openvino_f32": x -> logits, "openvino_bf16": ...}.
+    """The exported .onnx file in dermalens' OpenVINO runtime: {"openvino_f32": x -> logits, "openvino_bf16": ...}.
 
-    A comparison, not a dermalens runtime: OpenVINO (oneDNN) fuses SiLU into
-    its convolutions and, on CPUs with AVX512-BF16 or AMX, runs in bfloat16
-    when asked, which ONNX Runtime's CPU provider cannot do. The bf16 model
-    is a reduced-precision model like int8: quantization_accuracy.py
-    measures what it changes. Where the CPU has no bf16 instructions
-    OpenVINO runs f32 instead, and the name says what it really ran.
+    The bf16 model is a reduced-precision model like int8:
+    quantization_accuracy.py measures what it changes. Where the CPU has no
+    bf16 instructions OpenVINO runs f32 instead, and the name says what it
+    really ran.
     """
-    try:
-        import openvino as ov
-    except ImportError:
-        raise SystemExit("--openvino needs OpenVINO: pip install 'openvino>=2024.0'") from None
-    core = ov.Core()
+    from dermalens.inference.openvino_session import PRECISIONS, OpenVinoSession, OpenVinoUnavailable
+
     runners = {}
-    for precision in OPENVINO_PRECISIONS:
-        compiled = core.compile_model(str(onnx_path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                             "INFERENCE_NUM_THREADS": threads,
-                                                             "INFERENCE_PRECISION_HINT": precision})
-        # The precision OpenVINO really chose: on a CPU without bf16 support it runs f32.
-        actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        request, logits = compiled.create_infer_request(), compiled.output("logits")
-        runners[f"openvino_{actual}"] = lambda x, r=request, out=logits: r.infer({0: x})[out]
+    for precision in PRECISIONS:
+        try:
+            session = OpenVinoSession(onnx_path, threads, precision)
+        except OpenVinoUnavailable as error:
+            raise SystemExit(f"--openvino: {error}") from None
+        runners[f"openvino_{session.precision}"] = lambda x, s=session: s.run(["logits"], {"image": x})[0]
     return runners
 
 

@@ -16,6 +16,8 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 DATA="${DERMALENS_DATA:-$(cd .. && pwd)/shared/data}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 QUICK=0; [[ "${1:-}" == "--quick" ]] && QUICK=1
+# OpenVINO (the optional openvino / openvino-bf16 runtimes) is compared when installed.
+OPENVINO=""; "$PYTHON" -c "import openvino" 2>/dev/null && OPENVINO="--openvino"
 mkdir -p benchmarks/results
 failed=()
 
@@ -32,7 +34,7 @@ if (( QUICK )); then
       --workers 0 --steps 3 --repeats 1
 else
   run onnx_tuning "$PYTHON" benchmarks/onnx_tuning.py
-  run inference_latency "$PYTHON" benchmarks/inference_latency.py
+  run inference_latency "$PYTHON" benchmarks/inference_latency.py $OPENVINO
   run training_throughput "$PYTHON" benchmarks/training_throughput.py --data "$DATA"
 fi
 
@@ -48,7 +50,7 @@ if [[ -z "$CKPT" ]] && (( ! QUICK )); then
   fi
 fi
 if [[ -n "$CKPT" ]]; then
-  run quantization_accuracy "$PYTHON" benchmarks/quantization_accuracy.py --model "$CKPT" --data "$DATA" \
+  run quantization_accuracy "$PYTHON" benchmarks/quantization_accuracy.py --model "$CKPT" --data "$DATA" $OPENVINO \
       $( (( QUICK )) && echo "--limit 200 --rounds 8" )
 fi
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -150,9 +151,68 @@ def test_predict_command_uses_the_export(exported, checkpoint, sample_dir, capsy
 
     image = sorted(sample_dir.glob("ISIC_*.jpg"))[0]
     assert main(["predict", "--model", str(checkpoint), str(image), "-f", "json"]) == 0
-    row = json.loads(capsys.readouterr().out)["predictions"][0]
+    output = json.loads(capsys.readouterr().out)
+    assert output["runtime"] == "onnxruntime"
     expected = OnnxPredictor.from_file(exported.path).predict([image])[0]
-    assert row["probabilities"] == pytest.approx(expected.probabilities, abs=1e-7)
+    assert output["predictions"][0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-7)
+
+
+def test_openvino_runs_the_same_export(exported, sample_images):
+    """OpenVINO at f32 computes what ONNX Runtime computes; bf16 (where the CPU has it) stays close;
+    results of one call survive the next (the infer request reuses its buffers)."""
+    reference = OnnxPredictor.from_file(exported.path).predict_arrays(sample_images)
+    f32 = OnnxPredictor.from_file(exported.path, runtime="openvino")
+    assert f32.runtime == "openvino"
+    first = f32.predict_arrays(sample_images[:3])
+    kept = first.copy()
+    f32.predict_arrays(sample_images[3:6])
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_allclose(first, reference[:3], atol=1e-4)
+    np.testing.assert_allclose(f32.predict_arrays(sample_images), reference, atol=1e-4)
+    tta = OnnxPredictor.from_file(exported.path, runtime="openvino", tta=True).predict_arrays(sample_images[:2])
+    np.testing.assert_allclose(tta, OnnxPredictor.from_file(exported.path, tta=True).predict_arrays(
+        sample_images[:2]), atol=1e-4)
+    bf16 = OnnxPredictor.from_file(exported.path, runtime="openvino-bf16")
+    assert bf16.runtime in ("openvino-bf16", "openvino")  # openvino: this CPU has no bf16
+    probabilities = bf16.predict_arrays(sample_images)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(probabilities - reference).max() < 0.05
+
+
+def test_load_predictor_runtime_choice(exported, checkpoint, run_dir):
+    assert isinstance(load_predictor(checkpoint, runtime="pytorch"), Predictor)  # even with best.onnx beside it
+    assert load_predictor(checkpoint, runtime="openvino").runtime == "openvino"
+    assert load_predictor(exported.path, runtime="onnxruntime").runtime == "onnxruntime"
+    with pytest.raises(OnnxModelError, match="dermalens export"):  # no last.onnx: says what to run
+        load_predictor(run_dir / "checkpoints" / "last.ckpt", runtime="openvino")
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        load_predictor(exported.path, runtime="pytorch")
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        load_predictor(checkpoint, runtime="tensorrt")
+
+
+def test_missing_openvino_is_a_clear_error(exported, checkpoint, sample_dir, monkeypatch, capsys):
+    from dermalens.cli import main
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(OnnxModelError, match=r"pip install 'dermalens\[openvino\]'"):
+        OnnxPredictor.from_file(exported.path, runtime="openvino")
+    image = sorted(sample_dir.glob("ISIC_*.jpg"))[0]
+    assert main(["predict", "--model", str(checkpoint), "--runtime", "openvino", str(image)]) == 2
+    assert "needs OpenVINO" in capsys.readouterr().err
+
+
+def test_predict_command_runtime_option(exported, checkpoint, sample_dir, capsys):
+    from dermalens.cli import main
+
+    image = sorted(sample_dir.glob("ISIC_*.jpg"))[0]
+    assert main(["predict", "--model", str(checkpoint), "--runtime", "openvino", str(image), "-f", "json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output["runtime"] == "openvino"
+    expected = OnnxPredictor.from_file(exported.path).predict([image])[0]
+    assert output["predictions"][0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4)
+    assert main(["predict", "--model", str(checkpoint), "--runtime", "pytorch", str(image), "-f", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "pytorch"
 
 
 def test_int8_model_runs_and_mostly_agrees(checkpoint, torch_predictor, sample_dir, sample_images, tmp_path):

@@ -484,3 +484,9 @@ def test_service_predicts_through_onnx_runtime_when_exported(serving_checkpoint,
     p_fast = fast.predict(sample_rgb, "sample").probabilities
     p_plain = plain.predict(sample_rgb, "sample").probabilities
     assert max(abs(p_fast[c] - p_plain[c]) for c in CLASS_CODES) <= 1e-4
+    # The runtime named: OpenVINO on the same export, PyTorch despite it.
+    openvino = ModelService.from_checkpoint(checkpoint, runtime="openvino")
+    assert openvino.info["inference_engine"] == "openvino" and hasattr(openvino.predictor, "model")
+    p_openvino = openvino.predict(sample_rgb, "sample").probabilities
+    assert max(abs(p_openvino[c] - p_plain[c]) for c in CLASS_CODES) <= 1e-4
+    assert ModelService.from_checkpoint(checkpoint, runtime="pytorch").info["inference_engine"] == "pytorch"

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .classes import RESEARCH_DISCLAIMER
+from .inference.runtimes import RUNTIME_HELP, RUNTIMES
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -109,7 +110,8 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .inference.onnx_predictor import load_predictor
 
-    predictor = load_predictor(args.model, tta=args.tta)  # ONNX Runtime when <stem>.onnx sits beside the .ckpt
+    # runtime "auto": ONNX Runtime when an up-to-date <stem>.onnx sits beside the .ckpt
+    predictor = load_predictor(args.model, tta=args.tta, runtime=args.runtime)
     failures = []
     rows = []
     for image in args.images:
@@ -119,7 +121,8 @@ def cmd_predict(args) -> int:
             failures.append(str(error))
     out = io.StringIO()
     if args.output_format == "json":
-        json.dump({"predictions": rows, "errors": failures, "disclaimer": RESEARCH_DISCLAIMER}, out, indent=2)
+        json.dump({"predictions": rows, "errors": failures, "runtime": predictor.runtime,
+                   "disclaimer": RESEARCH_DISCLAIMER}, out, indent=2)
         out.write("\n")
     elif args.output_format == "csv":
         writer = csv.writer(out)
@@ -234,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-format", "-f", choices=["table", "csv", "json"], default="table")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.add_argument("--tta", action="store_true", help="average over flipped views")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("data", help="validate and summarise a dataset")

@@ -9,6 +9,11 @@ so an `.onnx` file alone is enough to predict; the pixels still go through
 ONNX Runtime predictor when an up-to-date export sits beside the checkpoint
 and the PyTorch `Predictor` otherwise. Grad-CAM needs the PyTorch model, so
 explanation code keeps using `Predictor`.
+
+Runtimes (`RUNTIMES`, the `--runtime` of `predict` and `serve`): "auto"
+(the above), "pytorch", "onnxruntime", and "openvino" / "openvino-bf16" (the
+same .onnx file compiled by OpenVINO, an optional extra; bf16 is faster and
+changes a few predictions, see openvino_session.py).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from ..classes import CLASS_CODES
 from ..data.transforms import preprocess_image
 from ..models.classifier import Preprocessing
 from .predictor import Predictor
+from .runtimes import RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +120,19 @@ def session_options(threads: int | None = None, optimization: str = "all", execu
     return options
 
 
-def create_session(path: str | Path, threads: int | None = None, **options):
-    import onnxruntime as ort
-
+def create_session(path: str | Path, threads: int | None = None, runtime: str = "onnxruntime", **options):
+    """An inference session on an .onnx file: ONNX Runtime (options: `session_options`) or OpenVINO."""
     path = Path(path)
     if not path.is_file():
         raise OnnxModelError(f"ONNX model not found: {path}")
+    if runtime in ("openvino", "openvino-bf16"):
+        from .openvino_session import OpenVinoSession
+
+        return OpenVinoSession(path, threads, precision="bf16" if runtime == "openvino-bf16" else "f32")
+    if runtime != "onnxruntime":
+        raise ValueError(f"an .onnx model runs in onnxruntime, openvino or openvino-bf16, not {runtime!r}")
+    import onnxruntime as ort
+
     try:
         return ort.InferenceSession(str(path), session_options(threads, **options), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
@@ -156,8 +169,10 @@ class OnnxPredictor:
     needs `Predictor`).
     """
 
-    def __init__(self, session, metadata: dict, temperature: float | None = None, tta: bool = False):
+    def __init__(self, session, metadata: dict, temperature: float | None = None, tta: bool = False,
+                 runtime: str = "onnxruntime"):
         self.session = session
+        self.runtime = runtime  # what runs the model: onnxruntime, openvino, openvino-bf16
         self.metadata = metadata
         self.preprocessing: Preprocessing = metadata["preprocessing"]
         if list(metadata["classes"]) != list(CLASS_CODES):
@@ -169,7 +184,7 @@ class OnnxPredictor:
 
     @classmethod
     def from_file(cls, path: str | Path, tta: bool = False, threads: int | None = None,
-                  temperature: float | None = None, **options) -> "OnnxPredictor":
+                  temperature: float | None = None, runtime: str = "onnxruntime", **options) -> "OnnxPredictor":
         """Open an exported model; a calibration sidecar beside it (as for checkpoints) sets the temperature."""
         path = Path(path)
         metadata = read_onnx_metadata(path)
@@ -180,7 +195,10 @@ class OnnxPredictor:
             sidecar = path.with_suffix(".calibration.json")
             if sidecar.is_file():
                 temperature = float(json.loads(sidecar.read_text())["temperature"])
-        return cls(create_session(path, threads, **options), metadata, temperature=temperature, tta=tta)
+        session = create_session(path, threads, runtime, **options)
+        if runtime.startswith("openvino"):  # the precision OpenVINO really runs (f32 on a CPU without bf16)
+            runtime = "openvino-bf16" if session.precision == "bf16" else "openvino"
+        return cls(session, metadata, temperature=temperature, tta=tta, runtime=runtime)
 
     def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 arrays -> the model's (N, 3, S, S) float32 input, through `preprocess_image`."""
@@ -225,21 +243,37 @@ def export_matches_checkpoint(onnx_path: Path, checkpoint: Path) -> bool:
     return file_sha256(checkpoint) == expected
 
 
-def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu") -> OnnxPredictor | Predictor:
-    """The fastest predictor for a model file.
+def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu",
+                   runtime: str = "auto") -> OnnxPredictor | Predictor:
+    """The predictor for a model file.
 
-    `.onnx` -> OnnxPredictor. `.ckpt` -> OnnxPredictor when `<stem>.onnx` sits
-    beside it and was exported from this checkpoint (a stale export, e.g.
-    after best.ckpt was overwritten, is ignored with a warning), else the
-    PyTorch `Predictor` (always on a non-CPU device).
+    runtime "auto": `.onnx` -> OnnxPredictor (ONNX Runtime). `.ckpt` ->
+    OnnxPredictor when `<stem>.onnx` sits beside it and was exported from
+    this checkpoint (a stale export, e.g. after best.ckpt was overwritten, is
+    ignored with a warning), else the PyTorch `Predictor` (always on a
+    non-CPU device). "pytorch" needs a checkpoint; "onnxruntime", "openvino"
+    and "openvino-bf16" need an .onnx file or an up-to-date export beside the
+    checkpoint, and say so when there is none.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        return OnnxPredictor.from_file(path, tta=tta)
+    is_onnx = path.suffix.lower() == ".onnx"
+    if runtime == "pytorch":
+        if is_onnx:
+            raise ValueError(f"runtime pytorch needs a checkpoint (.ckpt), not the exported model {path}")
+        return Predictor.from_checkpoint(path, device=device, tta=tta)
+    onnx_runtime = "onnxruntime" if runtime == "auto" else runtime
+    if is_onnx:
+        return OnnxPredictor.from_file(path, tta=tta, runtime=onnx_runtime)
     beside = onnx_beside(path)
-    if device == "cpu" and beside.is_file() and path.is_file():
+    # A GPU device means PyTorch, unless a CPU runtime was asked for by name.
+    if (device == "cpu" or runtime != "auto") and beside.is_file() and path.is_file():
         if export_matches_checkpoint(beside, path):
-            return OnnxPredictor.from_file(beside, tta=tta)
-        log.warning("%s was not exported from %s (checkpoint changed since); using PyTorch. "
-                    "Re-run `dermalens export %s`.", beside, path, path)
+            return OnnxPredictor.from_file(beside, tta=tta, runtime=onnx_runtime)
+        log.warning("%s was not exported from %s (checkpoint changed since); %s. Re-run `dermalens export %s`.",
+                    beside, path, "using PyTorch" if runtime == "auto" else "not using it", path)
+    if runtime != "auto":
+        raise OnnxModelError(f"runtime {runtime} needs an up-to-date export of {path} at {beside}: "
+                             f"run `dermalens export {path}` first")
     return Predictor.from_checkpoint(path, device=device, tta=tta)

@@ -76,6 +76,8 @@ class Prediction:
 class Predictor:
     """A trained model plus its preprocessing; `predict` takes files or RGB arrays."""
 
+    runtime = "pytorch"  # what runs the model (OnnxPredictor: onnxruntime, openvino, openvino-bf16)
+
     def __init__(self, model: torch.nn.Module, metadata: dict, temperature: float = 1.0, tta: bool = False):
         self.model = model.eval()
         self.metadata = metadata

@@ -41,14 +41,17 @@ class InMemoryRequest(Request):
 
 def create_app(model: str | Path | Predictor | ModelService, max_upload_mb: float = 10.0,
                max_image_pixels: int = DEFAULT_MAX_PIXELS,
-               explain_module: str | ModuleType = EXPLAIN_MODULE) -> Flask:
-    """The Flask app around one model (a checkpoint path, a Predictor or a ModelService)."""
+               explain_module: str | ModuleType = EXPLAIN_MODULE, runtime: str = "auto") -> Flask:
+    """The Flask app around one model (a checkpoint path, a Predictor or a ModelService).
+
+    runtime: what predicts for a checkpoint path (`load_predictor`); explanations always use PyTorch.
+    """
     if isinstance(model, ModelService):
         service = model
     elif isinstance(model, Predictor):
         service = ModelService(model, explain_module=explain_module)
     else:
-        service = ModelService.from_checkpoint(model, explain_module=explain_module)
+        service = ModelService.from_checkpoint(model, runtime=runtime, explain_module=explain_module)
 
     app = Flask(__name__)
     app.request_class = InMemoryRequest
@@ -144,7 +147,7 @@ def create_app(model: str | Path | Predictor | ModelService, max_upload_mb: floa
         result = prediction.to_dict()
         result.update(image_size=list(image.size), model={
             "name": service.info["name"], "version": service.info["version"],
-            "checkpoint": service.info["checkpoint"]})
+            "checkpoint": service.info["checkpoint"], "inference_engine": service.info["inference_engine"]})
         return jsonify(result)
 
     @app.post("/api/explain")

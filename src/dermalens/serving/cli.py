@@ -6,6 +6,7 @@ import os
 import signal
 
 from ..classes import RESEARCH_DISCLAIMER
+from ..inference.runtimes import RUNTIME_HELP, RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,12 @@ def cmd_serve(args) -> int:
     from .server import make_server, server_url
 
     torch.set_num_threads(args.torch_threads)
-    app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_image_pixels=int(args.max_megapixels * 1e6))
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_image_pixels=int(args.max_megapixels * 1e6),
+                     runtime=args.runtime)
     server = make_server(app, host=args.host, port=args.port, threads=args.threads)
     model = app.extensions["dermalens"].info
-    print(f"dermalens: serving {model['name']} ({model['checkpoint']}) on {server_url(server, args.host)}/ "
+    print(f"dermalens: serving {model['name']} ({model['checkpoint']}, predictions by {model['inference_engine']}) "
+          f"on {server_url(server, args.host)}/ "
           f"with {args.threads} threads; Ctrl+C stops it.\n{RESEARCH_DISCLAIMER}", flush=True)
     # SIGTERM (service managers, containers) stops it like Ctrl+C: waitress finishes, exit status 0.
     signal.signal(signal.SIGTERM, stop_on_signal)
@@ -52,4 +55,5 @@ def add_subcommand(subparsers) -> None:
                    help="largest image accepted, in megapixels (default 40)")
     p.add_argument("--torch-threads", type=int, default=default_torch_threads(),
                    help="CPU threads for one inference (default: min(4, cores))")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     p.set_defaults(func=cmd_serve)

@@ -39,14 +39,15 @@ class ModelService:
         self._explain_error: str | None = None
         self._explainer = None
         self.info = describe_model(predictor)
-        self.info["inference_engine"] = "pytorch" if self.fast_predictor is predictor else "onnxruntime"
+        self.info["inference_engine"] = getattr(self.fast_predictor, "runtime", "pytorch")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs) -> "ModelService":
-        """Predict through ONNX Runtime when `dermalens export` left `<stem>.onnx` beside the checkpoint."""
+    def from_checkpoint(cls, path: str | Path, runtime: str = "auto", **kwargs) -> "ModelService":
+        """Predict through ONNX Runtime when `dermalens export` left `<stem>.onnx` beside the checkpoint
+        (runtime "auto"), or through the runtime named (see `load_predictor`)."""
         from ..inference.onnx_predictor import load_predictor
 
-        fast = load_predictor(path)
+        fast = load_predictor(path, runtime=runtime)
         pytorch = fast if isinstance(fast, Predictor) else Predictor.from_checkpoint(path)
         return cls(pytorch, fast_predictor=fast, **kwargs)
 

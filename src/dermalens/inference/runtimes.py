@@ -1,0 +1,8 @@
+"""The names of what can run a model, for `load_predictor` and the `--runtime` option of `predict` and `serve`.
+
+Kept free of heavy imports so the command line can list them without loading torch.
+"""
+RUNTIMES = ("auto", "pytorch", "onnxruntime", "openvino", "openvino-bf16")
+RUNTIME_HELP = ("what runs the model (default auto: the ONNX export beside the checkpoint when there is one, "
+                "else PyTorch; openvino / openvino-bf16 need `pip install 'dermalens[openvino]'`; bf16 is faster "
+                "and changes a few predictions, see docs/performance.md)")
