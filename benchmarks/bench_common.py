@@ -48,7 +48,9 @@ def machine_info() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).parent).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5,
+        # Results written by earlier benchmarks of the same run do not make the code dirty.
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ":/", ":(top,exclude)benchmarks/results"],
+                                    capture_output=True, text=True, timeout=5,
                                     cwd=Path(__file__).parent).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
