@@ -103,24 +103,40 @@ def interleaved_timings(candidates: dict[str, Callable[[], object]], calls: int,
     return {name: np.asarray(values[:calls]) for name, values in times.items()}
 
 
-def openvino_runners(onnx_path: str | Path, threads: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """The exported .onnx file in dermalens' OpenVINO runtime: {"openvino_f32": x -> logits, "openvino_bf16": ...}.
+def openvino_sessions(onnx_path: str | Path, threads: int) -> dict:
+    """The exported .onnx file in dermalens' OpenVINO runtime: {"openvino_f32": session, "openvino_bf16": ...}.
 
-    The bf16 model is a reduced-precision model like int8:
+    Sessions with the onnxruntime interface (`run`, `get_inputs`), so they go
+    wherever an ORT session goes (`OnnxPredictor`, the timing loops). The
+    bf16 model is a reduced-precision model like int8:
     quantization_accuracy.py measures what it changes. Where the CPU has no
     bf16 instructions OpenVINO runs f32 instead, and the name says what it
     really ran.
     """
     from dermalens.inference.openvino_session import PRECISIONS, OpenVinoSession, OpenVinoUnavailable
 
-    runners = {}
+    sessions = {}
     for precision in PRECISIONS:
         try:
             session = OpenVinoSession(onnx_path, threads, precision)
         except OpenVinoUnavailable as error:
             raise SystemExit(f"--openvino: {error}") from None
-        runners[f"openvino_{session.precision}"] = lambda x, s=session: s.run(["logits"], {"image": x})[0]
-    return runners
+        sessions[f"openvino_{session.precision}"] = session
+    return sessions
+
+
+def benchmark_image(path: str | Path | None = None) -> tuple[np.ndarray, str]:
+    """The image the latency benchmarks time: `path`, else the first HAM10000 sample image, else a random
+    600x450 one (the size of a HAM10000 JPEG). Returns (RGB uint8 array, what it is)."""
+    from dermalens.inference.export import default_sample_images
+    from dermalens.inference.predictor import read_rgb_image
+
+    if path is None:
+        samples = default_sample_images()
+        path = samples[0] if samples else None
+    if path is None:
+        return np.random.default_rng(0).integers(0, 256, (450, 600, 3), dtype=np.uint8), "random 600x450"
+    return read_rgb_image(path), str(path)
 
 
 def percentile_ms(seconds: np.ndarray, q: float) -> float:

@@ -26,13 +26,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import interleaved_timings, openvino_runners, percentile_ms, publish_result  # noqa: E402
+from bench_common import (benchmark_image, interleaved_timings, openvino_sessions, percentile_ms,  # noqa: E402
+                          publish_result)
 
 from dermalens import __version__  # noqa: E402
 from dermalens.classes import CLASS_CODES  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.inference.export import checkpoint_metadata, default_sample_images, export_model  # noqa: E402
-from dermalens.inference.onnx_predictor import OnnxPredictor, available_cores, create_session  # noqa: E402
+from dermalens.inference.onnx_predictor import (INPUT_NAME, LOGITS_NAME, OnnxPredictor, available_cores,  # noqa: E402
+                                                create_session)
 from dermalens.inference.predictor import Predictor, read_rgb_image  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
 from dermalens.models.classifier import ModelConfig, create_classifier  # noqa: E402
@@ -84,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, meta, description = build_model(args)
     pre = meta["preprocessing"]
     samples = default_sample_images()
-    image_path = Path(args.image) if args.image else (samples[0] if samples else None)
-    image = read_rgb_image(image_path) if image_path else np.random.default_rng(0).integers(0, 256, (450, 600, 3),
-                                                                                               dtype=np.uint8)
+    image, image_source = benchmark_image(args.image)
     x1 = preprocess_image(image, pre).unsqueeze(0)
     xb = x1.repeat(args.batch, 1, 1, 1)
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -110,12 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
             x_cl = batch.contiguous(memory_format=torch.channels_last)
             out = {"eager": lambda: model(batch), "channels_last": lambda: model_cl(x_cl)}
             for name, session in sessions.items():
-                out[name] = lambda s=session: s.run(["logits"], {"image": x_np})
+                out[name] = lambda s=session: s.run([LOGITS_NAME], {INPUT_NAME: x_np})
             return out
 
         # The app path is timed in the same round-robin as the bare model
         # calls, so its overhead over "onnxruntime" is visible directly.
-        source = image_path if image_path else image
+        source = Path(image_source) if Path(image_source).is_file() else image  # a file: decoding is timed too
         app_variants = {"app_onnxruntime": lambda: onnx_predictor.predict([source]),
                         "app_eager": lambda: torch_predictor.predict([source])}
         with torch.inference_mode():
@@ -131,19 +131,22 @@ def main(argv: list[str] | None = None) -> dict:
             if args.openvino:
                 # A separate round against eager and ORT again: OpenVINO's
                 # thread pool must not disturb the main table.
-                runners = openvino_runners(fp32.path, threads)
+                openvino = openvino_sessions(fp32.path, threads)
 
                 def openvino_variants(batch: torch.Tensor) -> dict:
                     base = variants(batch)
                     return {"eager": base["eager"], "onnxruntime": base["onnxruntime"],
-                            **{name: lambda r=run, x=batch.numpy(): r(x) for name, run in runners.items()}}
+                            **{name: lambda s=session, x=batch.numpy(): s.run([LOGITS_NAME], {INPUT_NAME: x})
+                               for name, session in openvino.items()}}
 
                 openvino_round = (interleaved_timings(openvino_variants(x1), args.rounds),
                                   interleaved_timings(openvino_variants(xb), args.batch_rounds, warmup=0,
                                                       block=args.batch_rounds, block_warmup=1))
-                reference = sessions["onnxruntime"].run(["logits"], {"image": x1.numpy()})[0]
-                openvino_drift = {name: float(np.abs(run(x1.numpy()) - reference).max())
-                                  for name, run in runners.items()}
+                reference = sessions["onnxruntime"].run([LOGITS_NAME], {INPUT_NAME: x1.numpy()})[0]
+                # Relative to the logits' own size: a random-weight model's logits are tiny.
+                openvino_drift = {
+                    name: float(np.abs(session.run([LOGITS_NAME], {INPUT_NAME: x1.numpy()})[0] - reference).max()
+                                / np.abs(reference).max()) for name, session in openvino.items()}
 
     eager_p50 = np.percentile(single["eager"], 50)
     rows = []
@@ -183,14 +186,14 @@ def main(argv: list[str] | None = None) -> dict:
     if openvino_round:
         notes.append("OpenVINO round: " + ", ".join(
             f"{name} {np.median(t) * 1e3:.1f} ms ({np.median(t) / ov_eager:.2f}x eager)"
-            for name, t in ov_single.items()) + "; max |logit - onnxruntime's| on one image: " + ", ".join(
+            for name, t in ov_single.items()) + "; max |logit - onnxruntime's| / max |logit| on one image: " + ", ".join(
             f"{name} {drift:.1e}" for name, drift in openvino_drift.items()))
     if int8:
         notes.append(f"int8: {int8.quantization['method']}, top class agrees with PyTorch on "
                      f"{int8.int8_parity.top1_agreement:.0%} of {int8.int8_parity.n_images} sample images")
     settings = {"model": description, "threads": threads, "rounds": args.rounds, "repeats": len(repeats), "batch": args.batch,
                 "batch_rounds": args.batch_rounds, "exporter": args.exporter, "opset": fp32.opset, "openvino": args.openvino,
-                "image": str(image_path) if image_path else "random 600x450"}
+                "image": image_source}
     return publish_result("inference_latency", rows, settings, notes, args.out)
 
 

@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # runs from a plain checkout too
 
 from dermalens.atomic_io import atomic_write_json  # noqa: E402
+from dermalens.inference.runtimes import RUNTIME_HELP, RUNTIMES  # noqa: E402
 from dermalens.serving.client import post_image, request  # noqa: E402
 from dermalens.serving.server import is_loopback  # noqa: E402
 
@@ -51,11 +52,12 @@ def default_image() -> Path | None:
 class ServeProcess:
     """`dermalens serve` on 127.0.0.1 and a free port, in its own process (as a user would run it)."""
 
-    def __init__(self, model: Path, threads: int, torch_threads: int | None, start_timeout: float = 120):
+    def __init__(self, model: Path, threads: int, torch_threads: int | None, start_timeout: float = 120,
+                 runtime: str = "auto"):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "src"),
                                                                          os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "dermalens.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-                   "--port", "0", "--threads", str(threads)]
+                   "--port", "0", "--threads", str(threads), "--runtime", runtime]
         if torch_threads:
             command += ["--torch-threads", str(torch_threads)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=300.0, help="bound on the whole run (default 300)")
     parser.add_argument("--threads", type=int, default=4, help="with --model: waitress threads (default 4)")
     parser.add_argument("--torch-threads", type=int, help="with --model: torch threads (default: the server's)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="with --model: " + RUNTIME_HELP)
     parser.add_argument("--output", type=Path, help="also write the results (and settings) to this JSON file")
     args = parser.parse_args(argv)
 
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url and not is_loopback(urlparse(args.url).hostname or ""):
         parser.error(f"{args.url} is not on this machine: the load test only runs against loopback addresses")
 
-    server = ServeProcess(args.model, args.threads, args.torch_threads) if args.model else None
+    server = ServeProcess(args.model, args.threads, args.torch_threads, runtime=args.runtime) if args.model else None
     try:
         url = (server.url if server else args.url).rstrip("/")
         try:
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         post_image(url + "/api/predict", image, args.image.name, timeout=args.timeout)  # warm-up, not counted
         print(f"load test: {args.requests} x POST {url}/api/predict, {args.concurrency} at a time, "
               f"image {args.image.name} ({len(image) / 1024:.0f} KB), model {model['name']} "
-              f"{model['input_size']} px")
+              f"{model['input_size']} px, predicted by {model.get('inference_engine', '?')}")
         result = run_load(url, image, args.image.name, args.requests, args.concurrency, args.timeout,
                           args.max_seconds)
     finally:
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         record = {
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "result": result, "model": {k: model.get(k) for k in ("name", "version", "checkpoint", "input_size")},
+            "result": result, "model": {k: model.get(k) for k in ("name", "version", "checkpoint", "input_size",
+                                                                   "inference_engine")},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "git_commit": git_commit(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

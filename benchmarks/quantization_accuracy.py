@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import interleaved_timings, openvino_runners, percentile_ms, publish_result  # noqa: E402
+from bench_common import interleaved_timings, openvino_sessions, percentile_ms, publish_result  # noqa: E402
 
 from dermalens.config import load_config  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.evaluation.metrics import compute_classification_metrics  # noqa: E402
 from dermalens.inference.export import checkpoint_metadata, export_model  # noqa: E402
-from dermalens.inference.onnx_predictor import OnnxPredictor, available_cores, create_session, softmax  # noqa: E402
+from dermalens.inference.onnx_predictor import (INPUT_NAME, LOGITS_NAME, OnnxPredictor, available_cores,  # noqa: E402
+                                                create_session, softmax)
 from dermalens.inference.predictor import predict_logits  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
 from dermalens.training.run import prepare_data  # noqa: E402
@@ -99,29 +100,36 @@ def main(argv: list[str] | None = None) -> dict:
                                 calibration_images=calibration)
             sessions[f"onnx_int8_{method}"] = create_session(int8.path, threads)
             notes.append(f"int8 {method}: {int8.quantization}")
-        for name, session in sessions.items():
+        openvino = openvino_sessions(fp32.path, threads) if args.openvino else {}
+        for name, session in {**sessions, **openvino}.items():
             probs[name] = onnx_probabilities(OnnxPredictor(session, fp32.metadata), images)
-        runners = openvino_runners(fp32.path, threads) if args.openvino else {}
-        if runners:
-            x_all = np.stack([preprocess_image(img, pre).numpy() for img in images])
-            for name, run in runners.items():
-                probs[name] = softmax(np.concatenate([run(x_all[i:i + 256]) for i in range(0, len(x_all), 256)]),
-                                      temperature)
 
         x1 = preprocess_image(images[0], pre).unsqueeze(0)
         xb = torch.stack([preprocess_image(img, pre) for img in images[:args.batch]])
 
-        def variants(batch: torch.Tensor) -> dict:
+        def variants(batch: torch.Tensor, timed_sessions: dict) -> dict:
             out = {"pytorch": lambda: model(batch)}
-            for name, session in sessions.items():
-                out[name] = lambda s=session, x=batch.numpy(): s.run(["logits"], {"image": x})
-            for name, run in runners.items():
-                out[name] = lambda r=run, x=batch.numpy(): r(x)
+            for name, session in timed_sessions.items():
+                out[name] = lambda s=session, x=batch.numpy(): s.run([LOGITS_NAME], {INPUT_NAME: x})
             return out
 
         with torch.inference_mode():
-            single = interleaved_timings(variants(x1), args.rounds)
-            batched = interleaved_timings(variants(xb), 3, warmup=0, block=3, block_warmup=1)
+            single = interleaved_timings(variants(x1, sessions), args.rounds)
+            fp32_p50_of_round = {}  # the ONNX fp32 p50 each variant is compared with: the one of its own round
+            batched = interleaved_timings(variants(xb, sessions), 3, warmup=0, block=3, block_warmup=1)
+            if openvino:
+                # A round of its own, as in inference_latency.py: OpenVINO's
+                # thread pool must not disturb the ONNX Runtime timings. Its
+                # latency is relative to ONNX Runtime fp32 timed again here.
+                ov_sessions = {"onnx_fp32": sessions["onnx_fp32"], **openvino}
+                ov_single = interleaved_timings(variants(x1, ov_sessions), args.rounds)
+                ov_batched = interleaved_timings(variants(xb, ov_sessions), 3, warmup=0, block=3, block_warmup=1)
+                for name in openvino:
+                    single[name], batched[name] = ov_single[name], ov_batched[name]
+                    fp32_p50_of_round[name] = np.percentile(ov_single["onnx_fp32"], 50)
+                notes.append(f"openvino rows: timed in a round of their own, where onnx_fp32 took "
+                             f"{percentile_ms(ov_single['onnx_fp32'], 50)} ms at batch 1 (latency_vs_fp32 is "
+                             "relative to that)")
 
     rows = []
     fp32_p50 = np.percentile(single["onnx_fp32"], 50)
@@ -132,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
             "top1_agrees_with_fp32": round(float((p.argmax(1) == probs["onnx_fp32"].argmax(1)).mean()), 4),
             "max_abs_dp_vs_pytorch": float(np.abs(p - probs["pytorch"]).max()),
             "batch1_p50_ms": percentile_ms(single[name], 50),
-            "latency_vs_fp32": round(float(np.percentile(single[name], 50) / fp32_p50), 3),
+            "latency_vs_fp32": round(float(np.percentile(single[name], 50) / fp32_p50_of_round.get(name, fp32_p50)),
+                                     3),
             f"batch{len(xb)}_img_per_s": round(len(xb) / float(np.median(batched[name])), 1),
         })
     base = next(r for r in rows if r["model"] == "onnx_fp32")

@@ -34,6 +34,7 @@ if (( QUICK )); then
       --workers 0 --steps 3 --repeats 1
 else
   run onnx_tuning "$PYTHON" benchmarks/onnx_tuning.py
+  run onnx_profile "$PYTHON" benchmarks/onnx_profile.py
   run inference_latency "$PYTHON" benchmarks/inference_latency.py $OPENVINO
   run training_throughput "$PYTHON" benchmarks/training_throughput.py --data "$DATA"
 fi

@@ -22,6 +22,7 @@ def load_test_section(document: dict) -> list[str]:
     settings, result = document["settings"], document["result"]
     latency = result.get("latency_ms", {})
     row = {"target": settings.get("model") or settings.get("url"),
+           "runtime": document.get("model", {}).get("inference_engine"),
            "requests": settings.get("requests"), "concurrency": settings.get("concurrency"),
            **{f"{key}_ms": latency.get(key) for key in ("p50", "p95", "p99", "max")},
            "requests_per_s": result.get("requests_per_second"),

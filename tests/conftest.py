@@ -1,6 +1,7 @@
 """Shared test fixtures: where the real data lives, and miniature dataset layouts."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,16 @@ def shared_data() -> Path:
             pytest.fail(message)  # CI has the data: its absence is a broken setup, not a skip
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def openvino_installed() -> None:
+    """The optional OpenVINO runtime (`dermalens[openvino]`, part of `[all]`, which `make install` installs)."""
+    if importlib.util.find_spec("openvino") is None:
+        message = "OpenVINO is not installed: pip install 'dermalens[openvino]'"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs [all]: its absence is a broken setup, not a skip
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

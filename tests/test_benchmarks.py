@@ -71,7 +71,7 @@ def test_inference_latency_runs(tmp_path, capsys):
     assert "| variant |" in capsys.readouterr().out
 
 
-def test_inference_latency_compares_openvino(tmp_path):
+def test_inference_latency_compares_openvino(tmp_path, openvino_installed):
     out = tmp_path / "inference_latency.json"
     load_script("inference_latency").main([*TINY_MODEL, "--rounds", "2", "--batch", "2", "--batch-rounds", "1",
                                            "--repeats", "1", "--no-int8", "--openvino", "--out", str(out)])
@@ -89,6 +89,17 @@ def test_onnx_tuning_runs(tmp_path):
     rows = read_result(out)["rows"]
     assert {row["optimization"] for row in rows} >= {"eager PyTorch", "basic", "extended", "all"}
     assert {row["exporter"] for row in rows} >= {"dynamo", "torchscript"}
+    # The graph experiments run (through their own session set-up) even with one thread.
+    assert {row["extra"] for row in rows} >= {"disabled_optimizers=QuickGeluFusion", "batch_override=1"}
+
+
+def test_onnx_profile_splits_kernel_time_by_operator(tmp_path):
+    out = tmp_path / "onnx_profile.json"
+    load_script("onnx_profile").main([*TINY_MODEL, "--runs", "2", "--out", str(out)])
+    rows = {row["operator"]: row for row in read_result(out)["rows"]}
+    assert "Conv" in rows and rows["Conv"]["nodes"] > 10  # an EfficientNet is mostly convolutions
+    assert sum(row["share"] for row in rows.values()) == pytest.approx(1.0, abs=0.01)
+    assert all(row["ms_per_run"] >= 0 for row in rows.values())
 
 
 def test_training_throughput_runs(tmp_path):
@@ -119,7 +130,7 @@ def test_quantization_accuracy_runs(tmp_path, shared_data):
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["balanced_accuracy"] <= 1
 
 
-def test_quantization_accuracy_with_openvino(tmp_path, shared_data):
+def test_quantization_accuracy_with_openvino(tmp_path, shared_data, openvino_installed):
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt" / "model.ckpt")
     out = tmp_path / "quantization_accuracy.json"
     load_script("quantization_accuracy").main([
@@ -132,15 +143,29 @@ def test_quantization_accuracy_with_openvino(tmp_path, shared_data):
     assert rows["openvino_f32"]["top1_agrees_with_fp32"] == 1.0
 
 
+def test_load_test_serves_and_records_the_runtime(tmp_path, sample_dir):
+    """The load test starts `dermalens serve` with the runtime asked for and records what answered."""
+    checkpoint = write_tiny_checkpoint(tmp_path / "model" / "best.ckpt")
+    out = tmp_path / "load_test.json"
+    status = load_script("load_test").main([
+        "--model", str(checkpoint), "--image", str(sorted(sample_dir.glob("ISIC_*.jpg"))[0]), "--requests", "6",
+        "--concurrency", "2", "--threads", "2", "--torch-threads", "1", "--runtime", "pytorch",
+        "--output", str(out)])
+    record = json.loads(out.read_text())
+    assert status == 0 and record["result"]["counts"] == {"2xx": 6}
+    assert record["model"]["inference_engine"] == "pytorch" and record["settings"]["runtime"] == "pytorch"
+
+
 def test_summary_collects_results(tmp_path):
     bench_common = load_script("bench_common")
     bench_common.write_result("demo", [{"variant": "a", "p50_ms": 1.5}], {"x": 1}, ["a note"],
                               tmp_path / "demo.json")
     (tmp_path / "load_test.json").write_text(json.dumps({  # load_test.py's own format
         "finished": "t", "settings": {"model": "best.ckpt", "image": "/x/ISIC_1.jpg", "requests": 20, "concurrency": 4},
+        "model": {"inference_engine": "onnxruntime"},
         "result": {"counts": {"2xx": 20}, "latency_ms": {"p50": 45.3, "p95": 65.3}, "requests_per_second": 9.5}}))
     (tmp_path / "other.json").write_text(json.dumps({"p50_ms": 3}))  # an unknown format, still listed
     summary = load_script("summarize").main(["--results", str(tmp_path)]).read_text()
     assert "## demo" in summary and "| a | 1.5 |" in summary and "- a note" in summary
-    assert "## load_test" in summary and "| best.ckpt | 20 | 4 | 45.3 | 65.3 |" in summary
+    assert "## load_test" in summary and "| best.ckpt | onnxruntime | 20 | 4 | 45.3 | 65.3 |" in summary
     assert "## other" in summary and "keys: p50_ms" in summary and "Machine:" in summary

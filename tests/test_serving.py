@@ -464,7 +464,7 @@ def test_dermalens_serve_command(serving_checkpoint, sample_jpeg, tmp_path):
     assert "Traceback" not in log_file.read_text()
 
 
-def test_service_predicts_through_onnx_runtime_when_exported(serving_checkpoint, sample_rgb, tmp_path):
+def test_service_predicts_through_onnx_runtime_when_exported(serving_checkpoint, sample_rgb, sample_jpeg, tmp_path):
     """With `<stem>.onnx` beside the checkpoint the app predicts through ONNX Runtime
     (same probabilities), while explanations keep the PyTorch model."""
     import shutil
@@ -484,9 +484,27 @@ def test_service_predicts_through_onnx_runtime_when_exported(serving_checkpoint,
     p_fast = fast.predict(sample_rgb, "sample").probabilities
     p_plain = plain.predict(sample_rgb, "sample").probabilities
     assert max(abs(p_fast[c] - p_plain[c]) for c in CLASS_CODES) <= 1e-4
-    # The runtime named: OpenVINO on the same export, PyTorch despite it.
-    openvino = ModelService.from_checkpoint(checkpoint, runtime="openvino")
+    # runtime "pytorch" ignores the export; the app says what predicted in every answer.
+    app = create_app(checkpoint, runtime="pytorch")
+    assert app.extensions["dermalens"].info["inference_engine"] == "pytorch"
+    with app.test_client() as client:
+        answer = client.post("/api/predict", data={"image": (io.BytesIO(sample_jpeg), "x.jpg")})
+        assert answer.status_code == 200 and answer.json["model"]["inference_engine"] == "pytorch"
+        assert b'id="model-engine">pytorch<' in client.get("/").data
+
+
+def test_service_predicts_through_openvino_when_asked(serving_checkpoint, sample_rgb, tmp_path, openvino_installed):
+    from dermalens.inference.export import export_checkpoint
+    from dermalens.serving.service import ModelService
+
+    import shutil
+
+    checkpoint = tmp_path / serving_checkpoint.name
+    shutil.copy(serving_checkpoint, checkpoint)
+    plain = ModelService.from_checkpoint(checkpoint)
+    export_checkpoint(checkpoint)
+    openvino = ModelService.from_checkpoint(checkpoint, runtime="openvino", threads=1)
     assert openvino.info["inference_engine"] == "openvino" and hasattr(openvino.predictor, "model")
     p_openvino = openvino.predict(sample_rgb, "sample").probabilities
+    p_plain = plain.predict(sample_rgb, "sample").probabilities
     assert max(abs(p_openvino[c] - p_plain[c]) for c in CLASS_CODES) <= 1e-4
-    assert ModelService.from_checkpoint(checkpoint, runtime="pytorch").info["inference_engine"] == "pytorch"

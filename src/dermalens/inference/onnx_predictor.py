@@ -28,6 +28,7 @@ import numpy as np
 
 from ..classes import CLASS_CODES
 from ..data.transforms import preprocess_image
+from ..models.checkpoint import CheckpointError
 from ..models.classifier import Preprocessing
 from .predictor import Predictor
 from .runtimes import RUNTIMES
@@ -128,6 +129,8 @@ def create_session(path: str | Path, threads: int | None = None, runtime: str = 
     if runtime in ("openvino", "openvino-bf16"):
         from .openvino_session import OpenVinoSession
 
+        if options:
+            raise ValueError(f"ONNX Runtime settings {sorted(options)} do not apply to runtime {runtime}")
         return OpenVinoSession(path, threads, precision="bf16" if runtime == "openvino-bf16" else "f32")
     if runtime != "onnxruntime":
         raise ValueError(f"an .onnx model runs in onnxruntime, openvino or openvino-bf16, not {runtime!r}")
@@ -197,7 +200,7 @@ class OnnxPredictor:
                 temperature = float(json.loads(sidecar.read_text())["temperature"])
         session = create_session(path, threads, runtime, **options)
         if runtime.startswith("openvino"):  # the precision OpenVINO really runs (f32 on a CPU without bf16)
-            runtime = "openvino-bf16" if session.precision == "bf16" else "openvino"
+            runtime = "openvino" if session.precision == "f32" else f"openvino-{session.precision}"
         return cls(session, metadata, temperature=temperature, tta=tta, runtime=runtime)
 
     def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -243,8 +246,8 @@ def export_matches_checkpoint(onnx_path: Path, checkpoint: Path) -> bool:
     return file_sha256(checkpoint) == expected
 
 
-def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu",
-                   runtime: str = "auto") -> OnnxPredictor | Predictor:
+def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu", runtime: str = "auto",
+                   threads: int | None = None) -> OnnxPredictor | Predictor:
     """The predictor for a model file.
 
     runtime "auto": `.onnx` -> OnnxPredictor (ONNX Runtime). `.ckpt` ->
@@ -253,7 +256,9 @@ def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu",
     ignored with a warning), else the PyTorch `Predictor` (always on a
     non-CPU device). "pytorch" needs a checkpoint; "onnxruntime", "openvino"
     and "openvino-bf16" need an .onnx file or an up-to-date export beside the
-    checkpoint, and say so when there is none.
+    checkpoint, and say so when there is none. threads: for ONNX Runtime /
+    OpenVINO (default: the cores this process may use); PyTorch keeps
+    torch's setting.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
@@ -265,12 +270,14 @@ def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu",
         return Predictor.from_checkpoint(path, device=device, tta=tta)
     onnx_runtime = "onnxruntime" if runtime == "auto" else runtime
     if is_onnx:
-        return OnnxPredictor.from_file(path, tta=tta, runtime=onnx_runtime)
+        return OnnxPredictor.from_file(path, tta=tta, threads=threads, runtime=onnx_runtime)
+    if runtime != "auto" and not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
     beside = onnx_beside(path)
     # A GPU device means PyTorch, unless a CPU runtime was asked for by name.
     if (device == "cpu" or runtime != "auto") and beside.is_file() and path.is_file():
         if export_matches_checkpoint(beside, path):
-            return OnnxPredictor.from_file(beside, tta=tta, runtime=onnx_runtime)
+            return OnnxPredictor.from_file(beside, tta=tta, threads=threads, runtime=onnx_runtime)
         log.warning("%s was not exported from %s (checkpoint changed since); %s. Re-run `dermalens export %s`.",
                     beside, path, "using PyTorch" if runtime == "auto" else "not using it", path)
     if runtime != "auto":

@@ -12,13 +12,13 @@ on the DermaMNIST test split it changed the top class of 1.65 % of images
 benchmarks/quantization_accuracy.py --openvino. At f32 OpenVINO computes
 what ONNX Runtime does (max |dp| 7e-6) at about the same speed.
 
-An infer request is not thread-safe; `OnnxPredictor`'s callers (the CLI, the
-web app's `ModelService`, which holds a lock per inference) use it from one
-thread at a time.
+One infer request serves all calls; it is not thread-safe, so `run` holds a
+lock (the web app's `ModelService` also runs one inference at a time).
 """
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,12 +55,14 @@ class OpenVinoSession:
         if self.precision != precision:
             log.warning("OpenVINO runs %s in %s: this CPU does not support %s", path, self.precision, precision)
         self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
         self._inputs = [SimpleNamespace(name=port.get_any_name()) for port in self._compiled.inputs]
 
     def get_inputs(self) -> list[SimpleNamespace]:
         return self._inputs
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        results = self._request.infer(feeds)
-        # The request reuses its output buffers on the next call: copy.
-        return [np.array(results[self._compiled.output(name)], copy=True) for name in output_names]
+        with self._lock:
+            # share_outputs=False: copies, since the request reuses its output buffers on the next call.
+            results = self._request.infer(feeds, share_outputs=False)
+            return [results[self._compiled.output(name)] for name in output_names]

@@ -41,17 +41,21 @@ class InMemoryRequest(Request):
 
 def create_app(model: str | Path | Predictor | ModelService, max_upload_mb: float = 10.0,
                max_image_pixels: int = DEFAULT_MAX_PIXELS,
-               explain_module: str | ModuleType = EXPLAIN_MODULE, runtime: str = "auto") -> Flask:
+               explain_module: str | ModuleType = EXPLAIN_MODULE, runtime: str = "auto",
+               threads: int | None = None) -> Flask:
     """The Flask app around one model (a checkpoint path, a Predictor or a ModelService).
 
-    runtime: what predicts for a checkpoint path (`load_predictor`); explanations always use PyTorch.
+    runtime, threads: what predicts for a checkpoint path, on how many threads
+    (`load_predictor`); a Predictor or ModelService is used as given.
+    Explanations always use the PyTorch model.
     """
     if isinstance(model, ModelService):
         service = model
     elif isinstance(model, Predictor):
         service = ModelService(model, explain_module=explain_module)
     else:
-        service = ModelService.from_checkpoint(model, runtime=runtime, explain_module=explain_module)
+        service = ModelService.from_checkpoint(model, runtime=runtime, threads=threads,
+                                               explain_module=explain_module)
 
     app = Flask(__name__)
     app.request_class = InMemoryRequest

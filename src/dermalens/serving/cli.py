@@ -25,7 +25,7 @@ def cmd_serve(args) -> int:
 
     torch.set_num_threads(args.torch_threads)
     app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_image_pixels=int(args.max_megapixels * 1e6),
-                     runtime=args.runtime)
+                     runtime=args.runtime, threads=args.torch_threads)
     server = make_server(app, host=args.host, port=args.port, threads=args.threads)
     model = app.extensions["dermalens"].info
     print(f"dermalens: serving {model['name']} ({model['checkpoint']}, predictions by {model['inference_engine']}) "
@@ -54,6 +54,6 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest image accepted, in megapixels (default 40)")
     p.add_argument("--torch-threads", type=int, default=default_torch_threads(),
-                   help="CPU threads for one inference (default: min(4, cores))")
+                   help="CPU threads for one inference, in every runtime (default: min(4, cores))")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     p.set_defaults(func=cmd_serve)

@@ -42,12 +42,13 @@ class ModelService:
         self.info["inference_engine"] = getattr(self.fast_predictor, "runtime", "pytorch")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, runtime: str = "auto", **kwargs) -> "ModelService":
+    def from_checkpoint(cls, path: str | Path, runtime: str = "auto", threads: int | None = None,
+                        **kwargs) -> "ModelService":
         """Predict through ONNX Runtime when `dermalens export` left `<stem>.onnx` beside the checkpoint
-        (runtime "auto"), or through the runtime named (see `load_predictor`)."""
+        (runtime "auto"), or through the runtime named (see `load_predictor`, which also takes `threads`)."""
         from ..inference.onnx_predictor import load_predictor
 
-        fast = load_predictor(path, runtime=runtime)
+        fast = load_predictor(path, runtime=runtime, threads=threads)
         pytorch = fast if isinstance(fast, Predictor) else Predictor.from_checkpoint(path)
         return cls(pytorch, fast_predictor=fast, **kwargs)
 
