@@ -103,6 +103,13 @@ def interleaved_timings(candidates: dict[str, Callable[[], object]], calls: int,
     return {name: np.asarray(values[:calls]) for name, values in times.items()}
 
 
+def logits_call(session, x: np.ndarray) -> Callable[[], object]:
+    """A timed call of an ONNX Runtime or OpenVINO session on a fixed preprocessed batch."""
+    from dermalens.inference.onnx_predictor import INPUT_NAME, LOGITS_NAME
+
+    return lambda: session.run([LOGITS_NAME], {INPUT_NAME: x})
+
+
 def openvino_sessions(onnx_path: str | Path, threads: int) -> dict:
     """The exported .onnx file in dermalens' OpenVINO runtime: {"openvino_f32": session, "openvino_bf16": ...}.
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (benchmark_image, interleaved_timings, openvino_sessions, percentile_ms,  # noqa: E402
-                          publish_result)
+from bench_common import (benchmark_image, interleaved_timings, logits_call, openvino_sessions,  # noqa: E402
+                          percentile_ms, publish_result)
 
 from dermalens import __version__  # noqa: E402
 from dermalens.classes import CLASS_CODES  # noqa: E402
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             x_cl = batch.contiguous(memory_format=torch.channels_last)
             out = {"eager": lambda: model(batch), "channels_last": lambda: model_cl(x_cl)}
             for name, session in sessions.items():
-                out[name] = lambda s=session: s.run([LOGITS_NAME], {INPUT_NAME: x_np})
+                out[name] = logits_call(session, x_np)
             return out
 
         # The app path is timed in the same round-robin as the bare model
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
                 def openvino_variants(batch: torch.Tensor) -> dict:
                     base = variants(batch)
                     return {"eager": base["eager"], "onnxruntime": base["onnxruntime"],
-                            **{name: lambda s=session, x=batch.numpy(): s.run([LOGITS_NAME], {INPUT_NAME: x})
-                               for name, session in openvino.items()}}
+                            **{name: logits_call(session, batch.numpy()) for name, session in openvino.items()}}
 
                 openvino_round = (interleaved_timings(openvino_variants(x1), args.rounds),
                                   interleaved_timings(openvino_variants(xb), args.batch_rounds, warmup=0,

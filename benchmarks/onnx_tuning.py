@@ -22,7 +22,8 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import benchmark_image, interleaved_timings, percentile_ms, publish_result  # noqa: E402
+from bench_common import (benchmark_image, interleaved_timings, logits_call, percentile_ms,  # noqa: E402
+                          publish_result)
 from inference_latency import add_model_arguments, build_model  # noqa: E402
 
 from dermalens.data.transforms import preprocess_image  # noqa: E402
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
                 extra = ",".join(f"{k.split('.')[-1]}={v}" for k, v in (entries or {}).items())
                 key = f"{exporter}-{optimization}-{threads}t-{mode}-{'spin' if spinning else 'nospin'}-{extra}"
                 session = tuning_session(exported[exporter], threads, optimization, mode, spinning, entries)
-                candidates[key] = lambda s=session: s.run(["logits"], {"image": x_np})
+                candidates[key] = logits_call(session, x_np)
                 labels[key] = {"exporter": exporter, "optimization": optimization, "threads": threads,
                                "execution_mode": mode, "spinning": spinning, "extra": extra or "-"}
             with torch.inference_mode():

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import interleaved_timings, openvino_sessions, percentile_ms, publish_result  # noqa: E402
+from bench_common import (interleaved_timings, logits_call, openvino_sessions, percentile_ms,  # noqa: E402
+                          publish_result)
 
 from dermalens.config import load_config  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.evaluation.metrics import compute_classification_metrics  # noqa: E402
 from dermalens.inference.export import checkpoint_metadata, export_model  # noqa: E402
-from dermalens.inference.onnx_predictor import (INPUT_NAME, LOGITS_NAME, OnnxPredictor, available_cores,  # noqa: E402
-                                                create_session, softmax)
+from dermalens.inference.onnx_predictor import OnnxPredictor, available_cores, create_session, softmax  # noqa: E402
 from dermalens.inference.predictor import predict_logits  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
 from dermalens.training.run import prepare_data  # noqa: E402
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         def variants(batch: torch.Tensor, timed_sessions: dict) -> dict:
             out = {"pytorch": lambda: model(batch)}
             for name, session in timed_sessions.items():
-                out[name] = lambda s=session, x=batch.numpy(): s.run([LOGITS_NAME], {INPUT_NAME: x})
+                out[name] = logits_call(session, batch.numpy())
             return out
 
         with torch.inference_mode():

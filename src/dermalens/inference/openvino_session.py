@@ -5,8 +5,8 @@ Why a second runtime for the same .onnx file: ONNX Runtime's CPU kernels
 (MLAS) cannot fuse EfficientNet's SiLU into its convolutions and have no
 bfloat16 path on x86. OpenVINO (oneDNN) fuses it, and on CPUs with
 AVX512-BF16 or AMX it runs the model in bfloat16: measured on a 2-core
-AMD EPYC (Zen 4) with EfficientNet-B3 + CBAM at 300 px, 0.28x the eager
-PyTorch latency against 0.40-0.47x for ONNX Runtime fp32. bf16 is not free:
+AMD EPYC (Zen 4) with EfficientNet-B3 + CBAM at 300 px, 0.28-0.33x the eager
+PyTorch latency against 0.39-0.47x for ONNX Runtime fp32. bf16 is not free:
 on the DermaMNIST test split it changed the top class of 1.65 % of images
 (accuracy unchanged); see docs/performance.md and
 benchmarks/quantization_accuracy.py --openvino. At f32 OpenVINO computes

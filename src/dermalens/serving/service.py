@@ -39,7 +39,7 @@ class ModelService:
         self._explain_error: str | None = None
         self._explainer = None
         self.info = describe_model(predictor)
-        self.info["inference_engine"] = getattr(self.fast_predictor, "runtime", "pytorch")
+        self.info["inference_engine"] = self.fast_predictor.runtime
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, runtime: str = "auto", threads: int | None = None,
