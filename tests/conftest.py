@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,8 @@ import pytest
 # Tests never wait on a model hub that cannot be reached, and never open a window.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The per-user image cache of the tests: one per test session's machine, never the user's own.
+os.environ.setdefault("DERMALENS_CACHE", os.path.join(tempfile.gettempdir(), "dermalens-test-cache"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Let the tests run from a plain checkout, without `pip install -e .`.
@@ -80,3 +83,18 @@ def build_mini_ham10000(root: Path, sample_dir: Path, sample_metadata: pd.DataFr
 @pytest.fixture
 def mini_ham10000(tmp_path: Path, sample_dir: Path, sample_metadata: pd.DataFrame) -> Path:
     return build_mini_ham10000(tmp_path / "ham", sample_dir, sample_metadata)
+
+
+# Markers by file, in one place (`make test-fast` runs -m unit): files that train,
+# serve or export are end to end; the rest test one module at a time.
+_MARKER_OF_FILE = {
+    "test_browser.py": "browser", "test_ddp.py": "ddp", "test_benchmarks.py": "bench",
+    "test_training_e2e.py": "e2e", "test_real_resolution.py": "e2e", "test_runs.py": "e2e",
+    "test_serving.py": "e2e", "test_onnx.py": "e2e", "test_explain.py": "e2e", "test_package.py": "e2e",
+    "test_wheel.py": "e2e",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(getattr(pytest.mark, _MARKER_OF_FILE.get(Path(str(item.fspath)).name, "unit")))

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-import dermalens.data.sources as sources
+import dermalens.data.readers.base as sources
 from dermalens.data.cache import build_image_cache, cache_key, resize_image
-from dermalens.data.sources import make_synthetic_dataset, read_ham10000
+from dermalens.data.readers import make_synthetic_dataset, read_ham10000
 
 
 def _count_decodes(monkeypatch) -> list[str]:
@@ -70,9 +70,13 @@ def test_cache_matches_decode_then_resize(mini_ham10000, tmp_path):
     images, issues = build_image_cache(dataset, 32, tmp_path / "cache", progress=False)
     assert images.shape == (50, 32, 32, 3) and images.dtype == np.uint8 and issues == []
     for row in (0, 17, 49):
-        np.testing.assert_array_equal(images[row], resize_image(dataset.load_image(row), 32))
+        # The default geometry: the centre square of the 600x450 photo, then the resize.
+        np.testing.assert_array_equal(images[row], resize_image(dataset.load_image(row)[:, 75:525], 32))
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(files) == 2 and files[0].endswith(".issues.json") and files[1].endswith(".npy")
+    squashed, _ = build_image_cache(dataset, 32, tmp_path / "cache", progress=False, geometry="squash")
+    np.testing.assert_array_equal(squashed[17], resize_image(dataset.load_image(17), 32))
+    assert len(list((tmp_path / "cache").iterdir())) == 4      # another policy, another cache entry
 
 
 def test_second_call_loads_without_decoding(mini_ham10000, tmp_path, monkeypatch):

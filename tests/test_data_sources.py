@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from dermalens.classes import CLASS_CODES, ISIC2018_COLUMNS, class_index
-from dermalens.data.sources import (
+from dermalens.data.readers import (
+    READERS,
     RECORD_COLUMNS,
     DataFormatError,
     DatasetUnavailable,
@@ -103,6 +104,31 @@ def test_download_dermamnist_offline_raises_quickly(tmp_path):
         download_dermamnist(tmp_path, timeout=3, url="http://127.0.0.1:9/x.npz")
     assert time.monotonic() - started < 5
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_download_dermamnist_checks_the_md5(tmp_path):
+    """A loopback server hands out a real .npz: kept with the right MD5, refused (and nothing left) with a wrong one."""
+    import hashlib
+    import http.server
+    import threading
+
+    (tmp_path / "served").mkdir()
+    served = _write_npz(tmp_path / "served" / "dermamnist_64.npz")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served.parent), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/dermamnist_64.npz"
+    try:
+        with pytest.raises(DatasetUnavailable, match="MD5"):
+            download_dermamnist(tmp_path / "bad", url=url, size=64, md5="0" * 32)
+        assert list((tmp_path / "bad").iterdir()) == []
+        good = hashlib.md5(served.read_bytes()).hexdigest()
+        path = download_dermamnist(tmp_path / "good", url=url, size=64, md5=good)
+        assert path.name == "dermamnist_64.npz" and path.read_bytes() == served.read_bytes()
+    finally:
+        server.shutdown()
+    with pytest.raises(ValueError, match="sizes 28, 64, 128, 224"):
+        download_dermamnist(tmp_path, size=96)
 
 
 def test_download_dermamnist_keeps_an_existing_file(tmp_path):
@@ -336,6 +362,8 @@ def test_open_dataset_detects_each_layout(tmp_path, shared_data, mini_ham10000, 
     _build_isic2018(isic, sample_dir, sample_metadata, split="Validation")
     detected = open_dataset(isic)
     assert detected.name == "isic2018" and set(detected.records["official_split"]) == {"val"}
+    with pytest.raises(DataFormatError, match="Training_GroundTruth"):
+        open_dataset(isic, split="Training")  # a set named by the caller wins over the one found
 
     folders = tmp_path / "folders"
     (folders / "bcc").mkdir(parents=True)
@@ -361,3 +389,31 @@ def test_open_dataset_auto_drops_options_that_do_not_apply(shared_data):
     assert dataset.name == "dermamnist"
     with pytest.raises(TypeError, match="restrict_to_avialable"):
         open_dataset(shared_data, restrict_to_avialable=True)
+
+
+def test_open_dataset_named_format_refuses_options_its_reader_does_not_take(shared_data):
+    with pytest.raises(TypeError, match=r"dermamnist reader does not take restrict_to_available"):
+        open_dataset(shared_data, fmt="dermamnist", restrict_to_available=True)
+    with pytest.raises(TypeError, match=r"synthetic reader does not take split \(it takes: n_per_class, size, seed\)"):
+        open_dataset(None, fmt="synthetic", split="val")
+
+
+@pytest.mark.parametrize("fmt", sorted(READERS))
+def test_every_reader_option_is_an_open_dataset_keyword(fmt):
+    """What a reader declares, its read function takes and `open_dataset` can pass on by name."""
+    import inspect
+
+    reader = READERS[fmt]
+    read_parameters = inspect.signature(reader.read).parameters
+    open_keywords = {name for name, p in inspect.signature(open_dataset).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(reader.options) <= set(read_parameters) and set(reader.options) <= open_keywords
+    assert (reader.detect is None) == (reader.looks_for == "")
+
+
+def test_every_open_dataset_keyword_is_taken_by_some_reader():
+    import inspect
+
+    open_keywords = {name for name, p in inspect.signature(open_dataset).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert open_keywords == {option for reader in READERS.values() for option in reader.options}

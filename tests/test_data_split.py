@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermalens.data.sources import make_synthetic_dataset, read_dermamnist, read_ham10000, read_ham10000_metadata
+from dermalens.data.readers import make_synthetic_dataset, read_dermamnist, read_ham10000, read_ham10000_metadata
 from dermalens.data.split import (
     LesionLeakageError,
     assert_no_lesion_leakage,

@@ -9,7 +9,7 @@ import pytest
 from PIL import ImageFile
 
 from dermalens.classes import class_index
-from dermalens.data.sources import DataIssue, make_synthetic_dataset, read_dermamnist, read_ham10000
+from dermalens.data.readers import DataIssue, make_synthetic_dataset, read_dermamnist, read_ham10000
 from dermalens.data.validation import (
     BadDataError,
     apply_bad_data_policy,
@@ -128,8 +128,9 @@ def test_long_issue_lists_are_cut_short():
     issues = [DataIssue("missing_file", f"ISIC_{i:07d}", None, "gone") for i in range(120)]
     message = str(BadDataError(issues))
     assert "ISIC_0000049" in message and "ISIC_0000050" not in message
-    assert message.rstrip().endswith("... and 70 more")
-    assert len(message.splitlines()) == 52
+    assert message.splitlines()[-2] == "  ... and 70 more"
+    assert message.splitlines()[-1].endswith("--set data.on_bad_data=skip")   # the way out is named
+    assert len(message.splitlines()) == 53
 
 
 def test_write_issues_csv(tmp_path):

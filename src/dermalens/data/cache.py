@@ -6,9 +6,10 @@ array is stored under a key that changes whenever anything that went into it
 changes (files, their size or mtime, the target size, the resize code), so a
 stale cache is never reused, and an unchanged dataset is never decoded twice.
 
-`resize_image` is THE resize of dermalens: training (through this cache) and
-inference must both use it, or the model sees differently resampled pixels at
-test time than it was trained on.
+`geometry.fit_to_square` is THE geometry of dermalens: training (through
+this cache) and inference must both use it with the model's policy, or the
+model sees differently cropped or resampled pixels at test time than it was
+trained on.
 """
 from __future__ import annotations
 
@@ -26,35 +27,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dermalens.atomic_io import atomic_write_text
-from dermalens.data.sources import DataIssue, LesionDataset
+from dermalens.data.geometry import CENTER_SQUARE, check_geometry, fit_to_square, resize_image  # noqa: F401 (re-export)
+from dermalens.data.readers import DataIssue, LesionDataset
 
-# Bump whenever resize_image changes its output, so old caches are not reused.
-RESIZE_VERSION = "squash-area-down-cubic-up-v1"
+# Bump whenever fit_to_square changes its output, so old caches are not reused.
+RESIZE_VERSION = "area-down-cubic-up-v2"
 _DECODE_WORKERS = 2  # PIL and cv2 release the GIL while decoding/resizing
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, cv2.error)
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a whole RGB uint8 image to size x size (aspect ratio is squashed).
-
-    INTER_AREA when the pixel count shrinks (averages, no aliasing),
-    INTER_CUBIC when it grows (smoother than linear).
-    """
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H,W,3), got {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    height, width = image.shape[:2]
-    if (height, width) == (size, size):
-        return np.ascontiguousarray(image).copy()
-    interpolation = cv2.INTER_AREA if size * size <= height * width else cv2.INTER_CUBIC
-    return cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=interpolation)
-
-
-def cache_key(dataset: LesionDataset, size: int) -> str:
+def cache_key(dataset: LesionDataset, size: int, geometry: str = CENTER_SQUARE) -> str:
     """sha256 over everything the cached pixels depend on."""
     digest = hashlib.sha256()
     rows = []
@@ -69,18 +51,18 @@ def cache_key(dataset: LesionDataset, size: int) -> str:
                 rows.append([image_id, path, stat.st_size, stat.st_mtime_ns])
             except (OSError, TypeError):  # missing file, or no path at all: decoding will report it
                 rows.append([image_id, path, None, None])
-    digest.update(json.dumps({"name": dataset.name, "size": int(size), "resize": RESIZE_VERSION,
+    digest.update(json.dumps({"name": dataset.name, "size": int(size), "resize": RESIZE_VERSION, "geometry": geometry,
                               "rows": rows}).encode())
     if dataset.images is not None and (dataset.records["array_index"] >= 0).any():
         digest.update(memoryview(np.ascontiguousarray(dataset.images)).cast("B"))
     return digest.hexdigest()
 
 
-def _decode_into(dataset: LesionDataset, row: int, size: int, out: np.ndarray) -> DataIssue | None:
+def _decode_into(dataset: LesionDataset, row: int, size: int, geometry: str, out: np.ndarray) -> DataIssue | None:
     """Decode and resize one row into ``out[row]``; a DataIssue when that fails."""
     record = dataset.records.iloc[row]
     try:
-        out[row] = resize_image(dataset.load_image(row), size)
+        out[row] = fit_to_square(dataset.load_image(row), size, geometry)
     except FileNotFoundError as error:
         return DataIssue("missing_file", record["image_id"], record["path"], str(error))
     except _DECODE_ERRORS as error:
@@ -88,9 +70,9 @@ def _decode_into(dataset: LesionDataset, row: int, size: int, out: np.ndarray) -
     return None
 
 
-def _decode_all(dataset: LesionDataset, size: int, out: np.ndarray, progress: bool) -> list[DataIssue]:
+def _decode_all(dataset: LesionDataset, size: int, geometry: str, out: np.ndarray, progress: bool) -> list[DataIssue]:
     with ThreadPoolExecutor(_DECODE_WORKERS) as pool:
-        results = pool.map(lambda row: _decode_into(dataset, row, size, out), range(len(dataset)))
+        results = pool.map(lambda row: _decode_into(dataset, row, size, geometry, out), range(len(dataset)))
         issues = [issue for issue in tqdm(results, total=len(dataset), disable=not progress,
                                            desc=f"caching {dataset.name} at {size}px") if issue]
     return issues
@@ -110,7 +92,8 @@ def _load_cached(array_path: Path, issues_path: Path, expected_shape: tuple) -> 
 
 
 def build_image_cache(
-    dataset: LesionDataset, size: int, cache_dir: Path | None, progress: bool = True
+    dataset: LesionDataset, size: int, cache_dir: Path | None, progress: bool = True,
+    geometry: str = CENTER_SQUARE,
 ) -> tuple[np.ndarray, list[DataIssue]]:
     """uint8 (N,size,size,3) images aligned with ``dataset.records``, plus decode issues.
 
@@ -123,11 +106,11 @@ def build_image_cache(
     shape = (len(dataset), size, size, 3)
     if cache_dir is None or len(dataset) == 0:
         images = np.zeros(shape, dtype=np.uint8)
-        return images, _decode_all(dataset, size, images, progress)
+        return images, _decode_all(dataset, size, check_geometry(geometry), images, progress)
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{dataset.name}-{size}px-{cache_key(dataset, size)}"
+    stem = f"{dataset.name}-{size}px-{geometry}-{cache_key(dataset, size, check_geometry(geometry))}"
     array_path, issues_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.issues.json"
     cached = _load_cached(array_path, issues_path, shape)
     if cached is not None:
@@ -140,7 +123,7 @@ def build_image_cache(
     os.close(handle)
     try:
         images = np.lib.format.open_memmap(temp_name, mode="w+", dtype=np.uint8, shape=shape)
-        issues = _decode_all(dataset, size, images, progress)
+        issues = _decode_all(dataset, size, geometry, images, progress)
         images.flush()
         del images
         atomic_write_text(issues_path, json.dumps([asdict(i) for i in issues], indent=1))

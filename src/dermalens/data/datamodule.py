@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.classifier import Preprocessing
-from .sampler import ClassBalancedSampler
+from .sampler import ClassBalancedSampler, evaluation_sampler
 from .transforms import AugmentationConfig, build_eval_transform, build_train_transform
 
 
@@ -91,6 +91,4 @@ class LesionDataModule(L.LightningDataModule):
     def _evaluation_loader(self, dataset) -> DataLoader:
         # Under DDP every image goes to exactly one rank (Lightning's default
         # sampler would pad with repeats, counted twice by the synced metrics).
-        from ..training.distributed import evaluation_sampler
-
         return self._loader(dataset, sampler=evaluation_sampler(dataset, self.trainer))

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
 class ClassBalancedSampler(Sampler[int]):
@@ -60,3 +60,33 @@ class ClassBalancedSampler(Sampler[int]):
         order = np.concatenate(drawn)
         rng.shuffle(order)
         return iter(torch.as_tensor(order).tolist())
+
+
+# Evaluation under DDP: Lightning's default DistributedSampler pads the
+# validation set with repeats, which synced metrics would count twice.
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank r of W gets rows r, r+W, r+2W, ...: every row exactly once over all ranks.
+
+    Ranks may get one row more than others, which is fine for evaluation
+    (no gradient sync) but not for training. It subclasses
+    DistributedSampler so that Lightning leaves it in place.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def evaluation_sampler(dataset: Dataset, trainer) -> UnpaddedDistributedSampler | None:
+    """The sampler for a validation/test loader: un-padded shards under DDP, None (sequential) otherwise."""
+    world_size = getattr(trainer, "world_size", 1) if trainer is not None else 1
+    if world_size <= 1:
+        return None
+    return UnpaddedDistributedSampler(dataset, num_replicas=world_size, rank=trainer.global_rank)

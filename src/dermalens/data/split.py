@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from dermalens.atomic_io import atomic_write_text
-from dermalens.data.sources import OFFICIAL_SPLITS, LesionDataset
+from dermalens.data.readers import OFFICIAL_SPLITS, LesionDataset
 
 SPLIT_COLUMNS = ("image_id", "lesion_id", "label", "split")
 MAX_LEAKY_LESIONS_LISTED = 10

@@ -1,8 +1,12 @@
 """The one place that defines preprocessing and augmentation.
 
 Training, evaluation, prediction and serving all go through these functions,
-with the `Preprocessing` record saved in the checkpoint (size, mean, std), so
+with the `Preprocessing` record saved in the checkpoint (size, mean, std and
+the geometry policy of `geometry.py`), so
 an image is never normalised one way in training and another in serving.
+One image for inference goes through `preprocess.preprocess_array` (numpy,
+what the ONNX predictor uses without torch); `preprocess_image` is that
+array as a tensor.
 """
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from ..models.classifier import Preprocessing
-from .cache import resize_image
+from ..models.preprocessing import Preprocessing
+from .preprocess import preprocess_array
 
 
 @dataclass
@@ -60,11 +64,7 @@ def build_eval_transform(pre: Preprocessing) -> A.Compose:
 
 def preprocess_image(image: np.ndarray, pre: Preprocessing) -> torch.Tensor:
     """RGB uint8 image of any size -> normalised (3, S, S) float tensor for the model."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
-    if image.shape[:2] != (pre.image_size, pre.image_size):
-        image = resize_image(image, pre.image_size)
-    return build_eval_transform(pre)(image=image)["image"]
+    return torch.from_numpy(preprocess_array(image, pre))
 
 
 def flip_tta_views(batch: torch.Tensor) -> list[torch.Tensor]:

@@ -1,6 +1,6 @@
 """Finding bad data, deciding what to do with it, and describing a dataset.
 
-The readers in `sources` already report rows they could not use (missing
+The readers in `readers/` already report rows they could not use (missing
 files, unknown labels, duplicates). This module adds the decode check, applies
 the user's policy ('error' stops with a list of the bad files, 'skip' drops
 them with a warning) and writes the issues out so they can be fixed.
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from dermalens.atomic_io import atomic_write_text
 from dermalens.classes import CLASS_CODES
-from dermalens.data.sources import DataIssue, LesionDataset
+from dermalens.data.readers import DataIssue, LesionDataset
 
 BAD_DATA_POLICIES = ("error", "skip")
 MAX_LISTED_ISSUES = 50
@@ -47,6 +47,7 @@ def describe_issues(issues: Sequence[DataIssue], limit: int = MAX_LISTED_ISSUES)
         lines.append(f"  {issue.kind}: {issue.image_id or '-'} ({file_name}): {issue.detail}")
     if len(issues) > limit:
         lines.append(f"  ... and {len(issues) - limit} more")
+    lines.append("To drop them and go on (they are listed in data_issues.csv): --set data.on_bad_data=skip")
     return "\n".join(lines)
 
 
