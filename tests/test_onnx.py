@@ -3,7 +3,9 @@ which predictor `load_predictor` picks, int8, and failures that leave nothing be
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -14,12 +16,22 @@ import torch
 
 from dermalens.classes import CLASS_CODES
 from dermalens.config import load_config
+from dermalens.data.geometry import fit_to_square
+from dermalens.data.preprocess import preprocess_array
+from dermalens.data.transforms import build_eval_transform, preprocess_image
 from dermalens.inference import export as export_module
+from dermalens.inference.base import ImagePredictor, InferenceSession
 from dermalens.inference.export import ExportError, check_images, export_checkpoint
-from dermalens.inference.onnx_predictor import (OnnxModelError, OnnxPredictor, create_session, load_predictor,
-                                                read_onnx_metadata)
+from dermalens.inference.onnx_predictor import (
+    OnnxModelError,
+    OnnxPredictor,
+    create_session,
+    load_predictor,
+    read_onnx_metadata,
+)
 from dermalens.inference.predictor import Predictor, read_rgb_image
 from dermalens.models.checkpoint import CheckpointError, load_classifier
+from dermalens.models.preprocessing import Preprocessing
 from dermalens.training.run import train
 
 # ImageNet Lite0 features (an offline weights package, as the demo uses) make
@@ -123,6 +135,59 @@ def test_onnx_predictor_equals_pytorch_predictor(exported, torch_predictor, samp
         torch_predictor.tta = False
 
 
+# --- one interface, one preprocessing, no torch ------------------------------------
+
+def test_both_predictors_and_their_sessions_satisfy_the_protocols(exported, torch_predictor):
+    onnx_predictor = OnnxPredictor.from_file(exported.path)
+    for predictor in (torch_predictor, onnx_predictor, load_predictor(exported.path)):
+        assert isinstance(predictor, ImagePredictor), type(predictor).__name__
+    assert isinstance(onnx_predictor.session, InferenceSession)   # onnxruntime's own session
+    assert isinstance(create_session(exported.path), InferenceSession)
+    assert not isinstance(object(), ImagePredictor) and not isinstance(onnx_predictor, InferenceSession)
+
+
+@pytest.mark.parametrize("pre", [Preprocessing(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                                 Preprocessing(300, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash")],
+                         ids=["imagenet-center_square", "inception-squash"])
+def test_numpy_preprocessing_gives_the_numbers_of_the_training_transform(sample_images, pre):
+    """preprocess_array (what the ONNX predictor runs, without torch or albumentations) against
+    albumentations' Normalize (what training's data module feeds the model) and preprocess_image
+    (the PyTorch predictor and explanations), on real 600x450 dermoscopy and on other shapes."""
+    rng = np.random.default_rng(0)
+    size = pre.image_size
+    images = [*sample_images[:6], rng.integers(0, 256, (450, 600, 3), dtype=np.uint8),
+              rng.integers(0, 256, (size, size, 3), dtype=np.uint8), rng.integers(0, 256, (37, 91, 3), dtype=np.uint8)]
+    assert sample_images[0].shape == (450, 600, 3)
+    for image in images:
+        got = preprocess_array(image, pre)
+        assert got.dtype == np.float32 and got.shape == (3, size, size)
+        trained_on = build_eval_transform(pre)(image=fit_to_square(image, size, pre.geometry))["image"].numpy()
+        np.testing.assert_allclose(got, trained_on, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got, preprocess_image(image, pre).numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="RGB uint8"):
+        preprocess_array(images[0].astype(np.float32), pre)
+
+
+def test_an_onnx_model_predicts_without_importing_torch(exported, sample_dir, tmp_path):
+    """load_predictor + predict_files on an .onnx file alone (what `dermalens predict` and `serve` call)."""
+    onnx_copy = tmp_path / "model.onnx"
+    shutil.copy(exported.path, onnx_copy)
+    images = [str(p) for p in sorted(sample_dir.glob("ISIC_*.jpg"))[:2]]
+    code = f"""
+import sys
+from dermalens.inference.onnx_predictor import load_predictor
+from dermalens.inference.prediction import predict_files
+predictions, failures = predict_files(load_predictor({str(onnx_copy)!r}), {images!r}, progress=False)
+assert len(predictions) == 2 and not failures, failures
+assert "torch" not in sys.modules, [m for m in sys.modules if m.startswith(("torch", "albumentations", "timm"))]
+print("predicted without torch")
+"""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "predicted without torch" in result.stdout, result.stderr[-3000:]
+
+
 def test_calibration_sidecar_sets_the_temperature(exported, tmp_path, sample_images):
     onnx_copy = tmp_path / "model.onnx"
     shutil.copy(exported.path, onnx_copy)
@@ -162,7 +227,7 @@ def test_openvino_runs_the_same_export(exported, sample_images, openvino_install
     a session's outputs survive its next call (the infer request reuses its buffers)."""
     reference = OnnxPredictor.from_file(exported.path).predict_arrays(sample_images)
     f32 = OnnxPredictor.from_file(exported.path, runtime="openvino")
-    assert f32.runtime == "openvino"
+    assert f32.runtime == "openvino" and isinstance(f32.session, InferenceSession)
     batch = f32.batch(sample_images[:3])
     first = f32.session.run(["logits"], {"image": batch})[0]
     kept = first.copy()

@@ -32,6 +32,8 @@ _BY_CODE = {c.code: c for c in LESION_CLASSES}
 
 # ISIC 2018 Task 3 ground-truth columns use upper-case codes (MEL, NV, ...).
 ISIC2018_COLUMNS: tuple[str, ...] = tuple(c.upper() for c in CLASS_CODES)
+# The order of the official files and of a Task 3 submission (what isic-challenge-scoring reads).
+ISIC2018_SUBMISSION_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 
 RESEARCH_DISCLAIMER = (
     "Research tool, not a diagnosis: dermalens predictions must not be used "

@@ -14,7 +14,6 @@ place. A failed export leaves no .onnx file behind.
 from __future__ import annotations
 
 import copy
-import glob
 import logging
 import os
 import tempfile
@@ -30,9 +29,17 @@ from torch import nn
 
 from .. import __version__
 from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER
-from ..models.checkpoint import load_classifier
-from .onnx_predictor import (INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, OnnxPredictor, create_session,
-                             encode_metadata, file_sha256)
+from ..data.image_files import NoImagesFound, find_image_files
+from ..models.checkpoint import load_classifier, read_calibration
+from .onnx_predictor import (
+    INPUT_NAME,
+    LOGITS_NAME,
+    PROBABILITIES_NAME,
+    OnnxPredictor,
+    create_session,
+    encode_metadata,
+    file_sha256,
+)
 from .predictor import Predictor, read_rgb_image
 
 log = logging.getLogger(__name__)
@@ -79,20 +86,14 @@ class ExportResult:
 # --------------------------------------------------------------------------- images for checks
 
 def expand_image_paths(patterns: Sequence[str | Path]) -> list[Path]:
-    """Files, folders (their *.jpg/*.jpeg/*.png, not segmentation masks) and glob patterns."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        pattern = Path(pattern)
-        if pattern.is_dir():
-            found = [p for p in sorted(pattern.iterdir())
-                     if p.suffix.lower() in (".jpg", ".jpeg", ".png") and "_segmentation" not in p.stem]
-        elif pattern.is_file():
-            found = [pattern]
-        else:
-            found = [Path(p) for p in sorted(glob.glob(str(pattern)))]
-        if not found:
-            raise ExportError(f"no images found at {pattern}")
-        paths.extend(found)
+    """Files, folders (their images, not segmentation masks) and glob patterns; ExportError if none."""
+    try:
+        paths = find_image_files(patterns)
+    except NoImagesFound as error:
+        raise ExportError(str(error)) from None
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ExportError(f"no images found at {', '.join(missing)}")
     return paths
 
 
@@ -275,12 +276,7 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
 
 def checkpoint_metadata(checkpoint: Path, meta: dict) -> dict:
     """What of a checkpoint's metadata an exported model carries."""
-    sidecar = checkpoint.with_suffix(".calibration.json")
-    temperature = 1.0
-    if sidecar.is_file():
-        import json
-
-        temperature = float(json.loads(sidecar.read_text())["temperature"])
+    temperature = read_calibration(checkpoint)["temperature"]
     return {
         "classes": list(meta["classes"]),
         "preprocessing": meta["preprocessing"],
@@ -304,8 +300,18 @@ def default_output(checkpoint: Path, quantize: str | None) -> Path:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, **options) -> ExportResult:
-    """Export a dermalens checkpoint; options as for `export_model`."""
+    """Export a dermalens checkpoint or model package folder; options as for `export_model`."""
+    from ..models.package import WEIGHTS_FILE, is_package, load_package
+
     checkpoint = Path(checkpoint)
+    if is_package(checkpoint):
+        # Its weights file is the provenance; its calibration lives in config.json, not in a record beside it.
+        model, meta = load_package(checkpoint)
+        metadata = {**checkpoint_metadata(checkpoint / WEIGHTS_FILE, meta),
+                    "temperature": meta["calibration"]["temperature"]}
+        suffix = ".int8.onnx" if options.get("quantize") == "int8" else ".onnx"
+        out = Path(out) if out else checkpoint.parent / f"{checkpoint.name}{suffix}"   # beside the folder
+        return export_model(model, metadata, out, **options)
     model, meta = load_classifier(checkpoint)  # CheckpointError names a missing or foreign file
     out = Path(out) if out else default_output(checkpoint, options.get("quantize"))
     return export_model(model, checkpoint_metadata(checkpoint, meta), out, **options)

@@ -49,7 +49,7 @@ def calibration_images(checkpoint: Path, patterns: list[str] | None, count: int)
     import warnings
 
     from ..config import load_config
-    from ..training.run import prepare_data
+    from ..data.prepare import prepare_data
 
     try:
         prepared = prepare_data(load_config(run_dir / "config.yaml"), run_dir, progress=False)
@@ -65,9 +65,10 @@ def calibration_images(checkpoint: Path, patterns: list[str] | None, count: int)
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
         "export", help="write an ONNX model (checked against PyTorch) for fast CPU inference",
+        epilog="example: dermalens export runs/x/checkpoints/best.ckpt --quantize int8",
         description="Export a checkpoint to ONNX with its classes and preprocessing as metadata. The export is "
                     "compared with PyTorch on real images and only kept if the probabilities agree.")
-    p.add_argument("checkpoint", help="dermalens checkpoint (.ckpt)")
+    p.add_argument("checkpoint", help="dermalens checkpoint (.ckpt) or model package folder")
     p.add_argument("--out", help="output file (default: <checkpoint stem>.onnx beside it, which `dermalens predict "
                                  "--model <ckpt>` then uses; .int8.onnx with --quantize int8)")
     p.add_argument("--quantize", choices=["int8"], help="write an int8 model (accuracy changes: measure it)")

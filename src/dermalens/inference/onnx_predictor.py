@@ -1,9 +1,10 @@
-"""Fast CPU inference with ONNX Runtime, behind the same interface as `Predictor`.
+"""Fast CPU inference with ONNX Runtime, behind the same interface as `Predictor` (`base.ImagePredictor`).
 
 An exported model (`dermalens export`) carries what is needed to use it as
 ONNX metadata (class list, preprocessing, temperature, model version...),
 so an `.onnx` file alone is enough to predict; the pixels still go through
-`preprocess_image`, the one preprocessing of dermalens.
+`preprocess_array`, the one preprocessing of dermalens (numpy: serving an
+.onnx file never loads torch, and this module imports nothing that does).
 
 `load_predictor` is what commands and services should call: it gives the
 ONNX Runtime predictor when an up-to-date export sits beside the checkpoint
@@ -22,16 +23,21 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from ..classes import CLASS_CODES
-from ..data.transforms import preprocess_image
-from ..models.checkpoint import CheckpointError
-from ..models.classifier import Preprocessing
-from .predictor import Predictor
-from .runtimes import RUNTIMES
+from ..data.preprocess import preprocess_array
+from ..models.calibration_record import CheckpointError, calibration_path, read_calibration
+from ..models.preprocessing import Preprocessing
+from .base import ImagePredictor, InferenceSession
+from .openvino_session import OpenVinoSession
+from .prediction import Prediction, predict_sources
+from .runtimes import RUNTIMES, OnnxModelError
+
+if TYPE_CHECKING:   # annotations only: predictor.py imports torch
+    from .predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +48,6 @@ METADATA_PREFIX = "dermalens."
 # Metadata values that are JSON documents rather than plain strings.
 _JSON_KEYS = ("classes", "preprocessing", "model_config", "val_metrics", "parity", "int8_parity", "quantization",
               "temperature", "checkpoint_size", "epoch", "opset")
-
-
-class OnnxModelError(ValueError):
-    """An .onnx file that is missing, unreadable, or not a dermalens export."""
 
 
 def encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
@@ -121,14 +123,13 @@ def session_options(threads: int | None = None, optimization: str = "all", execu
     return options
 
 
-def create_session(path: str | Path, threads: int | None = None, runtime: str = "onnxruntime", **options):
+def create_session(path: str | Path, threads: int | None = None, runtime: str = "onnxruntime",
+                   **options) -> InferenceSession:
     """An inference session on an .onnx file: ONNX Runtime (options: `session_options`) or OpenVINO."""
     path = Path(path)
     if not path.is_file():
         raise OnnxModelError(f"ONNX model not found: {path}")
     if runtime in ("openvino", "openvino-bf16"):
-        from .openvino_session import OpenVinoSession
-
         if options:
             raise ValueError(f"ONNX Runtime settings {sorted(options)} do not apply to runtime {runtime}")
         return OpenVinoSession(path, threads, precision="bf16" if runtime == "openvino-bf16" else "f32")
@@ -164,7 +165,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 class OnnxPredictor:
-    """An exported model in an ONNX Runtime session; the interface of `Predictor`.
+    """An exported model in an inference session (ONNX Runtime or OpenVINO): a `base.ImagePredictor`.
 
     `predict_arrays` takes RGB uint8 arrays of any size, `predict` files or
     arrays; `.metadata` holds what `Predictor.metadata` holds (with
@@ -172,7 +173,7 @@ class OnnxPredictor:
     needs `Predictor`).
     """
 
-    def __init__(self, session, metadata: dict, temperature: float | None = None, tta: bool = False,
+    def __init__(self, session: InferenceSession, metadata: dict, temperature: float | None = None, tta: bool = False,
                  runtime: str = "onnxruntime"):
         self.session = session
         self.runtime = runtime  # what runs the model: onnxruntime, openvino, openvino-bf16
@@ -186,26 +187,27 @@ class OnnxPredictor:
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
-    def from_file(cls, path: str | Path, tta: bool = False, threads: int | None = None,
+    def from_file(cls, path: str | Path, tta: bool | None = None, threads: int | None = None,
                   temperature: float | None = None, runtime: str = "onnxruntime", **options) -> "OnnxPredictor":
-        """Open an exported model; a calibration sidecar beside it (as for checkpoints) sets the temperature."""
+        """Open an exported model; a calibration record beside it (as for checkpoints) sets the
+        temperature and, unless `tta` says otherwise, whether flips are averaged (the calibrated predictor)."""
         path = Path(path)
         metadata = read_onnx_metadata(path)
         metadata["onnx_model"] = str(path)
-        if temperature is None:
-            # `evaluate` keeps the fitted temperature beside the checkpoint;
-            # <stem>.onnx and <stem>.ckpt share <stem>.calibration.json.
-            sidecar = path.with_suffix(".calibration.json")
-            if sidecar.is_file():
-                temperature = float(json.loads(sidecar.read_text())["temperature"])
+        # Training keeps the fitted temperature beside the checkpoint;
+        # <stem>.onnx and <stem>.ckpt share <stem>.calibration.json.
+        if calibration_path(path).is_file():
+            calibration = read_calibration(path)
+            temperature = calibration["temperature"] if temperature is None else temperature
+            tta = calibration["tta"] if tta is None else tta
         session = create_session(path, threads, runtime, **options)
         if runtime.startswith("openvino"):  # the precision OpenVINO really runs (f32 on a CPU without bf16)
             runtime = "openvino" if session.precision == "f32" else f"openvino-{session.precision}"
-        return cls(session, metadata, temperature=temperature, tta=tta, runtime=runtime)
+        return cls(session, metadata, temperature=temperature, tta=bool(tta), runtime=runtime)
 
     def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """RGB uint8 arrays -> the model's (N, 3, S, S) float32 input, through `preprocess_image`."""
-        return np.stack([preprocess_image(img, self.preprocessing).numpy() for img in images])
+        """RGB uint8 arrays -> the model's (N, 3, S, S) float32 input, through `preprocess_array`."""
+        return np.stack([preprocess_array(img, self.preprocessing) for img in images])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed (N, 3, S, S) batch -> logits (N, C), averaged over flips with tta."""
@@ -221,9 +223,8 @@ class OnnxPredictor:
             return np.zeros((0, len(CLASS_CODES)), dtype=np.float32)
         return softmax(self.logits(self.batch(images)), self.temperature).astype(np.float32)
 
-    # Decoding files and packaging results is the same as for the PyTorch
-    # predictor: it only calls predict_arrays.
-    predict = Predictor.predict
+    def predict(self, sources: Iterable[str | Path | np.ndarray], batch_size: int = 16) -> list[Prediction]:
+        return predict_sources(self, sources, batch_size)
 
 
 def onnx_beside(checkpoint: str | Path) -> Path:
@@ -246,9 +247,16 @@ def export_matches_checkpoint(onnx_path: Path, checkpoint: Path) -> bool:
     return file_sha256(checkpoint) == expected
 
 
-def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu", runtime: str = "auto",
-                   threads: int | None = None) -> OnnxPredictor | Predictor:
-    """The predictor for a model file.
+def pytorch_predictor(path: str | Path, device: str = "cpu", tta: bool | None = None) -> "Predictor":
+    """`Predictor.from_checkpoint`, imported only when it is used: it loads torch."""
+    from .predictor import Predictor
+
+    return Predictor.from_checkpoint(path, device=device, tta=tta)
+
+
+def load_predictor(path: str | Path, tta: bool | None = None, device: str = "cpu", runtime: str = "auto",
+                   threads: int | None = None) -> ImagePredictor:
+    """The predictor for a model file or model package folder.
 
     runtime "auto": `.onnx` -> OnnxPredictor (ONNX Runtime). `.ckpt` ->
     OnnxPredictor when `<stem>.onnx` sits beside it and was exported from
@@ -256,18 +264,34 @@ def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu", run
     ignored with a warning), else the PyTorch `Predictor` (always on a
     non-CPU device). "pytorch" needs a checkpoint; "onnxruntime", "openvino"
     and "openvino-bf16" need an .onnx file or an up-to-date export beside the
-    checkpoint, and say so when there is none. threads: for ONNX Runtime /
-    OpenVINO (default: the cores this process may use); PyTorch keeps
-    torch's setting.
+    checkpoint, and say so when there is none. A model package folder
+    (`dermalens package`) runs its model.onnx ("auto" on a CPU, and the ONNX
+    runtimes) or its model.safetensors ("pytorch"), at the temperature and
+    tta of its config.json, after its SHA256SUMS check. threads: for ONNX
+    Runtime / OpenVINO (default: the cores this process may use); PyTorch
+    keeps torch's setting. An .onnx file is run without importing torch.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     path = Path(path)
+    if path.is_dir():   # a model package (models.package.is_package); that module imports torch
+        from ..models.package import ONNX_FILE, read_package_config
+
+        onnx_file = path / ONNX_FILE
+        if runtime == "pytorch" or (runtime == "auto" and (device != "cpu" or not onnx_file.is_file())):
+            return pytorch_predictor(path, device=device, tta=tta)
+        config = read_package_config(path)   # SHA256SUMS covers model.onnx too
+        if not onnx_file.is_file():
+            raise OnnxModelError(f"runtime {runtime} needs {onnx_file}, which this package lacks; "
+                                 f"use --runtime pytorch")
+        return OnnxPredictor.from_file(onnx_file, tta=config["tta"] if tta is None else tta, threads=threads,
+                                       temperature=config["temperature"], runtime="onnxruntime"
+                                       if runtime == "auto" else runtime)
     is_onnx = path.suffix.lower() == ".onnx"
     if runtime == "pytorch":
         if is_onnx:
             raise ValueError(f"runtime pytorch needs a checkpoint (.ckpt), not the exported model {path}")
-        return Predictor.from_checkpoint(path, device=device, tta=tta)
+        return pytorch_predictor(path, device=device, tta=tta)
     onnx_runtime = "onnxruntime" if runtime == "auto" else runtime
     if is_onnx:
         return OnnxPredictor.from_file(path, tta=tta, threads=threads, runtime=onnx_runtime)
@@ -283,4 +307,4 @@ def load_predictor(path: str | Path, tta: bool = False, device: str = "cpu", run
     if runtime != "auto":
         raise OnnxModelError(f"runtime {runtime} needs an up-to-date export of {path} at {beside}: "
                              f"run `dermalens export {path}` first")
-    return Predictor.from_checkpoint(path, device=device, tta=tta)
+    return pytorch_predictor(path, device=device, tta=tta)

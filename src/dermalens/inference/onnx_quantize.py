@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_dynamic, quantize_static)
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..data.transforms import preprocess_image
 from ..models.classifier import Preprocessing
 from .onnx_predictor import INPUT_NAME
-
 
 QUANTIZE_METHODS = ("static", "dynamic")
 CALIBRATION_BATCH = 8

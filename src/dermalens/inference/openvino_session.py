@@ -1,5 +1,6 @@
 """An exported model compiled by OpenVINO, behind the part of onnxruntime's
-`InferenceSession` that `OnnxPredictor` uses (`get_inputs`, `run`).
+`InferenceSession` that `OnnxPredictor` uses (`get_inputs`, `run`: the
+protocol `base.InferenceSession`).
 
 Why a second runtime for the same .onnx file: ONNX Runtime's CPU kernels
 (MLAS) cannot fuse EfficientNet's SiLU into its convolutions and have no
@@ -24,7 +25,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .onnx_predictor import OnnxModelError
+from .runtimes import OnnxModelError
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("f32", "bf16")

@@ -6,3 +6,7 @@ RUNTIMES = ("auto", "pytorch", "onnxruntime", "openvino", "openvino-bf16")
 RUNTIME_HELP = ("what runs the model (default auto: the ONNX export beside the checkpoint when there is one, "
                 "else PyTorch; openvino / openvino-bf16 need `pip install 'dermalens[openvino]'`; bf16 is faster "
                 "and changes a few predictions, see docs/performance.md)")
+
+
+class OnnxModelError(ValueError):
+    """An .onnx file that is missing, unreadable, or not a dermalens export (or a runtime that cannot run it)."""

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..classes import NUM_CLASSES
 from .cbam import CBAM
+from .preprocessing import Preprocessing  # the record lives in a torch-free module; imported from here as before
 from .weights import load_pretrained_backbone
 
 
@@ -28,22 +29,7 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     image_size: int = 300
     pretrained: str = "auto"  # auto | timm | none | path to a weights file
-
-
-@dataclass
-class Preprocessing:
-    """What an image must go through before the model: one record, saved with the model."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
+    geometry: str = "center_square"  # how any image becomes the square input (data/geometry.py)
 
 
 class LesionClassifier(nn.Module):
@@ -70,7 +56,7 @@ class LesionClassifier(nn.Module):
     @property
     def preprocessing(self) -> Preprocessing:
         cfg = self.backbone.pretrained_cfg
-        return Preprocessing(self.config.image_size, tuple(cfg["mean"]), tuple(cfg["std"]))
+        return Preprocessing(self.config.image_size, tuple(cfg["mean"]), tuple(cfg["std"]), self.config.geometry)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.attention(self.backbone.forward_features(x))
@@ -91,3 +77,6 @@ def create_classifier(config: ModelConfig | None = None, load_pretrained: bool =
     if load_pretrained:
         model.weights_source = load_pretrained_backbone(model.backbone, config.backbone, config.pretrained)
     return model
+
+
+__all__ = ["LesionClassifier", "ModelConfig", "Preprocessing", "create_classifier"]

@@ -1,0 +1,43 @@
+"""The calibration record beside a model: `<stem>.calibration.json`, and `CheckpointError`.
+
+The one read/write pair for the temperature that predict, serve and export
+apply. Only training writes it, fitted on the run's own validation split for
+the predictor that is served (`tta`); any later evaluation reads it and
+changes nothing. <stem>.ckpt and <stem>.onnx share it.
+
+Kept free of torch (as is `CheckpointError`, which it raises), so that the
+ONNX predictor can read it without loading PyTorch; `checkpoint.py`
+re-exports all of it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic_io import atomic_write_json
+
+
+class CheckpointError(ValueError):
+    """A checkpoint, or the calibration record beside it, that is missing or unreadable."""
+
+
+def calibration_path(checkpoint: str | Path) -> Path:
+    return Path(checkpoint).with_suffix(".calibration.json")
+
+
+def read_calibration(checkpoint: str | Path) -> dict:
+    """{"temperature", "tta", "fitted_on"}; temperature 1.0 (uncalibrated) when there is no record."""
+    path = calibration_path(checkpoint)
+    if not path.is_file():
+        return {"temperature": 1.0, "tta": False, "fitted_on": None}
+    try:
+        record = json.loads(path.read_text())
+        temperature = float(record["temperature"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"calibration record {path} is unreadable ({error}); delete it or retrain") from None
+    return {"temperature": temperature, "tta": bool(record.get("tta", False)), "fitted_on": record.get("fitted_on")}
+
+
+def write_calibration(checkpoint: str | Path, temperature: float, tta: bool, n_images: int) -> Path:
+    return atomic_write_json(calibration_path(checkpoint), {
+        "temperature": float(temperature), "tta": bool(tta), "fitted_on": "val", "n_images": int(n_images)})

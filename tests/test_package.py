@@ -1,0 +1,348 @@
+"""Model packages (`dermalens package`): a run becomes a folder that loads without unpickling, predicts what
+the checkpoint predicts, refuses files changed after packaging, and names nothing of the training machine."""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build_mini_ham10000
+from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
+from dermalens.cli import main
+from dermalens.config import load_config
+from dermalens.inference.onnx_predictor import OnnxPredictor, load_predictor, read_onnx_metadata
+from dermalens.inference.predictor import Predictor, read_rgb_image
+from dermalens.models.checkpoint import CheckpointError, load_classifier, read_calibration
+from dermalens.models.package import (
+    CARD_FILE,
+    CONFIG_FILE,
+    ONNX_FILE,
+    SUMS_FILE,
+    WEIGHTS_FILE,
+    PackageError,
+    from_pretrained,
+    load_package,
+    push_to_hub,
+    staged_folder,
+    write_sums,
+)
+from dermalens.training.run import train
+
+# A tiny model trained on the 50 real HAM10000 sample images (HAM10000 layout, lesion ids, the real
+# licence), evaluated once after training, so the run has metrics.json and a fitted temperature.
+TINY_HAM_RUN = ["data.format=ham10000", "training.max_epochs=1", "training.limit_train_batches=2",
+                "model.image_size=64", "model.pretrained=auto", "evaluation.n_bootstrap=20", "evaluation.tta=false",
+                "training.progress_bar=false", "data.cache_dir=null"]
+PACKAGE_FILES = {CONFIG_FILE, WEIGHTS_FILE, ONNX_FILE, CARD_FILE, SUMS_FILE}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Correctness, not speed, is tested here; on a shared machine extra threads mostly wait.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, sample_dir, sample_metadata) -> Path:
+    root = tmp_path_factory.mktemp("package")
+    data = build_mini_ham10000(root / "ham", sample_dir, sample_metadata)
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
+                         [*TINY_HAM_RUN, f"data.path={data}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(config, root / "run", progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(run_dir) -> Path:
+    return run_dir / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def package(run_dir, sample_dir) -> Path:
+    out = run_dir.parent / "shared-model"
+    assert main(["package", str(run_dir), "--out", str(out), "--parity-images", str(sample_dir / "ISIC_*.jpg"),
+                 "--parity-count", "4"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def config(package) -> dict:
+    return json.loads((package / CONFIG_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def images(sample_dir) -> list[str]:
+    return [str(p) for p in sorted(sample_dir.glob("ISIC_*.jpg"))[:3]]
+
+
+def predict_json(model: Path, images: list[str], out: Path, *options: str) -> dict:
+    assert main(["predict", "--model", str(model), *images, "-f", "json", "-o", str(out), *options]) == 0
+    return json.loads(out.read_text())
+
+
+def probabilities(output: dict) -> np.ndarray:
+    return np.array([[row["probabilities"][code] for code in CLASS_CODES] for row in output["predictions"]])
+
+
+def carried_text(path: Path) -> str:
+    """What a file of the package says in words: the ONNX metadata, the safetensors header, or the text."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path))
+        return "\n".join([model.doc_string, *(f"{p.key}={p.value}" for p in model.metadata_props)])
+    if path.suffix == ".safetensors":
+        raw = path.read_bytes()
+        return raw[8:8 + int.from_bytes(raw[:8], "little")].decode()
+    return path.read_text()
+
+
+def flip_last_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_package_holds_weights_config_and_checksums_that_sha256sum_accepts(package, config, checkpoint, run_dir):
+    assert {p.name for p in package.iterdir()} == PACKAGE_FILES
+    assert not [p.name for p in package.parent.iterdir() if p.name.startswith(".")]   # no staging left
+    if shutil.which("sha256sum"):
+        check = subprocess.run(["sha256sum", "-c", SUMS_FILE], cwd=package, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    listed = {line.split("  ", 1)[1] for line in (package / SUMS_FILE).read_text().splitlines()}
+    assert listed == PACKAGE_FILES - {SUMS_FILE}
+
+    from safetensors.torch import load_file
+
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    expected = {k[len("model."):]: v for k, v in stored["state_dict"].items() if k.startswith("model.")}
+    weights = load_file(str(package / WEIGHTS_FILE))
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+    calibration = read_calibration(checkpoint)
+    assert calibration["fitted_on"] == "val" and calibration["temperature"] != 1.0   # so carrying it matters
+    assert config["temperature"] == calibration["temperature"] and config["tta"] == calibration["tta"]
+    assert config["architecture"] == stored["dermalens"]["model_config"]
+    assert config["preprocessing"] == stored["dermalens"]["preprocessing"]
+    assert config["classes"] == list(CLASS_CODES)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert config["test_metrics"]["ci95"] == metrics["ci95"]
+    assert config["test_metrics"]["balanced_accuracy"] == metrics["balanced_accuracy"]
+    assert config["onnx"]["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_predict_from_the_package_equals_predict_from_the_checkpoint(package, checkpoint, images, tmp_path):
+    reference = predict_json(checkpoint, images, tmp_path / "ckpt.json", "--runtime", "pytorch")
+    from_weights = predict_json(package, images, tmp_path / "pytorch.json", "--runtime", "pytorch")
+    from_onnx = predict_json(package, images, tmp_path / "auto.json")   # auto: the package's model.onnx
+    assert from_weights["runtime"] == "pytorch" and from_onnx["runtime"] == "onnxruntime"
+    assert [r["image"] for r in from_onnx["predictions"]] == images
+    assert np.abs(probabilities(from_weights) - probabilities(reference)).max() <= 1e-5
+    assert np.abs(probabilities(from_onnx) - probabilities(reference)).max() <= 1e-4
+
+
+def test_loading_a_package_never_unpickles(package, config, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a package must load without unpickling")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(module, name, refuse)
+    model, meta = load_package(package)
+    assert meta["calibration"]["temperature"] == config["temperature"]
+    assert Predictor.from_checkpoint(package).temperature == config["temperature"]
+    onnx_predictor = load_predictor(package)
+    assert isinstance(onnx_predictor, OnnxPredictor) and onnx_predictor.temperature == config["temperature"]
+
+
+def test_temperature_and_tta_come_from_config_json(package, tmp_path):
+    """config.json is the package's calibration record, for both runtimes (not the ONNX metadata)."""
+    copy = tmp_path / "recalibrated"
+    shutil.copytree(package, copy)
+    edited = {**json.loads((copy / CONFIG_FILE).read_text()), "temperature": 2.5, "tta": True}
+    (copy / CONFIG_FILE).write_text(json.dumps(edited))
+    write_sums(copy)                                   # an edit its author stands behind
+    for predictor in (load_predictor(copy), load_predictor(copy, runtime="pytorch")):
+        assert (predictor.temperature, predictor.tta) == (2.5, True)
+    assert load_predictor(copy, tta=False).tta is False
+
+
+@pytest.mark.parametrize("changed", [WEIGHTS_FILE, ONNX_FILE])
+def test_a_file_changed_after_packaging_is_refused_by_name(package, images, tmp_path, capsys, changed):
+    copy = tmp_path / "copy"
+    shutil.copytree(package, copy)
+    flip_last_byte(copy / changed)
+    with pytest.raises(PackageError, match=f"{changed} does not match its SHA-256"):
+        load_predictor(copy) if changed == ONNX_FILE else load_package(copy)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(copy), images[0]]) == 2
+    assert f"{changed} does not match" in capsys.readouterr().err
+    (copy / SUMS_FILE).unlink()
+    with pytest.raises(PackageError, match=f"no {SUMS_FILE}"):
+        load_package(copy)
+
+
+def test_no_path_of_the_training_machine_in_the_package(package, run_dir, sample_dir):
+    # The run's own records do name its folder and the data's: the package had something to leave out.
+    assert str(run_dir) in (run_dir / "metrics.json").read_text()
+    local = {str(run_dir), str(run_dir.resolve()), str(run_dir.parent / "ham"), str(sample_dir)}
+    if Path.home() != Path("/"):
+        local.add(str(Path.home()))
+    for path in package.iterdir():
+        text = carried_text(path)
+        assert not [folder for folder in local if folder in text], path.name
+
+
+def test_model_card_states_licence_disclaimer_split_metrics_and_limits(package, config):
+    card = (package / CARD_FILE).read_text()
+    assert card.startswith("---\nlicense: cc-by-nc-sa-4.0\n")          # the Hub's model card header
+    assert "CC BY-NC-SA 4.0" in card and "non-commercial" in card
+    assert RESEARCH_DISCLAIMER in card
+    assert "grouped by lesion_id" in card
+    low, high = config["test_metrics"]["ci95"]["balanced_accuracy"]
+    assert f"{config['test_metrics']['balanced_accuracy']:.3f} | {low:.3f}-{high:.3f}" in card
+    assert f"T = {config['temperature']:.3f}" in card and "Expected calibration error" in card
+    for limit in ("Dermoscopy images only", "no squamous cell carcinoma", "Vienna", "Queensland",
+                  "lighter skin types"):
+        assert limit in card
+    assert f"dermalens predict --model {package.name}" in card
+
+
+def test_explain_serve_and_export_take_the_package(package, config, checkpoint, images, tmp_path):
+    from dermalens.explain.api import Explainer
+    from dermalens.serving.app import create_app
+
+    image = read_rgb_image(images[0])
+    explanation = Explainer.from_checkpoint(package).explain(image, "gradcam")
+    expected = Predictor.from_checkpoint(checkpoint).predict([image])[0].probabilities
+    assert explanation.probabilities == pytest.approx(expected, abs=1e-5)
+
+    info = create_app(str(package)).test_client().get("/api/model")
+    assert info.status_code == 200 and info.get_json()["temperature"] == pytest.approx(config["temperature"])
+
+    out = tmp_path / "again.onnx"
+    assert main(["export", str(package), "--out", str(out), "--parity-images", *images, "--parity-count", "2"]) == 0
+    meta = read_onnx_metadata(out)
+    assert meta["temperature"] == config["temperature"] and meta["checkpoint"] == WEIGHTS_FILE
+
+
+def test_a_failed_package_leaves_nothing_and_an_existing_one_is_kept(run_dir, tmp_path, monkeypatch, capsys):
+    from dermalens.inference import export
+    from dermalens.inference.export import ExportError
+
+    def failing_export(*args, **kwargs):
+        raise ExportError("ONNX export does not match PyTorch")
+
+    monkeypatch.setattr(export, "export_checkpoint", failing_export)
+    out = tmp_path / "model"
+    assert main(["package", str(run_dir), "--out", str(out)]) == 2
+    assert "does not match PyTorch" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []              # neither the folder nor its staging copy
+
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["package", str(run_dir), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def unpickling_warnings(load, *args) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load(*args)
+    return [str(w.message) for w in caught if "unpickling" in str(w.message)]
+
+
+def test_checkpoints_load_weights_only_and_full_unpickling_is_announced_once(checkpoint, tmp_path):
+    assert unpickling_warnings(load_classifier, checkpoint) == []   # a dermalens checkpoint is plain data
+    older = tmp_path / "older.ckpt"
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    stored["hyper_parameters"] = argparse.Namespace(lr=1e-3)   # what older Lightning checkpoints held
+    torch.save(stored, older)
+    [warning] = unpickling_warnings(load_classifier, older)
+    assert "argparse.Namespace" in warning and "can run any code" in warning
+    assert unpickling_warnings(load_classifier, older) == []       # once per file
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+
+    def load_text():
+        with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+            load_classifier(text)
+
+    assert unpickling_warnings(load_text) == []
+
+
+def test_from_pretrained_reads_a_local_folder_without_the_network(package, config, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def offline_snapshot(**kwargs):
+        calls.append(kwargs)
+        return str(package)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline_snapshot)
+    model, meta = from_pretrained(str(package))
+    assert calls == []                                 # a local folder never asks the Hub
+    assert meta["calibration"]["temperature"] == config["temperature"]
+    reference, _ = load_package(package)
+    batch = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(batch), reference(batch))
+    _, hub_meta = from_pretrained("someone/dermalens-lesions", revision="v1")
+    assert calls == [{"repo_id": "someone/dermalens-lesions", "revision": "v1", "repo_type": "model"}]
+    assert hub_meta["model_config"] == config["architecture"]
+
+
+def test_push_to_hub_uploads_the_package_with_its_card_as_readme(package, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    uploads, repos = [], []
+
+    def record_upload(self, **kwargs):
+        folder = Path(kwargs["folder_path"])
+        uploads.append({**kwargs, "files": {p.name: p.read_bytes() for p in folder.iterdir()}})
+        return "https://huggingface.co/someone/dermalens-lesions/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: repos.append(repo_id))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", record_upload)
+    assert push_to_hub(package, "someone/dermalens-lesions").endswith("/commit/0")
+    [upload] = uploads
+    assert repos == ["someone/dermalens-lesions"]
+    assert upload["repo_id"] == "someone/dermalens-lesions" and upload["repo_type"] == "model"
+    assert set(upload["files"]) == PACKAGE_FILES | {"README.md"}
+    assert upload["files"]["README.md"] == (package / CARD_FILE).read_bytes()
+    assert upload["files"][WEIGHTS_FILE] == (package / WEIGHTS_FILE).read_bytes()
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(package, damaged)
+    flip_last_byte(damaged / CONFIG_FILE)
+    with pytest.raises(PackageError, match=f"{CONFIG_FILE} does not match"):
+        push_to_hub(damaged, "someone/dermalens-lesions")
+    assert len(uploads) == 1                           # nothing damaged is published
+
+
+def test_overwrite_replaces_a_package_whole_and_a_failure_keeps_the_old_one(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), staged_folder(out, overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+        raise RuntimeError("export failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in out.iterdir()] == ["old.txt"]
+    with staged_folder(out, overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in out.iterdir()] == ["new.txt"]
