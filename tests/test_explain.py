@@ -22,8 +22,17 @@ from PIL import Image
 from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from dermalens.data.transforms import preprocess_image
 from dermalens.explain import metrics
-from dermalens.explain.api import (METHODS, Explainer, Explanation, explain_image, overlay_png_bytes,
-                                   save_overlay_png)
+from dermalens.explain.api import (
+    METHODS,
+    Explainer,
+    Explanation,
+    caption_lines,
+    explain_image,
+    overlay_png_bytes,
+    save_overlay_png,
+)
+from dermalens.explain.base import Attribution, AttributionMethod
+from dermalens.explain.names import REGISTRY, MethodEntry
 from dermalens.explain.overlay import MIN_OVERLAY_WIDTH, heatmap_at_size
 from dermalens.models import create_classifier
 from dermalens.models.checkpoint import CHECKPOINT_KEY
@@ -184,6 +193,44 @@ def test_non_rgb_input_is_rejected(small_explainer):
         small_explainer.explain(np.zeros((32, 32), dtype=np.uint8))
     with pytest.raises(ValueError, match="RGB uint8"):
         small_explainer.explain(np.zeros((32, 32, 3), dtype=np.float32))
+
+
+# --- the registry: one file and one line per method ---------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_registered_method_loads_as_an_attribution_method_of_its_name(method):
+    entry = REGISTRY[method]
+    method_class = entry.load()
+    assert issubclass(method_class, AttributionMethod) and method_class.name == method and entry.label
+
+
+class LeftHalfMap(AttributionMethod):
+    """A whole method in one class, as a new file would hold it: the left half of the image matters."""
+
+    name = "lefthalf"
+
+    def __init__(self, model, preprocessing, **settings):
+        super().__init__(model, preprocessing, **settings)
+        self.budgets = []
+
+    def attribute(self, image, input_tensor, class_index, *, max_evals=None):
+        self.budgets.append(max_evals)
+        return Attribution(raw_map=np.array([[1.0, 0.0], [1.0, 0.0]], dtype=np.float32))
+
+
+def test_a_method_added_to_the_registry_is_built_and_called_through_it(small_model, photo, monkeypatch):
+    monkeypatch.setitem(REGISTRY, "lefthalf", MethodEntry("lefthalf", "Left half (test)", LeftHalfMap))
+    explainer = Explainer(small_model, small_model.preprocessing, temperature=2.0, shap_max_evals=77,
+                          cam_layer="stride16")
+    explanation = explainer.explain(photo, "LeftHalf", target_class="df")
+    assert explanation.method == "lefthalf" and explanation.target_class == "df"
+    np.testing.assert_array_equal(explanation.raw_map, [[1, 0], [1, 0]])
+    assert explanation.heatmap.shape == (150, 200) and explanation.summary()["centroid_x"] < 0.5
+    explainer.explain(photo, "lefthalf", shap_max_evals=20)
+    method = explainer.method("lefthalf")   # built once, with the explainer's settings
+    assert isinstance(method, LeftHalfMap) and method.budgets == [77, 20]
+    assert (method.preprocessing, method.temperature, method.cam_layer) == (small_model.preprocessing, 2.0, "stride16")
+    assert caption_lines("lefthalf", "df", explanation.probabilities)[1].startswith("Left half (test) map for: df")
 
 
 # --- the target layer is the map the head sees --------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pytorch_grad_cam.base_cam import BaseCAM
 
+from ..models.preprocessing import Preprocessing
 from .cam import CamMethod, RawMapCapture, target_layer
 
 
@@ -57,6 +58,11 @@ class HeadAblationCAM(RawMapCapture, BaseCAM):
 class AblationCamExplainer(CamMethod):
     name = "ablationcam"
     uses_gradients = False
+
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, **settings):
+        # Only the head may follow the ablated layer (see HeadAblationCAM): always the
+        # final map, whatever cam_layer the explainer was given for Grad-CAM.
+        super().__init__(model, preprocessing, **{**settings, "cam_layer": "final"})
 
     def build_cam(self) -> BaseCAM:
         return HeadAblationCAM(self.view, [target_layer(self.view)], head=self.view.forward_head)

@@ -17,18 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic_io import atomic_write_bytes
 from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index, class_name
-from ..data.cache import resize_image
+from ..data.geometry import fit_to_square
 from ..data.transforms import preprocess_image
-from ..models.classifier import Preprocessing
-from .ablation_cam import AblationCamExplainer
+from ..inference.predictor import Predictor
+from ..models.preprocessing import Preprocessing
 from .base import AttributionMethod, model_device, private_module_tree
-from .gradcam import GradCamExplainer
-from .gradcam_plusplus import GradCamPlusPlusExplainer
 from .metrics import centre_mask, energy_share
-from .names import DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS, check_method
+from .names import DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS, REGISTRY, check_method, method_label
 from .overlay import heatmap_at_size, png_bytes, render_overlay
-from .shap_partition import ShapPartitionExplainer
 
 __all__ = ["METHODS", "METHOD_LABELS", "Explanation", "Explainer", "explain_image", "overlay_png_bytes",
            "save_overlay_png", "check_method"]
@@ -103,28 +101,31 @@ class Explainer:
 
     The model is never modified: forward passes run on private module trees
     that share its weights (hooks and layer swaps stay private), and each CAM
-    method runs one image at a time under its own lock.
+    method runs one image at a time under its own lock. Methods come from
+    `names.REGISTRY`: each is built on first use from the same settings
+    (model, preprocessing, temperature, cam_layer) and called the same way.
     `temperature` (from `evaluate`'s calibration) only rescales the reported
     probabilities, so they match what `Predictor` reports. `shap_max_evals` is
-    the SHAP budget used when `explain` is not given one: SHAP costs about
-    max_evals forward passes (EfficientNet-B3 at 300 px: ~0.2 s each on one
-    CPU core, so 300 evaluations take over a minute; use ~50 there).
+    the budget (`max_evals`; only SHAP spends one) used when `explain` is not
+    given one: SHAP costs about max_evals forward passes (EfficientNet-B3 at
+    300 px: ~0.2 s each on one CPU core, so 300 evaluations take over a
+    minute; use ~50 there).
     """
 
     def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, temperature: float = 1.0,
-                 shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS):
+                 shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS, cam_layer: str = "final"):
         self.model = model
         self.preprocessing = preprocessing
         self.temperature = float(temperature)
         self.shap_max_evals = int(shap_max_evals)
+        self.cam_layer = cam_layer   # Grad-CAM / Grad-CAM++: "final" (the pooled map) or "stride16"
         self._inference_view = private_module_tree(model)   # never carries hooks
         self._methods: dict[str, AttributionMethod] = {}
         self._methods_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Explainer":
-        from ..inference.predictor import Predictor
-
+        """A checkpoint (.ckpt) or a model package folder: CAMs need the PyTorch model, never the ONNX one."""
         return cls.from_predictor(Predictor.from_checkpoint(path, device=device), **kwargs)
 
     @classmethod
@@ -133,18 +134,13 @@ class Explainer:
         return cls(predictor.model, predictor.preprocessing, temperature=predictor.temperature, **kwargs)
 
     def method(self, name: str) -> AttributionMethod:
+        """The registered method (names.REGISTRY), built on first use and kept."""
         name = check_method(name)
         with self._methods_lock:
             if name not in self._methods:
-                if name == "gradcam":
-                    self._methods[name] = GradCamExplainer(self.model)
-                elif name == "gradcam++":
-                    self._methods[name] = GradCamPlusPlusExplainer(self.model)
-                elif name == "ablationcam":
-                    self._methods[name] = AblationCamExplainer(self.model)
-                else:
-                    self._methods[name] = ShapPartitionExplainer(self._inference_view, self.preprocessing,
-                                                                 temperature=self.temperature)
+                method_class = REGISTRY[name].load()
+                self._methods[name] = method_class(self.model, self.preprocessing, temperature=self.temperature,
+                                                   cam_layer=self.cam_layer)
             return self._methods[name]
 
     @torch.inference_mode()
@@ -164,13 +160,11 @@ class Explainer:
         if target_index is None:
             target_index = int(np.argmax(probabilities))
         explainer = self.method(method)
-        model_image = resize_image(image, self.preprocessing.image_size)   # the pixels the model saw
-        if isinstance(explainer, ShapPartitionExplainer):
-            attribution = explainer.attribute(model_image, input_tensor, target_index,
-                                              max_evals=shap_max_evals or self.shap_max_evals)
-        else:
-            attribution = explainer.attribute(model_image, input_tensor, target_index)
-        heatmap = heatmap_at_size(attribution.raw_map, *image.shape[:2])
+        pre = self.preprocessing
+        model_image = fit_to_square(image, pre.image_size, pre.geometry)   # the pixels the model saw
+        attribution = explainer.attribute(model_image, input_tensor, target_index,
+                                          max_evals=shap_max_evals or self.shap_max_evals)
+        heatmap = heatmap_at_size(attribution.raw_map, *image.shape[:2], geometry=pre.geometry)
         probs = {code: float(p) for code, p in zip(CLASS_CODES, probabilities)}
         target = CLASS_CODES[target_index]
         overlay = render_overlay(image, heatmap, caption_lines(method, target, probs))
@@ -193,7 +187,7 @@ def caption_lines(method: str, target: str, probabilities: dict[str, float]) -> 
     predicted = max(probabilities, key=probabilities.get)
     return [
         f"Model output: {predicted} ({class_name(predicted)}) {probabilities[predicted]:.1%}",
-        f"{METHOD_LABELS[method]} map for: {target} ({class_name(target)}) {probabilities[target]:.1%}",
+        f"{method_label(method)} map for: {target} ({class_name(target)}) {probabilities[target]:.1%}",
         RESEARCH_DISCLAIMER,
     ]
 
@@ -217,6 +211,4 @@ def overlay_png_bytes(explanation: Explanation) -> bytes:
 
 
 def save_overlay_png(explanation: Explanation, path: str | Path) -> Path:
-    from ..atomic_io import atomic_write_bytes
-
     return atomic_write_bytes(path, overlay_png_bytes(explanation))

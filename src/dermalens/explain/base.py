@@ -2,7 +2,8 @@
 
 Each method lives in its own file (`gradcam.py`, `gradcam_plusplus.py`,
 `ablation_cam.py`, `shap_partition.py`) and differs from the others only
-where it truly differs, as in pytorch-grad-cam. `api.py` wires them.
+where it truly differs, as in pytorch-grad-cam. `names.REGISTRY` lists them;
+`api.Explainer` builds and calls every one of them the same way.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from ..models.preprocessing import Preprocessing
 
 
 @dataclass
@@ -30,13 +33,31 @@ class Attribution:
 
 
 class AttributionMethod:
-    """Base of all methods: `attribute(...)` for one image, one target class index."""
+    """Base of all methods: built once per `Explainer`, then `attribute(...)` for one image and one class.
 
-    name: str = ""
+    Every method is built from the same settings, `cls(model, preprocessing,
+    temperature=..., cam_layer=...)`, so the Explainer needs no case for any
+    method. This base keeps the last three; a subclass keeps the model the way
+    it runs it (`private_module_tree`: CAMs hook their copy, SHAP only runs
+    forward passes), never the caller's model object itself.
+    """
+
+    name: str = ""                 # the method's name in names.REGISTRY
     uses_gradients: bool = False
 
-    def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int) -> Attribution:
-        """image: RGB uint8 at the model's input size; input_tensor: that image preprocessed, (1, 3, S, S)."""
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, *, temperature: float = 1.0,
+                 cam_layer: str = "final"):
+        self.preprocessing = preprocessing
+        self.temperature = float(temperature)   # the model's calibration: softmax(logits / temperature)
+        self.cam_layer = cam_layer               # names.CAM_LAYERS; methods that read no layer ignore it
+
+    def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int, *,
+                  max_evals: int | None = None) -> Attribution:
+        """image: RGB uint8 at the model's input size; input_tensor: that image preprocessed, (1, 3, S, S).
+
+        max_evals: a budget of model evaluations, for the methods whose cost it sets
+        (SHAP; None: the method's default); methods of fixed cost ignore it.
+        """
         raise NotImplementedError
 
 

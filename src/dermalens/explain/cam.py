@@ -15,7 +15,9 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from ..models.preprocessing import Preprocessing
 from .base import Attribution, AttributionMethod, private_module_tree
+from .names import CAM_LAYERS
 
 
 class RawMapCapture:
@@ -34,12 +36,20 @@ class RawMapCapture:
         return cam
 
 
-def target_layer(model: nn.Module) -> nn.Module:
-    """The layer CAMs look at: `attention` (CBAM or Identity) of a LesionClassifier."""
-    layer = getattr(model, "attention", None)
-    if not isinstance(layer, nn.Module):
+def target_layer(model: nn.Module, layer: str = "final") -> nn.Module:
+    """The layer CAMs look at in a LesionClassifier: `attention` (CBAM or Identity), or a finer stage."""
+    if layer not in CAM_LAYERS:
+        raise ValueError(f"unknown CAM layer {layer!r}; use one of {', '.join(CAM_LAYERS)}")
+    attention = getattr(model, "attention", None)
+    if not isinstance(attention, nn.Module):
         raise TypeError(f"{type(model).__name__} has no `attention` module to explain; expected a LesionClassifier")
-    return layer
+    if layer == "final":
+        return attention
+    # timm's feature_info names each stage with its stride: take the last one at 16.
+    stages = [info for info in model.backbone.feature_info if info["reduction"] == 16]
+    if not stages:
+        raise ValueError(f"{type(model.backbone).__name__} has no stride-16 stage")
+    return model.backbone.get_submodule(stages[-1]["module"])
 
 
 class CamMethod(AttributionMethod):
@@ -52,14 +62,20 @@ class CamMethod(AttributionMethod):
 
     cam_class: type[BaseCAM]
 
-    def __init__(self, model: nn.Module, lock: threading.Lock | None = None):
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, *, temperature: float = 1.0,
+                 cam_layer: str = "final"):
+        super().__init__(model, preprocessing, temperature=temperature, cam_layer=cam_layer)
         self.view = private_module_tree(model)
-        self.lock = lock or threading.Lock()
+        self.lock = threading.Lock()
+        target_layer(self.view, cam_layer)   # an unknown layer fails here, not at the first request
 
     def build_cam(self) -> BaseCAM:
-        return self.cam_class(model=self.view, target_layers=[target_layer(self.view)])
+        return self.cam_class(model=self.view, target_layers=[target_layer(self.view, self.cam_layer)])
 
-    def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int) -> Attribution:
+    def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int, *,
+                  max_evals: int | None = None) -> Attribution:
+        """One pass (Grad-CAM, Grad-CAM++) or one pass plus head evaluations (Ablation-CAM):
+        the cost is fixed, so `max_evals` is ignored."""
         with self.lock, torch.inference_mode(False), torch.enable_grad():
             # The input needs a gradient path even when the model's weights are frozen.
             x = input_tensor.detach().clone().requires_grad_(self.uses_gradients)

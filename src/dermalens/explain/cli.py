@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import fnmatch
 import io
 import sys
 from datetime import datetime, timezone
@@ -11,10 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER
-from .names import DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS
+from ..data.image_files import DEFAULT_EXCLUDE, find_image_files
+from .names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-DEFAULT_EXCLUDE = ("*_segmentation.*",)   # HAM10000/ISIC lesion masks sit beside the images
 SUMMARY_COLUMNS = ("image", "predicted_class", "predicted_probability", "target_class", "target_probability",
                    "method", "seconds", "centre_energy_share", "centroid_x", "centroid_y", "overlay", "raw_map", "error")
 
@@ -22,6 +20,7 @@ SUMMARY_COLUMNS = ("image", "predicted_class", "predicted_probability", "target_
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
         "explain", help="heatmaps of the image regions behind a prediction (Grad-CAM, SHAP, ...)",
+        epilog="example: dermalens explain --model runs/x/checkpoints/best.ckpt photos/ --method gradcam --out maps/",
         description="Writes, per image, <stem>_<method>.png (heatmap overlay with the prediction and a "
                     "research-tool note), <stem>_<method>.npy (the raw map) and, per run, summary.csv and "
                     f"summary.json. {RESEARCH_DISCLAIMER}")
@@ -31,24 +30,14 @@ def add_subcommand(subparsers) -> None:
                    help="; ".join(f"{m}: {label}" for m, label in METHOD_LABELS.items()))
     p.add_argument("--target-class", type=str.lower, choices=CLASS_CODES, help="class to explain (default: the predicted class)")
     p.add_argument("--out", default="explanations", help="output folder (default: ./explanations)")
+    p.add_argument("--layer", default="final", choices=CAM_LAYERS,
+                   help="Grad-CAM/Grad-CAM++ target layer: final (the map the head pools; 7x7 at 224 px) "
+                        "or stride16 (the last stride-16 stage: 14x14 at 224 px, finer)")
     p.add_argument("--shap-max-evals", type=int, default=DEFAULT_SHAP_MAX_EVALS,
                    help=f"model evaluations per image for shap (default {DEFAULT_SHAP_MAX_EVALS}): cost and detail")
     p.add_argument("--exclude", action="append", metavar="GLOB",
                    help=f"skip folder files matching this pattern (default: {', '.join(DEFAULT_EXCLUDE)})")
     p.set_defaults(func=cmd_explain)
-
-
-def collect_images(inputs: list[str], exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> list[Path]:
-    """Files as given, plus the image files of each folder (sorted, not recursive, minus `exclude`)."""
-    images: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            images += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                             and not any(fnmatch.fnmatch(p.name, pattern) for pattern in exclude))
-        else:
-            images.append(path)   # a missing or unreadable file is reported when it is read
-    return images
 
 
 def unique_stem(path: Path, used: set[str]) -> str:
@@ -68,8 +57,8 @@ def cmd_explain(args) -> int:
     from ..inference.predictor import read_rgb_image
     from .api import Explainer, save_overlay_png
 
-    explainer = Explainer.from_checkpoint(args.model)
-    images = collect_images(args.inputs, tuple(args.exclude) if args.exclude else DEFAULT_EXCLUDE)
+    explainer = Explainer.from_checkpoint(args.model, cam_layer=args.layer)
+    images = find_image_files(args.inputs, tuple(args.exclude) if args.exclude else DEFAULT_EXCLUDE)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, errors, used = [], [], set()
@@ -103,7 +92,7 @@ def cmd_explain(args) -> int:
         "settings": {
             "model": str(args.model), "method": args.method, "target_class": args.target_class,
             "shap_max_evals": args.shap_max_evals if args.method == "shap" else None,
-            "temperature": explainer.temperature, "preprocessing": explainer.preprocessing.to_dict(),
+            "cam_layer": args.layer, "temperature": explainer.temperature, "preprocessing": explainer.preprocessing.to_dict(),
             "dermalens_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },

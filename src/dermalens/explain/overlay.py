@@ -10,22 +10,26 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 
+from ..data.geometry import SQUASH, map_to_image
+
 MIN_OVERLAY_WIDTH = 360   # smaller images are enlarged so that the caption can be read
 IMAGE_WEIGHT = 0.5        # share of the photograph in the blended overlay
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def heatmap_at_size(raw_map: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Positive part of a signed map, scaled to [0, 1] and resized (bilinear) to height x width.
+def heatmap_at_size(raw_map: np.ndarray, height: int, width: int, geometry: str = SQUASH) -> np.ndarray:
+    """Positive part of a signed map, scaled to [0, 1] and laid over a height x width image.
 
-    The model saw the whole image squashed to a square (`resize_image`), so
-    the square map is stretched back over the whole original image.
+    The map covers the square the model saw; `geometry` (the model's policy)
+    says where that square lies in the original image, so the heat lands on
+    the pixels it came from. Outside a centre-square crop it is 0: the model
+    never saw those pixels.
     """
     positive = np.maximum(np.asarray(raw_map, dtype=np.float32), 0)
     if positive.max() <= 0:
         return np.zeros((height, width), dtype=np.float32)
-    heatmap = scale_cam_image(positive[None], (width, height))[0]
-    return np.clip(heatmap, 0.0, 1.0).astype(np.float32)
+    scaled = scale_cam_image(positive[None])[0]    # min-max to [0, 1] at the map's own size
+    return np.clip(map_to_image(scaled, height, width, geometry), 0.0, 1.0).astype(np.float32)
 
 
 def _wrap(text: str, max_width: int, scale: float, thickness: int) -> list[str]:

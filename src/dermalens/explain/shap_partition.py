@@ -20,24 +20,24 @@ import torch
 
 from ..classes import CLASS_CODES
 from ..data.transforms import preprocess_image
-from ..models.classifier import Preprocessing
-from .base import Attribution, AttributionMethod, model_device
+from ..models.preprocessing import Preprocessing
+from .base import Attribution, AttributionMethod, model_device, private_module_tree
 from .names import DEFAULT_SHAP_MAX_EVALS
 
 BLUR_FRACTION = 0.25   # the blur kernel's side as a fraction of the image side
+BATCH_SIZE = 50        # masked images per forward pass
 
 
 class ShapPartitionExplainer(AttributionMethod):
     name = "shap"
     uses_gradients = False
 
-    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, max_evals: int = DEFAULT_SHAP_MAX_EVALS,
-                 batch_size: int = 50, temperature: float = 1.0):
-        self.model = model
-        self.preprocessing = preprocessing
-        self.temperature = temperature
-        self.max_evals = max_evals
-        self.batch_size = batch_size
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, *, temperature: float = 1.0,
+                 cam_layer: str = "final"):
+        super().__init__(model, preprocessing, temperature=temperature, cam_layer=cam_layer)
+        self.model = private_module_tree(model)   # forward passes only, in eval mode, on the shared weights
+        self.max_evals = DEFAULT_SHAP_MAX_EVALS   # the budget when `attribute` is given none
+        self.batch_size = BATCH_SIZE
         self._explainer = None
         # The explainer keeps per-call state, and its masker caches the blurred
         # image under id(image) -- ids are reused once an image is freed: one
@@ -65,7 +65,7 @@ class ShapPartitionExplainer(AttributionMethod):
             batch = torch.stack([preprocess_image(img, self.preprocessing) for img in images]).to(device)
             return torch.softmax(self.model(batch).float() / self.temperature, dim=1).cpu().numpy()
 
-    def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int,
+    def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int, *,
                   max_evals: int | None = None) -> Attribution:
         max_evals = int(max_evals or self.max_evals)
         if max_evals < 10:
