@@ -26,7 +26,7 @@ from dermalens.evaluation.report import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("confusion_matrix", "roc_curves", "reliability_diagram", "training_curves")
+FIGURES = ("confusion_matrix", "roc_curves", "precision_recall_curves", "reliability_diagram", "training_curves")
 
 # Sparse rows as Lightning's CSVLogger writes them: lr, step losses and epoch
 # validation metrics each land on their own rows.

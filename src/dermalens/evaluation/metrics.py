@@ -237,9 +237,13 @@ class _ResampleStatistics:
         Definitions match the point estimates: balanced accuracy averages
         recall over classes present in the resample (as scikit-learn does);
         macro F1 averages over classes present in truth or predictions
-        (scikit-learn's default label set); per-class F1 is 0 where undefined
-        (zero_division=0); macro AUC is NaN (skipped) unless every class used
-        by the point estimate has positives and negatives in the resample.
+        (scikit-learn's default label set). Per-class statistics are NaN
+        (the resample is not used for that interval) where undefined: recall,
+        F1 and sensitivity when the class is absent from the resample's truth,
+        specificity/NPV without negatives, PPV without predictions. Counting
+        those resamples as 0 would drag a class predicted perfectly on two
+        images down to a CI of 0-1. Macro AUC is NaN (skipped) unless every
+        class used by the point estimate has positives and negatives.
         """
         cm = self.confusion_matrices(weights)
         true_positive = np.diagonal(cm, axis1=1, axis2=2)
@@ -258,28 +262,50 @@ class _ResampleStatistics:
                 "brier": self.mean_per_sample(weights, self._brier),
                 "nll": self.mean_per_sample(weights, self._nll),
             }
-        f1 = np.nan_to_num(f1, nan=0.0)
+            total = weights.sum(axis=1)[:, None]
+            true_negative = total - support - predicted + true_positive
+            negatives, predicted_negative = total - support, total - predicted
+            specificity = np.where(negatives > 0, true_negative / negatives, np.nan)
+            ppv = np.where(predicted > 0, true_positive / predicted, np.nan)
+            npv = np.where(predicted_negative > 0, true_negative / predicted_negative, np.nan)
+            f1 = np.where(support > 0, f1, np.nan)   # per class: defined only where the class occurs
         per_class_auc = {k: self.auc(weights, k) for k in range(self.num_classes)}
         if auc_classes:
             # Mean is NaN as soon as one class is undefined in the resample.
             out["auc_macro"] = np.mean([per_class_auc[k] for k in auc_classes], axis=0)
         for k in range(self.num_classes):
             out[f"f1_{k}"] = f1[:, k]
-            out[f"recall_{k}"] = np.nan_to_num(recall[:, k], nan=0.0)
+            out[f"recall_{k}"] = recall[:, k]
+            out[f"specificity_{k}"] = specificity[:, k]
+            out[f"ppv_{k}"] = ppv[:, k]
+            out[f"npv_{k}"] = npv[:, k]
             out[f"auc_{k}"] = per_class_auc[k]
         return out
 
 
-def _bootstrap_weights(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw counts W[b, i]: how often sample i appears in resample b."""
-    drawn = rng.integers(0, n, size=(n_resamples, n))
-    flat = (drawn + np.arange(n_resamples)[:, None] * n).ravel()
-    return np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
+def _bootstrap_weights(n: int, n_resamples: int, rng: np.random.Generator,
+                       groups: np.ndarray | None = None) -> np.ndarray:
+    """Draw counts W[b, i]: how often sample i appears in resample b.
+
+    With `groups` (a cluster index per sample, e.g. its lesion) whole
+    clusters are drawn with replacement and every image of a drawn cluster
+    comes with it: several images of one lesion are not independent, and
+    resampling them one by one would make the intervals too narrow.
+    """
+    units = n if groups is None else int(groups.max()) + 1
+    drawn = rng.integers(0, units, size=(n_resamples, units))
+    flat = (drawn + np.arange(n_resamples)[:, None] * units).ravel()
+    counts = np.bincount(flat, minlength=n_resamples * units).reshape(n_resamples, units).astype(np.float64)
+    return counts if groups is None else counts[:, groups]
+
+
+# An interval from fewer defined resamples than this is not reported.
+MIN_DEFINED_RESAMPLES = 20
 
 
 def _percentile_interval(values: np.ndarray) -> list[float | None]:
     finite = values[np.isfinite(values)]
-    if finite.size == 0:
+    if finite.size < min(MIN_DEFINED_RESAMPLES, values.size) or finite.size == 0:
         return [None, None]
     low, high = np.percentile(finite, [2.5, 97.5])
     return [float(low), float(high)]
@@ -291,27 +317,81 @@ def _bootstrap_intervals(
     auc_classes: Sequence[int],
     n_bootstrap: int,
     seed: int,
+    defined_counts: dict[str, int] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, list[float | None]]:
     rng = np.random.default_rng(seed)
     chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // stats.n_samples)
     collected: dict[str, list[np.ndarray]] = {}
     for start in range(0, n_bootstrap, chunk):
-        weights = _bootstrap_weights(stats.n_samples, min(chunk, n_bootstrap - start), rng)
+        weights = _bootstrap_weights(stats.n_samples, min(chunk, n_bootstrap - start), rng, groups)
         for name, values in stats.metrics(weights, auc_classes).items():
             collected.setdefault(name, []).append(values)
     intervals = {}
     for name, parts in collected.items():
         # Internal names use class indices; reports use class codes.
-        for prefix in ("f1_", "recall_", "auc_"):
+        for prefix in PER_CLASS_STATISTICS:
             if name.startswith(prefix) and name[len(prefix):].isdigit():
                 name = prefix + classes[int(name[len(prefix):])]
-        intervals[name] = _percentile_interval(np.concatenate(parts))
+        values = np.concatenate(parts)
+        intervals[name] = _percentile_interval(values)
+        defined = int(np.isfinite(values).sum())
+        if defined_counts is not None and defined < values.size:
+            defined_counts[name] = defined
     return intervals
+
+
+PER_CLASS_STATISTICS = ("f1_", "recall_", "specificity_", "ppv_", "npv_", "auc_")
 
 
 # ---------------------------------------------------------------------------
 # Public entry point
 # ---------------------------------------------------------------------------
+
+def _sensitivity_at(weights: np.ndarray, scores: np.ndarray, positive: np.ndarray,
+                    specificity: float) -> np.ndarray:
+    """Best sensitivity among thresholds with specificity >= `specificity`, per row of weights (resamples).
+
+    Weighted ROC by cumulative sums over the samples sorted by score (ties
+    share one threshold), so a thousand resamples are a few array operations.
+    NaN for a resample without positives or negatives.
+    """
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores = scores[order]
+    group_ends = np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), len(scores) - 1]
+    w = weights[:, order]
+    is_positive = positive[order]
+    true_positives = np.cumsum(w * is_positive, axis=1)[:, group_ends]
+    false_positives = np.cumsum(w * ~is_positive, axis=1)[:, group_ends]
+    n_positive, n_negative = true_positives[:, -1:], false_positives[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = true_positives / n_positive, false_positives / n_negative
+        best = np.where(fpr <= 1 - specificity + 1e-12, tpr, 0.0).max(axis=1)  # no threshold passes: 0
+    return np.where((n_positive[:, 0] > 0) & (n_negative[:, 0] > 0), best, np.nan)
+
+
+def sensitivity_at_specificity(scores: np.ndarray, positive: np.ndarray, specificities: Sequence[float],
+                               n_bootstrap: int = 1000, seed: int = 0, groups: np.ndarray | None = None) -> dict:
+    """Sensitivity at fixed specificity (the screening view of a melanoma detector), with bootstrap CIs.
+
+    Each resample picks its own threshold, so the interval includes the
+    uncertainty of choosing the operating point. Resamples without positives
+    or negatives are not used (their count is reported).
+    """
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    draws = (_bootstrap_weights(len(scores), n_bootstrap, np.random.default_rng(seed), groups)
+             if n_bootstrap else np.zeros((0, len(scores))))
+    out = {}
+    for specificity in specificities:
+        point = _sensitivity_at(np.ones((1, len(scores))), scores, positive, specificity)[0]
+        values = _sensitivity_at(draws, scores, positive, specificity) if len(draws) else np.zeros(0)
+        out[f"sensitivity_at_{round(specificity * 100)}_specificity"] = {
+            "value": None if np.isnan(point) else float(point),
+            "ci95": _percentile_interval(values) if len(values) else [None, None],
+            "resamples_used": int(np.isfinite(values).sum()),
+        }
+    return out
+
 
 def _one_vs_rest_auc(probs: np.ndarray, labels: np.ndarray, k: int) -> float | None:
     is_positive = labels == k
@@ -327,8 +407,12 @@ def compute_classification_metrics(
     n_bootstrap: int = 1000,
     seed: int = 0,
     ece_bins: int = 15,
+    groups: Sequence | None = None,
 ) -> dict:
     """All evaluation metrics of a classifier as a JSON-serialisable dict.
+
+    groups: a cluster id per sample (e.g. lesion_id) for a cluster bootstrap:
+    lesions, not images, are resampled for the CIs.
 
     probs: (N, C) softmax probabilities; labels: (N,) integer class indices
     in the order of `classes`. ci95 maps metric names to percentile bootstrap
@@ -371,23 +455,46 @@ def compute_classification_metrics(
         labels, predictions, labels=class_indices
     ).tolist()
     metrics["classes"] = classes
+    n = len(labels)
+    predicted_count = np.bincount(predictions, minlength=len(classes))
+    true_negative = n - support - predicted_count + np.diag(np.asarray(metrics["confusion_matrix"]))
+
+    def ratio(numerator, denominator):
+        return float(numerator / denominator) if denominator > 0 else None
+
+    # Statistics a clinician reads: sensitivity (recall), specificity, PPV
+    # (precision) and NPV; None (n/a) where a class has no images, never 0.
     metrics["per_class"] = {
         code: {
-            "precision": float(precision[k]),
-            "recall": float(recall[k]),
-            "f1": float(f1[k]),
+            "precision": float(precision[k]) if predicted_count[k] > 0 else None,
+            "recall": float(recall[k]) if support[k] > 0 else None,
+            "f1": float(f1[k]) if support[k] > 0 else None,
+            "sensitivity": float(recall[k]) if support[k] > 0 else None,
+            "specificity": ratio(true_negative[k], n - support[k]),
+            "ppv": float(precision[k]) if predicted_count[k] > 0 else None,
+            "npv": ratio(true_negative[k], n - predicted_count[k]),
             "support": int(support[k]),
             "auc": per_class_auc[k],
         }
         for k, code in enumerate(classes)
     }
+    defined_counts: dict[str, int] = {}
+    group_index = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
     metrics["ci95"] = (
         _bootstrap_intervals(
-            _ResampleStatistics(probs, labels, ece_bins), classes, auc_classes, n_bootstrap, seed
+            _ResampleStatistics(probs, labels, ece_bins), classes, auc_classes, n_bootstrap, seed, defined_counts,
+            group_index,
         )
         if n_bootstrap > 0
         else {}
     )
+    metrics["bootstrap_unit"] = "image" if groups is None else f"cluster ({int(group_index.max()) + 1} clusters)"
+    if "mel" in classes:
+        metrics["melanoma_operating_points"] = sensitivity_at_specificity(
+            probs[:, classes.index("mel")], labels == classes.index("mel"), (0.80, 0.90),
+            n_bootstrap=n_bootstrap, seed=seed, groups=group_index)
+    # Intervals computed from only the resamples where the statistic is defined: how many.
+    metrics["ci95_defined_resamples"] = defined_counts
     metrics["n_samples"] = int(len(labels))
     metrics["n_bootstrap"] = int(n_bootstrap)
     metrics["ece_bins"] = int(ece_bins)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dermalens.classes import RESEARCH_DISCLAIMER, class_name
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
+from dermalens.classes import RESEARCH_DISCLAIMER, class_name
 from dermalens.evaluation.plots import (
     plot_confusion_matrix,
+    plot_precision_recall_curves,
     plot_reliability_diagram,
     plot_roc_curves,
     plot_training_curves,
@@ -58,6 +59,7 @@ _FIGURE_TITLES = {
     "confusion_matrix": "Confusion matrix",
     "roc_curves": "ROC curves",
     "reliability_diagram": "Reliability diagram",
+    "precision_recall_curves": "Precision-recall curves",
     "training_curves": "Training curves",
 }
 
@@ -121,7 +123,8 @@ def render_report_markdown(
     lines += _table(["Metric", "Value", "95% CI"], rows)
     lines += [
         "",
-        f"{metrics['n_samples']} samples. 95% CIs: percentile bootstrap over samples "
+        f"{metrics['n_samples']} samples. 95% CIs: percentile bootstrap over "
+        f"{'images' if metrics.get('bootstrap_unit', 'image') == 'image' else metrics['bootstrap_unit']} "
         f"({metrics.get('n_bootstrap', 0)} resamples); n/a where not computed or undefined.",
         "",
     ]
@@ -131,14 +134,30 @@ def render_report_markdown(
     for code in classes:
         stats = metrics["per_class"][code]
         rows.append([
-            code, _display_name(code), _cell(stats["precision"]), _cell(stats["recall"]),
-            _cell(stats["f1"]), _interval(ci95, f"f1_{code}"), _cell(stats["auc"]),
-            str(stats["support"]),
+            code, _display_name(code), _cell(stats.get("recall")), _interval(ci95, f"recall_{code}"),
+            _cell(stats.get("specificity")), _cell(stats.get("precision")), _cell(stats.get("npv")),
+            _cell(stats.get("f1")), _interval(ci95, f"f1_{code}"), _cell(stats["auc"]), str(stats["support"]),
         ])
     lines += _table(
-        ["Class", "Name", "Precision", "Recall", "F1", "F1 95% CI", "AUC", "Support"], rows
+        ["Class", "Name", "Sensitivity (recall)", "Sens. 95% CI", "Specificity", "PPV (precision)", "NPV",
+         "F1", "F1 95% CI", "AUC", "Support"], rows
     )
-    lines.append("")
+    defined = metrics.get("ci95_defined_resamples") or {}
+    partial = [f"{k} {v}" for k, v in defined.items() if k.startswith(("f1_", "recall_"))]
+    lines += ["", "n/a: the class has no images in this split (or no interval: too few resamples hold it). "
+              "Per-class CIs use only the resamples where the statistic is defined"
+              + (f"; resamples used where fewer than all: {', '.join(partial)}." if partial else "."), ""]
+
+    operating = metrics.get("melanoma_operating_points") or {}
+    if operating:
+        lines += ["## Melanoma at fixed specificity", "",
+                  "Sensitivity for melanoma when the threshold is set for a given specificity (each bootstrap "
+                  "resample chooses its own threshold).", ""]
+        rows = [[key.replace("sensitivity_at_", "").replace("_specificity", "%"), _cell(point["value"]),
+                 _interval({"x": point["ci95"]}, "x"), str(point["resamples_used"])]
+                for key, point in operating.items()]
+        lines += _table(["Specificity", "Sensitivity", "95% CI", "resamples used"], rows)
+        lines.append("")
 
     lines += ["## Confusion matrix", "", "Rows: true class. Columns: predicted class.", ""]
     rows = [[f"**{code}**"] + [str(v) for v in row] for code, row in zip(classes, metrics["confusion_matrix"])]
@@ -180,6 +199,8 @@ def write_evaluation_report(
             metrics["confusion_matrix"], classes, figures_dir / "confusion_matrix.png"
         ),
         "roc_curves": plot_roc_curves(probs, labels, classes, figures_dir / "roc_curves.png"),
+        "precision_recall_curves": plot_precision_recall_curves(
+            probs, labels, classes, figures_dir / "precision_recall_curves.png"),
         # Same binning as the reported ECE, so the title matches the table.
         "reliability_diagram": plot_reliability_diagram(
             probs, labels, figures_dir / "reliability_diagram.png",
