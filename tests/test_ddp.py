@@ -20,11 +20,11 @@ import torch
 
 from dermalens.classes import NUM_CLASSES
 from dermalens.config import load_config
+from dermalens.data.prepare import prepare_data
 from dermalens.data.sampler import ClassBalancedSampler
 from dermalens.inference.predictor import predict_logits
 from dermalens.models.checkpoint import load_classifier
 from dermalens.training.module import validation_metrics
-from dermalens.training.run import prepare_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

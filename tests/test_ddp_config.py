@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from dermalens.config import ConfigError, load_config
+from dermalens.data.sampler import UnpaddedDistributedSampler, evaluation_sampler
 from dermalens.training import distributed
-from dermalens.training.distributed import (RUN_DIR_ENV, UnpaddedDistributedSampler, evaluation_sampler,
-                                            may_launch_processes, shared_run_dir)
+from dermalens.training.distributed import RUN_DIR_ENV, may_launch_processes, shared_run_dir
 from dermalens.training.module import LesionClassifierModule
 
 LAUNCH_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", RUN_DIR_ENV)

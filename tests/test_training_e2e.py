@@ -42,7 +42,7 @@ def dermamnist_run(tmp_path_factory, shared_data) -> Path:
     tmp = tmp_path_factory.mktemp("dermamnist")
     run_dir = tmp / "run"
     # TTA off here to keep the suite fast; test_flip_tta_averages_the_four_views covers it.
-    code = main(["train", "--config", "demo", "--data", str(shared_data), "--run-dir", str(run_dir),
+    code = main(["train", "--config", "demo_dermamnist", "--data", str(shared_data), "--run-dir", str(run_dir),
                  *fast_settings(tmp, **{"evaluation.tta": False})])
     assert code == 0
     return run_dir
@@ -54,6 +54,13 @@ def test_training_run_writes_a_complete_run_folder(dermamnist_run: Path):
                  "figures/roc_curves.png", "figures/reliability_diagram.png", "figures/training_curves.png"):
         assert (dermamnist_run / name).is_file(), name
     assert any((dermamnist_run / "logs" / "tensorboard").iterdir())
+    # The score file named as MedMNIST's Evaluator names it: all 2,005 test images, AUC and ACC in the name.
+    (result,) = dermamnist_run.glob("dermamnist_test_*.csv")
+    scores = pd.read_csv(result, header=None, index_col=0)
+    assert scores.shape == (2005, 7)
+    metrics_now = json.loads((dermamnist_run / "metrics.json").read_text())
+    assert result.name == (f"dermamnist_test_[AUC]{metrics_now['auc_macro']:.3f}_"
+                           f"[ACC]{metrics_now['accuracy']:.3f}@demo_dermamnist.csv")
     metrics = json.loads((dermamnist_run / "metrics.json").read_text())
     assert REQUIRED_METRIC_KEYS <= set(metrics)
     assert metrics["classes"] == list(CLASS_CODES)
@@ -108,7 +115,7 @@ def test_predict_outputs_top_k_as_json_csv_and_table(dermamnist_run, sample_dir,
 def test_resume_continues_from_the_last_checkpoint(tmp_path, shared_data):
     run_dir = tmp_path / "run"
     args = fast_settings(tmp_path, **{"evaluation.after_training": False, "training.limit_train_batches": 3})
-    assert main(["train", "--config", "demo", "--data", str(shared_data), "--run-dir", str(run_dir), *args]) == 0
+    assert main(["train", "--config", "demo_dermamnist", "--data", str(shared_data), "--run-dir", str(run_dir), *args]) == 0
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert first["epoch"] == 0  # Lightning stores the index of the epoch just finished
     split_before = (run_dir / "split.csv").read_text()
@@ -180,7 +187,7 @@ def test_data_command_summarises_and_lists_issues(tmp_path, mini_ham10000, capsy
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, shared_data):
-    code = main(["train", "--config", "demo", "--data", str(shared_data), "--run-dir", str(tmp_path / "r"),
+    code = main(["train", "--config", "demo_dermamnist", "--data", str(shared_data), "--run-dir", str(tmp_path / "r"),
                  "--set", "training.epochs=3"])
     assert code == 2
     assert "unknown config key 'training.epochs'" in capsys.readouterr().err
@@ -206,7 +213,7 @@ def test_flip_tta_averages_the_four_views(dermamnist_run: Path):
 
 
 def test_demo_without_data_runs_on_labelled_synthetic_data(tmp_path, monkeypatch, capsys):
-    from dermalens.data import sources
+    from dermalens.data import readers as sources
 
     def offline(*args, **kwargs):
         raise sources.DatasetUnavailable("offline (test)")

@@ -8,8 +8,8 @@ class-balanced stream). Two things it gets wrong for us, fixed here:
 - Evaluation loaders: Lightning's default `DistributedSampler` pads the
   validation set to a multiple of the world size by repeating images, so
   synced metrics would count some images twice. `UnpaddedDistributedSampler`
-  gives every image to exactly one rank; torchmetrics then gathers the
-  uneven shards and computes over the whole set.
+  (in data/sampler.py, beside the other samplers) gives every image to
+  exactly one rank; torchmetrics then gathers the uneven shards.
 - The run folder: every process of a job must write into the same one,
   but each computes its own timestamp. `shared_run_dir` makes them agree.
 
@@ -19,43 +19,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator
-
-from torch.utils.data import Dataset, DistributedSampler
+from typing import Callable
 
 from ..config import ConfigError
 
 # Set by the first process so that processes Lightning launches later
 # (strategy=ddp without torchrun) inherit the same run folder.
 RUN_DIR_ENV = "DERMALENS_RUN_DIR"
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Rank r of W gets rows r, r+W, r+2W, ...: every row exactly once over all ranks.
-
-    Ranks may get one row more than others, which is fine for evaluation
-    (no gradient sync) but not for training. It subclasses
-    DistributedSampler so that Lightning leaves it in place.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        self.total_size = len(dataset)
-        self.num_samples = len(range(rank, self.total_size, num_replicas))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def evaluation_sampler(dataset: Dataset, trainer) -> UnpaddedDistributedSampler | None:
-    """The sampler for a validation/test loader: un-padded shards under DDP, None (sequential) otherwise."""
-    world_size = getattr(trainer, "world_size", 1) if trainer is not None else 1
-    if world_size <= 1:
-        return None
-    return UnpaddedDistributedSampler(dataset, num_replicas=world_size, rank=trainer.global_rank)
 
 
 def launched_world_size() -> int:

@@ -1,116 +1,64 @@
-"""How the loop runs: data preparation, the Lightning Trainer and its callbacks, a run folder.
+"""How the loop runs: the Lightning Trainer and its callbacks, in a run folder.
 
-A run folder holds everything needed to trust a result later:
-config.yaml (resolved), split.csv, data_issues.csv (if any), checkpoints/
-(best.ckpt, last.ckpt), logs/ (CSV and TensorBoard), and after evaluation
-metrics.json, report.md and figures/.
+A run folder is self-contained and relocatable: config.yaml (resolved, with
+absolute data paths), split.csv, data_issues.csv (if any), status.json,
+checkpoints/ (best.ckpt, last.ckpt), logs/ (CSV and TensorBoard), and after
+evaluation metrics.json, report.md and figures/. Everything that can be
+checked is checked before the folder is made, so a typo leaves nothing
+behind; a run that fails later says so in status.json.
 """
 from __future__ import annotations
 
+import json
 import logging
-import os
 import time
-import warnings
+import traceback
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from ..atomic_io import atomic_write_json, atomic_write_text
 from ..classes import NUM_CLASSES
 from ..config import ConfigError, dump_config, load_config
-from ..data.cache import build_image_cache
 from ..data.datamodule import LesionDataModule
-from ..data.sources import LesionDataset, make_synthetic_dataset, open_dataset
-from ..data.split import assert_no_lesion_leakage, official_or_grouped_split, read_split_csv, write_split_csv
+from ..data.prepare import PreparedData, prepare_data, resolve_data_path, save_run_data
 from ..data.transforms import AugmentationConfig
-from ..data.validation import BadDataError, write_issues_csv
-from ..evaluation.report import atomic_write_text
+from ..evaluation.evaluate import evaluate_checkpoint
 from ..models.classifier import ModelConfig
 from .distributed import shared_run_dir
+from .errors import TrainingInterrupted
 from .module import LesionClassifierModule
 
 log = logging.getLogger(__name__)
-EXCLUDED = "excluded"  # split value of rows dropped as bad data
-
-
-@dataclass
-class PreparedData:
-    dataset: LesionDataset
-    images: np.ndarray          # (N, S, S, 3) uint8, aligned with dataset.records
-    labels: np.ndarray
-    split: np.ndarray           # 'train' | 'val' | 'test' | 'excluded'
-    issues: list
-
-
-def resolve_data_path(config: dict) -> Path | None:
-    path = config["data"]["path"] or os.environ.get("DERMALENS_DATA")
-    return Path(path).expanduser() if path else None
-
-
-def load_dataset(config: dict) -> LesionDataset:
-    data = config["data"]
-    if data["format"] == "synthetic":
-        return make_synthetic_dataset(n_per_class=data["synthetic_per_class"], size=max(64, config["model"]["image_size"]),
-                                      seed=config["seed"])
-    path = resolve_data_path(config)
-    if path is None:
-        raise ConfigError("no data given: pass --data PATH, set DERMALENS_DATA, or use --set data.format=synthetic")
-    kwargs = {"restrict_to_available": data["restrict_to_available"]} if data["format"] in ("auto", "ham10000") else {}
-    return open_dataset(path, data["format"], **kwargs)
-
-
-def prepare_data(config: dict, run_dir: Path | None = None, progress: bool = True) -> PreparedData:
-    """Read, check, cache and split the data before any training starts.
-
-    Bad items are all found here (reading finds missing files, unknown
-    labels, duplicates; caching decodes every image once). With
-    on_bad_data=error the run stops with the whole list; with skip they are
-    excluded and listed in data_issues.csv.
-    """
-    data_cfg = config["data"]
-    dataset = load_dataset(config)
-    cache_dir = Path(data_cfg["cache_dir"]) if data_cfg["cache_dir"] else None
-    images, decode_issues = build_image_cache(dataset, config["model"]["image_size"], cache_dir, progress=progress)
-    issues = list(dataset.issues) + list(decode_issues)
-    if run_dir is not None and issues:
-        write_issues_csv(issues, run_dir / "data_issues.csv")
-    policy = data_cfg["on_bad_data"]
-    if policy not in ("error", "skip"):
-        raise ConfigError(f"data.on_bad_data must be 'error' or 'skip', got {policy!r}")
-    if issues and policy == "error":
-        raise BadDataError(issues)
-    if issues:
-        warnings.warn(f"skipping {len(issues)} bad data items (listed in data_issues.csv)", stacklevel=2)
-
-    split_file = run_dir / "split.csv" if run_dir is not None else None
-    if split_file is not None and split_file.is_file():
-        # Resume / re-evaluate: the split is part of the run and never redrawn.
-        saved = read_split_csv(split_file)
-        split = dataset.records["image_id"].map(saved).fillna(EXCLUDED).to_numpy()
-    else:
-        split = official_or_grouped_split(dataset, data_cfg["val_fraction"], data_cfg["test_fraction"],
-                                          config["seed"]).to_numpy().astype(object)
-    bad_ids = {i.image_id for i in decode_issues}
-    split = np.where(dataset.records["image_id"].isin(bad_ids), EXCLUDED, split)
-    split_series = pd.Series(split, index=dataset.records.index)
-    usable = split_series != EXCLUDED
-    assert_no_lesion_leakage(dataset.records[usable], split_series[usable])
-    if split_file is not None and not split_file.is_file():
-        write_split_csv(dataset.records[usable], split_series[usable], split_file)
-    return PreparedData(dataset, images, dataset.records["label"].to_numpy(np.int64), split, issues)
+CHECKPOINTS = "checkpoints"
+STATUS_FILE = "status.json"
 
 
 def new_run_dir(config: dict) -> Path:
+    """runs/<name>-<time> (not created here: the folder is made once the data checks pass)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(config["output"]["runs_dir"]) / f"{config['name']}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    return run_dir
+    return Path(config["output"]["runs_dir"]).expanduser().resolve() / f"{config['name']}-{stamp}"
+
+
+def with_absolute_paths(config: dict) -> dict:
+    """The config with data.path (and a cache folder) absolute, so the run works from any directory."""
+    data = dict(config["data"])
+    if data["format"] != "synthetic":
+        path = resolve_data_path(config)
+        if path is not None:
+            if not path.exists():
+                raise ConfigError(f"data path not found: {path} (data.path / --data / $DERMALENS_DATA)")
+            data["path"] = str(path.resolve())
+    if data["cache_dir"] not in (None, "", "auto", "none", "null"):
+        data["cache_dir"] = str(Path(data["cache_dir"]).expanduser().resolve())
+    return {**config, "data": data}
 
 
 def build_datamodule(config: dict, prepared: PreparedData, preprocessing) -> LesionDataModule:
@@ -125,29 +73,78 @@ def build_datamodule(config: dict, prepared: PreparedData, preprocessing) -> Les
     )
 
 
+class ReseedEachEpoch(Callback):
+    """Every epoch's randomness (augmentation, dropout, worker seeds) is a function of (seed, epoch).
+
+    Lightning restores weights, optimiser and scheduler on resume but not the
+    Python/NumPy/torch random streams, so a resumed run would draw other
+    augmentations than the uninterrupted one. Seeding per epoch makes epoch
+    k the same whether or not the run stopped before it. (The class-balanced
+    sampler already draws with seed + epoch.)
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # Distinct per rank too, as Lightning's own worker seeding is.
+        L.seed_everything(self.seed * 100_003 + trainer.current_epoch * 1_009 + trainer.global_rank,
+                          workers=True, verbose=False)
+
+
+class RunFolderCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that follows its run folder when the folder is moved or copied.
+
+    Lightning keeps the absolute paths of best/last in the checkpoint; after
+    `mv runs/A runs/B` it would no longer know the best score, and a worse
+    epoch could overwrite best.ckpt. The saved paths are re-rooted in the
+    folder being resumed.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old = state_dict.get("dirpath")
+        new = str(self.dirpath)
+        if old and old != new:
+            def move(path):
+                return path.replace(old, new, 1) if isinstance(path, str) and path.startswith(old) else path
+
+            state_dict = {**state_dict, "dirpath": new,
+                          **{k: move(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                   "last_model_path") if k in state_dict},
+                          "best_k_models": {move(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
+
 def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
     t = config["training"]
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=t["monitor"], mode=t["monitor_mode"],
-        save_top_k=1, save_last=True, auto_insert_metric_name=False,
-    )
+    folder = run_dir / CHECKPOINTS
+    # Fixed names, never "-v1": a resumed or moved run keeps writing best.ckpt / last.ckpt.
+    best = RunFolderCheckpoint(dirpath=folder, filename="best", monitor=t["monitor"], mode=t["monitor_mode"],
+                               save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    # last.ckpt after every epoch (or every N steps), improved or not: an interruption loses at most that.
+    every_n_steps = t.get("checkpoint_every_n_steps")
+    last = RunFolderCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1,
+                               enable_version_counter=False, every_n_train_steps=every_n_steps or None)
     callbacks = [
-        checkpoint,
+        ReseedEachEpoch(config["seed"]), best, last,
         EarlyStopping(monitor=t["monitor"], mode=t["monitor_mode"], patience=t["early_stopping_patience"]),
         LearningRateMonitor(logging_interval="epoch"),
     ]
     if t["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    loggers = [CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=10), TensorBoardLogger(run_dir, name="logs", version="tensorboard")]
+    loggers = [CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=10),
+               TensorBoardLogger(run_dir, name="logs", version="tensorboard")]
     trainer = L.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"], strategy=t["strategy"],
         precision=t["precision"], max_epochs=t["max_epochs"], max_time=t["max_time"],
         limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
         log_every_n_steps=t["log_every_n_steps"], callbacks=callbacks, logger=loggers,
-        enable_progress_bar=t["progress_bar"], enable_model_summary=False, deterministic=False,
+        enable_progress_bar=t["progress_bar"], enable_model_summary=False,
+        # Same seed, same numbers on a CPU: deterministic kernels where torch has them.
+        deterministic="warn" if t.get("deterministic", True) else False,
         default_root_dir=run_dir,
     )
-    return trainer, checkpoint
+    return trainer, best
 
 
 def set_aside_metrics_log(run_dir: Path) -> Path | None:
@@ -173,6 +170,12 @@ def merge_metrics_logs(earlier: Path, current: Path, resumed_step: int | None) -
     earlier.unlink()
 
 
+def write_status(run_dir: Path, state: str, **details) -> None:
+    atomic_write_json(run_dir / STATUS_FILE, {
+        "state": state, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "logs": str(run_dir / "logs"), **details})
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -182,25 +185,38 @@ class TrainResult:
     metrics: dict | None = None
 
 
+def check_resumable(run_dir: Path | None) -> Path:
+    if run_dir is None:
+        raise ConfigError("--resume needs a run folder")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"cannot resume: no run folder at {run_dir}")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"cannot resume: {run_dir} is not a run folder (no config.yaml)")
+    if not (run_dir / CHECKPOINTS / "last.ckpt").is_file():
+        raise ConfigError(f"cannot resume: {run_dir} has no {CHECKPOINTS}/last.ckpt (it stopped before its "
+                          f"first epoch ended); start it again")
+    return run_dir.resolve()
+
+
 def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train (or resume) one run; evaluate the best checkpoint on the test split once at the end."""
     L.seed_everything(config["seed"], workers=True, verbose=False)
+    config = with_absolute_paths(config)
     if resume:
-        if run_dir is None or not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"cannot resume: {run_dir} has no config.yaml")
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise ConfigError(f"cannot resume: no checkpoint at {last}")
+        run_dir = check_resumable(run_dir)
     else:
         run_dir = Path(run_dir) if run_dir else shared_run_dir(config, new_run_dir)  # one folder for all DDP ranks
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        run_dir = run_dir.expanduser().resolve()
+        if (run_dir / CHECKPOINTS).is_dir() and any((run_dir / CHECKPOINTS).iterdir()):
             # Never overwrite a trained model: continuing is an explicit choice.
             raise ConfigError(f"run folder {run_dir} already holds checkpoints; use --resume {run_dir} "
                               f"or choose another --run-dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(config))
-    prepared = prepare_data(config, run_dir, progress=progress)
+    # Everything that can fail on the data fails here, before the run folder exists.
+    prepared = prepare_data(config, run_dir if resume else None, progress=progress)
     counts = np.bincount(prepared.labels[prepared.split == "train"], minlength=NUM_CLASSES).tolist()
+    if sum(counts) == 0:
+        raise ConfigError("the training split is empty: give more images")
     module = LesionClassifierModule(
         model=asdict(ModelConfig(**config["model"])), loss=config["loss"], optimizer=config["optimizer"],
         scheduler=config["scheduler"], class_counts=counts, monitor=config["training"]["monitor"],
@@ -209,24 +225,51 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     )
     log.info("backbone weights: %s", module.model.weights_source)
     datamodule = build_datamodule(config, prepared, module.model.preprocessing)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))   # on resume: with what was overridden
+    save_run_data(prepared, run_dir)
+    write_status(run_dir, "running", resumed=resume)
+    last = run_dir / CHECKPOINTS / "last.ckpt"
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
-    resumed_step = (torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-                    ["global_step"] if resume else None)
+    resumed_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if resume else None
     trainer, checkpoint = build_trainer(config, run_dir)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(run_dir / "checkpoints" / "last.ckpt") if resume else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    except (KeyboardInterrupt, SystemExit) as stop:   # Lightning turns SIGTERM into SIGTERMException(SystemExit)
+        write_status(run_dir, "interrupted", last_checkpoint=str(last) if last.is_file() else None)
+        raise TrainingInterrupted(run_dir, last if last.is_file() else None) from stop
+    except Exception as error:
+        write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}",
+                     traceback=traceback.format_exc(limit=20))
+        raise
+    finally:
+        if earlier_log is not None and trainer.is_global_zero:
+            merge_metrics_logs(earlier_log, run_dir / "logs" / "metrics.csv", resumed_step=resumed_step)
+    if trainer.received_sigterm:
+        write_status(run_dir, "interrupted", last_checkpoint=str(last))
+        raise TrainingInterrupted(run_dir, last)
     seconds = time.perf_counter() - started
-    if earlier_log is not None and trainer.is_global_zero:
-        merge_metrics_logs(earlier_log, run_dir / "logs" / "metrics.csv", resumed_step=resumed_step)
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"
-    result = TrainResult(run_dir, best, run_dir / "checkpoints" / "last.ckpt", seconds)
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    result = TrainResult(run_dir, best, last, seconds)
     if config["evaluation"]["after_training"] and trainer.is_global_zero:
-        from ..evaluation.evaluate import evaluate_checkpoint
-
         result.metrics = evaluate_checkpoint(config, best, run_dir, prepared=prepared, progress=progress,
-                                             extra_context={"train_seconds": round(seconds, 1)})
+                                             extra_context={"train_seconds": round(seconds, 1)},
+                                             write_calibration=True)
+    if trainer.is_global_zero:
+        write_status(run_dir, "finished", best_checkpoint=str(best), train_seconds=round(seconds, 1))
     return result
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> dict:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"no run folder at {run_dir} (no config.yaml)" if not run_dir.is_dir()
+                          else f"{run_dir} is not a run folder (no config.yaml)")
     return load_config(run_dir / "config.yaml", overrides)
+
+
+def read_status(run_dir: Path) -> dict:
+    path = Path(run_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,17 @@
+"""Training's own exceptions, free of heavy imports so the command line can catch them cheaply."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM / SIGINT stopped training; the run can be resumed from its last checkpoint."""
+
+    def __init__(self, run_dir: Path, last: Path | None):
+        self.run_dir, self.last = run_dir, last
+        if last:
+            message = f"training interrupted; last checkpoint: {last}. Continue with: dermalens train --resume {run_dir}"
+        else:
+            message = (f"training interrupted in its first epoch, before any checkpoint; nothing to resume "
+                       f"(start it again; the folder {run_dir} can be deleted)")
+        super().__init__(message)

@@ -1,0 +1,214 @@
+"""Runs that survive interruptions, moves and mistakes; external folders evaluated whole.
+
+Tiny synthetic runs (32 px, a few seconds each) through the real command line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dermalens.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "data.format": "synthetic", "data.synthetic_per_class": 12, "model.image_size": 32, "model.pretrained": "none",
+    "training.batch_size": 16, "sampler.samples_per_class": 16, "training.max_epochs": 3,
+    "training.early_stopping_patience": 50, "evaluation.n_bootstrap": 50, "evaluation.tta": "false",
+    "training.progress_bar": "false", "data.cache_dir": "null", "training.max_time": "null",
+}
+
+
+def settings(**extra) -> list[str]:
+    return [item for key, value in {**TINY, **extra}.items() for item in ("--set", f"{key}={value}")]
+
+
+def train_cli(run_dir: Path, **extra) -> int:
+    return main(["train", "--config", "demo_dermamnist", "--run-dir", str(run_dir), *settings(**extra)])
+
+
+def val_curve(run_dir: Path) -> pd.DataFrame:
+    log = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    return log.dropna(subset=["val/loss"])[["epoch", "val/loss", "val/accuracy"]].reset_index(drop=True)
+
+
+def test_same_seed_gives_the_same_numbers(tmp_path):
+    assert train_cli(tmp_path / "a") == 0
+    assert train_cli(tmp_path / "b") == 0
+    pd.testing.assert_frame_equal(val_curve(tmp_path / "a"), val_curve(tmp_path / "b"))
+    a, b = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("a", "b"))
+    assert a["accuracy"] == b["accuracy"] and a["nll"] == b["nll"]
+
+
+def test_sigterm_leaves_a_resumable_run_that_ends_where_an_uninterrupted_one_does(tmp_path):
+    extra = {"training.max_epochs": 6}
+    assert train_cli(tmp_path / "whole", **extra) == 0
+
+    run_dir = tmp_path / "stopped"
+    command = [sys.executable, "-m", "dermalens.cli", "train", "--config", "demo_dermamnist",
+               "--run-dir", str(run_dir), *settings(**extra)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if last.is_file() and len(val_curve_if_any(run_dir)) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be stopped: " + process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"dermalens train --resume {run_dir}" in stderr
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+    assert not (run_dir / "metrics.json").exists()
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "nll"):
+        assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
+    curve_whole, curve_resumed = val_curve(tmp_path / "whole"), val_curve(run_dir)
+    np.testing.assert_allclose(curve_resumed["val/loss"].to_numpy()[-3:], curve_whole["val/loss"].to_numpy()[-3:],
+                               rtol=1e-5)
+
+
+def val_curve_if_any(run_dir: Path) -> pd.DataFrame:
+    try:
+        return val_curve(run_dir)
+    except (FileNotFoundError, KeyError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        return pd.DataFrame()
+
+
+def checkpoint_names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_a_moved_run_resumes_and_evaluates_in_its_new_folder(tmp_path):
+    assert train_cli(tmp_path / "A", **{"training.max_epochs": 1}) == 0
+    moved = tmp_path / "B"
+    shutil.move(tmp_path / "A", moved)
+    assert main(["train", "--resume", str(moved), "--set", "training.max_epochs=2"]) == 0
+    assert checkpoint_names(moved) == ["best.calibration.json", "best.ckpt", "last.ckpt"]   # no -v1 copies
+    assert "max_epochs: 2" in (moved / "config.yaml").read_text()     # what the resume overrode
+    assert main(["evaluate", "--run", str(moved), "--set", "evaluation.n_bootstrap=20"]) == 0
+    assert (moved / "eval-synthetic-test" / "metrics.json").is_file()
+    assert not (tmp_path / "A").exists()
+
+
+def test_a_run_works_from_another_directory(tmp_path, shared_data, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.chdir(REPO_ROOT)
+    relative = os.path.relpath(shared_data / "dermamnist.npz", REPO_ROOT)
+    assert main(["train", "--config", "demo_dermamnist", "--data", relative, "--run-dir", str(run_dir),
+                 *settings(**{"data.format": "dermamnist", "training.max_epochs": 1,
+                              "training.limit_train_batches": 2, "training.limit_val_batches": 2,
+                              "evaluation.after_training": "false"})]) == 0
+    assert Path(json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
+                ["data"]["path"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", "--run", str(run_dir), "--split", "val", "--no-tta",
+                 "--set", "evaluation.n_bootstrap=20"]) == 0
+    assert (run_dir / "eval-dermamnist-val" / "metrics.json").is_file()
+    assert not (run_dir / "metrics.json").exists()      # the one-time test report is not written by evaluate
+
+
+@pytest.mark.parametrize("mistake, message", [
+    (["--set", "training.max_epochs=two"], "max_epochs"),
+    (["--data", "/no/such/folder"], "data path not found: /no/such/folder"),
+    (["--set", "nonsense.key=1"], "unknown config key 'nonsense'"),
+])
+def test_mistakes_are_named_and_leave_no_run_folder(tmp_path, capsys, mistake, message):
+    runs = tmp_path / "runs"
+    code = main(["train", "--config", "demo_dermamnist", *settings(**{"output.runs_dir": str(runs)}), *mistake])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_config_typo_lists_the_shipped_names(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", "ham10000_cup"])
+    assert "Did you mean 'ham10000_cpu'?" in str(stop.value) and "demo_dermamnist" in str(stop.value)
+
+
+def test_resume_of_a_missing_folder_says_so(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--resume", str(tmp_path / "nope")])
+    assert "no run folder at" in str(stop.value)
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_an_external_folder_is_scored_whole_and_the_model_is_untouched(tmp_path, sample_dir, sample_metadata):
+    assert train_cli(tmp_path / "run", **{"training.max_epochs": 1}) == 0
+    folder = tmp_path / "external"
+    for image_id, dx in zip(sample_metadata["image_id"], sample_metadata["dx"]):
+        (folder / dx).mkdir(parents=True, exist_ok=True)
+        (folder / dx / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    before = file_digests(checkpoints)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(checkpoints / "best.ckpt"), "--data", str(folder),
+                 "--format", "folder", "--out", str(out), "--set", "evaluation.n_bootstrap=20"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_samples"] == 50 and metrics["split"] == "all"
+    assert metrics["per_class"]["df"]["f1"] is None      # no df image: n/a, not 0
+    assert file_digests(checkpoints) == before            # calibration and checkpoints unchanged
+    assert "every image" in (out / "report.md").read_text()
+
+
+def isic2018_test_set(root: Path, sample_dir: Path, sample_metadata: pd.DataFrame) -> Path:
+    """The official ISIC 2018 Task 3 Test layout, in miniature: ground truth CSV + input folder."""
+    images = root / "ISIC2018_Task3_Test_Input"
+    images.mkdir(parents=True)
+    columns = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    rows = []
+    for image_id, dx in zip(sample_metadata["image_id"], sample_metadata["dx"]):
+        (images / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
+        rows.append({"image": image_id, **{c: float(c.lower() == dx) for c in columns}})
+    pd.DataFrame(rows).to_csv(root / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["isic2018", "auto"])
+def test_the_official_isic2018_test_set_is_scored_whole(tmp_path, sample_dir, sample_metadata, fmt):
+    assert train_cli(tmp_path / "run", **{"training.max_epochs": 1}) == 0
+    data = isic2018_test_set(tmp_path / "ISIC2018", sample_dir, sample_metadata)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.ckpt"), "--data", str(data),
+                 "--format", fmt, "--split", "test", "--out", str(out), "--set", "evaluation.n_bootstrap=20"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_samples"] == 50 and metrics["split"] == "all"      # every image, never re-split
+    assert metrics["context"]["split_method"] == "every image of the data set (no split)"
+
+
+def test_predict_writes_an_isic2018_submission(tmp_path, sample_dir):
+    assert train_cli(tmp_path / "run", **{"training.max_epochs": 1}) == 0
+    out = tmp_path / "submission.csv"
+    assert main(["predict", "--model", str(tmp_path / "run" / "checkpoints" / "best.ckpt"), str(sample_dir),
+                 "-f", "isic2018", "-o", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert sorted(table["image"]) == sorted(p.stem for p in sample_dir.glob("ISIC_*.jpg") if "_segmentation" not in p.stem)
+    np.testing.assert_allclose(table.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_focal_loss_with_label_smoothing_is_refused(capsys):
+    assert main(["config", "show", "demo", "--set", "loss.label_smoothing=0.1"]) == 2
+    assert "loss.label_smoothing is not implemented for the focal loss" in capsys.readouterr().err
