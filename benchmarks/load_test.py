@@ -4,12 +4,22 @@
     python benchmarks/load_test.py --url http://127.0.0.1:8000 --image lesion.jpg
     # or start `dermalens serve` here, in its own process, and stop it afterwards
     python benchmarks/load_test.py --model runs/demo/checkpoints/best.ckpt --image lesion.jpg
+    # do predictions stay fast while SHAP explanations run? (200 predictions, 8 at a time, 2 SHAP clients)
+    python benchmarks/load_test.py --model runs/demo/checkpoints/best.ckpt --shap-clients 2
 
 Reports how many answers were 2xx/4xx/5xx (and connection errors) and the
 p50/p95/p99/max latency; exits 1 on any 5xx, connection error, or request
 not sent before --max-seconds. Bounded: at most --requests requests, each
 with a --timeout, the whole run within --max-seconds. Research tool, not a
 diagnosis: this measures plumbing, not medical performance.
+
+With --shap-clients N the predictions run twice: alone, then while N
+clients keep asking for SHAP explanations (each waits for its answer, and
+after a 503/504 for the Retry-After it was given, as a well-behaved client
+does). The explanation clients' answers are counted apart: 503 and 504
+(server busy, time limit) are the server protecting itself and allowed;
+any other 5xx, and any 5xx for a prediction, fails the run. It reports the
+prediction p50/p95 of both runs and the p95 ratio (the target: at most 3x).
 """
 from __future__ import annotations
 
@@ -52,14 +62,19 @@ def default_image() -> Path | None:
 class ServeProcess:
     """`dermalens serve` on 127.0.0.1 and a free port, in its own process (as a user would run it)."""
 
-    def __init__(self, model: Path, threads: int, torch_threads: int | None, start_timeout: float = 120,
-                 runtime: str = "auto"):
+    def __init__(self, model: Path, threads: int | None, torch_threads: int | None, start_timeout: float = 120,
+                 runtime: str = "auto", options: dict | None = None):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "src"),
                                                                          os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "dermalens.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-                   "--port", "0", "--threads", str(threads), "--runtime", runtime]
+                   "--port", "0", "--runtime", runtime]
+        if threads:
+            command += ["--threads", str(threads)]
         if torch_threads:
             command += ["--torch-threads", str(torch_threads)]
+        for option, value in (options or {}).items():   # --predict-slots 2 ...: only those given
+            if value is not None:
+                command += [f"--{option.replace('_', '-')}", str(value)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=env)
         self.output: list[str] = []
@@ -94,6 +109,58 @@ class ServeProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+class ExplainClients:
+    """N threads that keep asking for explanations until stopped; counts every answer by status."""
+
+    def __init__(self, url: str, image: bytes, filename: str, clients: int, method: str, timeout: float):
+        self.timeout = timeout
+        self.counts: dict[str, int] = {}
+        self.seconds: list[float] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._counting = True
+        fields = {"method": method, "format": "png"}
+
+        def client():
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    answer = post_image(url + "/api/explain", image, filename, fields=fields, timeout=timeout)
+                    outcome = str(answer.status)
+                    if answer.status in (503, 504) and "retry-after" not in answer.headers:
+                        outcome += " without Retry-After"
+                except OSError as error:
+                    answer, outcome = None, f"error: {type(error).__name__}"
+                with self._lock:
+                    if not self._counting:
+                        return
+                    self.counts[outcome] = self.counts.get(outcome, 0) + 1
+                    if answer is not None and answer.status == 200:
+                        self.seconds.append(time.perf_counter() - started)
+                if answer is not None and answer.status in (503, 504):  # come back when told to
+                    self._stop.wait(min(10.0, float(answer.headers.get("retry-after") or 1)))
+
+        self._threads = [threading.Thread(target=client, daemon=True, name=f"explain-client-{i}")
+                         for i in range(clients)]
+
+    def __enter__(self) -> "ExplainClients":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + self.timeout
+        for thread in self._threads:  # an explanation in flight is waited for, up to the request timeout
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:   # what came back before the server is stopped; later answers are not counted
+            self._counting = False
+
+    def failures(self) -> int:
+        """Answers that are not 2xx, 503 or 504 with Retry-After: errors of the server or the connection."""
+        return sum(n for outcome, n in self.counts.items() if outcome not in ("200", "503", "504"))
 
 
 def run_load(url: str, image: bytes, filename: str, requests: int, concurrency: int, timeout: float,
@@ -150,20 +217,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="bound on the whole run (default 300)")
-    parser.add_argument("--threads", type=int, default=4, help="with --model: waitress threads (default 4)")
+    parser.add_argument("--threads", type=int, help="with --model: waitress threads (default: the server's)")
     parser.add_argument("--torch-threads", type=int, help="with --model: torch threads (default: the server's)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="with --model: " + RUNTIME_HELP)
+    parser.add_argument("--shap-clients", type=int, default=0,
+                        help="also run the predictions while this many clients keep asking for explanations "
+                             "(default 0: predictions only)")
+    parser.add_argument("--explain-method", default="shap", help="what those clients ask for (default shap)")
+    for option, what in (("predict-slots", "predictions computed at once"),
+                         ("explain-slots", "explanations computed at once"),
+                         ("predict-queue", "predictions that may wait for a slot"),
+                         ("explain-queue", "explanations that may wait for a slot"),
+                         ("explain-timeout", "seconds a request waits for its explanation")):
+        parser.add_argument(f"--{option}", type=float if option == "explain-timeout" else int,
+                            help=f"with --model: the server's {what} (default: the server's)")
     parser.add_argument("--output", type=Path, help="also write the results (and settings) to this JSON file")
     args = parser.parse_args(argv)
 
-    if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256:
-        parser.error("--requests must be 1..100000 and --concurrency 1..256")
+    if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256 or not 0 <= args.shap_clients <= 64:
+        parser.error("--requests must be 1..100000, --concurrency 1..256 and --shap-clients 0..64")
     if args.image is None or not args.image.is_file():
         parser.error(f"image not found: {args.image} (give --image PATH)")
     if args.url and not is_loopback(urlparse(args.url).hostname or ""):
         parser.error(f"{args.url} is not on this machine: the load test only runs against loopback addresses")
 
-    server = ServeProcess(args.model, args.threads, args.torch_threads, runtime=args.runtime) if args.model else None
+    options = {key: getattr(args, key) for key in ("predict_slots", "predict_queue", "explain_slots", "explain_queue",
+                                                  "explain_timeout")}
+    server = ServeProcess(args.model, args.threads, args.torch_threads, runtime=args.runtime,
+                          options=options) if args.model else None
+    explain_clients = None
     try:
         url = (server.url if server else args.url).rstrip("/")
         try:
@@ -180,19 +262,34 @@ def main(argv: list[str] | None = None) -> int:
               f"{model['input_size']} px, predicted by {model.get('inference_engine', '?')}")
         result = run_load(url, image, args.image.name, args.requests, args.concurrency, args.timeout,
                           args.max_seconds)
+        report("predictions alone" if args.shap_clients else "predictions", result)
+        if args.shap_clients:
+            print(f"again, while {args.shap_clients} clients keep asking for {args.explain_method} explanations")
+            # A client waits longer than the server's own explanation time limit, so it gets the 504.
+            explain_timeout = max(args.timeout, float(model.get("limits", {}).get("explain_timeout", 0)) + 30)
+            with ExplainClients(url, image, args.image.name, args.shap_clients, args.explain_method,
+                                explain_timeout) as explain_clients:
+                result["with_explanations"] = run_load(url, image, args.image.name, args.requests,
+                                                       args.concurrency, args.timeout, args.max_seconds)
+            report(f"predictions with {args.shap_clients} {args.explain_method} clients",
+                   result["with_explanations"])
+            result["explain_clients"] = {"counts": explain_clients.counts,
+                                         "completed_seconds": [round(x, 2) for x in explain_clients.seconds]}
+            print("explanation answers: " + ", ".join(f"{k} {v}" for k, v in sorted(explain_clients.counts.items()))
+                  + " (503/504 with Retry-After: the server protecting its capacity)")
+            alone, loaded = result["latency_ms"].get("p95"), result["with_explanations"]["latency_ms"].get("p95")
+            if alone and loaded:
+                result["p95_ratio"] = round(loaded / alone, 2)
+                print(f"prediction p95 with explanations / alone: {result['p95_ratio']}x "
+                      f"(target <= 3x: {'met' if result['p95_ratio'] <= 3 else 'missed'})")
     finally:
         if server:
             server.stop()
 
-    counts = result["counts"]
-    failures = sum(n for outcome, n in counts.items() if outcome == "5xx" or not outcome[0].isdigit())
-    latency = result["latency_ms"]
-    print("answers: " + ", ".join(f"{outcome} {counts.get(outcome, 0)}" for outcome in ("2xx", "4xx", "5xx"))
-          + "".join(f", {outcome} {n}" for outcome, n in sorted(counts.items()) if not outcome[0].isdigit()))
-    if latency:
-        print(f"latency ms: p50 {latency['p50']}  p95 {latency['p95']}  p99 {latency['p99']}  max {latency['max']}"
-              f"  (mean {latency['mean']})")
-    print(f"throughput: {result['requests_per_second']} requests/s over {result['wall_seconds']} s")
+    failures = prediction_failures(result["counts"])
+    if "with_explanations" in result:
+        failures += prediction_failures(result["with_explanations"]["counts"])
+    explain_failures = explain_clients.failures() if explain_clients else 0
     if args.output:
         record = {
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -204,9 +301,26 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.output, record)
         print(f"results written to {args.output}")
     if failures:
-        print(f"FAILED: {failures} requests got a 5xx, a connection error or were not sent in time", file=sys.stderr)
-        return 1
-    return 0
+        print(f"FAILED: {failures} predictions got a 5xx, a connection error or were not sent in time",
+              file=sys.stderr)
+    if explain_failures:
+        print(f"FAILED: {explain_failures} explanation requests got an error other than 503/504 with Retry-After",
+              file=sys.stderr)
+    return 1 if failures or explain_failures else 0
+
+
+def prediction_failures(counts: dict[str, int]) -> int:
+    return sum(n for outcome, n in counts.items() if outcome == "5xx" or not outcome[0].isdigit())
+
+
+def report(title: str, result: dict) -> None:
+    counts, latency = result["counts"], result["latency_ms"]
+    print(f"{title}: " + ", ".join(f"{outcome} {counts.get(outcome, 0)}" for outcome in ("2xx", "4xx", "5xx"))
+          + "".join(f", {outcome} {n}" for outcome, n in sorted(counts.items()) if not outcome[0].isdigit()))
+    if latency:
+        print(f"  latency ms: p50 {latency['p50']}  p95 {latency['p95']}  p99 {latency['p99']}  max {latency['max']}"
+              f"  (mean {latency['mean']})")
+    print(f"  throughput: {result['requests_per_second']} requests/s over {result['wall_seconds']} s")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 A person's path through the page: open it, pick a real dermoscopy image,
 see seven sorted probability bars, the Grad-CAM overlay, SHAP on request,
-the model's facts and the research-tool note; a bad file shows a visible
-error. A screenshot is kept (tmp_path, and $DERMALENS_SCREENSHOT_DIR if set).
+the model's facts and the research-tool note, and download the result as
+one PNG; a bad file shows a visible error. A screenshot is kept (tmp_path, and $DERMALENS_SCREENSHOT_DIR if set).
 
 Chromium comes from `scripts/install_browser.sh`. Locally the test skips
 without it; under CI its absence is a broken setup and the test fails.
@@ -112,12 +112,21 @@ def test_upload_shows_sorted_probabilities_and_explanations(page, page_url, samp
     assert rows.first.get_attribute("data-class") in page.locator("#top-class").inner_text()
     image_loaded(page, "#preview")
 
-    image_loaded(page, "#heatmap")           # Grad-CAM follows every prediction
+    image_loaded(page, "#gradcam-image")     # Grad-CAM follows every prediction
     assert "Grad-CAM" in page.locator("#gradcam-caption").inner_text()
     assert page.locator("#shap-figure").is_hidden()
+    methods = page.locator("#method-buttons button")
+    assert methods.count() == 4 and all(methods.nth(i).is_enabled() for i in range(4))
     page.click("#shap-button")               # SHAP only on request
-    image_loaded(page, "#shap")
+    image_loaded(page, "#shap-image")
     assert page.locator("#explain-error").is_hidden() and page.locator("#error").is_hidden()
+
+    with page.expect_download(timeout=TIMEOUT_MS) as download:   # one PNG: image, bars, heatmap, note
+        page.click("#report-button")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.suffix == ".png" and saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved.stat().st_size > image.stat().st_size
 
     assert save_screenshot(page, tmp_path / "dermalens-page.png").stat().st_size > 10_000
 

@@ -1,5 +1,6 @@
 """The web app through real HTTP against waitress on 127.0.0.1: predictions,
-explanations, every kind of bad upload, a concurrent burst, and `dermalens serve`.
+explanations, the downloadable report, every kind of bad upload, a concurrent
+burst, an exported model served alone, and `dermalens serve`.
 
 The model is a tiny checkpoint trained here for one short epoch on generated
 images: its numbers mean nothing, the plumbing around it is what is tested.
@@ -208,6 +209,17 @@ def test_page_needs_nothing_from_the_internet(server):
         assert request(server + asset).status == 200
 
 
+@pytest.mark.skipif(not REAL_EXPLAINER, reason="dermalens.explain.api is not there yet")
+def test_page_offers_every_explanation_method_and_the_download(server):
+    from dermalens.explain.names import METHOD_LABELS, METHODS
+
+    page = request(server + "/", headers={"Accept": "text/html"}).body.decode()
+    for method in METHODS:
+        assert f'data-method="{method}"' in page and METHOD_LABELS[method] in page
+        assert f'<option value="{method}">' in page     # the download's method choice
+    assert 'id="report-button"' in page and "Explanations are unavailable" not in page
+
+
 # --- predictions -------------------------------------------------------------
 def test_predict_sample_image_matches_the_predictor(server, serving_checkpoint, sample_dir):
     from dermalens.inference.predictor import Predictor
@@ -350,7 +362,7 @@ def test_unexpected_error_is_logged_not_shown(serving_checkpoint, sample_jpeg, c
         raise RuntimeError("secret internal detail")
 
     service.predict = broken_predict
-    with caplog.at_level(logging.ERROR, logger="dermalens.serving.app"):
+    with caplog.at_level(logging.ERROR, logger="dermalens.serving"):
         response = app.test_client().post("/api/predict", data={"image": (io.BytesIO(sample_jpeg), "a.jpg")})
     assert response.status_code == 500
     body = response.get_json()
@@ -398,6 +410,108 @@ def test_gradcam_with_the_real_explainer(server, sample_jpeg):
     assert response.status == 200, response.body[:500]
     heatmap = np.array(response.json()["heatmap"])
     assert heatmap.ndim == 2 and 0 <= heatmap.min() <= heatmap.max() <= 1
+
+
+# --- the downloadable report ------------------------------------------------------
+def assert_report(response, upload: bytes) -> Image.Image:
+    assert response.status == 200 and response.content_type == "image/png", response.body[:500]
+    assert response.headers["content-disposition"].startswith("attachment; filename=")
+    assert response.headers["x-disclaimer"] == RESEARCH_DISCLAIMER
+    assert len(response.body) > len(upload)
+    report = Image.open(io.BytesIO(response.body))
+    report.load()
+    assert report.text["Disclaimer"] == RESEARCH_DISCLAIMER   # drawn in the picture, and in its metadata
+    with Image.open(io.BytesIO(upload)) as original:
+        assert report.width > original.width and report.height > original.height
+    return report
+
+
+def test_report_png_through_http(fake_explain_server, sample_jpeg):
+    url = fake_explain_server + "/api/report"
+    report = assert_report(post_image(url, sample_jpeg, "lesion.jpg"), sample_jpeg)
+    # Not a blank canvas: the photograph, the heatmap colours and the bars are drawn.
+    colours = np.asarray(report.convert("RGB").resize((200, 80))).reshape(-1, 3)
+    assert len(np.unique(colours, axis=0)) > 500
+    assert_report(post_image(url, sample_jpeg, "lesion.jpg", fields={"method": "shap", "class": "mel"}), sample_jpeg)
+    assert_error(post_image(url, sample_jpeg, fields={"method": "lime"}), 400, "'lime'")
+    assert_error(post_image(url, b"not an image", "x.jpg"), 415, "not an image")
+
+
+@pytest.mark.skipif(not REAL_EXPLAINER, reason="dermalens.explain.api is not there yet")
+def test_report_png_with_the_real_explainer(server, sample_jpeg):
+    response = post_image(server + "/api/report", sample_jpeg, "ISIC lesion.jpg", fields={"method": "gradcam"})
+    assert_report(response, sample_jpeg)
+    assert response.headers["content-disposition"] == 'attachment; filename="dermalens-gradcam-ISIC_lesion.png"'
+
+
+def test_report_without_explanations_is_503(serving_checkpoint, sample_jpeg):
+    app = create_app(serving_checkpoint, explain_module="dermalens.explain.no_such_module")
+    with ServerThread(app, threads=2) as url:
+        assert_error(post_image(url + "/api/report", sample_jpeg), 503, "explanations are not available")
+
+
+# --- an exported model served alone ---------------------------------------------------
+@pytest.fixture(scope="module")
+def onnx_model(serving_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model exported to ONNX, in a folder without its checkpoint."""
+    import shutil
+
+    from dermalens.inference.export import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("onnx-only")
+    checkpoint = folder / "model.ckpt"
+    shutil.copy(serving_checkpoint, checkpoint)
+    calibration = serving_checkpoint.with_suffix(".calibration.json")   # the same temperature and TTA
+    if calibration.is_file():
+        shutil.copy(calibration, checkpoint.with_suffix(".calibration.json"))
+    onnx_path = export_checkpoint(checkpoint).path
+    checkpoint.unlink()
+    return onnx_path
+
+
+def test_onnx_model_alone_predicts_and_says_why_there_are_no_explanations(onnx_model, serving_checkpoint,
+                                                                          sample_jpeg):
+    with ServerThread(create_app(onnx_model), threads=2) as url:
+        info = request(url + "/api/model").json()
+        assert info["inference_engine"] == "onnxruntime" and info["model_file"] == onnx_model.name
+        assert info["explain_available"] is False and info["explain_methods"] == []
+        assert info["disclaimer"] == RESEARCH_DISCLAIMER and info["input_size"] == 64
+        expected = predict_probabilities(url, sample_jpeg)
+        for route in ("/api/explain", "/api/report"):
+            assert_error(post_image(url + route, sample_jpeg), 503, "explanations are not available",
+                         onnx_model.name, ".ckpt")
+        page = request(url + "/", headers={"Accept": "text/html"}).body.decode()
+        assert "Explanations are unavailable" in page and 'id="report-button"' not in page
+        assert RESEARCH_DISCLAIMER in page
+    with ServerThread(create_app(serving_checkpoint, runtime="pytorch"), threads=2) as url:
+        assert list(predict_probabilities(url, sample_jpeg)) == pytest.approx(list(expected), abs=1e-4)
+
+
+# Serving an .onnx file must not load PyTorch (a small install, a fast start): the serving package
+# and the inference code it calls import no torch on this path. See docs/serving.md.
+def test_onnx_model_alone_never_imports_torch(onnx_model, sample_jpeg, tmp_path):
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(sample_jpeg)
+    code = f"""
+import io, sys, traceback
+first_import = []
+class Watch:  # remembers who imported torch first, so a failure names the culprit
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not first_import:
+            first_import.extend(traceback.format_stack()[:-1])
+sys.meta_path.insert(0, Watch())
+from dermalens.serving.app import create_app
+app = create_app({str(onnx_model)!r})
+client = app.test_client()
+answer = client.post("/api/predict", data={{"image": (io.BytesIO(open({str(image)!r}, "rb").read()), "x.jpg")}})
+assert answer.status_code == 200, answer.data
+assert client.post("/api/explain", data={{"image": (io.BytesIO(b"x"), "x.jpg")}}).status_code == 503
+assert "torch" not in sys.modules, "torch was imported:\\n" + "".join(first_import[-6:])
+print("served without torch")
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "served without torch" in result.stdout, result.stderr[-3000:]
 
 
 # --- load ---------------------------------------------------------------------------
@@ -494,10 +608,10 @@ def test_service_predicts_through_onnx_runtime_when_exported(serving_checkpoint,
 
 
 def test_service_predicts_through_openvino_when_asked(serving_checkpoint, sample_rgb, tmp_path, openvino_installed):
+    import shutil
+
     from dermalens.inference.export import export_checkpoint
     from dermalens.serving.service import ModelService
-
-    import shutil
 
     checkpoint = tmp_path / serving_checkpoint.name
     shutil.copy(serving_checkpoint, checkpoint)

@@ -1,7 +1,9 @@
 """Serving: a web page and a JSON API around one trained model, under waitress.
 
-`app.create_app` builds the Flask app, `server.make_server` the waitress
-server, `cli` adds `dermalens serve`. See docs/serving.md. Research tool, not
-a diagnosis. Submodules import Flask and torch on demand, so importing this
-package costs nothing.
+`app.create_app` builds the Flask app (routes on a Blueprint in `routes`,
+error answers in `errors`), `service.ModelService` holds the model with a
+separate capacity for predictions and explanations (`capacity`),
+`server.make_server` the waitress server, `cli` adds `dermalens serve`. See
+docs/serving.md. Research tool, not a diagnosis. Submodules import Flask and
+torch on demand, so importing this package costs nothing.
 """

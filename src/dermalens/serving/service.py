@@ -1,8 +1,26 @@
-"""The model behind the web app: loaded once per process, one inference at a time.
+"""The model behind the web app: loaded once per process, with separate capacity for each kind of work.
 
-Waitress answers on several threads; the model (and the explainer's hooks
-on it) is shared, so every forward or backward pass holds one lock. Decoding
-uploads and encoding responses happen outside it, in parallel.
+Predictions and explanations never wait for each other (capacity.py):
+predictions run in the request's thread, a few at a time, on the fast
+predictor (ONNX Runtime or OpenVINO when exported, else the PyTorch model);
+explanations run on their own worker threads, under a time limit.
+
+No lock is held around the model, because none is needed:
+- ONNX Runtime's `InferenceSession.run` may be called from several threads
+  at once; the OpenVINO session keeps its own lock (one infer request).
+- `Predictor.predict_arrays` runs the PyTorch model under
+  `torch.inference_mode()` in eval mode: it reads the shared weights and
+  writes nothing that another call reads (CBAM only keeps its last spatial
+  map, a detached tensor nothing here reads).
+- The explainer never touches that model object: every method runs on a
+  private module tree that shares the weights (`explain.base.private_module_tree`),
+  so its hooks, its layer swaps and its backward passes never reach the
+  predictor's forward passes; each method serialises its own work with its
+  own lock (`explain.cam.CamMethod.lock`, the SHAP explainer's lock).
+
+Serving an .onnx file alone (no checkpoint) predicts without PyTorch and
+answers explanations with 503: they need the PyTorch model's gradients.
+This module imports neither torch nor the explanation code at import time.
 """
 from __future__ import annotations
 
@@ -12,49 +30,79 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import __version__
 from ..classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_index
-from ..inference.predictor import Prediction, Predictor
+from .capacity import Capacity, Limits, WorkerPool
+
+if TYPE_CHECKING:  # imported for annotations only: predictor.py imports torch
+    from ..inference.prediction import Prediction
+    from ..inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 EXPLAIN_MODULE = "dermalens.explain.api"
 
 
 class ExplainUnavailable(RuntimeError):
-    """The explanation module cannot be imported on this server (answered as 503)."""
+    """Explanations cannot be given by this server (answered as 503)."""
+
+
+def is_onnx_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
 
 
 class ModelService:
-    def __init__(self, predictor: Predictor, explain_module: str | ModuleType = EXPLAIN_MODULE,
-                 fast_predictor=None):
-        self.predictor = predictor                      # PyTorch: explanations need its gradients
-        self.fast_predictor = fast_predictor or predictor  # predictions: ONNX Runtime when exported
-        self._lock = threading.Lock()          # the model: one forward/backward at a time
-        self._import_lock = threading.Lock()
+    """predictor: the PyTorch `Predictor` explanations use (None: explanations are off);
+    fast_predictor: what answers predictions (default: the predictor)."""
+
+    def __init__(self, predictor: "Predictor | None", explain_module: str | ModuleType = EXPLAIN_MODULE,
+                 fast_predictor=None, limits: Limits | None = None):
+        if predictor is None and fast_predictor is None:
+            raise ValueError("a ModelService needs a predictor")
+        self.predictor = predictor                           # PyTorch: explanations need its gradients
+        self.fast_predictor = fast_predictor or predictor    # predictions: ONNX Runtime when exported
+        self.limits = limits or Limits()
+        self.predictions = Capacity("prediction", self.limits.predict_slots, self.limits.predict_queue,
+                                    wait_seconds=self.limits.queue_timeout)
+        self.explanations = WorkerPool("explanation", self.limits.explain_slots, self.limits.explain_queue,
+                                       time_limit=self.limits.explain_timeout)
+        self._import_lock = threading.Lock()   # one import of the explanation module, one Explainer
         self._explain_module = explain_module
         self._explain_api: ModuleType | None = None
         self._explain_error: str | None = None
         self._explainer = None
-        self.info = describe_model(predictor)
+        self.info = describe_model(self.predictor or self.fast_predictor)
         self.info["inference_engine"] = self.fast_predictor.runtime
+        model_file = self.fast_predictor.metadata.get("onnx_model") if predictor is None else None
+        self.info["model_file"] = Path(model_file).name if model_file else self.info["checkpoint"]
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, runtime: str = "auto", threads: int | None = None,
+    def from_model_file(cls, path: str | Path, runtime: str = "auto", threads: int | None = None,
                         **kwargs) -> "ModelService":
-        """Predict through ONNX Runtime when `dermalens export` left `<stem>.onnx` beside the checkpoint
-        (runtime "auto"), or through the runtime named (see `load_predictor`, which also takes `threads`)."""
+        """A checkpoint (`.ckpt`): predictions through ONNX Runtime when `dermalens export` left
+        `<stem>.onnx` beside it (runtime "auto") or the runtime named (`load_predictor`), explanations
+        through PyTorch. An exported model (`.onnx`) alone: predictions only, and no PyTorch at all."""
         from ..inference.onnx_predictor import load_predictor
 
         fast = load_predictor(path, runtime=runtime, threads=threads)
-        pytorch = fast if isinstance(fast, Predictor) else Predictor.from_checkpoint(path)
-        return cls(pytorch, fast_predictor=fast, **kwargs)
+        if is_onnx_file(path):
+            return cls(None, fast_predictor=fast, **kwargs)
+        if hasattr(fast, "model"):  # the PyTorch Predictor itself
+            return cls(fast, **kwargs)
+        from ..inference.predictor import Predictor
 
-    def predict(self, image: np.ndarray, source: str) -> Prediction:
-        started = time.perf_counter()
-        with self._lock:
+        return cls(Predictor.from_checkpoint(path), fast_predictor=fast, **kwargs)
+
+    from_checkpoint = from_model_file  # the name callers used before .onnx files could be served
+
+    def predict(self, image: np.ndarray, source: str) -> "Prediction":
+        from ..inference.prediction import Prediction  # torch-free, unlike inference.predictor
+
+        with self.predictions.slot():
+            started = time.perf_counter()
             probabilities = self.fast_predictor.predict_arrays([image])[0]
         log.debug("predicted %s in %.1f ms", source, (time.perf_counter() - started) * 1e3)
         return Prediction(source, {code: float(p) for code, p in zip(CLASS_CODES, probabilities)})
@@ -62,6 +110,11 @@ class ModelService:
     # --- explanations -------------------------------------------------
     def explain_api(self) -> ModuleType:
         """The explanation module, imported on first use; ExplainUnavailable if it cannot be."""
+        if self.predictor is None:
+            raise ExplainUnavailable(
+                f"explanations are not available on this server: it serves the exported model "
+                f"{self.info['model_file']} alone, and explanations need the PyTorch checkpoint's gradients "
+                f"(start `dermalens serve --model <checkpoint>.ckpt` to have both)")
         with self._import_lock:
             if self._explain_api is None and self._explain_error is None:
                 module = self._explain_module
@@ -80,22 +133,39 @@ class ModelService:
         except ExplainUnavailable:
             return ()
 
-    def explain(self, image: np.ndarray, method: str, target_class: str | None):
-        """An explanation (heatmap, overlay, ...) from the explanation API; ValueError for bad names."""
+    def explainer(self):
+        """The API's Explainer on the PyTorch model, made once; it is safe to share between threads."""
         api = self.explain_api()
-        started = time.perf_counter()
-        with self._lock:
+        with self._import_lock:
             if self._explainer is None:
                 self._explainer = make_explainer(api, self.predictor)
-            explanation = self._explainer.explain(image, method=method, target_class=target_class)
-        log.info("%s explanation in %.0f ms", method, (time.perf_counter() - started) * 1e3)
-        return explanation
+            return self._explainer
+
+    def explain(self, image: np.ndarray, method: str, target_class: str | None):
+        """An explanation (heatmap, overlay, ...) from the explanation API, on an explanation worker.
+
+        ValueError for bad names; Overloaded when every explanation slot and queue place is taken;
+        TimeLimitExceeded when it is not ready within `limits.explain_timeout` (see capacity.py).
+        """
+        explainer = self.explainer()
+
+        def work():
+            started = time.perf_counter()
+            explanation = explainer.explain(image, method=method, target_class=target_class)
+            log.info("%s explanation in %.0f ms", method, (time.perf_counter() - started) * 1e3)
+            return explanation
+
+        return self.explanations.run(work)
 
     def overlay_png(self, explanation) -> bytes:
         return self.explain_api().overlay_png_bytes(explanation)
 
+    def close(self) -> None:
+        """Drop queued explanations (a stopping server); a running one finishes in its thread."""
+        self.explanations.shutdown()
 
-def make_explainer(api: ModuleType, predictor: Predictor):
+
+def make_explainer(api: ModuleType, predictor: "Predictor"):
     """The API's Explainer on the predictor's model; `from_predictor` also carries its calibration."""
     from_predictor = getattr(api.Explainer, "from_predictor", None)
     if from_predictor is not None:
@@ -115,8 +185,9 @@ def model_display_name(model_config: dict) -> str:
     return f"{name} + CBAM" if model_config.get("cbam") else name
 
 
-def describe_model(predictor: Predictor) -> dict:
-    """What /api/model and the page show: the model, its classes, input and validation metrics."""
+def describe_model(predictor) -> dict:
+    """What /api/model and the page show: the model, its classes, input and validation metrics.
+    Works for any predictor with `metadata`, `preprocessing`, `temperature` and `tta`."""
     meta = predictor.metadata
     model_config = dict(meta.get("model_config", {}))
     pre = predictor.preprocessing

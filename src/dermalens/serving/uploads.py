@@ -15,7 +15,7 @@ from pathlib import PureWindowsPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data.sources import pil_to_rgb
+from ..data.readers.images import pil_to_rgb
 
 # Formats a dermoscopy image plausibly comes in; Pillow's other decoders
 # (EPS, PSD, ...) are attack surface with no use here. JPEG includes MPO

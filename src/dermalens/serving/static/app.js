@@ -28,11 +28,14 @@
 
   async function errorMessage(response) {
     // The API answers every error as JSON {"error": "..."}; anything else is reported as is.
+    let message = "the server answered " + response.status + " " + response.statusText;
     try {
       const body = await response.json();
-      if (body && body.error) return body.error;
+      if (body && body.error) message = body.error;
     } catch (ignored) { /* not JSON */ }
-    return "the server answered " + response.status + " " + response.statusText;
+    const retry = response.headers.get("Retry-After");   // 503 (busy) and 504 (time limit)
+    if (retry) message += " (try again in " + retry + " s)";
+    return message;
   }
 
   function renderBars(result) {
@@ -72,16 +75,23 @@
     top.append(strong);
   }
 
+  const methods = config.explainMethods;           // [{name, label, slot}], empty when explanations are off
+  const byName = Object.fromEntries(methods.map((m) => [m.name, m]));
+
+  function setExplainButtons(enabled) {
+    for (const m of methods) $(m.slot + "-button").disabled = !enabled;
+    if ($("report-button")) $("report-button").disabled = !enabled;
+  }
+
   function resetResults() {
     $("bars").replaceChildren();
     $("top-class").textContent = "Upload an image to see the model's probabilities for each class.";
-    for (const slot of ["gradcam", "shap"]) {
-      $(slot + "-figure").hidden = true;
+    for (const m of methods) {
+      $(m.slot + "-figure").hidden = true;
     }
     showError($("error"), "");
     showError($("explain-error"), "");
-    $("gradcam-button").disabled = true;
-    $("shap-button").disabled = true;
+    setExplainButtons(false);
   }
 
   async function analyse(file) {
@@ -120,41 +130,80 @@
     $("preview-caption").textContent = result.image + " (" + result.image_size.join(" x ") + " px)";
     renderBars(result);
     currentFile = file;
-    $("gradcam-button").disabled = !config.explainMethods.includes("gradcam");
-    $("shap-button").disabled = !config.explainMethods.includes("shap");
-    if (config.explainMethods.includes("gradcam")) explain("gradcam");
+    setExplainButtons(true);
+    if (byName.gradcam) explain("gradcam");
+  }
+
+  function explainForm(method) {
+    const form = new FormData();
+    form.append("image", currentFile, currentFile.name);
+    form.append("method", method);
+    const target = $("target-class").value;
+    if (target) form.append("class", target);
+    return form;
   }
 
   async function explain(method) {
     if (!currentFile) return;
     const mine = generation;
-    const slot = method === "shap" ? "shap" : "gradcam";
-    const button = $(slot + "-button");
+    const m = byName[method];
+    const button = $(m.slot + "-button");
     const target = $("target-class").value;
-    const label = (method === "shap" ? "SHAP" : "Grad-CAM");
     showError($("explain-error"), "");
     button.disabled = true;
-    $("status").textContent = "Computing " + label + (method === "shap" ? " (this can take a while)" : "") + " ...";
-    const form = new FormData();
-    form.append("image", currentFile, currentFile.name);
-    form.append("method", method);
+    $("status").textContent = "Computing " + m.label + (method === "shap" ? " (this can take a while)" : "") + " ...";
+    const form = explainForm(method);
     form.append("format", "png");
-    if (target) form.append("class", target);
     try {
       const response = await fetch("api/explain", { method: "POST", body: form });
       if (mine !== generation) return;
       if (!response.ok) {
-        showError($("explain-error"), label + ": " + await errorMessage(response));
+        showError($("explain-error"), m.label + ": " + await errorMessage(response));
         return;
       }
       const blob = await response.blob();
       if (mine !== generation) return;
       const explained = response.headers.get("X-Target-Class") || target || "top class";
-      setImage(slot, $(slot === "shap" ? "shap" : "heatmap"), blob);
-      $(slot + "-caption").textContent = label + " for class " + explained;
-      $(slot + "-figure").hidden = false;
+      setImage(m.slot, $(m.slot + "-image"), blob);
+      $(m.slot + "-caption").textContent = m.label + " for class " + explained;
+      $(m.slot + "-figure").hidden = false;
     } catch (error) {
-      if (mine === generation) showError($("explain-error"), label + ": cannot reach the server: " + error.message);
+      if (mine === generation) showError($("explain-error"), m.label + ": cannot reach the server: " + error.message);
+    } finally {
+      if (mine === generation) {
+        button.disabled = false;
+        $("status").textContent = "";
+      }
+    }
+  }
+
+  async function downloadReport() {
+    // One PNG made by the server: image, probabilities, heatmap and the research-tool note together.
+    if (!currentFile) return;
+    const mine = generation;
+    const method = $("report-method").value;
+    const button = $("report-button");
+    showError($("explain-error"), "");
+    button.disabled = true;
+    $("status").textContent = "Preparing the result (" + byName[method].label + ") ...";
+    try {
+      const response = await fetch("api/report", { method: "POST", body: explainForm(method) });
+      if (mine !== generation) return;
+      if (!response.ok) {
+        showError($("explain-error"), "Download: " + await errorMessage(response));
+        return;
+      }
+      const blob = await response.blob();
+      const match = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = match ? match[1] : "dermalens-result.png";
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    } catch (error) {
+      if (mine === generation) showError($("explain-error"), "Download: cannot reach the server: " + error.message);
     } finally {
       if (mine === generation) {
         button.disabled = false;
@@ -164,10 +213,10 @@
   }
 
   input.addEventListener("change", () => analyse(input.files[0]));
-  $("gradcam-button").addEventListener("click", () => explain("gradcam"));
-  $("shap-button").addEventListener("click", () => explain("shap"));
+  for (const m of methods) $(m.slot + "-button").addEventListener("click", () => explain(m.name));
+  if ($("report-button")) $("report-button").addEventListener("click", downloadReport);
   $("target-class").addEventListener("change", () => {
-    if (currentFile && config.explainMethods.includes("gradcam")) explain("gradcam");
+    if (currentFile && byName.gradcam) explain("gradcam");
   });
   $("preview").addEventListener("error", () => {
     if ($("preview").getAttribute("src")) {

@@ -1,0 +1,161 @@
+"""The API described as an OpenAPI 3 document (GET /openapi.json), for clients and code generators.
+
+Written by hand next to the routes rather than generated from them: a
+test (tests/test_serving_api.py) checks that its paths and methods are
+exactly the app's, so the two cannot drift apart unnoticed.
+"""
+from __future__ import annotations
+
+from .. import __version__
+from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER
+
+OPENAPI_VERSION = "3.0.3"
+EXPLAIN_FORMATS = ("png", "json")
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema_name: str, description: str, headers: dict | None = None) -> dict:
+    answer = {"description": description, "content": {"application/json": {"schema": _ref(schema_name)}}}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+PROBABILITIES = {"type": "object", "description": "class code -> probability (they sum to 1)",
+                 "properties": {code: {"type": "number", "minimum": 0, "maximum": 1} for code in CLASS_CODES},
+                 "required": list(CLASS_CODES)}
+CLASS_CODE = {"type": "string", "enum": list(CLASS_CODES)}
+
+
+def upload_errors(limit_mb: float, busy: str) -> dict:
+    """The error answers every upload route shares, by status."""
+    return {
+        "400": _json("Error", "bad request: no image field, an unreadable or truncated image, an unknown name"),
+        "413": _json("Error", f"upload over {limit_mb:g} MB, or an image over the pixel limit"),
+        "415": _json("Error", "the file is not an image this server reads (JPEG, PNG, TIFF, BMP, WebP)"),
+        "500": _json("Error", "unexpected failure; the body carries only a request id, the server log the rest"),
+        "503": _json("Error", busy, RETRY_AFTER),
+    }
+
+
+def explain_errors(limit_mb: float, timeout: float) -> dict:
+    return {**upload_errors(limit_mb, "every explanation slot and queue place is taken (try again after "
+                                      "Retry-After seconds), or explanations are not available on this server"),
+            "504": _json("Error", f"the explanation was not ready within the time limit ({timeout:g} s)",
+                         RETRY_AFTER)}
+
+
+def upload_form(methods: tuple[str, ...], *, method: bool = False, output: bool = False) -> dict:
+    properties = {"image": {"type": "string", "format": "binary",
+                            "description": "the image file (JPEG, PNG, TIFF, BMP or WebP)"}}
+    if method:
+        properties["method"] = {"type": "string", "enum": list(methods), "default": "gradcam",
+                                "description": "explanation method"}
+        properties["class"] = {**CLASS_CODE, "description": "class to explain (any case; default: the top class)"}
+    if output:
+        properties["format"] = {"type": "string", "enum": list(EXPLAIN_FORMATS), "default": "png",
+                                "description": "png: the overlay image; json: the heatmap and the overlay"}
+    return {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "properties": properties, "required": ["image"]}}}}
+
+
+def openapi_document(info: dict, methods: tuple[str, ...], limit_mb: float, explain_timeout: float) -> dict:
+    """The document for one server: its model's name, its explanation methods, its limits."""
+    png = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "dermalens", "version": __version__,
+                 "description": f"Skin-lesion classifier {info['name']}: predictions and explanations. "
+                                f"{RESEARCH_DISCLAIMER}"},
+        "paths": {
+            "/health": {"get": {"summary": "the server is up", "operationId": "health",
+                                "responses": {"200": _json("Health", "the server answers")}}},
+            "/api/model": {"get": {"summary": "the model, its classes, input, metrics and the server's limits",
+                                   "operationId": "model",
+                                   "responses": {"200": _json("ModelInfo", "the model served")}}},
+            "/api/predict": {"post": {
+                "summary": "class probabilities for one image", "operationId": "predict",
+                "requestBody": upload_form(methods),
+                "responses": {"200": _json("Prediction", "the probabilities of every class"),
+                              **upload_errors(limit_mb, "every prediction slot and queue place is taken, or none "
+                                                        "became free in time; try again after Retry-After seconds")}}},
+            "/api/explain": {"post": {
+                "summary": "where in the image the evidence for a class lies", "operationId": "explain",
+                "requestBody": upload_form(methods, method=True, output=True),
+                "responses": {"200": {"description": "format png: the heatmap over the image with a caption; "
+                                                     "format json: an Explanation",
+                                      "headers": {"X-Explanation-Method": {"schema": {"type": "string"}},
+                                                  "X-Target-Class": {"schema": CLASS_CODE},
+                                                  "X-Disclaimer": {"schema": {"type": "string"}}},
+                                      "content": {**png, "application/json": {"schema": _ref("Explanation")}}},
+                              **explain_errors(limit_mb, explain_timeout)}}},
+            "/api/report": {"post": {
+                "summary": "one PNG with the image, the probabilities, the heatmap and the research note",
+                "operationId": "report",
+                "requestBody": upload_form(methods, method=True),
+                "responses": {"200": {"description": "the report (a download: Content-Disposition attachment)",
+                                      "content": png},
+                              **explain_errors(limit_mb, explain_timeout)}}},
+            "/openapi.json": {"get": {"summary": "this document", "operationId": "openapi",
+                                      "responses": {"200": {"description": "OpenAPI 3 document",
+                                                            "content": {"application/json": {
+                                                                "schema": {"type": "object"}}}}}}},
+        },
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error", "status"], "properties": {
+        "error": {"type": "string", "description": "what was wrong, in words"},
+        "status": {"type": "integer"},
+        "request_id": {"type": "string", "nullable": True, "description": "also in the X-Request-ID header"}}},
+    "Health": {"type": "object", "required": ["status"], "properties": {
+        "status": {"type": "string", "enum": ["ok"]}, "model": {"type": "string"},
+        "version": {"type": "string", "nullable": True}}},
+    "Prediction": {"type": "object", "required": ["top_class", "probabilities", "disclaimer"], "properties": {
+        "image": {"type": "string", "description": "the upload's file name (a label only)"},
+        "image_size": {"type": "array", "items": {"type": "integer"}, "description": "[width, height] in pixels"},
+        "top_class": CLASS_CODE, "top_class_name": {"type": "string"},
+        "probabilities": PROBABILITIES,
+        "top_k": {"type": "array", "items": {"type": "object", "properties": {
+            "class": CLASS_CODE, "name": {"type": "string"}, "probability": {"type": "number"}}}},
+        "model": {"type": "object", "properties": {
+            "name": {"type": "string"}, "version": {"type": "string", "nullable": True},
+            "checkpoint": {"type": "string", "nullable": True}, "inference_engine": {"type": "string"}}},
+        "disclaimer": {"type": "string"}}},
+    "Explanation": {"type": "object", "required": ["method", "target_class", "heatmap", "disclaimer"], "properties": {
+        "image": {"type": "string"}, "method": {"type": "string"},
+        "target_class": CLASS_CODE, "target_class_name": {"type": "string"},
+        "probabilities": PROBABILITIES,
+        "heatmap_shape": {"type": "array", "items": {"type": "integer"}, "description": "[height, width]"},
+        "heatmap": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                    "description": "rows of values in [0, 1] at the image's size"},
+        "overlay_png_base64": {"type": "string", "format": "byte"},
+        "disclaimer": {"type": "string"}}},
+    "ModelInfo": {"type": "object", "required": ["name", "classes", "disclaimer"], "properties": {
+        "name": {"type": "string"}, "backbone": {"type": "string", "nullable": True}, "cbam": {"type": "boolean"},
+        "version": {"type": "string", "nullable": True}, "server_version": {"type": "string"},
+        "checkpoint": {"type": "string", "nullable": True},
+        "model_file": {"type": "string", "nullable": True, "description": "the file served (.ckpt or .onnx)"},
+        "epoch": {"type": "integer", "nullable": True}, "weights_source": {"type": "string", "nullable": True},
+        "input_size": {"type": "integer"}, "preprocessing": {"type": "object"},
+        "temperature": {"type": "number"}, "tta": {"type": "boolean"},
+        "val_metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+        "classes": {"type": "array", "items": {"type": "object", "properties": {
+            "index": {"type": "integer"}, "code": CLASS_CODE, "name": {"type": "string"}}}},
+        "inference_engine": {"type": "string", "description": "what answers predictions: pytorch, onnxruntime..."},
+        "explain_methods": {"type": "array", "items": {"type": "string"}},
+        "explain_available": {"type": "boolean"},
+        "max_upload_mb": {"type": "number"}, "max_image_pixels": {"type": "integer"},
+        "limits": {"type": "object", "description": "slots, queue and time limits (dermalens serve options)",
+                   "properties": {"predict_slots": {"type": "integer"}, "explain_slots": {"type": "integer"},
+                                  "predict_queue": {"type": "integer"}, "explain_queue": {"type": "integer"},
+                                  "queue_timeout": {"type": "number"},
+                                  "explain_timeout": {"type": "number"}}},
+        "disclaimer": {"type": "string"}}},
+}

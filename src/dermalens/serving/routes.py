@@ -1,0 +1,219 @@
+"""The page and the JSON API, on one Blueprint; the model behind them is `current_app`'s ModelService.
+
+Every request gets an id (X-Request-ID, also in error bodies and the log) and
+the same security headers; the page needs nothing from outside this server.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+import uuid
+from dataclasses import asdict
+
+import numpy as np
+from flask import Blueprint, current_app, g, jsonify, render_template, request
+
+from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index, class_name
+from ..explain.names import METHOD_LABELS, METHODS
+from .openapi import EXPLAIN_FORMATS, openapi_document
+from .report import report_png
+from .service import ExplainUnavailable, ModelService, check_class_code
+from .uploads import DecodedImage, UploadError, decode_upload
+
+log = logging.getLogger(__name__)
+bp = Blueprint("dermalens", __name__)
+UPLOAD_FIELD = "image"
+JSON_PATHS = ("/api/", "/health", "/openapi.json")
+
+
+def service() -> ModelService:
+    return current_app.extensions["dermalens"]
+
+
+def max_upload_mb() -> float:
+    return current_app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
+
+
+# --- what every answer carries ------------------------------------------------
+@bp.before_app_request
+def start_request():
+    g.request_id = uuid.uuid4().hex[:12]
+    g.started = time.perf_counter()
+
+
+@bp.after_app_request
+def finish_request(response):
+    response.headers["X-Request-ID"] = g.get("request_id", "-")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    # Everything the page needs is served from here: no CDN, no inline code.
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+    if request.path.startswith(JSON_PATHS):
+        response.headers["Cache-Control"] = "no-store"
+    elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1e3
+    log.info("%s %s %s %d %.0fms", g.get("request_id", "-"), request.method, request.path,
+             response.status_code, elapsed)
+    return response
+
+
+# --- the page -------------------------------------------------------------------
+@bp.get("/")
+def index():
+    model = service()
+    methods = model.explain_methods()
+    return render_template("index.html", model=model.info, disclaimer=RESEARCH_DISCLAIMER,
+                           classes=model.info["classes"], max_upload_mb=max_upload_mb(),
+                           explain_methods=[{"name": m, "label": METHOD_LABELS.get(m, m), "slot": method_slot(m)}
+                                            for m in methods],
+                           explain_unavailable=None if methods else unavailable_reason(model))
+
+
+def method_slot(method: str) -> str:
+    """A method's name as an HTML id: gradcam++ -> gradcampp."""
+    return method.replace("+", "p")
+
+
+def unavailable_reason(model: ModelService) -> str:
+    try:
+        model.explain_api()
+    except ExplainUnavailable as error:  # say why on the page
+        return str(error)
+    return "this server offers no explanation methods"
+
+
+# --- the API ----------------------------------------------------------------------
+@bp.get("/health")
+def health():
+    info = service().info
+    return jsonify(status="ok", model=info["name"], version=info["version"])
+
+
+@bp.get("/api/model")
+def model_info():
+    model = service()
+    methods = model.explain_methods()
+    return jsonify({**model.info, "explain_methods": list(methods), "explain_available": bool(methods),
+                    "max_upload_mb": max_upload_mb(), "max_image_pixels": current_app.config["MAX_IMAGE_PIXELS"],
+                    "limits": asdict(model.limits)})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    model = service()   # where explanations are off, the spec still names every method (answered 503)
+    return jsonify(openapi_document(model.info, model.explain_methods() or METHODS, max_upload_mb(),
+                                    model.limits.explain_timeout))
+
+
+@bp.post("/api/predict")
+def predict():
+    image = read_uploaded_image()
+    model = service()
+    result = model.predict(image.rgb, source=image.filename).to_dict()
+    result.update(image_size=list(image.size), model={
+        "name": model.info["name"], "version": model.info["version"],
+        "checkpoint": model.info["checkpoint"], "inference_engine": model.info["inference_engine"]})
+    return jsonify(result)
+
+
+@bp.post("/api/explain")
+def explain():
+    output = request.form.get("format", "png").strip().lower() or "png"
+    if output not in EXPLAIN_FORMATS:
+        raise UploadError(f"unknown format '{output}'; allowed: {', '.join(EXPLAIN_FORMATS)}")
+    method, target = read_method_and_class()
+    image = read_uploaded_image()
+    explanation = run_explanation(image, method, target)
+    target_code = to_class_code(explanation.target_class)
+    png = service().overlay_png(explanation)
+    if output == "png":
+        response = current_app.response_class(png, mimetype="image/png")
+        response.headers.update({"X-Explanation-Method": method, "X-Target-Class": target_code,
+                                 "X-Disclaimer": RESEARCH_DISCLAIMER})
+        return response
+    heatmap = np.asarray(explanation.heatmap, dtype=np.float32)
+    return jsonify({
+        "image": image.filename,
+        "method": method,
+        "target_class": target_code,
+        "target_class_name": class_name(target_code),
+        "probabilities": probabilities_dict(explanation.probabilities),
+        "heatmap_shape": list(heatmap.shape),
+        "heatmap": np.round(heatmap, 3).tolist(),
+        "overlay_png_base64": base64.b64encode(png).decode("ascii"),
+        "disclaimer": RESEARCH_DISCLAIMER,
+    })
+
+
+@bp.post("/api/report")
+def report():
+    """The page's "download result": the prediction as /api/predict gives it, and the heatmap of the
+    class asked for (default: the predicted one), drawn into one PNG with the research note."""
+    method, target = read_method_and_class()
+    image = read_uploaded_image()
+    model = service()
+    prediction = model.predict(image.rgb, source=image.filename)
+    explanation = run_explanation(image, method, target or prediction.top_class)
+    png = report_png(image.rgb, prediction.probabilities, explanation.heatmap, method,
+                     to_class_code(explanation.target_class), model.info["name"], image.filename)
+    response = current_app.response_class(png, mimetype="image/png")
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", image.filename.rsplit(".", 1)[0])[:60] or "upload"  # a header value
+    response.headers["Content-Disposition"] = f'attachment; filename="dermalens-{method_slot(method)}-{stem}.png"'
+    response.headers["X-Disclaimer"] = RESEARCH_DISCLAIMER
+    return response
+
+
+# --- reading a request --------------------------------------------------------------
+def read_method_and_class() -> tuple[str, str | None]:
+    """The form's `method` and `class`, checked; UploadError names the allowed values."""
+    try:
+        target = check_class_code(request.form.get("class"))
+    except ValueError as error:
+        raise UploadError(str(error)) from None
+    methods = tuple(service().explain_api().METHODS)   # ExplainUnavailable (503) where there are none
+    method = request.form.get("method", "gradcam").strip().lower() or "gradcam"
+    if method not in methods:
+        raise UploadError(f"unknown explanation method '{method}'; allowed: {', '.join(methods)}")
+    service().explanations.capacity.check_room()   # a busy server refuses before decoding the upload
+    return method, target
+
+
+def run_explanation(image: DecodedImage, method: str, target: str | None):
+    try:
+        return service().explain(image.rgb, method=method, target_class=target)
+    except ValueError as error:  # the explainer's own check of a method or class name
+        raise UploadError(str(error)) from None
+
+
+def read_uploaded_image() -> DecodedImage:
+    """The image in the form's `image` field, decoded; UploadError says what is missing or wrong."""
+    upload = request.files.get(UPLOAD_FIELD)  # parsing here raises 413 for oversize bodies
+    if upload is None:
+        if UPLOAD_FIELD in request.form:
+            raise UploadError(f"field '{UPLOAD_FIELD}' must be a file upload, not text "
+                              f"(curl -F {UPLOAD_FIELD}=@lesion.jpg)")
+        got = request.mimetype or "no content type"
+        raise UploadError(f"no image uploaded: send multipart/form-data with the image file in a field named "
+                          f"'{UPLOAD_FIELD}' (got {got}"
+                          + (f" with fields {', '.join(sorted(request.files))}" if request.files else "") + ")")
+    if not upload.filename:
+        raise UploadError(f"no image selected: the '{UPLOAD_FIELD}' field holds no file")
+    data = upload.stream.read()
+    return decode_upload(data, upload.filename, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+
+
+def to_class_code(target) -> str:
+    """The explainer's target class (a code or an index) as a class code."""
+    if isinstance(target, (int, np.integer)):
+        return CLASS_CODES[int(target)]
+    return CLASS_CODES[class_index(str(target))]
+
+
+def probabilities_dict(probabilities) -> dict[str, float]:
+    if isinstance(probabilities, dict):
+        return {str(code): float(p) for code, p in probabilities.items()}
+    return {code: float(p) for code, p in zip(CLASS_CODES, np.asarray(probabilities).reshape(-1))}

@@ -1,0 +1,312 @@
+"""A server that stays responsive: separate capacity for predictions and explanations, 503 with
+Retry-After when full, 504 past the explanation time limit, JSON for every error (waitress's too),
+and an OpenAPI document that lists exactly the app's routes.
+
+The model is a stand-in (no torch, no training): what is tested is the server around it, through
+real HTTP against waitress. Blocking is done with events the test controls, never with sleeps or
+timing assertions.
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
+from dermalens.serving.app import create_app
+from dermalens.serving.capacity import Capacity, Overloaded, TimeLimitExceeded, WorkerPool
+from dermalens.serving.client import post_image, request
+from dermalens.serving.server import ServerThread
+
+WAIT = 30.0   # seconds any test waits for an event before giving up: a hang fails, it never passes
+
+
+class Gate:
+    """An event a stand-in waits on while `closed`; `entered` says the work has started."""
+
+    def __init__(self):
+        self.opened, self.entered = threading.Event(), threading.Event()
+        self.closed = False
+
+    def pass_through(self):
+        if self.closed:
+            self.entered.set()
+            assert self.opened.wait(WAIT), "the test never opened the gate"
+
+
+class StandInPredictor:
+    """What ModelService needs of a predictor, answering fixed probabilities; blocks while its gate is closed."""
+
+    runtime = "stand-in"
+    temperature, tta, model = 1.0, False, None
+    metadata = {"model_config": {"backbone": "stand-in-net"}, "version": "test", "checkpoint": "/x/stand-in.ckpt"}
+    preprocessing = SimpleNamespace(image_size=32, to_dict=lambda: {"image_size": 32})
+
+    def __init__(self):
+        self.gate = Gate()
+
+    def predict_arrays(self, images):
+        self.gate.pass_through()
+        probabilities = np.linspace(1, 2, len(CLASS_CODES), dtype=np.float32)
+        return np.tile(probabilities / probabilities.sum(), (len(images), 1))
+
+
+def stand_in_explain_api(gate: Gate) -> SimpleNamespace:
+    """The explanation module's contract; "slow" waits for the gate, the others answer at once."""
+
+    class Explainer:
+        @classmethod
+        def from_predictor(cls, predictor):
+            return cls()
+
+        def explain(self, image, method="gradcam", target_class=None):
+            if method == "slow":
+                gate.pass_through()
+            height, width = image.shape[:2]
+            probabilities = {code: 1 / len(CLASS_CODES) for code in CLASS_CODES}
+            return SimpleNamespace(heatmap=np.ones((height, width), np.float32), overlay=image, method=method,
+                                   target_class=target_class or "nv", probabilities=probabilities)
+
+    def overlay_png_bytes(explanation) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(explanation.overlay).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    return SimpleNamespace(Explainer=Explainer, METHODS=("gradcam", "slow"), overlay_png_bytes=overlay_png_bytes)
+
+
+@pytest.fixture(scope="module")
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 40), (180, 120, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def serve(**limits):
+    """A server on a stand-in model; returns (ServerThread, predictor gate, explanation gate)."""
+    predictor, explain_gate = StandInPredictor(), Gate()
+    app = create_app(predictor, max_upload_mb=1, explain_module=stand_in_explain_api(explain_gate), **limits)
+    return ServerThread(app, threads=8), predictor.gate, explain_gate
+
+
+def assert_busy(response, status: int, *phrases: str) -> dict:
+    assert response.status == status, (response.status, response.body[:300])
+    assert response.content_type == "application/json"
+    assert int(response.headers["retry-after"]) >= 1
+    body = response.json()
+    for phrase in phrases:
+        assert phrase in body["error"], body
+    return body
+
+
+def start(pool: ThreadPoolExecutor, url: str, data: bytes, fields=None):
+    return pool.submit(post_image, url, data, "x.png", fields=fields, timeout=WAIT)
+
+
+# --- predictions never wait for explanations ---------------------------------------------
+def test_prediction_answers_while_an_explanation_runs(png):
+    server, _, explain_gate = serve(explain_slots=1, explain_queue=0, explain_timeout=WAIT)
+    explain_gate.closed = True
+    with server as url, ThreadPoolExecutor(2) as pool:
+        running = start(pool, url + "/api/explain", png, {"method": "slow"})
+        assert explain_gate.entered.wait(WAIT)
+        # The explanation holds its slot; a prediction does not need it.
+        response = post_image(url + "/api/predict", png, "x.png", timeout=WAIT)
+        assert response.status == 200 and response.json()["disclaimer"] == RESEARCH_DISCLAIMER
+        # ...but a second explanation finds slot and queue full: told at once, not kept waiting.
+        assert_busy(post_image(url + "/api/explain", png, "x.png", timeout=WAIT), 503, "explanation", "1 ")
+        explain_gate.opened.set()
+        assert running.result(WAIT).status == 200
+        assert post_image(url + "/api/explain", png, "x.png", timeout=WAIT).status == 200   # the slot is free again
+
+
+def test_explanation_past_its_time_limit_is_504_and_keeps_its_slot(png):
+    server, _, explain_gate = serve(explain_slots=1, explain_queue=0, explain_timeout=0.2)
+    explain_gate.closed = True
+    with server as url:
+        body = assert_busy(post_image(url + "/api/explain", png, "x.png", fields={"method": "slow"}, timeout=WAIT),
+                           504, "time limit of 0.2 s", "still running")
+        assert body["status"] == 504 and body["request_id"]
+        # The overrunning explanation cannot be stopped: it keeps its slot until it ends.
+        assert explain_gate.entered.is_set()
+        assert_busy(post_image(url + "/api/explain", png, "x.png", timeout=WAIT), 503, "explanation")
+        assert post_image(url + "/api/predict", png, "x.png", timeout=WAIT).status == 200
+        explain_gate.opened.set()
+        service = server.app.extensions["dermalens"]
+        deadline = time.monotonic() + WAIT   # the slot is given back when the explanation ends
+        while service.explanations.capacity.admitted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert post_image(url + "/api/explain", png, "x.png", timeout=WAIT).status == 200
+
+
+def test_predictions_over_capacity_are_503_with_retry_after(png):
+    server, predict_gate, _ = serve(predict_slots=1, predict_queue=1, queue_timeout=0.2)
+    predict_gate.closed = True
+    with server as url, ThreadPoolExecutor(2) as pool:
+        running = start(pool, url + "/api/predict", png)
+        assert predict_gate.entered.wait(WAIT)
+        # One waits its queue_timeout for the busy slot and is then told to come back...
+        assert_busy(post_image(url + "/api/predict", png, "x.png", timeout=WAIT), 503, "within 0.2 s")
+        service = server.app.extensions["dermalens"]
+        assert service.predictions.admitted == 1   # the waiting request gave its queue place back
+        predict_gate.opened.set()
+        assert running.result(WAIT).status == 200
+        assert post_image(url + "/api/predict", png, "x.png", timeout=WAIT).status == 200
+
+
+def test_default_limits_take_eighteen_predictions_at_once(png):
+    """2 slots and 16 queue places by default (and enough waitress threads for them): 18 clients
+    predicting at once all get their answer; only a 19th is told to come back."""
+    predictor = StandInPredictor()
+    predictor.gate.closed = True
+    app = create_app(predictor, explain_module=stand_in_explain_api(Gate()))
+    service = app.extensions["dermalens"]
+    with ServerThread(app) as url, ThreadPoolExecutor(18) as pool:
+        answers = [start(pool, url + "/api/predict", png) for _ in range(18)]
+        deadline = time.monotonic() + WAIT
+        while service.predictions.admitted < 18 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert service.predictions.admitted == 18
+        assert_busy(post_image(url + "/api/predict", png, "x.png", timeout=WAIT), 503,
+                    "all 2 prediction slot(s) and 16 queue place(s)")
+        predictor.gate.opened.set()
+        assert [answer.result(WAIT).status for answer in answers] == [200] * 18
+
+
+def test_capacity_admits_slots_plus_queue_then_refuses():
+    capacity = Capacity("prediction", slots=2, queue=1)
+    for _ in range(3):
+        capacity.admit()
+    with pytest.raises(Overloaded, match="all 2 prediction slot.* 1 queue place") as refused:
+        capacity.admit()
+    assert refused.value.retry_after >= 1
+    capacity.release(4.2)
+    capacity.admit()   # a released place can be taken again
+    assert capacity.admitted == 3 and capacity.retry_after() == 5   # one job took 4.2 s
+
+
+def test_worker_pool_cancels_a_job_that_never_started():
+    gate = Gate()
+    gate.closed = True
+    pool = WorkerPool("explanation", slots=1, queue=1, time_limit=0.2)
+    started: list[str] = []
+    try:
+        with ThreadPoolExecutor(1) as caller:
+            first = caller.submit(pool.run, gate.pass_through)
+            assert gate.entered.wait(WAIT)
+            with pytest.raises(TimeLimitExceeded, match="waited 0.2 s for a free explanation slot"):
+                pool.run(started.append, "queued")
+            with pytest.raises(TimeLimitExceeded, match="still running"):
+                first.result(WAIT)
+        assert pool.capacity.admitted == 1   # the running job only: the cancelled one freed its place
+    finally:
+        gate.opened.set()
+        pool.shutdown()
+    assert started == []
+
+
+# --- every error is JSON ----------------------------------------------------------------
+def test_body_far_over_the_limit_is_a_json_413_from_waitress(png):
+    """Over waitress's own cap (twice the upload limit + 1 MB) the request never reaches Flask;
+    waitress answers as soon as it reads Content-Length, in the app's JSON error format."""
+    server, _, _ = serve()
+    with server as url:
+        address = urlparse(url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=WAIT)
+        try:
+            connection.putrequest("POST", "/api/predict")
+            connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+            connection.putheader("Content-Length", str(50 * 1024 * 1024))
+            connection.endheaders()
+            answer = connection.getresponse()
+            status, content_type, body = answer.status, answer.getheader("Content-Type"), answer.read()
+        finally:
+            connection.close()
+        assert status == 413 and content_type == "application/json", (status, content_type, body[:200])
+        error = json.loads(body)
+        assert "upload too large" in error["error"] and "1 MB" in error["error"] and error["status"] == 413
+        # Just over the limit, Flask itself answers, in the same words.
+        response = post_image(url + "/api/predict", png + b"\0" * (1024 * 1024), "big.png")
+        assert response.status == 413 and response.json()["error"] == error["error"]
+        assert request(url + "/health").status == 200
+
+
+def test_malformed_http_is_a_json_400_from_waitress():
+    server, _, _ = serve()
+    with server as url:
+        address = urlparse(url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=WAIT)
+        try:
+            connection.putrequest("POST", "/api/predict")
+            connection.putheader("Content-Length", "not-a-number")
+            connection.endheaders()
+            answer = connection.getresponse()
+            status, content_type, body = answer.status, answer.getheader("Content-Type"), answer.read()
+        finally:
+            connection.close()
+        assert status == 400 and content_type == "application/json", (status, body[:200])
+        assert "Content-Length" in json.loads(body)["error"]
+
+
+# --- the API described ------------------------------------------------------------------
+def app_routes(app) -> set[tuple[str, str]]:
+    """(path, method) of every API route, /health and /openapi.json."""
+    return {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
+            if rule.rule.startswith(("/api/", "/health", "/openapi.json"))
+            for method in rule.methods - {"HEAD", "OPTIONS"}}
+
+
+def test_openapi_lists_exactly_the_apps_routes(png):
+    server, _, _ = serve()
+    app = server.app
+    with server as url:
+        response = request(url + "/openapi.json")
+        assert response.status == 200 and response.content_type == "application/json"
+        spec = response.json()
+    assert spec["openapi"].startswith("3.") and RESEARCH_DISCLAIMER in spec["info"]["description"]
+    documented = {(path, method) for path, operations in spec["paths"].items() for method in operations}
+    assert documented == app_routes(app)
+    assert {"/health", "/api/model", "/api/predict", "/api/explain", "/api/report"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert operation["responses"]["200"]["description"], (path, method)
+            for answer in operation["responses"].values():   # every $ref resolves
+                for content in answer.get("content", {}).values():
+                    ref = content["schema"].get("$ref")
+                    assert ref is None or ref.rsplit("/", 1)[1] in schemas, (path, method, ref)
+            if method == "post":
+                form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+                assert form["required"] == ["image"] and form["properties"]["image"]["format"] == "binary"
+                assert "503" in operation["responses"] and "Retry-After" in operation["responses"]["503"]["headers"]
+    explain = spec["paths"]["/api/explain"]["post"]
+    assert explain["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["method"]["enum"] == \
+        ["gradcam", "slow"]   # this server's methods
+    assert "504" in explain["responses"]
+    assert set(schemas["Prediction"]["properties"]["probabilities"]["properties"]) == set(CLASS_CODES)
+
+
+def test_model_info_reports_the_limits():
+    server, _, _ = serve(predict_slots=3, predict_queue=5, explain_slots=2, explain_queue=1, queue_timeout=7,
+                         explain_timeout=9)
+    with server as url:
+        info = request(url + "/api/model").json()
+    assert info["limits"] == {"predict_slots": 3, "predict_queue": 5, "explain_slots": 2, "explain_queue": 1,
+                              "queue_timeout": 7, "explain_timeout": 9}
+    assert server.app.config["SERVER_THREADS"] == 3 + 5 + 2 + 1
+
+
+def test_bad_limits_are_refused():
+    with pytest.raises(ValueError, match="slots must be at least 1"):
+        create_app(StandInPredictor(), predict_slots=0)
+    with pytest.raises(ValueError, match="time limits must be positive"):
+        create_app(StandInPredictor(), explain_timeout=0)
