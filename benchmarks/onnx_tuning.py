@@ -22,14 +22,11 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (benchmark_image, interleaved_timings, logits_call, percentile_ms,  # noqa: E402
-                          publish_result)
-from inference_latency import add_model_arguments, build_model  # noqa: E402
-
+from bench_common import benchmark_image, interleaved_timings, logits_call, percentile_ms, publish_result  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.inference.export import export_model  # noqa: E402
 from dermalens.inference.onnx_predictor import available_cores, create_session, session_options  # noqa: E402
-
+from inference_latency import add_model_arguments, build_model  # noqa: E402
 
 DISABLED_OPTIMIZERS = "disabled_optimizers"   # not session config entries: handled by tuning_session
 BATCH_OVERRIDE = "batch_override"

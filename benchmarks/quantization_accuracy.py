@@ -6,7 +6,7 @@ The checkpoint is exported to fp32 ONNX (checked against PyTorch) and to
 int8 (static: activation ranges calibrated on training-split images;
 dynamic: weights only), then PyTorch, fp32 and int8 are evaluated on the
 2,005 test images (official DermaMNIST split, through
-`dermalens.training.run.prepare_data` at the checkpoint's image size, no
+`dermalens.data.prepare.prepare_data` at the checkpoint's image size, no
 TTA) and timed (batch 1 latency, batch 32 throughput) in the same run.
 """
 from __future__ import annotations
@@ -21,17 +21,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (interleaved_timings, logits_call, openvino_sessions, percentile_ms,  # noqa: E402
-                          publish_result)
-
+from bench_common import interleaved_timings, logits_call, openvino_sessions, percentile_ms, publish_result  # noqa: E402
 from dermalens.config import load_config  # noqa: E402
+from dermalens.data.prepare import prepare_data  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.evaluation.metrics import compute_classification_metrics  # noqa: E402
 from dermalens.inference.export import checkpoint_metadata, export_model  # noqa: E402
 from dermalens.inference.onnx_predictor import OnnxPredictor, available_cores, create_session, softmax  # noqa: E402
 from dermalens.inference.predictor import predict_logits  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
-from dermalens.training.run import prepare_data  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "macro_f1")

@@ -36,14 +36,16 @@ else
   run onnx_tuning "$PYTHON" benchmarks/onnx_tuning.py
   run onnx_profile "$PYTHON" benchmarks/onnx_profile.py
   run inference_latency "$PYTHON" benchmarks/inference_latency.py $OPENVINO
-  run training_throughput "$PYTHON" benchmarks/training_throughput.py --data "$DATA"
+  run training_throughput "$PYTHON" benchmarks/training_throughput.py --data "$DATA" --fp32-eager
+  run epoch_projection "$PYTHON" benchmarks/epoch_projection.py
+  [[ -f runs/ham10000_cpu/checkpoints/best.ckpt ]] && run predict_throughput "$PYTHON" benchmarks/predict_throughput.py --model runs/ham10000_cpu/checkpoints/best.ckpt
 fi
 
 CKPT="${DEMO_CKPT:-}"
 if [[ -z "$CKPT" ]] && (( ! QUICK )); then
   echo "=== training a DermaMNIST demo model for the quantisation benchmark"
   rundir="runs/bench-demo-$(date +%Y%m%d-%H%M%S)"
-  if "$PYTHON" -m dermalens.cli train --config demo --data "$DATA" --run-dir "$rundir" \
+  if "$PYTHON" -m dermalens.cli train --config demo_dermamnist --data "$DATA" --run-dir "$rundir" \
        --set training.progress_bar=false; then
     CKPT="$rundir/checkpoints/best.ckpt"
   else

