@@ -55,14 +55,27 @@ class LesionDataModule(L.LightningDataModule):
         self.balance_power = balance_power
         self.seed = seed
         self.pin_memory = pin_memory
+        self._train_transform = None
 
     def indices(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.split == name)
 
     def dataset(self, name: str, train_transform: bool = False) -> CachedImageDataset:
-        transform = (build_train_transform(self.preprocessing, self.augmentation) if train_transform
-                     else build_eval_transform(self.preprocessing))
+        if train_transform:
+            self._train_transform = build_train_transform(self.preprocessing, self.augmentation, seed=self.seed)
+            transform = self._train_transform
+        else:
+            transform = build_eval_transform(self.preprocessing)
         return CachedImageDataset(self.images, self.labels, self.indices(name), transform)
+
+    def reseed_augmentation(self, epoch: int) -> None:
+        """Epoch k draws the same augmentations whether or not the run was interrupted before it.
+
+        Exact with num_workers=0 (the CPU recipes); worker processes keep their
+        own copies of the transform, which Lightning's worker seeding covers.
+        """
+        if self._train_transform is not None:
+            self._train_transform.set_random_seed(self.seed * 7_919 + epoch)
 
     def _loader(self, dataset, shuffle=False, sampler=None, batch_size=None) -> DataLoader:
         return DataLoader(

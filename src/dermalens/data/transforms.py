@@ -36,8 +36,13 @@ class AugmentationConfig:
     probability: float = 0.8      # chance the geometric/photometric group is applied
 
 
-def build_train_transform(pre: Preprocessing, aug: AugmentationConfig) -> A.Compose:
-    """Augment, then normalise; input is an image already resized to pre.image_size."""
+def build_train_transform(pre: Preprocessing, aug: AugmentationConfig, seed: int | None = None) -> A.Compose:
+    """Augment, then normalise; input is an image already resized to pre.image_size.
+
+    albumentations 2.x draws from the Compose's own generators, seeded from the
+    OS unless given a seed (not from numpy/random's global state), so the seed
+    is passed here and reset every epoch (`LesionDataModule.reseed_augmentation`).
+    """
     steps: list = []
     if aug.hflip:
         steps.append(A.HorizontalFlip(p=0.5))
@@ -55,7 +60,7 @@ def build_train_transform(pre: Preprocessing, aug: AugmentationConfig) -> A.Comp
         steps.append(A.RandomBrightnessContrast(
             brightness_limit=aug.brightness, contrast_limit=aug.contrast, p=aug.probability))
     steps += [A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
+    return A.Compose(steps, seed=seed)
 
 
 def build_eval_transform(pre: Preprocessing) -> A.Compose:

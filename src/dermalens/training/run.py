@@ -90,6 +90,9 @@ class ReseedEachEpoch(Callback):
         # Distinct per rank too, as Lightning's own worker seeding is.
         L.seed_everything(self.seed * 100_003 + trainer.current_epoch * 1_009 + trainer.global_rank,
                           workers=True, verbose=False)
+        datamodule = getattr(trainer, "datamodule", None)
+        if hasattr(datamodule, "reseed_augmentation"):   # albumentations keeps its own generators
+            datamodule.reseed_augmentation(trainer.current_epoch * 1_000 + trainer.global_rank)
 
 
 class RunFolderCheckpoint(ModelCheckpoint):
