@@ -33,13 +33,16 @@ from dermalens.inference.prediction import predict_files  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FOLDER = REPO_ROOT.parent / "shared" / "data" / "ham10000_sample"
 
+# Peak memory from /proc (VmHWM): getrusage's ru_maxrss survives fork + exec on Linux, so a child
+# of a big parent would report the parent's peak.
 STARTUP_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 started = time.perf_counter()
 from dermalens.serving.app import create_app
 app = create_app(sys.argv[1], runtime=sys.argv[2], threads=int(sys.argv[3]))
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+print(json.dumps({"seconds": seconds, "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
                   "torch_imported": "torch" in sys.modules}))
 """
 

@@ -105,7 +105,7 @@ def test_explanation_maps_back_onto_the_uploaded_pixels(run, shared_data, tmp_pa
     heat = explanation.heatmap
     assert heat.shape == (450, 600)
     assert not heat[:, :75].any() and not heat[:, 525:].any()   # the model never saw the side bands
-    assert heat[:, 75:525].max() == pytest.approx(1.0, abs=1e-3)
+    assert heat[:, 75:525].max() > 0.95       # the map's peak lands inside the square (bilinear: just under 1)
     assert main(["explain", "--model", str(run / "checkpoints" / "best.ckpt"),
                  str(shared_data / "ham10000_sample" / f"{PARITY_IMAGE}.jpg"), "--out", str(tmp_path / "x")]) == 0
     overlay = read_rgb_image(tmp_path / "x" / f"{PARITY_IMAGE}_gradcam.png")

@@ -128,7 +128,7 @@ def test_a_run_works_from_another_directory(tmp_path, shared_data, monkeypatch):
 
 @pytest.mark.parametrize("mistake, message", [
     (["--set", "training.max_epochs=two"], "max_epochs"),
-    (["--data", "/no/such/folder"], "data path not found: /no/such/folder"),
+    (["--data", "/no/such/folder", "--set", "data.format=folder"], "data path not found: /no/such/folder"),
     (["--set", "nonsense.key=1"], "unknown config key 'nonsense'"),
 ])
 def test_mistakes_are_named_and_leave_no_run_folder(tmp_path, capsys, mistake, message):
@@ -212,3 +212,13 @@ def test_predict_writes_an_isic2018_submission(tmp_path, sample_dir):
 def test_focal_loss_with_label_smoothing_is_refused(capsys):
     assert main(["config", "show", "demo", "--set", "loss.label_smoothing=0.1"]) == 2
     assert "loss.label_smoothing is not implemented for the focal loss" in capsys.readouterr().err
+
+
+def test_dermalens_data_loads_neither_lightning_nor_matplotlib(shared_data):
+    script = ("import sys\nfrom dermalens.cli import main\n"
+              f"assert main(['data', '--data', {str(shared_data / 'ham10000_224')!r}]) == 0\n"
+              "print(sorted(m for m in ('lightning', 'matplotlib', 'torch') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
