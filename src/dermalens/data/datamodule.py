@@ -82,6 +82,11 @@ class LesionDataModule(L.LightningDataModule):
             dataset, batch_size=batch_size or self.eval_batch_size, shuffle=shuffle, sampler=sampler,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory, drop_last=False,
+            # Its own generator: creating an iterator draws a base seed, and from the global
+            # stream that draw would shift every dropout mask after it, by a different amount
+            # in a resumed run (which builds its iterators in another order) than in an
+            # uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
