@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data_args(p, required=False):
         p.add_argument("--data", required=required, help="dataset path (default: $DERMALENS_DATA)")
-        p.add_argument("--format", choices=["auto", "ham10000", "isic2018", "dermamnist", "folder", "synthetic"])
+        p.add_argument("--format", choices=["auto", "ham10000", "isic2018", "dermamnist", "folder", "synthetic"],
+                       help="dataset layout (default: the config's data.format; auto detects it from the path)")
 
     p = sub.add_parser("train", help="train a model (config + overrides), evaluate it on the test split once",
                        epilog="example: dermalens train --config ham10000_cpu --data ../shared/data/ham10000_224 "
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Training/Validation/Test set, scored whole")
     p.add_argument("--out", help="output folder (default: <run or checkpoint folder>/eval-<data>-<split>/)")
     p.add_argument("--no-tta", action="store_true", help="no test-time flips")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. evaluation.n_bootstrap=500")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class probabilities for image files, folders or glob patterns",
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="real data (default $DERMALENS_DATA, else download DermaMNIST, else synthetic); "
                    "a folder holding ham10000_224/ trains on those real images")
     p.add_argument("--config", default=None, help="default: demo (real HAM10000) or demo_dermamnist (thumbnails)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. evaluation.n_bootstrap=500")
     p.set_defaults(func=cmd_demo)
 
     # Each stage keeps its own subcommand's options beside its code.
