@@ -4,6 +4,7 @@ a half-written one, even if the process dies mid-write.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -76,3 +77,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     # not valid JSON and would break strict readers.
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (checkpoints and exports are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,6 @@ changes a few predictions, see openvino_session.py).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from ..atomic_io import file_sha256
 from ..classes import CLASS_CODES
 from ..data.preprocess import preprocess_array
 from ..models.calibration_record import CheckpointError, calibration_path, read_calibration
@@ -75,14 +75,6 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
         raise OnnxModelError(f"not a dermalens export: no {', '.join(METADATA_PREFIX + k for k in missing)} metadata")
     meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"])
     return meta
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def available_cores() -> int:

@@ -14,7 +14,6 @@ The layout and the safety notes are in docs/model_package.md.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import torch
 import yaml
 
 from .. import __version__
-from ..atomic_io import to_jsonable
+from ..atomic_io import file_sha256, to_jsonable
 from ..classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_name
 from .checkpoint import CheckpointError, load_classifier, read_calibration
 from .classifier import LesionClassifier, ModelConfig, Preprocessing, create_classifier
@@ -73,14 +72,6 @@ class PackageError(CheckpointError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 # An absolute path of two or more parts, POSIX or Windows ("/home/a/runs/x", "C:\\data\\ham"): what a
 # record must not carry off the machine. One part ("/std" in "(x/255 - mean)/std") is left alone.
