@@ -1,18 +1,23 @@
 """Lesion-grouped splits on the real HAM10000 metadata."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from dermalens.classes import CLASS_CODES
 from dermalens.data.readers import make_synthetic_dataset, read_dermamnist, read_ham10000, read_ham10000_metadata
 from dermalens.data.split import (
+    InsufficientDataError,
     LesionLeakageError,
+    SmallClassWarning,
     assert_no_lesion_leakage,
     lesion_grouped_kfold,
     lesion_grouped_split,
+    min_lesions_per_class,
     official_or_grouped_split,
     read_split_csv,
     split_for_records,
@@ -106,10 +111,10 @@ def test_grouped_split_when_no_official_split():
         assert dataset.records.loc[split == name, "label"].nunique() == 7
 
 
-@pytest.mark.filterwarnings("ignore:The least populated class")  # the sample holds a single bcc
 def test_split_csv_round_trip(tmp_path, mini_ham10000):
     dataset = read_ham10000(mini_ham10000)
-    split = lesion_grouped_split(dataset.records, 0.2, 0.2, seed=0)
+    with pytest.warns(SmallClassWarning, match=r"class 'bcc' has 1 lesion \(1 image\)"):  # the sample's only bcc
+        split = lesion_grouped_split(dataset.records, 0.2, 0.2, seed=0)
     path = write_split_csv(dataset.records, split, tmp_path / "splits" / "split.csv")
     table = pd.read_csv(path)
     assert table.columns.tolist() == ["image_id", "lesion_id", "label", "split"]
@@ -119,6 +124,10 @@ def test_split_csv_round_trip(tmp_path, mini_ham10000):
     assert split_for_records(shuffled, saved).tolist() == split.loc[shuffled.index].tolist()
     with pytest.raises(ValueError, match="not in the saved split"):
         split_for_records(dataset.records, saved.iloc[:-1])
+    # Evaluating a run whose folder gained an image: the new image joins no split, and a warning says so.
+    with pytest.warns(UserWarning, match=r"1 image\(s\) are not in the run's saved split"):
+        aligned = split_for_records(dataset.records, saved.iloc[:-1], missing="excluded")
+    assert aligned.tolist() == [*split.iloc[:-1].tolist(), "excluded"]
 
 
 def test_read_split_csv_rejects_bad_files(tmp_path):
@@ -136,3 +145,88 @@ def test_bad_fractions_are_rejected(val, test):
     records = make_synthetic_dataset(n_per_class=6, size=8).records
     with pytest.raises(ValueError, match="fraction"):
         lesion_grouped_split(records, val, test)
+
+
+def lesion_records(lesions_per_class: dict[int, int], images_per_lesion=lambda label, lesion: 1) -> pd.DataFrame:
+    """Records with the given number of lesions per label (labels not listed have no images)."""
+    rows = [
+        {"image_id": f"img_{label}_{lesion}_{image}", "lesion_id": f"lesion_{label}_{lesion}", "label": label}
+        for label, lesions in lesions_per_class.items()
+        for lesion in range(lesions)
+        for image in range(images_per_lesion(label, lesion))
+    ]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("val, test, minimum", [(0.15, 0.15, 7), (0.2, 0.2, 5), (0.3, 0.3, 3), (0.1, 0.3, 11),
+                                                (0.0, 0.2, 5), (0.2, 0.0, 5), (0.0, 0.0, 1)])
+def test_min_lesions_per_class(val, test, minimum):
+    assert min_lesions_per_class(val, test) == minimum
+
+
+def test_too_few_lesions_everywhere_names_the_classes_and_the_minimum():
+    # 2-3 images per class: fewer than the 7 folds of a 0.15 test split in every class
+    # (what used to end in scikit-learn's "n_splits=7 cannot be greater than ...").
+    records = lesion_records({label: 2 for label in range(7)}, lambda label, lesion: 1 + (label == 3 and lesion == 0))
+    with pytest.raises(InsufficientDataError) as caught:
+        lesion_grouped_split(records, 0.15, 0.15, seed=0)
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert "class 'df' has 2 lesions (3 images)" in message
+    assert "class 'akiec' has 2 lesions (2 images)" in message and "class 'vasc'" in message
+    assert "val_fraction 0.15 and test_fraction 0.15 needs at least 7 lesions per class" in message
+    assert "Add images" in message and "n_splits" not in message
+
+
+def test_too_few_lesions_in_all_is_insufficient_data_too():
+    records = lesion_records({0: 2, 1: 2})     # 4 lesions cannot fill 7 folds, whatever the images
+    with pytest.raises(InsufficientDataError, match=r"4 lesions for 7 folds.*class 'akiec' has 2 lesions"):
+        lesion_grouped_split(records, 0.15, 0.15)
+
+
+def test_one_small_class_is_named_in_a_warning_and_the_split_is_still_made():
+    records = lesion_records({**{label: 12 for label in range(7)}, 3: 2})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = lesion_grouped_split(records, 0.15, 0.15, seed=0)
+    messages = [str(w.message) for w in caught]
+    assert [w.category for w in caught] == [SmallClassWarning], messages   # scikit-learn's own is not repeated
+    assert messages[0].startswith("class 'df' has 2 lesions (2 images); a train/val/test split with val_fraction "
+                                  "0.15 and test_fraction 0.15 needs at least 7 lesions per class")
+    assert "'akiec'" not in messages[0]
+    assert set(split) == {"train", "val", "test"}
+    assert_no_lesion_leakage(records, split)
+
+
+@pytest.mark.parametrize("val, test", [(0.15, 0.15), (0.2, 0.2), (0.1, 0.3), (0.0, 0.2), (0.2, 0.0)])
+def test_classes_just_at_the_minimum_reach_every_split(val, test):
+    minimum = min_lesions_per_class(val, test)
+    expected = {"train"} | ({"val"} if val else set()) | ({"test"} if test else set())
+    for seed in range(4):
+        # every class at the minimum; lesions of 1-3 images in some runs
+        sizes = (lambda label, lesion: 1) if seed % 2 == 0 else (lambda label, lesion: 1 + (label + lesion) % 3)
+        records = lesion_records({label: minimum for label in range(7)}, sizes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")   # no SmallClassWarning, no scikit-learn warning
+            split = lesion_grouped_split(records, val, test, seed=seed)
+        assert_no_lesion_leakage(records, split)
+        for label in range(7):
+            assert set(split[records["label"] == label]) == expected, (seed, CLASS_CODES[label])
+
+
+def test_a_class_with_no_images_is_absent_not_short():
+    records = lesion_records({label: 7 for label in (0, 1, 2, 4, 5)})   # no df, no vasc
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = lesion_grouped_split(records, 0.15, 0.15, seed=0)
+    assert set(split) == {"train", "val", "test"}
+
+
+def test_messages_use_the_given_class_codes():
+    dataset = make_synthetic_dataset(n_per_class=2, size=8)    # one lesion of 2 images per class
+    codes = ("a0", "b1", "c2", "d3", "e4", "f5", "g6")
+    with pytest.raises(InsufficientDataError, match=r"class 'd3' has 1 lesion \(2 images\)"):
+        official_or_grouped_split(dataset, 0.15, 0.15, seed=0, classes=codes)
+    records = lesion_records({**{label: 12 for label in range(7)}, 2: 1, 9: 1})
+    with pytest.warns(SmallClassWarning, match=r"class 'c2' has 1 lesion \(1 image\); class 'label 9' has 1 lesion"):
+        lesion_grouped_split(records, 0.15, 0.15, classes=codes)

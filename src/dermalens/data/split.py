@@ -7,13 +7,17 @@ and stratifies by ``label`` so rare classes appear in every split.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from dermalens.atomic_io import atomic_write_text
+from dermalens.classes import CLASS_CODES
 from dermalens.data.readers import OFFICIAL_SPLITS, LesionDataset
 
 SPLIT_COLUMNS = ("image_id", "lesion_id", "label", "split")
@@ -24,52 +28,182 @@ class LesionLeakageError(AssertionError):
     """A lesion has images in more than one split."""
 
 
+class InsufficientDataError(ValueError):
+    """Too few lesions (in the classes, or in all) for the requested lesion-grouped split."""
+
+
+class SmallClassWarning(UserWarning):
+    """A class has too few lesions for the split to put it in train, val and test."""
+
+
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
-def _one_grouped_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of one StratifiedGroupKFold fold holding about ``fraction`` of rows."""
-    n_folds = max(2, round(1.0 / fraction))
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+
+
+def _n_folds(fraction: float) -> int:
+    """How many StratifiedGroupKFold folds hold out about ``fraction`` (one of them)."""
+    return max(2, round(1.0 / fraction))
+
+
+def _fold_counts(val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(test folds, val folds), 0 for a split left out; val is drawn from what test leaves."""
+    n_test = _n_folds(test_fraction) if test_fraction > 0 else 0
+    n_val = _n_folds(val_fraction / (1.0 - test_fraction)) if val_fraction > 0 else 0
+    return n_test, n_val
+
+
+def min_lesions_per_class(val_fraction: float = 0.15, test_fraction: float = 0.15) -> int:
+    """Fewest lesions a class needs for `lesion_grouped_split` to put it in every split.
+
+    Test is one of n_test = round(1/test_fraction) folds, val one of
+    n_val = round((1 - test_fraction)/val_fraction) folds of what test leaves
+    (at least 2 each). StratifiedGroupKFold gives each lesion of a class to a
+    fold holding the fewest images of that class, so k >= n_test lesions reach
+    every fold, the held-out one taking ceil(k/n_test) of them when lesions are
+    about equal in size; the n_val val folds need one each of what is left.
+    0.15/0.15 needs 7, 0.2/0.2 needs 5; lesions of very unequal image counts
+    can need more.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    n_test, n_val = _fold_counts(val_fraction, test_fraction)
+    if n_test == 0:
+        return max(1, n_val)
+    lesions = n_test
+    while lesions - math.ceil(lesions / n_test) < n_val:
+        lesions += 1
+    return lesions
+
+
+def class_sizes(records: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Images and distinct lesions of each class present in ``records``, indexed by class code
+    (label order; a label outside ``classes`` is called 'label N')."""
+    classes = CLASS_CODES if classes is None else tuple(classes)
+    table = (
+        pd.DataFrame({"label": records["label"].to_numpy(dtype=np.int64),
+                      "lesion_id": records["lesion_id"].astype(str).to_numpy()})
+        .groupby("label")
+        .agg(images=("lesion_id", "size"), lesions=("lesion_id", "nunique"))
+        .sort_index()
+    )
+    table.index = pd.Index([str(classes[label]) if 0 <= label < len(classes) else f"label {label}"
+                            for label in table.index.tolist()], name="class")
+    return table
+
+
+def _count(number: int, word: str) -> str:
+    return f"{number} {word}{'' if number == 1 else 's'}"
+
+
+def _describe(sizes: pd.DataFrame, val_fraction: float, test_fraction: float, minimum: int) -> str:
+    """E.g. class 'df' has 2 lesions (2 images); a train/val/test split with ... needs at least N lesions per class."""
+    parts = [f"class {code!r} has {_count(int(row.lesions), 'lesion')} ({_count(int(row.images), 'image')})"
+             for code, row in sizes.iterrows()]
+    kind = "/".join(["train"] + ["val"] * (val_fraction > 0) + ["test"] * (test_fraction > 0))
+    return (f"{'; '.join(parts)}; a {kind} split with val_fraction {val_fraction:g} and test_fraction "
+            f"{test_fraction:g} needs at least {minimum} lesions per class")
+
+
+def _remedy(minimum: int, n_classes: int) -> str:
+    remedy = f"Add images of more lesions of {'that class' if n_classes == 1 else 'those classes'}"
+    easier = min_lesions_per_class(0.3, 0.3)
+    if minimum > easier:
+        remedy += (f", or use larger fractions, which need fewer lesions (val_fraction 0.3 and "
+                   f"test_fraction 0.3 need {easier})")
+    return remedy + "."
+
+
+def small_classes(records: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                  classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of `class_sizes` with fewer lesions than `min_lesions_per_class`.
+
+    A class with no images at all is not listed: it is absent, not short.
+    """
+    sizes = class_sizes(records, classes)
+    return sizes[sizes["lesions"] < min_lesions_per_class(val_fraction, test_fraction)]
+
+
+def _one_grouped_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
+                      explain: Callable[[], str] | None = None, quiet: bool = False) -> np.ndarray:
+    """Boolean mask of one StratifiedGroupKFold fold holding about ``fraction`` of rows.
+
+    Where scikit-learn would refuse (fewer lesions than folds, or every class
+    with fewer images than folds) InsufficientDataError is raised instead, with
+    ``explain()`` saying why in terms of the whole data. ``quiet`` silences
+    scikit-learn's 'least populated class' warning when a SmallClassWarning says it better.
+    """
+    n_folds = _n_folds(fraction)
     n_groups = len(np.unique(groups))
-    if n_groups < n_folds:
-        raise ValueError(
-            f"cannot hold out {fraction:.0%} by lesion: {n_groups} lesion(s) for {n_folds} folds"
-        )
+    _, images_per_class = np.unique(labels, return_counts=True)
+    if n_groups < n_folds or np.all(images_per_class < n_folds):
+        reason = (f"{_count(n_groups, 'lesion')} for {n_folds} folds" if n_groups < n_folds
+                  else f"every class has fewer than {n_folds} images for {n_folds} folds")
+        detail = explain() if explain is not None else ""
+        raise InsufficientDataError(f"cannot hold out {fraction:.0%} by lesion ({reason})"
+                                    + (f": {detail}" if detail else ""))
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
     mask[held_out] = True
     return mask
 
 
 def lesion_grouped_split(
-    records: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+    records: pd.DataFrame,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    *,
+    classes: Sequence[str] | None = None,
 ) -> pd.Series:
     """'train' / 'val' / 'test' per record (aligned to ``records.index``).
 
     Test is one fold of round(1/test_fraction) lesion-grouped, label-stratified
     folds; val is carved from the rest the same way. Fractions are therefore
     approximate (0.15 gives 1/7 ~ 0.143). Deterministic for a seed.
+
+    A class with fewer lesions than `min_lesions_per_class` may miss val or
+    test: that is a SmallClassWarning naming it. When the split cannot be made
+    at all, InsufficientDataError names the short classes, their images and
+    lesions, and the minimum. ``classes`` names the labels in those messages
+    (None: HAM10000's `CLASS_CODES`).
     """
-    _check_fraction("val_fraction", val_fraction)
-    _check_fraction("test_fraction", test_fraction)
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+    _check_fractions(val_fraction, test_fraction)
     labels = records["label"].to_numpy()
     groups = records["lesion_id"].astype(str).to_numpy()
     split = np.full(len(records), "train", dtype=object)
+    minimum = min_lesions_per_class(val_fraction, test_fraction)
+    short = small_classes(records, val_fraction, test_fraction, classes)
+
+    def explain() -> str:
+        listed = short if not short.empty else class_sizes(records, classes)
+        if listed.empty:
+            return "there are no records to split"
+        return f"{_describe(listed, val_fraction, test_fraction, minimum)}. {_remedy(minimum, len(listed))}"
 
     if test_fraction > 0:
-        is_test = _one_grouped_fold(labels, groups, test_fraction, seed)
+        is_test = _one_grouped_fold(labels, groups, test_fraction, seed, explain, quiet=not short.empty)
         split[is_test] = "test"
     rest = np.flatnonzero(split == "train")
     if val_fraction > 0:
         # val_fraction is of the whole dataset; the rest is smaller than that.
         val_of_rest = val_fraction / (1.0 - test_fraction)
-        is_val = _one_grouped_fold(labels[rest], groups[rest], val_of_rest, seed)
+        is_val = _one_grouped_fold(labels[rest], groups[rest], val_of_rest, seed, explain, quiet=not short.empty)
         split[rest[is_val]] = "val"
+    if not short.empty:
+        which = "that class" if len(short) == 1 else "those classes"
+        warnings.warn(f"{_describe(short, val_fraction, test_fraction, minimum)}, so {which} may be missing "
+                      f"from val or test. {_remedy(minimum, len(short))}", SmallClassWarning, stacklevel=2)
     return pd.Series(split, index=records.index, name="split", dtype=object)
 
 
@@ -103,14 +237,22 @@ def assert_no_lesion_leakage(records: pd.DataFrame, split: pd.Series) -> None:
 
 
 def official_or_grouped_split(
-    dataset: LesionDataset, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+    dataset: LesionDataset,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    *,
+    classes: Sequence[str] | None = None,
 ) -> pd.Series:
     """The source's own splits when every record has one and train/val/test all occur
-    (DermaMNIST); otherwise a lesion-grouped split."""
+    (DermaMNIST); otherwise a lesion-grouped split. ``classes`` names the labels in
+    messages (None: the dataset's own class set, else HAM10000's)."""
     official = dataset.records["official_split"]
     if official.notna().all() and set(official) == set(OFFICIAL_SPLITS):
         return pd.Series(official.to_numpy(dtype=object), index=dataset.records.index, name="split")
-    return lesion_grouped_split(dataset.records, val_fraction, test_fraction, seed)
+    if classes is None:
+        classes = getattr(dataset, "classes", None)
+    return lesion_grouped_split(dataset.records, val_fraction, test_fraction, seed, classes=classes)
 
 
 def write_split_csv(records: pd.DataFrame, split: pd.Series, path: Path) -> Path:
@@ -142,10 +284,20 @@ def read_split_csv(path: Path) -> pd.Series:
                      name="split")
 
 
-def split_for_records(records: pd.DataFrame, saved: pd.Series) -> pd.Series:
-    """Align a split read by `read_split_csv` to ``records``; every record must be in it."""
+def split_for_records(records: pd.DataFrame, saved: pd.Series, missing: str | None = None) -> pd.Series:
+    """Align a split read by `read_split_csv` to ``records``.
+
+    A record the saved split does not list (an image added to the folder
+    after the run split it) never joins one of the run's splits: with
+    ``missing`` None that is an error, else it gets the split ``missing``
+    and a warning names how many.
+    """
     split = records["image_id"].map(saved)
     absent = records.loc[split.isna(), "image_id"].tolist()
-    if absent:
+    if absent and missing is None:
         raise ValueError(f"{len(absent)} record(s) are not in the saved split, e.g. {', '.join(absent[:10])}")
+    if absent:
+        warnings.warn(f"{len(absent)} image(s) are not in the run's saved split (added since?) and are left out, "
+                      f"e.g. {', '.join(absent[:5])}", stacklevel=2)
+        split = split.fillna(missing)
     return split.rename("split").astype(object)
