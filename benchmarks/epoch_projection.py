@@ -28,7 +28,6 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import publish_result  # noqa: E402
 from dermalens.config import load_config  # noqa: E402
-from dermalens.models.classifier import ModelConfig  # noqa: E402
 from dermalens.training.module import LesionClassifierModule  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +38,8 @@ VAL_FRACTION = 0.15
 def build(config: dict, channels_last: bool) -> LesionClassifierModule:
     torch.manual_seed(0)
     return LesionClassifierModule(
-        model={**ModelConfig(**config["model"]).__dict__}, loss=config["loss"], optimizer=config["optimizer"],
-        scheduler=config["scheduler"], class_counts=[1] * 7, channels_last=channels_last, load_pretrained=False,
+        model=config["model"], loss=config["loss"], optimizer=config["optimizer"], scheduler=config["scheduler"],
+        training={**config["training"], "channels_last": channels_last}, class_counts=[1] * 7, load_pretrained=False,
     ).train()
 
 

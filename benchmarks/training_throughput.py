@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import format_table, publish_result  # noqa: E402
 from dermalens.config import load_config  # noqa: E402
 from dermalens.data.prepare import prepare_data  # noqa: E402
-from dermalens.models.classifier import ModelConfig  # noqa: E402
 from dermalens.training.module import LesionClassifierModule  # noqa: E402
 from dermalens.training.run import build_datamodule  # noqa: E402
 
@@ -114,8 +113,8 @@ def timed_images_per_second(batches, step, steps: int, device: torch.device) -> 
 def build_module(config: dict, counts: list[int], device: torch.device) -> LesionClassifierModule:
     torch.manual_seed(config["seed"])
     return LesionClassifierModule(
-        model={**ModelConfig(**config["model"]).__dict__}, loss=config["loss"], optimizer=config["optimizer"],
-        scheduler=config["scheduler"], class_counts=counts, channels_last=config["training"]["channels_last"],
+        model=config["model"], loss=config["loss"], optimizer=config["optimizer"], scheduler=config["scheduler"],
+        training=config["training"], class_counts=counts,
         load_pretrained=False,  # weights do not change the speed; no download
     ).to(device).train()
 

@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from dermalens.cli import resolve_config_path
-from dermalens.config import load_config
+from dermalens.config import AugmentationSection, load_config
 from dermalens.data.readers import open_dataset
 from dermalens.data.readers.ham10000 import HAM10000_METADATA
-from dermalens.data.transforms import AugmentationConfig, build_train_transform
+from dermalens.data.transforms import build_train_transform
 from dermalens.evaluation.evaluate import git_commit
 from dermalens.models.classifier import Preprocessing
 from dermalens.training.run import train
@@ -54,7 +54,7 @@ PER_CLASS_F1 = ("mel", "df", "bcc", "akiec", "vasc", "bkl", "nv")
 def augmenter(config: dict) -> A.Compose:
     """The recipe's own training augmentations, without normalisation (uint8 in, uint8 out)."""
     identity = Preprocessing(config["model"]["image_size"], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    steps = build_train_transform(identity, AugmentationConfig(**config["augmentation"])).transforms
+    steps = build_train_transform(identity, AugmentationSection(**config["augmentation"])).transforms
     return A.Compose([s for s in steps if not isinstance(s, A.Normalize) and type(s).__name__ != "ToTensorV2"])
 
 

@@ -96,9 +96,9 @@ def test_compile_switch(monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
     kwargs = dict(model={"backbone": "efficientnet_lite0", "image_size": 32, "pretrained": "none"}, loss={},
                   optimizer={}, scheduler={}, class_counts=[1] * 7)
-    LesionClassifierModule(**kwargs)
+    LesionClassifierModule(**kwargs, training={})
     assert compiled == []
-    module = LesionClassifierModule(**kwargs, compile=True)
+    module = LesionClassifierModule(**kwargs, training={"compile": True})
     assert compiled == ["LesionClassifier"]
     # Compiled in place: checkpoints keep the keys load_classifier expects.
     assert all(k.startswith("model.") and "_orig_mod" not in k for k in module.state_dict() if "criterion" not in k)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dermalens.config import LossSection
 from dermalens.training.losses import FocalLoss, build_loss, class_weights_from_counts
 
 
@@ -56,10 +57,10 @@ def test_class_weights_from_counts_favour_rare_classes():
 
 def test_build_loss_variants():
     counts = [10, 20, 30, 40, 50, 600, 5]
-    assert isinstance(build_loss("focal", counts, alpha="inverse"), FocalLoss)
-    weighted = build_loss("weighted_cross_entropy", counts)
+    assert isinstance(build_loss(LossSection(name="focal", alpha="inverse"), counts), FocalLoss)
+    weighted = build_loss(LossSection(name="weighted_cross_entropy"), counts)
     assert weighted.weight[6] > weighted.weight[5]
     with pytest.raises(ValueError, match="unknown loss"):
-        build_loss("hinge", counts)
+        build_loss(LossSection(name="hinge"), counts)
     with pytest.raises(ValueError, match="alpha has 2 values"):
-        build_loss("focal", counts, alpha=[1.0, 2.0])
+        build_loss(LossSection(name="focal", alpha=[1.0, 2.0]), counts)

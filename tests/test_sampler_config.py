@@ -31,3 +31,70 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+# --- the typed config: one home for every default, every key checked at load -------------------------------
+
+
+def test_every_key_has_one_typed_default_and_components_take_it():
+    import dataclasses
+
+    from dermalens.config import DEFAULTS, OptimizerSection, RunConfig, SamplerSection, TrainingSection
+    from dermalens.data.datamodule import LesionDataModule
+    from dermalens.models.classifier import ModelConfig
+    from dermalens.models.preprocessing import Preprocessing
+    from dermalens.training.module import LesionClassifierModule
+
+    assert DEFAULTS == dataclasses.asdict(RunConfig())
+    # The model section's defaults are the classifier's (ModelConfig adds only the class count).
+    assert {k: v for k, v in dataclasses.asdict(ModelConfig()).items() if k != "num_classes"} == DEFAULTS["model"]
+    # A module given empty sections uses the config's defaults: weight decay 1e-5, not a default of its own.
+    module = LesionClassifierModule(model={"backbone": "efficientnet_lite0", "image_size": 32, "pretrained": "none"},
+                                    loss={}, optimizer={}, scheduler={}, training={}, class_counts=[1] * 7)
+    group = module.configure_optimizers().param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (OptimizerSection().lr, DEFAULTS["optimizer"]["weight_decay"])
+    assert module.plateau.patience == DEFAULTS["scheduler"]["patience"]
+    with pytest.raises(Exception, match="unknown OptimizerSection key"):
+        LesionClassifierModule(model={}, loss={}, optimizer={"momentum": 0.9}, scheduler={}, training={},
+                               class_counts=[1] * 7, load_pretrained=False)
+    # The datamodule has no defaults: it reads its sections.
+    datamodule = LesionDataModule(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 2, np.array(["train"] * 4),
+                                  Preprocessing(8, (0.5,) * 3, (0.5,) * 3), augmentation=None,
+                                  sampler=SamplerSection(), training=TrainingSection(), seed=0)
+    assert (datamodule.batch_size, datamodule.samples_per_class) == (32, 3500)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.batch_size=0", "'training.batch_size' must be positive"),
+    ("training.max_epochs=two", "'training.max_epochs' must be an integer, got 'two'"),
+    ("optimizer.lr=abc", "'optimizer.lr' must be a number, got 'abc'"),
+    ("model.cbam=maybe", "'model.cbam' must be true or false"),
+    ("data.val_fraction=1.5", "'data.val_fraction' must be in [0, 1)"),
+    ("model.geometry=crop", "'model.geometry' must be one of center_square, squash"),
+    ("training.devices=[0, 1]", None),
+    ("training.limit_train_batches=0.5", None),
+    ("training.limit_train_batches=null", None),
+    ("training.max_epochs=null", "'training.max_epochs' must be an integer, got null"),
+    ("data.classes=[mel]", "needs at least 2 classes"),
+    ("data.classes=[mel, nv, mel]", "names mel more than once"),
+    ("data.classes=some", "'data.classes' must be 'auto' or a list"),
+    ("evaluation.split=holdout", "'evaluation.split' must be one of train, val, test, all"),
+])
+def test_wrong_values_are_named_at_load(override, message):
+    if message is None:
+        load_config(None, [override])
+        return
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert message in str(error.value)
+
+
+def test_every_shipped_config_loads_and_every_key_is_typed():
+    from dermalens.cli import CONFIGS_DIR
+    from dermalens.config import _SPECS, _leaves
+
+    shipped = sorted(CONFIGS_DIR.glob("*.yaml"))
+    assert len(shipped) >= 5
+    for path in shipped:
+        config = load_config(path)
+        assert {key for key, _ in _leaves(config)} == set(_SPECS), path.name

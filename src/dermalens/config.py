@@ -1,83 +1,167 @@
-"""Run configuration: YAML defaults, a config file on top, `--set key=value` on top of that.
+"""Run configuration: typed defaults, a config file on top, `--set key=value` on top of that.
 
-As timm's train.py does with args.yaml, the merged result is written into
-the run folder so every result can be traced to what produced it.
+The dataclasses below are the one home of every setting: its default, its
+type, its allowed values and what it means. Components take their section
+(`ModelConfig` extends `ModelSection`, the datamodule takes the augmentation,
+sampler and training sections, the loss its section) and keep no defaults of
+their own. On disk and on the command line a config stays plain YAML; as
+timm's train.py does with args.yaml, the merged result is written into the
+run folder so every result can be traced to what produced it.
 """
 from __future__ import annotations
 
 import copy
 import os
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "seed": 0,
-    "data": {
-        "path": None,              # falls back to $DERMALENS_DATA
-        "format": "auto",          # auto | ham10000 | isic2018 | dermamnist | folder | synthetic
-        "on_bad_data": "error",    # error: stop with the list | skip: drop and record them
-        "restrict_to_available": False,  # HAM10000 partial downloads: use only images present
-        "val_fraction": 0.15,
-        "test_fraction": 0.15,
-        "subset": None,            # isic2018: Training | Validation | Test (the official set to read)
-        "cache_dir": "auto",       # auto: one cache per user (user_cache_dir); null: no cache; or a folder
-        "synthetic_per_class": 60,
-    },
-    "model": {
-        "backbone": "efficientnet_b3",
-        "cbam": True,
-        "cbam_reduction": 16,
-        "drop_rate": 0.3,
-        "drop_path_rate": 0.1,
-        "image_size": 300,
-        "pretrained": "auto",
-        "geometry": "center_square",  # center_square | squash: how any photo becomes the square input
-    },
-    "augmentation": {
-        "rotate": 30.0, "zoom": 0.1, "shift": 0.1, "brightness": 0.1, "contrast": 0.1,
-        "hflip": True, "vflip": True, "probability": 0.8,
-    },
-    "sampler": {"balanced": True, "samples_per_class": 3500, "power": 0.0},
-    "loss": {"name": "focal", "gamma": 2.0, "alpha": None, "label_smoothing": 0.0},
-    "optimizer": {"lr": 1.0e-3, "weight_decay": 1.0e-5},
-    "scheduler": {"factor": 0.5, "patience": 2, "min_lr": 1.0e-6},
-    "training": {
-        "max_epochs": 30,
-        "max_time": None,            # "DD:HH:MM:SS" wall-clock cap
-        "batch_size": 32,
-        "eval_batch_size": 64,
-        "num_workers": 4,
-        "monitor": "val/balanced_accuracy",
-        "monitor_mode": "max",
-        "early_stopping_patience": 6,
-        "accelerator": "auto",
-        "devices": "auto",
-        "num_nodes": 1,
-        "strategy": "auto",
-        "precision": "32-true",      # e.g. bf16-mixed on a GPU
-        "channels_last": False,
-        "compile": False,            # torch.compile the model (GPU runs; minutes of compiling first)
-        "limit_train_batches": None,
-        "limit_val_batches": None,
-        "log_every_n_steps": 20,
-        "checkpoint_every_n_steps": None,  # also write last.ckpt every N steps (long GPU epochs)
-        "deterministic": True,       # deterministic kernels where torch has them (warn where it has none)
-        "progress_bar": True,
-    },
-    "evaluation": {
-        "after_training": True,
-        "split": "test",
-        "tta": True,
-        "temperature_scaling": True,
-        "n_bootstrap": 1000,
-        "bootstrap_unit": "image",   # image | lesion: resample lesions (clusters) for the CIs
-        "batch_size": 128,
-    },
-    "output": {"runs_dir": "runs"},
-}
+from .classes import validate_class_set
+
+
+def setting(default: Any, *, choices: tuple | None = None, positive: bool = False, fraction: bool = False) -> Any:
+    """A config field: its default and the checks `validate_config` applies at load."""
+    metadata = {"choices": choices, "positive": positive, "fraction": fraction}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+DATASET_FORMATS = ("auto", "ham10000", "isic2018", "dermamnist", "folder", "synthetic")
+
+
+@dataclass
+class DataSection:
+    path: str | None = setting(None)                    # falls back to $DERMALENS_DATA
+    format: str = setting("auto", choices=DATASET_FORMATS)
+    on_bad_data: str = setting("error", choices=("error", "skip"))  # error: stop with the list | skip: drop, record
+    restrict_to_available: bool = setting(False)        # HAM10000 partial downloads: use only images present
+    val_fraction: float = setting(0.15, fraction=True)
+    test_fraction: float = setting(0.15, fraction=True)
+    subset: str | None = setting(None)                  # isic2018: Training | Validation | Test (the set to read)
+    classes: str | list = setting("auto")               # auto: from the data (HAM10000's 7; a folder's own) or codes
+    lesion_ids: str | None = setting(None)              # folder: CSV image_id,lesion_id (default lesion_ids.csv)
+    cache_dir: str | None = setting("auto")             # auto: one cache per user; null: none; or a folder
+    synthetic_per_class: int = setting(60, positive=True)
+
+
+@dataclass
+class ModelSection:
+    backbone: str = setting("efficientnet_b3")          # a timm model name
+    cbam: bool = setting(True)
+    cbam_reduction: int = setting(16, positive=True)
+    drop_rate: float = setting(0.3, fraction=True)
+    drop_path_rate: float = setting(0.1, fraction=True)
+    image_size: int = setting(300, positive=True)
+    pretrained: str = setting("auto")                   # auto | timm | none | path to a weights file
+    geometry: str = setting("center_square", choices=("center_square", "squash"))  # photo -> square input
+
+
+@dataclass
+class AugmentationSection:
+    """The original design's augmentations: rotation, brightness, zoom, shifts, flips."""
+
+    rotate: float = setting(30.0)                       # degrees, +-
+    zoom: float = setting(0.1)                          # scale range 1 +- zoom
+    shift: float = setting(0.1)                         # fraction of the side, +-
+    brightness: float = setting(0.1)                    # +- fraction
+    contrast: float = setting(0.1)
+    hflip: bool = setting(True)
+    vflip: bool = setting(True)
+    probability: float = setting(0.8, fraction=True)   # chance the geometric/photometric group is applied
+
+
+@dataclass
+class SamplerSection:
+    balanced: bool = setting(True)                      # draw classes evenly (power 0) instead of shuffling
+    samples_per_class: int = setting(3500, positive=True)
+    power: float = setting(0.0)                         # 0: fully balanced; 0.5: square-root; 1: as in the data
+
+
+@dataclass
+class LossSection:
+    name: str = setting("focal", choices=("focal", "cross_entropy", "weighted_cross_entropy"))
+    gamma: float = setting(2.0)                         # focal loss focusing parameter
+    alpha: str | list | None = setting(None)            # per-class weights, or inverse | inverse_sqrt of the counts
+    label_smoothing: float = setting(0.0, fraction=True)  # cross-entropy losses only
+
+
+@dataclass
+class OptimizerSection:
+    lr: float = setting(1.0e-3, positive=True)          # Adam
+    weight_decay: float = setting(1.0e-5)
+
+
+@dataclass
+class SchedulerSection:
+    factor: float = setting(0.5, fraction=True)         # ReduceLROnPlateau on the monitored metric
+    patience: int = setting(2)
+    min_lr: float = setting(1.0e-6)
+
+
+@dataclass
+class TrainingSection:
+    max_epochs: int = setting(30, positive=True)
+    max_time: str | None = setting(None)                # "DD:HH:MM:SS" wall-clock cap
+    batch_size: int = setting(32, positive=True)
+    eval_batch_size: int = setting(64, positive=True)
+    num_workers: int = setting(4)
+    monitor: str = setting("val/balanced_accuracy")
+    monitor_mode: str = setting("max", choices=("min", "max"))
+    early_stopping_patience: int = setting(6)
+    accelerator: str = setting("auto")
+    devices: str | int | list = setting("auto")        # Lightning accepts several kinds here
+    num_nodes: int = setting(1, positive=True)
+    strategy: str = setting("auto")
+    precision: str | int = setting("32-true")          # e.g. bf16-mixed on a GPU or a recent CPU
+    channels_last: bool = setting(False)
+    compile: bool = setting(False)                      # torch.compile the model (minutes of compiling first)
+    limit_train_batches: int | float | None = setting(None)
+    limit_val_batches: int | float | None = setting(None)
+    log_every_n_steps: int = setting(20, positive=True)
+    checkpoint_every_n_steps: int | None = setting(None)  # also write last.ckpt every N steps (long GPU epochs)
+    deterministic: bool = setting(True)                 # deterministic kernels where torch has them
+    progress_bar: bool = setting(True)
+
+
+@dataclass
+class EvaluationSection:
+    after_training: bool = setting(True)
+    split: str = setting("test", choices=("train", "val", "test", "all"))
+    tta: bool = setting(True)                           # flip test-time augmentation
+    temperature_scaling: bool = setting(True)           # fitted on the run's validation split by training
+    n_bootstrap: int = setting(1000)
+    bootstrap_unit: str = setting("image", choices=("image", "lesion"))  # lesion: resample lesions for the CIs
+    batch_size: int = setting(128, positive=True)
+
+
+@dataclass
+class OutputSection:
+    runs_dir: str = setting("runs")
+
+
+@dataclass
+class RunConfig:
+    name: str = setting("run")
+    seed: int = setting(0)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    augmentation: AugmentationSection = field(default_factory=AugmentationSection)
+    sampler: SamplerSection = field(default_factory=SamplerSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+
+# The defaults as the plain mapping the rest of dermalens reads (config["training"]["batch_size"]).
+DEFAULTS: dict[str, Any] = asdict(RunConfig())
 
 
 class ConfigError(ValueError):
@@ -91,6 +175,16 @@ def user_cache_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "dermalens"
+
+
+def section(section_class: type, values: dict | None):
+    """A config section as its dataclass: the missing keys take the one default, an unknown key is an error."""
+    values = dict(values or {})
+    known = {f.name for f in fields(section_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {section_class.__name__} key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return section_class(**values)
 
 
 def _merge(base: dict, update: dict, where: str = "") -> dict:
@@ -147,31 +241,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate_config(config)
 
 
-# Keys whose default (None or a string) does not say their type, and value ranges:
-# checked once at load, so a typo fails before any folder exists or any data is read.
-_NUMBER = (int, float)
-_OPTIONAL = {
-    "data.path": (str,), "data.subset": (str,), "data.cache_dir": (str,), "training.max_time": (str,),
-    "training.limit_train_batches": _NUMBER, "training.limit_val_batches": _NUMBER,
-    "training.checkpoint_every_n_steps": (int,), "loss.alpha": (str, list),
-}
-_FLEXIBLE = {  # Lightning accepts several kinds here
-    "training.devices": (str, int, list), "training.precision": (str, int), "training.strategy": (str,),
-    "training.accelerator": (str,), "model.pretrained": (str,),
-}
-_CHOICES = {
-    "data.format": ("auto", "ham10000", "isic2018", "dermamnist", "folder", "synthetic"),
-    "data.on_bad_data": ("error", "skip"),
-    "model.geometry": ("center_square", "squash"),
-    "loss.name": ("focal", "cross_entropy", "weighted_cross_entropy"),
-    "training.monitor_mode": ("min", "max"),
-    "evaluation.bootstrap_unit": ("image", "lesion"),
-}
-_POSITIVE = ("training.max_epochs", "training.batch_size", "training.eval_batch_size", "evaluation.batch_size",
-             "model.image_size", "sampler.samples_per_class", "optimizer.lr", "training.num_nodes",
-             "data.synthetic_per_class", "model.cbam_reduction", "training.log_every_n_steps")
-_FRACTIONS = ("data.val_fraction", "data.test_fraction", "model.drop_rate", "model.drop_path_rate",
-              "augmentation.probability", "scheduler.factor")
+# ---- checks at load, from the dataclasses: a typo fails before any folder exists or data is read ----
+_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+
+def _runtime_types(annotation) -> tuple[tuple[type, ...], bool]:
+    """`int | float | None` -> ((int, float), True): the accepted types, and whether None is."""
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    accepted = tuple(typing.get_origin(m) or m for m in members if m is not type(None))
+    if float in accepted and int not in accepted:
+        accepted += (int,)   # 1 is a fine value for a float setting
+    return accepted, type(None) in members
+
+
+def _field_specs(section_class: type, where: str = ""):
+    hints = typing.get_type_hints(section_class)
+    for spec in fields(section_class):
+        if spec.default_factory is not MISSING and isinstance(spec.default_factory, type):   # a nested section
+            yield from _field_specs(spec.default_factory, f"{where}{spec.name}.")
+        else:
+            yield f"{where}{spec.name}", hints[spec.name], spec.metadata
+
+
+_SPECS = {key: (annotation, metadata) for key, annotation, metadata in _field_specs(RunConfig)}
+
+
+def _kind(accepted: tuple[type, ...]) -> str:
+    shown = tuple(t for t in accepted if not (t is int and float in accepted))
+    return " or ".join(dict.fromkeys(_NAMES[t] for t in shown))
 
 
 def _leaves(tree: dict, where: str = ""):
@@ -182,40 +279,31 @@ def _leaves(tree: dict, where: str = ""):
             yield f"{where}{key}", value
 
 
-def _kind(types: tuple) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
-    if float in types:
-        types = tuple(t for t in types if t is not int)
-    return " or ".join(dict.fromkeys(names[t] for t in types))
-
-
 def validate_config(config: dict) -> dict:
     """Types and ranges of every key; ConfigError names the key, the value and what was expected."""
-    defaults = dict(_leaves(DEFAULTS))
     for key, value in _leaves(config):
-        default = defaults[key]
-        if key in _FLEXIBLE:
-            types = _FLEXIBLE[key]
-        elif key in _OPTIONAL:
-            if value is None:
+        annotation, checks = _SPECS[key]
+        accepted, optional = _runtime_types(annotation)
+        if value is None:
+            if optional:
                 continue
-            types = _OPTIONAL[key]
-        elif default is None:
-            continue
-        elif isinstance(default, bool):
-            types = (bool,)
-        elif isinstance(default, float):
-            types = _NUMBER
-        else:
-            types = (type(default),)
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise ConfigError(f"config key '{key}' must be {_kind(types)}, got {value!r}")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-        if key in _POSITIVE and value <= 0:
+            raise ConfigError(f"config key '{key}' must be {_kind(accepted)}, got null")
+        if isinstance(value, bool) and bool not in accepted or not isinstance(value, accepted):
+            raise ConfigError(f"config key '{key}' must be {_kind(accepted)}, got {value!r}")
+        if checks.get("choices") and value not in checks["choices"]:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(checks['choices'])}, got {value!r}")
+        if checks.get("positive") and value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value!r}")
-        if key in _FRACTIONS and not 0 <= value < 1:
+        if checks.get("fraction") and not 0 <= value < 1:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {value!r}")
+    classes = config["data"]["classes"]
+    if isinstance(classes, str) and classes != "auto":
+        raise ConfigError(f"config key 'data.classes' must be 'auto' or a list of class codes, got {classes!r}")
+    if isinstance(classes, list):
+        try:
+            config["data"]["classes"] = list(validate_class_set(classes, "config key 'data.classes'"))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if config["loss"]["label_smoothing"] and config["loss"]["name"] == "focal":
         raise ConfigError("loss.label_smoothing is not implemented for the focal loss; set it to 0 or use "
                           "loss.name=cross_entropy")

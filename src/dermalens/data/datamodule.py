@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import AugmentationSection, SamplerSection, TrainingSection
 from ..models.classifier import Preprocessing
 from .sampler import ClassBalancedSampler, evaluation_sampler
-from .transforms import AugmentationConfig, build_eval_transform, build_train_transform
+from .transforms import build_eval_transform, build_train_transform
 
 
 class CachedImageDataset(Dataset):
@@ -36,23 +37,22 @@ class LesionDataModule(L.LightningDataModule):
     e.g. skipped bad images, are left out).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, split: np.ndarray,
-                 preprocessing: Preprocessing, augmentation: AugmentationConfig,
-                 batch_size: int = 64, eval_batch_size: int | None = None, num_workers: int = 0,
-                 balanced_sampling: bool = True, samples_per_class: int = 500, balance_power: float = 0.0, seed: int = 0,
+    def __init__(self, images: np.ndarray, labels: np.ndarray, split: np.ndarray, preprocessing: Preprocessing, *,
+                 augmentation: AugmentationSection, sampler: SamplerSection, training: TrainingSection, seed: int,
                  pin_memory: bool = False):
+        # Settings come in as the config's sections: their defaults live in config.py only.
         super().__init__()
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.split = np.asarray(split)
         self.preprocessing = preprocessing
         self.augmentation = augmentation
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.balanced_sampling = balanced_sampling
-        self.samples_per_class = samples_per_class
-        self.balance_power = balance_power
+        self.batch_size = training.batch_size
+        self.eval_batch_size = training.eval_batch_size
+        self.num_workers = training.num_workers
+        self.balanced_sampling = sampler.balanced
+        self.samples_per_class = sampler.samples_per_class
+        self.balance_power = sampler.power
         self.seed = seed
         self.pin_memory = pin_memory
         self._train_transform = None

@@ -10,33 +10,18 @@ array as a tensor.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from ..config import AugmentationSection
 from ..models.preprocessing import Preprocessing
 from .preprocess import preprocess_array
 
 
-@dataclass
-class AugmentationConfig:
-    """The original design's augmentations: rotation, brightness, zoom, shifts, flips."""
-
-    rotate: float = 30.0          # degrees, +-
-    zoom: float = 0.1             # scale range 1 +- zoom
-    shift: float = 0.1            # fraction of the side, +-
-    brightness: float = 0.1       # +- fraction
-    contrast: float = 0.1
-    hflip: bool = True
-    vflip: bool = True
-    probability: float = 0.8      # chance the geometric/photometric group is applied
-
-
-def build_train_transform(pre: Preprocessing, aug: AugmentationConfig, seed: int | None = None) -> A.Compose:
+def build_train_transform(pre: Preprocessing, aug: AugmentationSection, seed: int | None = None) -> A.Compose:
     """Augment, then normalise; input is an image already resized to pre.image_size.
 
     albumentations 2.x draws from the Compose's own generators, seeded from the

@@ -14,22 +14,17 @@ import torch
 from torch import nn
 
 from ..classes import NUM_CLASSES
+from ..config import ModelSection
 from .cbam import CBAM
 from .preprocessing import Preprocessing  # the record lives in a torch-free module; imported from here as before
 from .weights import load_pretrained_backbone
 
 
 @dataclass
-class ModelConfig:
-    backbone: str = "efficientnet_b3"
+class ModelConfig(ModelSection):
+    """The config's model section (its one home of defaults) and what the data decides: the class count."""
+
     num_classes: int = NUM_CLASSES
-    cbam: bool = True
-    cbam_reduction: int = 16
-    drop_rate: float = 0.3
-    drop_path_rate: float = 0.1
-    image_size: int = 300
-    pretrained: str = "auto"  # auto | timm | none | path to a weights file
-    geometry: str = "center_square"  # how any image becomes the square input (data/geometry.py)
 
 
 class LesionClassifier(nn.Module):

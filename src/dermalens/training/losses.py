@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import LossSection
+
 
 def class_weights_from_counts(counts: Sequence[int], mode: str = "inverse") -> torch.Tensor:
     """Per-class weights from class frequencies, normalised to mean 1.
@@ -62,13 +64,13 @@ class FocalLoss(nn.Module):
         return loss
 
 
-def build_loss(name: str, class_counts: Sequence[int], gamma: float = 2.0,
-               alpha: str | Sequence[float] | None = None, label_smoothing: float = 0.0) -> nn.Module:
-    """'focal' or 'cross_entropy' / 'weighted_cross_entropy' from the config.
+def build_loss(settings: LossSection, class_counts: Sequence[int]) -> nn.Module:
+    """'focal' or 'cross_entropy' / 'weighted_cross_entropy' from the config's loss section.
 
     alpha: None, a list of per-class values, or 'inverse' / 'inverse_sqrt' to
     derive it from the training class counts.
     """
+    name, gamma, alpha, label_smoothing = settings.name, settings.gamma, settings.alpha, settings.label_smoothing
     if isinstance(alpha, str):
         alpha_values = class_weights_from_counts(class_counts, alpha)
     elif alpha is not None:
