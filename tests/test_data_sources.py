@@ -298,12 +298,53 @@ def test_class_folders_reader(tmp_path, sample_dir, sample_metadata):
 
     dataset = read_class_folders(tmp_path)
     assert dataset.name == "folder" and len(dataset) == 4
-    assert sorted(dataset.records["label"].tolist()) == [class_index("mel")] + [class_index("nv")] * 3
+    # The class set comes from the folders (HAM10000 order), and labels index it.
+    assert dataset.classes == ("mel", "nv")
+    assert sorted(dataset.records["label"].tolist()) == [0, 1, 1, 1]
+    assert dataset.class_counts() == {"mel": 1, "nv": 3}
     assert (dataset.records["lesion_id"] == dataset.records["image_id"]).all()
-    kinds = {(i.kind, i.image_id) for i in dataset.issues}
-    assert kinds == {("duplicate_id", ids[3]), ("unknown_label", ids[4]), ("empty", "")}
-    unknown = next(i for i in dataset.issues if i.kind == "unknown_label")
-    assert "melanomaish" in unknown.detail and unknown.path.endswith(f"{ids[4]}.jpg")
+    # A folder that is not a class is one issue for the folder, not one per file.
+    assert sorted((i.kind, Path(i.path).name) for i in dataset.issues if i.kind != "duplicate_id") == [
+        ("unknown_label", "empty_dir"), ("unknown_label", "melanomaish")]
+    assert [i.image_id for i in dataset.issues if i.kind == "duplicate_id"] == [ids[3]]
+    unknown = next(i for i in dataset.issues if i.path.endswith("melanomaish"))
+    assert "folder 'melanomaish' (1 images) is not a class: did you mean 'mel'?" in unknown.detail
+    assert "data.classes" in unknown.detail
+
+
+def test_class_folders_with_classes_of_ones_own(tmp_path, sample_dir, sample_metadata):
+    ids = sample_metadata["image_id"].tolist()
+    for folder, chunk in (("benign", ids[:3]), ("Malignant", ids[3:5]), ("malignnt", ids[5:6])):
+        (tmp_path / folder).mkdir()
+        for image_id in chunk:
+            (tmp_path / folder / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
+    (tmp_path / "lesions.csv").write_text(f"image_id,lesion_id\n{ids[0]},L1\n{ids[1]},L1\n")
+
+    dataset = read_class_folders(tmp_path, classes=["malignant", "benign"], lesion_csv=tmp_path / "lesions.csv")
+    assert dataset.classes == ("malignant", "benign")   # the order given, not alphabetical
+    assert dataset.class_counts() == {"malignant": 2, "benign": 3}
+    lesions = dict(zip(dataset.records["image_id"], dataset.records["lesion_id"]))
+    assert lesions[ids[0]] == lesions[ids[1]] == "L1" and lesions[ids[2]] == ids[2]
+    (typo,) = dataset.issues
+    assert "folder 'malignnt' (1 images) is not a class: did you mean 'malignant'?" in typo.detail
+    # Without data.classes those names are not classes, and nothing is read.
+    assert len(read_class_folders(tmp_path)) == 0
+
+
+def test_a_dataset_relabelled_by_a_models_classes(tmp_path, sample_dir, sample_metadata):
+    ids = sample_metadata["image_id"].tolist()
+    for folder, chunk in (("nv", ids[:3]), ("df", ids[3:4]), ("mel", ids[4:6])):
+        (tmp_path / folder).mkdir()
+        for image_id in chunk:
+            (tmp_path / folder / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
+    dataset = read_class_folders(tmp_path)
+    assert dataset.classes == ("df", "mel", "nv")
+    relabelled = dataset.with_classes(CLASS_CODES)       # a 7-class model: every image keeps its class
+    assert relabelled.class_counts() == {**{c: 0 for c in CLASS_CODES}, "nv": 3, "df": 1, "mel": 2}
+    two_class = dataset.with_classes(("nv", "mel"))      # a model without df: its image cannot be scored
+    assert two_class.class_counts() == {"nv": 3, "mel": 2}
+    assert [(i.kind, i.image_id) for i in two_class.issues] == [("unknown_label", ids[3])]
+    assert "class 'df' is not one of the classes nv, mel" in two_class.issues[0].detail
 
 
 def test_class_folders_without_subfolders_raise(tmp_path):

@@ -65,7 +65,7 @@ class FakeExplanation:
     heatmap: np.ndarray
     overlay: np.ndarray
     target_class: str
-    probabilities: np.ndarray
+    probabilities: dict[str, float]
     method: str
 
 
@@ -79,13 +79,17 @@ def fake_explain_api() -> SimpleNamespace:
         def __init__(self, model, preprocessing):
             self.model, self.preprocessing = model, preprocessing
 
+        @classmethod
+        def from_predictor(cls, predictor):
+            return cls(predictor.model, predictor.preprocessing)
+
         def explain(self, image, method="gradcam", target_class=None):
             if method not in methods:
                 raise ValueError(f"unknown method {method!r}; known: {', '.join(methods)}")
             with torch.no_grad():
                 logits = self.model(preprocess_image(image, self.preprocessing)[None])
-            probabilities = torch.softmax(logits, 1)[0].numpy()
-            target = CLASS_CODES[class_index(target_class)] if target_class else CLASS_CODES[int(probabilities.argmax())]
+            probabilities = dict(zip(CLASS_CODES, torch.softmax(logits, 1)[0].tolist()))   # as Explanation has them
+            target = CLASS_CODES[class_index(target_class)] if target_class else max(probabilities, key=probabilities.get)
             height, width = image.shape[:2]
             yy, xx = np.mgrid[0:height, 0:width]
             heatmap = np.exp(-(((yy - height / 2) / height) ** 2 + ((xx - width / 2) / width) ** 2) * 8)

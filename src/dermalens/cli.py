@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .classes import RESEARCH_DISCLAIMER
+from .classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from .explain.cli import add_subcommand as add_explain_subcommand
 from .inference.export_cli import add_subcommand as add_export_subcommand
 from .inference.package_cli import add_subcommand as add_package_subcommand
@@ -202,6 +202,9 @@ def cmd_predict(args) -> int:
     # runtime "auto": ONNX Runtime when an up-to-date <stem>.onnx sits beside the .ckpt;
     # tta None: as the model was calibrated.
     predictor = load_predictor(args.model, tta=args.tta, runtime=args.runtime)
+    if args.output_format == "isic2018" and sorted(predictor.classes) != sorted(CLASS_CODES):
+        raise ValueError(f"-f isic2018 writes the 7 HAM10000 classes; {args.model} predicts "
+                         f"{', '.join(predictor.classes)}: use -f csv or -f json")
     predictions, failures = predict_files(predictor, paths, batch_size=args.batch_size,
                                           progress=sys.stderr.isatty())
     rows = [p.to_dict(args.top_k) for p in predictions]

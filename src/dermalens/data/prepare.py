@@ -14,6 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,11 +22,18 @@ import pandas as pd
 from ..config import ConfigError, user_cache_dir
 from .cache import build_image_cache
 from .readers import LesionDataset, make_synthetic_dataset, open_dataset
-from .split import assert_no_lesion_leakage, official_or_grouped_split, read_split_csv, write_split_csv
-from .validation import BadDataError, write_issues_csv
+from .split import (
+    assert_no_lesion_leakage,
+    official_or_grouped_split,
+    read_split_csv,
+    split_for_records,
+    write_split_csv,
+)
+from .validation import apply_bad_data_policy, write_issues_csv
 
 log = logging.getLogger(__name__)
 EXCLUDED = "excluded"  # split value of rows dropped as bad data
+WHOLE = "all"          # split value of every row when the data is scored whole, never split
 SPLIT_FILE = "split.csv"
 ISSUES_FILE = "data_issues.csv"
 
@@ -38,6 +46,11 @@ class PreparedData:
     split: np.ndarray           # 'train' | 'val' | 'test' | 'excluded'
     issues: list
     split_source: str = ""      # where the split came from: a split.csv, the official splits, or drawn now
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class codes `labels` index: the data's own, or the model's it was prepared for."""
+        return self.dataset.classes
 
     def rows(self, split: str) -> np.ndarray:
         """Row numbers of one split; 'all' = every usable row (an external test set scored whole)."""
@@ -61,11 +74,21 @@ def resolve_cache_dir(config: dict) -> Path | None:
     return Path(value).expanduser()
 
 
-def load_dataset(config: dict) -> LesionDataset:
+def load_dataset(config: dict, classes: Sequence[str] | None = None) -> LesionDataset:
+    """The config's dataset, labelled by `classes` when given (a model's), else by data.classes / the data's own."""
     data = config["data"]
+    if classes is None and isinstance(data["classes"], list):
+        classes = data["classes"]
     if data["format"] == "synthetic":
-        return make_synthetic_dataset(n_per_class=data["synthetic_per_class"], size=max(64, config["model"]["image_size"]),
-                                      seed=config["seed"])
+        dataset = make_synthetic_dataset(n_per_class=data["synthetic_per_class"],
+                                         size=max(64, config["model"]["image_size"]), seed=config["seed"])
+    else:
+        dataset = _open_data_path(config, classes)
+    return dataset.with_classes(classes) if classes is not None else dataset
+
+
+def _open_data_path(config: dict, classes: Sequence[str] | None) -> LesionDataset:
+    data = config["data"]
     path = resolve_data_path(config)
     if path is None:
         raise ConfigError("no data given: pass --data PATH, set DERMALENS_DATA, or use --set data.format=synthetic")
@@ -74,35 +97,43 @@ def load_dataset(config: dict) -> LesionDataset:
     kwargs = {"restrict_to_available": data["restrict_to_available"]} if data["format"] in ("auto", "ham10000") else {}
     if data["format"] == "isic2018" and data.get("subset"):
         kwargs["split"] = data["subset"]
+    if data["format"] in ("auto", "folder"):
+        # Only a folder reader takes these (auto passes a detected reader only what it takes).
+        kwargs.update(classes=classes, lesion_csv=data.get("lesion_ids"))
     return open_dataset(path, data["format"], **kwargs)
 
 
-def prepare_data(config: dict, run_dir: Path | None = None, progress: bool = True) -> PreparedData:
+def prepare_data(config: dict, run_dir: Path | None = None, progress: bool = True,
+                 classes: Sequence[str] | None = None, split_needed: bool = True) -> PreparedData:
     """Read, check, cache and split the data before any training or evaluation starts.
 
     Bad items are all found here (reading finds missing files, unknown
     labels, duplicates; caching decodes every image once). With
     on_bad_data=error the whole list is raised; with skip they are
-    excluded. The split is `run_dir/split.csv` when that exists.
+    excluded. The split is `run_dir/split.csv` when that exists. classes:
+    the model's class set, for evaluation (images of other classes are bad
+    data items); None = data.classes, else the data's own. split_needed=False:
+    every image is scored whole (`--split all`), so no split is drawn (a
+    small external set need not be splittable).
     """
     data_cfg = config["data"]
     policy = data_cfg["on_bad_data"]
     if policy not in ("error", "skip"):
         raise ConfigError(f"data.on_bad_data must be 'error' or 'skip', got {policy!r}")
-    dataset = load_dataset(config)
+    dataset = load_dataset(config, classes)
     images, decode_issues = build_image_cache(dataset, config["model"]["image_size"], resolve_cache_dir(config),
                                               progress=progress, geometry=config["model"]["geometry"])
-    issues = list(dataset.issues) + list(decode_issues)
-    if issues and policy == "error":
-        raise BadDataError(issues)
-    if issues:
-        warnings.warn(f"skipping {len(issues)} bad data items (data.on_bad_data=skip; listed in {ISSUES_FILE})",
-                      stacklevel=2)
+    usable = apply_bad_data_policy(dataset, list(dataset.issues) + list(decode_issues), policy)
+    if usable is not dataset:   # skip: the rows that cannot be used leave the records and the image array
+        kept = dataset.records["image_id"].isin(usable.records["image_id"]).to_numpy()
+        images, dataset = (images if kept.all() else images[kept]), usable
 
     split_file = Path(run_dir) / SPLIT_FILE if run_dir is not None else None
-    if split_file is not None and split_file.is_file():
-        saved = read_split_csv(split_file)
-        split = dataset.records["image_id"].map(saved).fillna(EXCLUDED).to_numpy()
+    if not split_needed:
+        split = np.full(len(dataset.records), WHOLE, dtype=object)
+        source = "not split (every image)"
+    elif split_file is not None and split_file.is_file():
+        split = split_for_records(dataset.records, read_split_csv(split_file), missing=EXCLUDED).to_numpy()
         source = f"{split_file}"
     else:
         split = official_or_grouped_split(dataset, data_cfg["val_fraction"], data_cfg["test_fraction"],
@@ -112,12 +143,10 @@ def prepare_data(config: dict, run_dir: Path | None = None, progress: bool = Tru
         if not official and not dataset.is_synthetic and (dataset.records["lesion_id"] == dataset.records["image_id"]).all():
             warnings.warn(f"{dataset.name} data at {dataset.root} has no lesion ids: the split is per image (no lesion "
                           "ids), so two photos of one lesion can land in different splits", stacklevel=2)
-    bad_ids = {i.image_id for i in decode_issues}
-    split = np.where(dataset.records["image_id"].isin(bad_ids), EXCLUDED, split)
     split_series = pd.Series(split, index=dataset.records.index)
     usable = split_series != EXCLUDED
     assert_no_lesion_leakage(dataset.records[usable], split_series[usable])
-    return PreparedData(dataset, images, dataset.records["label"].to_numpy(np.int64), split, issues, source)
+    return PreparedData(dataset, images, dataset.records["label"].to_numpy(np.int64), split, dataset.issues, source)
 
 
 def save_run_data(prepared: PreparedData, run_dir: Path) -> None:

@@ -20,7 +20,6 @@ from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
 from dermalens.atomic_io import atomic_write_text
-from dermalens.classes import CLASS_CODES
 from dermalens.data.readers import DataIssue, LesionDataset
 
 BAD_DATA_POLICIES = ("error", "skip")
@@ -113,7 +112,7 @@ def apply_bad_data_policy(dataset: LesionDataset, issues: Sequence[DataIssue], p
     warnings.warn(
         f"{dataset.name}: skipped {len(issues)} bad item(s) ("
         + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
-        + f"); {int((~keep).sum())} record(s) dropped, {len(cleaned)} remain",
+        + f"); {int((~keep).sum())} record(s) dropped, {len(cleaned)} remain (data.on_bad_data=skip)",
         stacklevel=2,
     )
     return cleaned
@@ -142,9 +141,9 @@ def summarise_dataset(dataset: LesionDataset) -> dict:
         "name": dataset.name,
         "n_images": int(len(records)),
         "n_lesions": int(records["lesion_id"].nunique()),
-        "images_per_class": {c: int((labels == i).sum()) for i, c in enumerate(CLASS_CODES)},
+        "images_per_class": {c: int((labels == i).sum()) for i, c in enumerate(dataset.classes)},
         "lesions_per_class": {
-            c: int(records.loc[labels == i, "lesion_id"].nunique()) for i, c in enumerate(CLASS_CODES)
+            c: int(records.loc[labels == i, "lesion_id"].nunique()) for i, c in enumerate(dataset.classes)
         },
         "official_splits": {},
         "is_synthetic": bool(dataset.is_synthetic),

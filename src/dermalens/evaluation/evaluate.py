@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..classes import CLASS_CODES
 from ..data.prepare import PreparedData, prepare_data
 from ..inference.predictor import predict_logits
 from ..models.checkpoint import load_classifier, read_calibration
@@ -62,8 +61,13 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     split = split or ev["split"]
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    prepared = prepared or prepare_data(config, split_dir, progress)
     model, meta = load_classifier(checkpoint)
+    # The data is labelled by the model's own class set (images of other classes are bad data items).
+    prepared = prepared or prepare_data(config, split_dir, progress, classes=meta["classes"],
+                                        split_needed=split != "all")
+    if tuple(prepared.classes) != tuple(meta["classes"]):
+        raise ValueError(f"the data is labelled with classes {', '.join(prepared.classes)}; {checkpoint} predicts "
+                         f"{', '.join(meta['classes'])}")
     pre = meta["preprocessing"]
     if pre.image_size != prepared.images.shape[1]:
         raise ValueError(f"checkpoint expects {pre.image_size}px images, the prepared data is {prepared.images.shape[1]}px")
@@ -90,7 +94,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     # Lesion-level (cluster) bootstrap: images of one lesion are resampled together.
     groups = (prepared.dataset.records["lesion_id"].to_numpy()[prepared.rows(split)]
               if ev["bootstrap_unit"] == "lesion" else None)
-    metrics = compute_classification_metrics(probs, labels, CLASS_CODES, n_bootstrap=ev["n_bootstrap"],
+    metrics = compute_classification_metrics(probs, labels, meta["classes"], n_bootstrap=ev["n_bootstrap"],
                                              seed=config["seed"], groups=groups)
     metrics["temperature"] = temperature
     metrics["temperature_fitted_for_tta"] = calibration["tta"]

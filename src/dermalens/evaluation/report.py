@@ -89,10 +89,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _display_name(code: str) -> str:
-    try:
-        return class_name(code)
-    except ValueError:  # classes outside the registry (custom label sets)
-        return ""
+    name = class_name(code)
+    return "" if name == code else name   # a class of one's own has no long name
 
 
 def render_report_markdown(

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -113,9 +114,11 @@ class Explainer:
     """
 
     def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, temperature: float = 1.0,
-                 shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS, cam_layer: str = "final"):
+                 shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS, cam_layer: str = "final",
+                 classes: Sequence[str] = CLASS_CODES):
         self.model = model
         self.preprocessing = preprocessing
+        self.classes = tuple(classes)     # the model's class codes, in output order
         self.temperature = float(temperature)
         self.shap_max_evals = int(shap_max_evals)
         self.cam_layer = cam_layer   # Grad-CAM / Grad-CAM++: "final" (the pooled map) or "stride16"
@@ -131,7 +134,8 @@ class Explainer:
     @classmethod
     def from_predictor(cls, predictor, **kwargs) -> "Explainer":
         """Shares the predictor's model (no copy of the weights) and its calibration temperature."""
-        return cls(predictor.model, predictor.preprocessing, temperature=predictor.temperature, **kwargs)
+        return cls(predictor.model, predictor.preprocessing, temperature=predictor.temperature,
+                   classes=predictor.classes, **kwargs)
 
     def method(self, name: str) -> AttributionMethod:
         """The registered method (names.REGISTRY), built on first use and kept."""
@@ -153,7 +157,7 @@ class Explainer:
         """Explain one RGB uint8 image of any size for `target_class` (default: the predicted class)."""
         method = check_method(method)
         image = check_image(image)
-        target_index = class_index(target_class) if target_class is not None else None
+        target_index = class_index(target_class, self.classes) if target_class is not None else None
         started = time.perf_counter()
         input_tensor = preprocess_image(image, self.preprocessing)[None]
         probabilities = self.probabilities(input_tensor)
@@ -165,13 +169,15 @@ class Explainer:
         attribution = explainer.attribute(model_image, input_tensor, target_index,
                                           max_evals=shap_max_evals or self.shap_max_evals)
         heatmap = heatmap_at_size(attribution.raw_map, *image.shape[:2], geometry=pre.geometry)
-        probs = {code: float(p) for code, p in zip(CLASS_CODES, probabilities)}
-        target = CLASS_CODES[target_index]
+        probs = {code: float(p) for code, p in zip(self.classes, probabilities)}
+        target = self.classes[target_index]
         overlay = render_overlay(image, heatmap, caption_lines(method, target, probs))
         return Explanation(
             method=method, target_class=target, probabilities=probs, heatmap=heatmap,
             raw_map=np.asarray(attribution.raw_map, dtype=np.float32), overlay=overlay,
-            class_maps=attribution.class_maps, seconds=time.perf_counter() - started,
+            class_maps=({self.classes[k]: m for k, m in attribution.class_maps.items()}
+                        if attribution.class_maps is not None else None),
+            seconds=time.perf_counter() - started,
         )
 
     def warm_up(self, methods: tuple[str, ...] = METHODS) -> None:

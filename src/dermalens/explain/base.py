@@ -29,7 +29,7 @@ class Attribution:
     """
 
     raw_map: np.ndarray
-    class_maps: dict[str, np.ndarray] | None = None
+    class_maps: dict[int, np.ndarray] | None = None   # output index -> map (the Explainer names the classes)
 
 
 class AttributionMethod:

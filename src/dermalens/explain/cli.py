@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER
+from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index
 from ..data.image_files import DEFAULT_EXCLUDE, find_image_files
 from .names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS
 
@@ -28,7 +28,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--method", default="gradcam", choices=METHODS,
                    help="; ".join(f"{m}: {label}" for m, label in METHOD_LABELS.items()))
-    p.add_argument("--target-class", type=str.lower, choices=CLASS_CODES, help="class to explain (default: the predicted class)")
+    p.add_argument("--target-class", type=str.lower, metavar="CODE",
+                   help="class to explain, one of the model's class codes (HAM10000: "
+                        f"{', '.join(CLASS_CODES)}; default: the predicted class)")
     p.add_argument("--out", default="explanations", help="output folder (default: ./explanations)")
     p.add_argument("--layer", default="final", choices=CAM_LAYERS,
                    help="Grad-CAM/Grad-CAM++ target layer: final (the map the head pools; 7x7 at 224 px) "
@@ -58,6 +60,9 @@ def cmd_explain(args) -> int:
     from .api import Explainer, save_overlay_png
 
     explainer = Explainer.from_checkpoint(args.model, cam_layer=args.layer)
+    if args.target_class is not None and args.target_class not in explainer.classes:
+        # Checked before any image: the model's class set is only known once it is loaded.
+        class_index(args.target_class, explainer.classes)   # raises, naming the classes and a likely meant one
     images = find_image_files(args.inputs, tuple(args.exclude) if args.exclude else DEFAULT_EXCLUDE)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

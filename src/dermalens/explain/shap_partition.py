@@ -18,7 +18,6 @@ import threading
 import numpy as np
 import torch
 
-from ..classes import CLASS_CODES
 from ..data.transforms import preprocess_image
 from ..models.preprocessing import Preprocessing
 from .base import Attribution, AttributionMethod, model_device, private_module_tree
@@ -53,8 +52,7 @@ class ShapPartitionExplainer(AttributionMethod):
             size = self.preprocessing.image_size
             kernel = max(3, int(round(size * BLUR_FRACTION)))
             masker = shap.maskers.Image(f"blur({kernel},{kernel})", (size, size, 3))
-            self._explainer = shap.PartitionExplainer(self.predict_probabilities, masker,
-                                                      output_names=list(CLASS_CODES))
+            self._explainer = shap.PartitionExplainer(self.predict_probabilities, masker)
         return self._explainer
 
     def predict_probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -77,5 +75,5 @@ class ShapPartitionExplainer(AttributionMethod):
             explainer.masker.last_xid = None
         # (1, S, S, 3, C) -> (C, S, S): a pixel's attribution is the sum over its colour channels.
         values = np.asarray(result.values, dtype=np.float32)[0].sum(axis=2).transpose(2, 0, 1)
-        class_maps = {code: values[k] for k, code in enumerate(CLASS_CODES)}
+        class_maps = {k: values[k] for k in range(len(values))}
         return Attribution(raw_map=values[class_index], class_maps=class_maps)

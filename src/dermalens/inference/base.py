@@ -31,10 +31,11 @@ class ImagePredictor(Protocol):
     temperature: float             # divides the logits before the softmax (calibration)
     tta: bool                      # average the logits of four flipped views
     runtime: str                   # what runs the model: one of runtimes.RUNTIMES but "auto"
+    classes: tuple[str, ...]       # the model's class codes, in output order (saved with the model)
     metadata: dict[str, Any]       # classes, preprocessing, model_config, val_metrics, provenance...
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """RGB uint8 arrays of any size -> probabilities (N, C), classes in `classes.CLASS_CODES` order."""
+        """RGB uint8 arrays of any size -> probabilities (N, C), in the order of `classes`."""
         ...
 
     def predict(self, sources: Iterable[str | Path | np.ndarray], batch_size: int = 16) -> list[Prediction]:

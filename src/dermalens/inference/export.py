@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER
+from ..classes import RESEARCH_DISCLAIMER, validate_class_set
 from ..data.image_files import NoImagesFound, find_image_files
 from ..models.checkpoint import load_classifier, read_calibration
 from .onnx_predictor import (
@@ -207,8 +207,11 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be 'int8' or nothing, got {quantize!r}")
-    if list(metadata["classes"]) != list(CLASS_CODES):
-        raise ExportError(f"model classes {metadata['classes']} differ from dermalens's {list(CLASS_CODES)}")
+    try:
+        classes = validate_class_set(metadata["classes"], "the model's class list",
+                                     num_outputs=getattr(getattr(model, "config", None), "num_classes", None))
+    except ValueError as error:
+        raise ExportError(str(error)) from None
     opset = int(opset or DEFAULT_OPSET[exporter])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -221,8 +224,8 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
                 "opset": opset, "exported_with": f"dermalens {__version__}, torch {torch.__version__}",
                 "input": f"{INPUT_NAME}: float32 (N,3,{pre.image_size},{pre.image_size}) RGB, "
                          f"(x/255 - mean)/std",
-                "outputs": f"{LOGITS_NAME} (N,{len(CLASS_CODES)}), {PROBABILITIES_NAME} "
-                           f"(N,{len(CLASS_CODES)}) = softmax(logits/temperature)",
+                "outputs": f"{LOGITS_NAME} (N,{len(classes)}), {PROBABILITIES_NAME} "
+                           f"(N,{len(classes)}) = softmax(logits/temperature), classes {', '.join(classes)}",
                 "disclaimer": RESEARCH_DISCLAIMER}
     temporary: list[Path] = []
 

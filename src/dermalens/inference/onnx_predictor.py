@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from ..atomic_io import file_sha256
-from ..classes import CLASS_CODES
+from ..classes import validate_class_set
 from ..data.preprocess import preprocess_array
 from ..models.calibration_record import CheckpointError, calibration_path, read_calibration
 from ..models.preprocessing import Preprocessing
@@ -171,9 +171,10 @@ class OnnxPredictor:
         self.runtime = runtime  # what runs the model: onnxruntime, openvino, openvino-bf16
         self.metadata = metadata
         self.preprocessing: Preprocessing = metadata["preprocessing"]
-        if list(metadata["classes"]) != list(CLASS_CODES):
-            raise OnnxModelError(f"model was exported for classes {metadata['classes']}, "
-                                 f"this dermalens knows {list(CLASS_CODES)}")
+        try:
+            self.classes: tuple[str, ...] = validate_class_set(metadata["classes"], "the exported model's class list")
+        except ValueError as error:
+            raise OnnxModelError(str(error)) from None
         self.temperature = float(metadata.get("temperature") or 1.0) if temperature is None else float(temperature)
         self.tta = tta
         self.input_name = session.get_inputs()[0].name
@@ -212,7 +213,7 @@ class OnnxPredictor:
     def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 arrays of any size -> probabilities (N, C)."""
         if len(images) == 0:
-            return np.zeros((0, len(CLASS_CODES)), dtype=np.float32)
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
         return softmax(self.logits(self.batch(images)), self.temperature).astype(np.float32)
 
     def predict(self, sources: Iterable[str | Path | np.ndarray], batch_size: int = 16) -> list[Prediction]:

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_name
+from ..classes import RESEARCH_DISCLAIMER, class_name
 from ..data.readers.images import UnreadableImageError, decode_image_file
 
 
@@ -45,9 +45,12 @@ class Prediction:
         }
 
 
-def as_prediction(source: str, probabilities: Sequence[float]) -> Prediction:
-    """One row of `predict_arrays` as a Prediction."""
-    return Prediction(source, {code: float(p) for code, p in zip(CLASS_CODES, probabilities)})
+def as_prediction(source: str, probabilities: Sequence[float], classes: Sequence[str]) -> Prediction:
+    """One row of `predict_arrays` as a Prediction; `classes` are the model's, in output order."""
+    probabilities = np.asarray(probabilities).reshape(-1)
+    if len(probabilities) != len(classes):
+        raise ValueError(f"{len(probabilities)} probabilities for {len(classes)} classes ({', '.join(classes)})")
+    return Prediction(source, {code: float(p) for code, p in zip(classes, probabilities)})
 
 
 def read_rgb_image(path: str | Path) -> np.ndarray:
@@ -74,7 +77,8 @@ def predict_sources(predictor, sources: Iterable[str | Path | np.ndarray],
         arrays = [s if isinstance(s, np.ndarray) else read_rgb_image(s) for s in chunk]
         probs = predictor.predict_arrays(arrays)
         for source, row in zip(chunk, probs):
-            results.append(as_prediction("<array>" if isinstance(source, np.ndarray) else str(source), row))
+            results.append(as_prediction("<array>" if isinstance(source, np.ndarray) else str(source), row,
+                                         predictor.classes))
     return results
 
 
@@ -103,6 +107,6 @@ def predict_files(predictor, paths: Sequence[str | Path], batch_size: int = 32,
             failures += [error for _, _, error in decoded if error is not None]
             if good:
                 probs = predictor.predict_arrays([image for _, image in good])
-                results += [as_prediction(str(path), row) for (path, _), row in zip(good, probs)]
+                results += [as_prediction(str(path), row, predictor.classes) for (path, _), row in zip(good, probs)]
             bar.update(len(decoded))
     return results, failures

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..classes import CLASS_CODES
 from ..data.transforms import flip_tta_views, preprocess_image
 from ..models.checkpoint import load_classifier, read_calibration
 from ..models.preprocessing import Preprocessing
@@ -39,7 +38,7 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, pre: Preprocessin
         views = flip_tta_views(batch) if tta else [batch]
         outputs.append(torch.stack([model(v).float() for v in views]).mean(0).cpu())
     if not outputs:
-        return np.zeros((0, len(CLASS_CODES)), dtype=np.float32)
+        return np.zeros((0, model.config.num_classes), dtype=np.float32)
     return torch.cat(outputs).numpy()
 
 
@@ -52,6 +51,7 @@ class Predictor:
         self.model = model.eval()
         self.metadata = metadata
         self.preprocessing: Preprocessing = metadata["preprocessing"]
+        self.classes: tuple[str, ...] = tuple(metadata["classes"])
         self.temperature = temperature
         self.tta = tta
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..classes import CLASS_CODES
+from ..classes import validate_class_set
 from .calibration_record import CheckpointError, calibration_path, read_calibration, write_calibration
 from .classifier import LesionClassifier, ModelConfig, Preprocessing, create_classifier
 
@@ -69,9 +69,12 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Returns the model in eval mode and its metadata (classes, preprocessing, metrics...)."""
     checkpoint = read_checkpoint_metadata(path)
     meta = dict(checkpoint[CHECKPOINT_KEY])
-    if list(meta["classes"]) != list(CLASS_CODES):
-        raise CheckpointError(f"{path} was trained for classes {meta['classes']}, this dermalens knows {CLASS_CODES}")
     config = ModelConfig(**meta["model_config"])
+    try:
+        meta["classes"] = list(validate_class_set(meta.get("classes") or (), f"{path}: the saved class list",
+                                                  num_outputs=config.num_classes))
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     model = create_classifier(config, load_pretrained=False)
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)

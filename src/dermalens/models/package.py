@@ -28,9 +28,10 @@ import yaml
 
 from .. import __version__
 from ..atomic_io import file_sha256, to_jsonable
-from ..classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_name
+from ..classes import RESEARCH_DISCLAIMER, class_name, validate_class_set
 from .checkpoint import CheckpointError, load_classifier, read_calibration
 from .classifier import LesionClassifier, ModelConfig, Preprocessing, create_classifier
+from .weights import hub_offline_if_unreachable
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "ONNX_FILE", "SUMS_FILE", "WEIGHTS_FILE", "PackageError", "from_pretrained",
            "is_package", "load_package", "package_run", "push_to_hub", "read_package_config", "verify_package"]
@@ -396,7 +397,7 @@ def render_model_card(config: dict, folder_name: str) -> str:
         "",
         "| index | code | name |",
         "|---|---|---|",
-        *(f"| {c.index} | {c.code} | {c.name} |" for c in LESION_CLASSES if c.code in config["classes"]),
+        *(f"| {index} | {code} | {class_name(code)} |" for index, code in enumerate(config["classes"])),
         "",
         "## Training data and licence",
         "",
@@ -555,9 +556,12 @@ def read_package_config(folder: str | Path, verify: bool = True) -> dict:
     if int(config.get("format_version", 0)) > FORMAT_VERSION:
         raise PackageError(f"{folder} was written in package format {config['format_version']}; this dermalens "
                            f"reads up to {FORMAT_VERSION}: upgrade dermalens")
-    if list(config.get("classes", [])) != list(CLASS_CODES):
-        raise PackageError(f"{folder} holds a model for classes {config.get('classes')}, this dermalens knows "
-                           f"{list(CLASS_CODES)}")
+    try:
+        num_outputs = (config.get("architecture") or {}).get("num_classes")
+        config["classes"] = list(validate_class_set(config.get("classes") or (), f"{folder / CONFIG_FILE} classes",
+                                                    num_outputs=num_outputs))
+    except ValueError as error:
+        raise PackageError(str(error)) from None
     return config
 
 
@@ -617,6 +621,7 @@ def download_package(repo_id_or_path: str | Path, revision: str | None = None) -
     if local.is_dir():
         return local
     hub = _huggingface_hub()
+    hub_offline_if_unreachable()   # without a network: the local cache at once, not a minute of retries
     try:
         return Path(hub.snapshot_download(repo_id=str(repo_id_or_path), revision=revision, repo_type="model"))
     except Exception as error:   # offline, unknown repository, no access: huggingface_hub's own types

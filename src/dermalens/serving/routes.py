@@ -15,11 +15,11 @@ from dataclasses import asdict
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, render_template, request
 
-from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index, class_name
+from ..classes import RESEARCH_DISCLAIMER, class_name
 from ..explain.names import METHOD_LABELS, METHODS
 from .openapi import EXPLAIN_FORMATS, openapi_document
 from .report import report_png
-from .service import ExplainUnavailable, ModelService, check_class_code
+from .service import ExplainUnavailable, ModelService
 from .uploads import DecodedImage, UploadError, decode_upload
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def explain():
     method, target = read_method_and_class()
     image = read_uploaded_image()
     explanation = run_explanation(image, method, target)
-    target_code = to_class_code(explanation.target_class)
+    target_code = explanation.target_class
     png = service().overlay_png(explanation)
     if output == "png":
         response = current_app.response_class(png, mimetype="image/png")
@@ -141,7 +141,7 @@ def explain():
         "method": method,
         "target_class": target_code,
         "target_class_name": class_name(target_code),
-        "probabilities": probabilities_dict(explanation.probabilities),
+        "probabilities": dict(explanation.probabilities),
         "heatmap_shape": list(heatmap.shape),
         "heatmap": np.round(heatmap, 3).tolist(),
         "overlay_png_base64": base64.b64encode(png).decode("ascii"),
@@ -159,7 +159,7 @@ def report():
     prediction = model.predict(image.rgb, source=image.filename)
     explanation = run_explanation(image, method, target or prediction.top_class)
     png = report_png(image.rgb, prediction.probabilities, explanation.heatmap, method,
-                     to_class_code(explanation.target_class), model.info["name"], image.filename)
+                     explanation.target_class, model.info["name"], image.filename)
     response = current_app.response_class(png, mimetype="image/png")
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", image.filename.rsplit(".", 1)[0])[:60] or "upload"  # a header value
     response.headers["Content-Disposition"] = f'attachment; filename="dermalens-{method_slot(method)}-{stem}.png"'
@@ -171,7 +171,7 @@ def report():
 def read_method_and_class() -> tuple[str, str | None]:
     """The form's `method` and `class`, checked; UploadError names the allowed values."""
     try:
-        target = check_class_code(request.form.get("class"))
+        target = service().class_code(request.form.get("class"))
     except ValueError as error:
         raise UploadError(str(error)) from None
     methods = tuple(service().explain_api().METHODS)   # ExplainUnavailable (503) where there are none
@@ -204,16 +204,3 @@ def read_uploaded_image() -> DecodedImage:
         raise UploadError(f"no image selected: the '{UPLOAD_FIELD}' field holds no file")
     data = upload.stream.read()
     return decode_upload(data, upload.filename, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
-
-
-def to_class_code(target) -> str:
-    """The explainer's target class (a code or an index) as a class code."""
-    if isinstance(target, (int, np.integer)):
-        return CLASS_CODES[int(target)]
-    return CLASS_CODES[class_index(str(target))]
-
-
-def probabilities_dict(probabilities) -> dict[str, float]:
-    if isinstance(probabilities, dict):
-        return {str(code): float(p) for code, p in probabilities.items()}
-    return {code: float(p) for code, p in zip(CLASS_CODES, np.asarray(probabilities).reshape(-1))}

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import __version__
-from ..classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_index
+from ..classes import RESEARCH_DISCLAIMER, class_index, class_name
 from .capacity import Capacity, Limits, WorkerPool
 
 if TYPE_CHECKING:  # imported for annotations only: predictor.py imports torch
@@ -98,14 +98,26 @@ class ModelService:
 
     from_checkpoint = from_model_file  # the name callers used before .onnx files could be served
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The served model's class codes, in output order (saved with the model)."""
+        return tuple(self.fast_predictor.classes)
+
+    def class_code(self, code: str | None) -> str | None:
+        """A lower-case class code of this model, None for 'the top class'; ValueError naming its classes."""
+        if code is None or not code.strip():
+            return None
+        return self.classes[class_index(code, self.classes)]
+
     def predict(self, image: np.ndarray, source: str) -> "Prediction":
-        from ..inference.prediction import Prediction  # torch-free, unlike inference.predictor
+        from ..inference.prediction import as_prediction  # torch-free, unlike inference.predictor
+
 
         with self.predictions.slot():
             started = time.perf_counter()
             probabilities = self.fast_predictor.predict_arrays([image])[0]
         log.debug("predicted %s in %.1f ms", source, (time.perf_counter() - started) * 1e3)
-        return Prediction(source, {code: float(p) for code, p in zip(CLASS_CODES, probabilities)})
+        return as_prediction(source, probabilities, self.classes)
 
     # --- explanations -------------------------------------------------
     def explain_api(self) -> ModuleType:
@@ -166,18 +178,8 @@ class ModelService:
 
 
 def make_explainer(api: ModuleType, predictor: "Predictor"):
-    """The API's Explainer on the predictor's model; `from_predictor` also carries its calibration."""
-    from_predictor = getattr(api.Explainer, "from_predictor", None)
-    if from_predictor is not None:
-        return from_predictor(predictor)
-    return api.Explainer(predictor.model, predictor.preprocessing)
-
-
-def check_class_code(code: str | None) -> str | None:
-    """A lower-case class code, None for 'the top class'; ValueError naming the known codes."""
-    if code is None or not code.strip():
-        return None
-    return CLASS_CODES[class_index(code)]
+    """The API's Explainer on the predictor's model, with its calibration and class set."""
+    return api.Explainer.from_predictor(predictor)
 
 
 def model_display_name(model_config: dict) -> str:
@@ -207,6 +209,7 @@ def describe_model(predictor) -> dict:
         "temperature": predictor.temperature,
         "tta": predictor.tta,
         "val_metrics": metrics,
-        "classes": [{"index": c.index, "code": c.code, "name": c.name} for c in LESION_CLASSES],
+        "classes": [{"index": index, "code": code, "name": class_name(code)}
+                    for index, code in enumerate(predictor.classes)],
         "disclaimer": RESEARCH_DISCLAIMER,
     }

@@ -1,13 +1,23 @@
 """What is learned: the classifier, its loss, optimiser and validation metrics."""
 from __future__ import annotations
 
+import warnings
+from dataclasses import asdict
+
 import lightning as L
 import torch
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassF1Score,
+    MulticlassRecall,
+    MulticlassStatScores,
+)
 
 from .. import __version__
-from ..classes import CLASS_CODES, NUM_CLASSES
+from ..classes import CLASS_CODES
+from ..config import LossSection, ModelSection, OptimizerSection, SchedulerSection, TrainingSection, section
 
 # The key under which dermalens keeps what inference needs inside a Lightning
 # checkpoint, so a checkpoint can be used without the training config.
@@ -18,33 +28,72 @@ from .losses import build_loss
 PLATEAU_KEY = "dermalens_plateau_scheduler"
 
 
-def validation_metrics(num_classes: int) -> MetricCollection:
-    # torchmetrics syncs these across DDP ranks before compute().
-    return MetricCollection({
-        "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-        "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro"),
-        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
-        "auc_macro": MulticlassAUROC(num_classes, average="macro"),
-    })
+class ValidationMetrics(MetricCollection):
+    """Accuracy, and balanced accuracy, macro F1 and macro AUC over the classes present in the targets.
+
+    torchmetrics' own macro averages count a class absent from the validation
+    split as recall 0 (when it is predicted) and AUC 0, so a split without
+    one class would log, save and select on numbers that are too low. Here
+    absent classes are left out of the average, as in the evaluation report
+    (n/a there) and scikit-learn's balanced_accuracy_score. Per-class states
+    are synced across DDP ranks by torchmetrics before compute().
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__({
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            "recall": MulticlassRecall(num_classes, average=None),
+            "f1": MulticlassF1Score(num_classes, average=None),
+            "auc": MulticlassAUROC(num_classes, average=None),
+            "stats": MulticlassStatScores(num_classes, average=None),
+        }, compute_groups=False)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():   # "no positive samples" for absent classes: they are left out below
+            warnings.filterwarnings("ignore", message=".*(positive|negative) samples.*")
+            values = super().compute()
+        stats = values["stats"]                 # per class: tp, fp, tn, fn, support
+        present = stats[:, 4] > 0
+        in_truth_or_predicted = present | (stats[:, 1] > 0)   # macro F1 as metrics.py and scikit-learn count it
+        return {
+            "accuracy": values["accuracy"],
+            "balanced_accuracy": values["recall"][present].mean(),
+            "macro_f1": values["f1"][in_truth_or_predicted].mean(),
+            "auc_macro": values["auc"][present].mean(),
+        }
+
+
+def validation_metrics(num_classes: int) -> ValidationMetrics:
+    return ValidationMetrics(num_classes)
 
 
 class LesionClassifierModule(L.LightningModule):
-    def __init__(self, model: dict, loss: dict, optimizer: dict, scheduler: dict,
-                 class_counts: list[int], monitor: str = "val/balanced_accuracy", monitor_mode: str = "max",
-                 channels_last: bool = False, load_pretrained: bool = True, compile: bool = False):
+    def __init__(self, model: dict, loss: dict, optimizer: dict, scheduler: dict, training: dict,
+                 class_counts: list[int], classes: list[str] | tuple[str, ...] = CLASS_CODES,
+                 load_pretrained: bool = True):
+        # The config's sections, as plain dicts (what Lightning saves as hyperparameters); missing
+        # keys take the one default in config.py, and an unknown key is an error.
         super().__init__()
+        if len(classes) != len(class_counts):
+            raise ValueError(f"{len(classes)} classes ({', '.join(classes)}) but {len(class_counts)} class counts")
+        self.classes = list(classes)
         self.save_hyperparameters()
-        self.model = create_classifier(ModelConfig(**model), load_pretrained=load_pretrained)
+        self.training_settings = section(TrainingSection, training)
+        self.optimizer_settings = section(OptimizerSection, optimizer)
+        self.scheduler_settings = section(SchedulerSection, scheduler)
+        model_settings = section(ModelSection, {k: v for k, v in model.items() if k != "num_classes"})
+        self.model = create_classifier(ModelConfig(**asdict(model_settings), num_classes=len(self.classes)),
+                                       load_pretrained=load_pretrained)
+        channels_last = self.training_settings.channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if compile:
+        if self.training_settings.compile:
             # torch.compile in place: the state_dict keys stay "model.*", so
             # checkpoints load without Lightning or compile.
             self.model.compile()
         self.channels_last = channels_last
-        self.criterion = build_loss(loss.get("name", "focal"), class_counts, gamma=loss.get("gamma", 2.0),
-                                    alpha=loss.get("alpha"), label_smoothing=loss.get("label_smoothing", 0.0))
-        self.val_metrics = validation_metrics(NUM_CLASSES)
+        self.criterion = build_loss(section(LossSection, loss), class_counts)
+        self.val_metrics = validation_metrics(len(self.classes))
         self.val_loss = MeanMetric()   # the plateau scheduler may monitor it
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
@@ -79,16 +128,14 @@ class LesionClassifierModule(L.LightningModule):
             # last.ckpt holds the scheduler as it is after this epoch. (Lightning steps a
             # plateau scheduler after saving and skips that step on resume, so a resumed
             # run would reduce the learning rate one epoch later than an uninterrupted one.)
-            self.plateau.step(float(values[self.hparams.monitor]))
+            self.plateau.step(float(values[self.training_settings.monitor]))
 
     def configure_optimizers(self):
-        opt = self.hparams.optimizer
-        optimizer = torch.optim.Adam(self.parameters(), lr=opt.get("lr", 1e-3),
-                                     weight_decay=opt.get("weight_decay", 0.0))
-        sched = self.hparams.scheduler
+        opt, sched = self.optimizer_settings, self.scheduler_settings
+        optimizer = torch.optim.Adam(self.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=self.hparams.monitor_mode, factor=sched.get("factor", 0.5),
-            patience=sched.get("patience", 2), min_lr=sched.get("min_lr", 1e-6))
+            optimizer, mode=self.training_settings.monitor_mode, factor=sched.factor, patience=sched.patience,
+            min_lr=sched.min_lr)
         if self._plateau_state is not None:
             self.plateau.load_state_dict(self._plateau_state)
         return optimizer
@@ -105,8 +152,8 @@ class LesionClassifierModule(L.LightningModule):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         checkpoint[CHECKPOINT_KEY] = {
             "version": __version__,
-            "classes": list(CLASS_CODES),
-            "model_config": dict(self.hparams.model),
+            "classes": list(self.classes),
+            "model_config": asdict(self.model.config),
             "preprocessing": self.model.preprocessing.to_dict(),
             "weights_source": self.model.weights_source,
             "val_metrics": metrics,

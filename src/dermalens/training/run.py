@@ -13,7 +13,8 @@ import json
 import logging
 import time
 import traceback
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,13 +26,18 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..atomic_io import atomic_write_json, atomic_write_text
-from ..classes import NUM_CLASSES
-from ..config import ConfigError, dump_config, load_config
+from ..config import (
+    AugmentationSection,
+    ConfigError,
+    SamplerSection,
+    TrainingSection,
+    dump_config,
+    load_config,
+    section,
+)
 from ..data.datamodule import LesionDataModule
 from ..data.prepare import PreparedData, prepare_data, resolve_data_path, save_run_data
-from ..data.transforms import AugmentationConfig
 from ..evaluation.evaluate import evaluate_checkpoint
-from ..models.classifier import ModelConfig
 from .distributed import shared_run_dir
 from .errors import TrainingInterrupted
 from .module import LesionClassifierModule
@@ -62,14 +68,12 @@ def with_absolute_paths(config: dict) -> dict:
 
 
 def build_datamodule(config: dict, prepared: PreparedData, preprocessing) -> LesionDataModule:
-    training = config["training"]
+    training = section(TrainingSection, config["training"])
     return LesionDataModule(
-        prepared.images, prepared.labels, prepared.split, preprocessing, AugmentationConfig(**config["augmentation"]),
-        batch_size=training["batch_size"], eval_batch_size=training["eval_batch_size"],
-        num_workers=training["num_workers"], balanced_sampling=config["sampler"]["balanced"],
-        samples_per_class=config["sampler"]["samples_per_class"],
-        balance_power=config["sampler"]["power"], seed=config["seed"],
-        pin_memory=torch.cuda.is_available() and training["accelerator"] != "cpu",
+        prepared.images, prepared.labels, prepared.split, preprocessing,
+        augmentation=section(AugmentationSection, config["augmentation"]),
+        sampler=section(SamplerSection, config["sampler"]), training=training, seed=config["seed"],
+        pin_memory=torch.cuda.is_available() and training.accelerator != "cpu",
     )
 
 
@@ -202,6 +206,23 @@ def check_resumable(run_dir: Path | None) -> Path:
     return run_dir.resolve()
 
 
+def check_training_classes(prepared: PreparedData) -> list[int]:
+    """Training images per class; ConfigError when a class of the set has none (or there is one class)."""
+    counts = np.bincount(prepared.labels[prepared.split == "train"], minlength=len(prepared.classes)).tolist()
+    if sum(counts) == 0:
+        raise ConfigError("the training split is empty: give more images")
+    if len(prepared.classes) < 2:
+        raise ConfigError(f"{prepared.dataset.root} holds one class ({', '.join(prepared.classes)}); a classifier "
+                          f"needs at least two")
+    missing = [code for code, count in zip(prepared.classes, counts) if count == 0]
+    if missing:
+        # A HAM10000-format folder keeps the 7 classes even when a partial download lacks some.
+        warnings.warn(f"class(es) {', '.join(missing)} have no training images in {prepared.dataset.root}: the "
+                      f"model cannot learn them; to train without them, list the others in data.classes",
+                      stacklevel=2)
+    return counts
+
+
 def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train (or resume) one run; evaluate the best checkpoint on the test split once at the end."""
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -217,14 +238,13 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
                               f"or choose another --run-dir")
     # Everything that can fail on the data fails here, before the run folder exists.
     prepared = prepare_data(config, run_dir if resume else None, progress=progress)
-    counts = np.bincount(prepared.labels[prepared.split == "train"], minlength=NUM_CLASSES).tolist()
-    if sum(counts) == 0:
-        raise ConfigError("the training split is empty: give more images")
+    counts = check_training_classes(prepared)
+    # The class set is saved with the run, so a resume or evaluation reads the data the same way.
+    config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
     module = LesionClassifierModule(
-        model=asdict(ModelConfig(**config["model"])), loss=config["loss"], optimizer=config["optimizer"],
-        scheduler=config["scheduler"], class_counts=counts, monitor=config["training"]["monitor"],
-        monitor_mode=config["training"]["monitor_mode"], channels_last=config["training"]["channels_last"],
-        compile=config["training"]["compile"],
+        classes=prepared.classes,
+        model=config["model"], loss=config["loss"], optimizer=config["optimizer"], scheduler=config["scheduler"],
+        training=config["training"], class_counts=counts,
     )
     log.info("backbone weights: %s", module.model.weights_source)
     datamodule = build_datamodule(config, prepared, module.model.preprocessing)

@@ -79,6 +79,8 @@ def open_dataset(
     n_per_class: int | None = None,
     size: int | None = None,
     seed: int | None = None,
+    classes: Sequence[str] | None = None,
+    lesion_csv: Path | str | None = None,
 ) -> LesionDataset:
     """Open any supported dataset.
 
@@ -91,6 +93,8 @@ def open_dataset(
       instead of reporting them as missing files
     - ``metadata_csv``, ``image_dirs`` (ham10000): metadata and image folders elsewhere
     - ``n_per_class``, ``size``, ``seed`` (synthetic)
+    - ``classes`` (folder): the class codes, in order (default: the HAM10000 codes among the folders)
+    - ``lesion_csv`` (folder): image_id,lesion_id for photos that show one lesion
 
     A named format refuses, with a TypeError, an option its reader does not
     take. With 'auto' only the options the detected reader takes are passed,
@@ -101,7 +105,8 @@ def open_dataset(
     if fmt != "auto" and fmt not in READERS:
         raise ValueError(f"unknown dataset format {fmt!r}; use one of {', '.join(DATASET_FORMATS)}")
     options = {"split": split, "restrict_to_available": restrict_to_available, "metadata_csv": metadata_csv,
-               "image_dirs": image_dirs, "n_per_class": n_per_class, "size": size, "seed": seed}
+               "image_dirs": image_dirs, "n_per_class": n_per_class, "size": size, "seed": seed,
+               "classes": classes, "lesion_csv": lesion_csv}
     given = {name: value for name, value in options.items() if value is not None}
     if fmt != "auto" and not READERS[fmt].takes_path:
         return READERS[fmt].read(**_named_format_options(fmt, given))

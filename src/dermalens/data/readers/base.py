@@ -9,7 +9,7 @@ column          meaning
 =============== ===========================================================
 image_id        unique id of the image (``ISIC_0024306``, ``dermamnist_train_00000``)
 lesion_id       id of the physical lesion; several images may show one lesion
-label           class index into `dermalens.classes.CLASS_CODES`
+label           class index into the dataset's `classes` (HAM10000's 7 unless the data has its own)
 path            image file (str) for file-backed sources, else None
 array_index     row in `LesionDataset.images` for array-backed sources, else -1
 official_split  'train' / 'val' / 'test' where the source defines splits, else None
@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from dermalens.classes import CLASS_CODES, NUM_CLASSES, class_index
+from dermalens.classes import CLASS_CODES, class_index
 
 from .images import decode_image_file
 
@@ -66,6 +66,7 @@ class LesionDataset:
     images: np.ndarray | None = None  # uint8 (M,H,W,3) for array-backed sources
     issues: list[DataIssue] = field(default_factory=list)  # rows NOT in records
     is_synthetic: bool = False
+    classes: tuple[str, ...] = CLASS_CODES  # the class codes `label` indexes, in order
 
     def __len__(self) -> int:
         return len(self.records)
@@ -90,8 +91,8 @@ class LesionDataset:
 
     def class_counts(self) -> dict[str, int]:
         """Images per class code, every class listed (zero included), in label order."""
-        counts = np.bincount(self.records["label"].to_numpy(dtype=np.int64), minlength=NUM_CLASSES)
-        return {code: int(counts[i]) for i, code in enumerate(CLASS_CODES)}
+        counts = np.bincount(self.records["label"].to_numpy(dtype=np.int64), minlength=len(self.classes))
+        return {code: int(counts[i]) for i, code in enumerate(self.classes)}
 
     def subset(self, rows: Sequence[int] | np.ndarray | pd.Series) -> LesionDataset:
         """The dataset restricted to ``rows`` (positions, or a boolean mask).
@@ -111,7 +112,32 @@ class LesionDataset:
             images=self.images,
             issues=list(self.issues),
             is_synthetic=self.is_synthetic,
+            classes=self.classes,
         )
+
+    def with_classes(self, classes: Sequence[str]) -> LesionDataset:
+        """The dataset labelled by another class set (a model's): labels are re-indexed by class code.
+
+        Images of a class outside `classes` cannot be scored or learned as that
+        class: they leave the records and become ``unknown_label`` issues, so the
+        bad-data policy (error, or skip and record) decides, and says so.
+        """
+        classes = tuple(classes)
+        if classes == self.classes:
+            return self
+        position = {code: i for i, code in enumerate(classes)}
+        codes = np.asarray(self.classes, dtype=object)[self.records["label"].to_numpy(np.int64)]
+        keep = np.array([code in position for code in codes], dtype=bool)
+        issues = list(self.issues)
+        for code in sorted(set(codes[~keep])):
+            rows = self.records[codes == code]
+            for _, row in rows.iterrows():
+                issues.append(DataIssue("unknown_label", row["image_id"], row["path"],
+                                        f"class {code!r} is not one of the classes {', '.join(classes)}"))
+        records = self.records[keep].reset_index(drop=True).copy()
+        records["label"] = np.array([position[code] for code in codes[keep]], dtype=np.int64)
+        return LesionDataset(name=self.name, root=self.root, records=records, images=self.images, issues=issues,
+                             is_synthetic=self.is_synthetic, classes=classes)
 
 
 @dataclass(frozen=True)
@@ -220,11 +246,12 @@ class RowFilter:
         self._seen.add(image_id)
         return True
 
-    def label_of(self, code, image_id: str, path: str | None, where: str) -> int | None:
+    def label_of(self, code, image_id: str, path: str | None, where: str,
+                 classes: Sequence[str] = CLASS_CODES) -> int | None:
         try:
             if is_blank(code):
                 raise ValueError("no label given")
-            return class_index(str(code))
+            return class_index(str(code), classes)
         except ValueError as error:
             self.issues.append(DataIssue("unknown_label", image_id, path, f"{where}: {error}"))
             return None

@@ -1,9 +1,23 @@
-"""Class folders: ``root/<class code>/*.jpg|*.jpeg|*.png``, for any images sorted by hand."""
+"""Class folders: ``root/<class code>/*.jpg|*.jpeg|*.png``, for any images sorted by hand.
+
+The class set comes from the folders: a folder of five HAM10000 classes
+trains a five-way model, in HAM10000 order. Classes of one's own (``benign/``,
+``malignant/``) are named with ``classes`` (`data.classes` in a config), in
+the order the model should use. A folder that is not a class is one issue
+for the whole folder (with a "did you mean" when the name is close to a
+class), not one per file.
+
+Folders hold no lesion ids, so each image is its own lesion unless a CSV
+(``image_id,lesion_id``) says which photos show one lesion: ``lesion_csv``,
+or ``lesion_ids.csv`` in the root.
+"""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Sequence
 
-from dermalens.classes import CLASS_CODES
+from dermalens.classes import CLASS_CODES, ham10000_order, suggest_class, validate_class_set
 
 from .base import (
     IMAGE_SUFFIXES,
@@ -13,17 +27,24 @@ from .base import (
     LesionDataset,
     RowFilter,
     flag_if_empty,
+    is_blank,
     make_record,
+    read_csv_table,
     records_frame,
 )
 
+log = logging.getLogger(__name__)
+LESION_CSV = "lesion_ids.csv"  # picked up from the root when no lesion_csv is named
 
-def read_class_folders(root: Path) -> LesionDataset:
+
+def read_class_folders(root: Path, classes: Sequence[str] | None = None,
+                       lesion_csv: Path | str | None = None) -> LesionDataset:
     """Read ``root/<class code>/*.jpg|*.jpeg|*.png`` (e.g. ``root/mel/x.jpg``).
 
-    Folder names are class codes (case-insensitive). Files in a folder whose
-    name is not a class code become ``unknown_label`` issues. No lesion ids are
-    known, so lesion_id = image_id (the file stem, which must be unique).
+    classes: the class codes, in order; None = the HAM10000 codes among the
+    folder names (case-insensitive), in HAM10000 order. lesion_csv: a CSV with
+    columns image_id (the file stem) and lesion_id; without one, lesion_id =
+    image_id (the file stem, which must be unique).
     """
     root = Path(root)
     if not root.is_dir():
@@ -31,25 +52,66 @@ def read_class_folders(root: Path) -> LesionDataset:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataFormatError(
-            f"{root} has no subfolders; expected one folder per class named {', '.join(CLASS_CODES)}"
+            f"{root} has no subfolders; expected one folder per class named {', '.join(classes or CLASS_CODES)}"
         )
+    vocabulary = validate_class_set(classes, "data.classes") if classes is not None else CLASS_CODES
+    images = {folder: sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+              for folder in folders}
     row_filter = RowFilter()
-    rows = []
+    class_folders = []
     for folder in folders:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        if folder.name.lower() in vocabulary:
+            class_folders.append(folder)
+            continue
+        if folder.name.lower() in CLASS_CODES:   # a HAM10000 class the given set (a model's) does not have
+            row_filter.issues.append(DataIssue(
+                "unknown_label", "", str(folder), f"folder {folder.name!r} ({len(images[folder])} images): class "
+                f"{folder.name.lower()!r} is not one of the classes {', '.join(vocabulary)}"))
+            continue
+        hint = suggest_class(folder.name, vocabulary)
+        fix = (f"rename it to {hint!r}" if hint else "rename it to a class code") + (
+            "" if classes is not None else ", or name your own classes with --set data.classes=[...]")
+        row_filter.issues.append(DataIssue(
+            "unknown_label", "", str(folder),
+            f"folder {folder.name!r} ({len(images[folder])} images) is not a class"
+            + (f": did you mean {hint!r}?" if hint else "") + f" Classes: {', '.join(vocabulary)}; {fix}"))
+    dataset_classes = tuple(vocabulary) if classes is not None else ham10000_order(f.name for f in class_folders)
+    lesion_of = read_lesion_ids(root, lesion_csv)
+    rows = []
+    for folder in class_folders:
+        if not images[folder]:
             row_filter.issues.append(DataIssue("empty", "", str(folder), f"folder {folder.name} holds no images"))
             continue
-        for file in files:
-            where = f"{folder.name}/{file.name}"
-            if not row_filter.accept_id(file.stem, str(file), where):
-                continue
-            label = row_filter.label_of(folder.name, file.stem, str(file), f"folder {folder.name!r}")
-            if label is not None:
-                rows.append(make_record(file.stem, file.stem, label, path=str(file)))
+        label = dataset_classes.index(folder.name.lower())
+        for file in images[folder]:
+            if row_filter.accept_id(file.stem, str(file), f"{folder.name}/{file.name}"):
+                rows.append(make_record(file.stem, lesion_of.get(file.stem, file.stem), label, path=str(file)))
     records = records_frame(rows)
     flag_if_empty(records, row_filter.issues, root)
-    return LesionDataset(name="folder", root=root, records=records, issues=row_filter.issues)
+    if lesion_of:
+        unnamed = sum(1 for row in rows if row["image_id"] not in lesion_of)
+        if unnamed:
+            log.warning("%d of %d images in %s have no row in the lesion-id CSV: each is taken as its own lesion",
+                        unnamed, len(records), root)
+    return LesionDataset(name="folder", root=root, records=records, issues=row_filter.issues,
+                         classes=dataset_classes or CLASS_CODES)
+
+
+def read_lesion_ids(root: Path, lesion_csv: Path | str | None) -> dict[str, str]:
+    """image_id -> lesion_id from the lesion CSV (named, or ``root/lesion_ids.csv``); {} when there is none."""
+    if lesion_csv is None:
+        if not (root / LESION_CSV).is_file():
+            return {}
+        lesion_csv = root / LESION_CSV
+    table = read_csv_table(Path(lesion_csv), ("image_id", "lesion_id"), "lesion-id CSV")
+    blank = [str(i + 2) for i, (image, lesion) in enumerate(zip(table["image_id"], table["lesion_id"]))
+             if is_blank(image) or is_blank(lesion)]
+    if blank:
+        raise DataFormatError(f"lesion-id CSV {lesion_csv}: empty image_id or lesion_id on line(s) "
+                              f"{', '.join(blank[:10])}")
+    ids = {str(image).strip(): str(lesion).strip() for image, lesion in zip(table["image_id"], table["lesion_id"])}
+    log.info("lesion ids for %d images from %s", len(ids), lesion_csv)
+    return ids
 
 
 def looks_like_class_folders(path: Path) -> bool:
@@ -58,6 +120,7 @@ def looks_like_class_folders(path: Path) -> bool:
 
 READER = DatasetReader(
     read=read_class_folders,
+    options=("classes", "lesion_csv"),
     detect=looks_like_class_folders,
     looks_for=f"a folder with class subfolders named {', '.join(CLASS_CODES)}",
 )
