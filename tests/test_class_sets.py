@@ -108,6 +108,8 @@ def test_the_web_app_shows_the_models_classes(five_class_run):
     assert list(answer["probabilities"]) == list(FIVE) and answer["top_class"] in FIVE
     refused = client.post("/api/explain", data={"image": (io.BytesIO(image.read_bytes()), "nv.jpg"), "class": "vasc"})
     assert refused.status_code == 400 and "known classes: akiec, bcc, bkl, mel, nv" in refused.get_json()["error"]
+    page = client.get("/").get_data(as_text=True)           # the page's class picker
+    assert all(f'<option value="{code}">' in page for code in FIVE) and '<option value="df">' not in page
     spec = client.get("/openapi.json").get_json()
     assert spec["components"]["schemas"]["Prediction"]["properties"]["top_class"]["enum"] == list(FIVE)
 
