@@ -199,3 +199,22 @@ def test_validation_auc_leaves_out_classes_absent_from_the_split():
     assert float(values["auc_macro"]) == pytest.approx(expected_auc, abs=1e-5)
     assert float(values["balanced_accuracy"]) == pytest.approx(
         balanced_accuracy_score(labels, probs.argmax(1)), abs=1e-6)
+
+
+def test_a_five_class_run_resumes_and_evaluates_with_its_classes(five_class_run, tmp_path):
+    """Last in this file: it trains the shared run on. The saved class set reads the folder the same way."""
+    data, run_dir = five_class_run
+    (data / "df").mkdir()    # a class folder added since: not one of the run's classes
+    (data / "df" / "x.jpg").symlink_to(next((data / "nv").iterdir()).resolve())
+    try:
+        assert main(["train", "--resume", str(run_dir), "--set", "training.max_epochs=3",
+                     "--set", "data.on_bad_data=skip"]) == 0
+        _, meta = load_classifier(run_dir / "checkpoints" / "last.ckpt")
+        assert meta["classes"] == list(FIVE) and meta["epoch"] == 2
+        assert main(["evaluate", "--run", str(run_dir), "--split", "val", "--set", "data.on_bad_data=skip",
+                     "--set", "evaluation.n_bootstrap=20"]) == 0
+        metrics = json.loads((run_dir / "eval-data-val" / "metrics.json").read_text())
+        assert metrics["classes"] == list(FIVE)
+    finally:
+        (data / "df" / "x.jpg").unlink()
+        (data / "df").rmdir()

@@ -223,3 +223,21 @@ def test_dermalens_data_loads_neither_lightning_nor_matplotlib(shared_data):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_log_lines_are_said_once_without_tips_or_source_lines(tmp_path):
+    """Item 11: Lightning's INFO lines once (not also through the root handler), no litlogger tip,
+    warnings on one line without the source line that raised them."""
+    command = [sys.executable, "-m", "dermalens.cli", "-v", "train", "--config", "demo_dermamnist",
+               "--run-dir", str(tmp_path / "run"), *settings(**{"training.max_epochs": 1})]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lightning = [line for line in lines if "lightning" in line.lower() and "INFO" in line]
+    assert lightning, "with -v Lightning's INFO lines are shown"
+    assert len(lightning) == len(set(lightning)), "a Lightning line was printed twice"
+    assert "litlogger" not in done.stderr
+    assert not [line for line in lines if line.lstrip().startswith("warnings.warn(")]
+    warned = [line for line in lines if line.startswith("warning: ")]
+    assert warned and all(line.endswith("Warning)") for line in warned)

@@ -399,20 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries(verbose: bool) -> None:
-    """One line per message: Lightning logs through its own handler AND the root one (every INFO line
-    twice), advertises litlogger, and Python prints warnings with their source line."""
+    """One line per message: no litlogger tip, and warnings on one line without their source line
+    (Lightning also sets its own file:line warning format when it is imported)."""
     import warnings
 
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logger = logging.getLogger(name)
-        logger.propagate = False
-        logger.setLevel(logging.INFO if verbose else logging.WARNING)
-        logger.addFilter(lambda record: "litlogger" not in record.getMessage())
+    def no_tips(record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
 
-    def one_line(message, category, filename, lineno, line=None):
-        return f"warning: {message} ({category.__name__})\n"
+    for handler in logging.getLogger().handlers:   # on the root handlers: child loggers' records pass here
+        handler.addFilter(no_tips)
+    # Lightning's own console handler goes when training starts (training.run.lightning_logs_through_root).
 
-    warnings.formatwarning = one_line
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        # showwarning rather than formatwarning: Lightning replaces formatwarning when it is imported.
+        (file or sys.stderr).write(f"warning: {message} ({category.__name__})\n")
+
+    warnings.showwarning = one_line
+    # Inside Lightning and torch, nothing a user can act on (Lightning 2.6 with torch 2.14).
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,8 +223,29 @@ def check_training_classes(prepared: PreparedData) -> list[int]:
     return counts
 
 
+def lightning_logs_through_root() -> None:
+    """Lightning's lines printed once, at the level the application chose.
+
+    `import lightning` gives its package logger a console handler of its own
+    (and level INFO), while its records also propagate to the root handler
+    the dermalens command sets up: every line twice, and INFO lines even
+    without -v. Where the root logger has handlers, Lightning's go and its
+    loggers take the root's level. (Used as a library without logging set
+    up, Lightning keeps its own.)
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(root.level)
+
+
 def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train (or resume) one run; evaluate the best checkpoint on the test split once at the end."""
+    lightning_logs_through_root()
     L.seed_everything(config["seed"], workers=True, verbose=False)
     config = with_absolute_paths(config)
     if resume:
