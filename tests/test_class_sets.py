@@ -95,6 +95,13 @@ def test_predict_and_explain_use_the_models_classes(five_class_run, tmp_path, ca
                  "--out", str(tmp_path / "maps")]) == 0
     summary = json.loads((tmp_path / "maps" / "summary.json").read_text())["images"][0]
     assert summary["target_class"] == "bkl"
+    # The Python API checks a class list against the model's head instead of mislabelling its outputs.
+    from dermalens.explain.api import Explainer
+
+    model, meta = load_classifier(best)
+    with pytest.raises(ValueError, match="has 7 classes .* for a model with 5 outputs"):
+        Explainer(model, meta["preprocessing"])
+    assert Explainer(model, meta["preprocessing"], classes=meta["classes"]).classes == FIVE
 
 
 def test_the_web_app_shows_the_models_classes(five_class_run):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic_io import atomic_write_bytes
-from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index, class_name
+from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index, class_name, validate_class_set
 from ..data.geometry import fit_to_square
 from ..data.transforms import preprocess_image
 from ..inference.predictor import Predictor
@@ -115,10 +115,13 @@ class Explainer:
 
     def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, temperature: float = 1.0,
                  shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS, cam_layer: str = "final",
-                 classes: Sequence[str] = CLASS_CODES):
+                 classes: Sequence[str] | None = None):
         self.model = model
         self.preprocessing = preprocessing
-        self.classes = tuple(classes)     # the model's class codes, in output order
+        # The model's class codes, in output order (default HAM10000's 7), checked against its head.
+        num_outputs = getattr(getattr(model, "config", None), "num_classes", None)
+        self.classes = validate_class_set(CLASS_CODES if classes is None else classes, "the model's classes",
+                                          num_outputs=num_outputs)
         self.temperature = float(temperature)
         self.shap_max_evals = int(shap_max_evals)
         self.cam_layer = cam_layer   # Grad-CAM / Grad-CAM++: "final" (the pooled map) or "stride16"
@@ -199,9 +202,11 @@ def caption_lines(method: str, target: str, probabilities: dict[str, float]) -> 
 
 
 def explain_image(model: torch.nn.Module, image: np.ndarray, preprocessing: Preprocessing, method: str = "gradcam",
-                  target_class: str | None = None, shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS) -> Explanation:
-    """One-off explanation; keep an `Explainer` instead when explaining many images."""
-    return Explainer(model, preprocessing, shap_max_evals=shap_max_evals).explain(image, method, target_class)
+                  target_class: str | None = None, shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS,
+                  classes: Sequence[str] | None = None) -> Explanation:
+    """One-off explanation (classes: the model's, default HAM10000's 7); keep an `Explainer` for many images."""
+    return Explainer(model, preprocessing, shap_max_evals=shap_max_evals,
+                     classes=classes).explain(image, method, target_class)
 
 
 def _png_text(explanation: Explanation) -> dict[str, str]:
