@@ -191,7 +191,7 @@ def test_a_lesion_id_csv_keeps_each_lesions_photos_in_one_split(tmp_path, shared
 
 
 def test_validation_auc_leaves_out_classes_absent_from_the_split():
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
     from dermalens.training.module import validation_metrics
 
@@ -206,6 +206,9 @@ def test_validation_auc_leaves_out_classes_absent_from_the_split():
     assert float(values["auc_macro"]) == pytest.approx(expected_auc, abs=1e-5)
     assert float(values["balanced_accuracy"]) == pytest.approx(
         balanced_accuracy_score(labels, probs.argmax(1)), abs=1e-6)
+    predicted = probs.argmax(1)
+    assert float(values["accuracy"]) == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
+    assert float(values["macro_f1"]) == pytest.approx(f1_score(labels, predicted, average="macro"), abs=1e-6)
 
 
 def test_a_five_class_run_resumes_and_evaluates_with_its_classes(five_class_run, tmp_path):

@@ -7,13 +7,7 @@ from dataclasses import asdict
 import lightning as L
 import torch
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassF1Score,
-    MulticlassRecall,
-    MulticlassStatScores,
-)
+from torchmetrics.classification import MulticlassAUROC, MulticlassStatScores
 
 from .. import __version__
 from ..classes import CLASS_CODES
@@ -40,25 +34,25 @@ class ValidationMetrics(MetricCollection):
     """
 
     def __init__(self, num_classes: int):
+        # Accuracy, recall and F1 all follow from the per-class counts: one state for the three.
         super().__init__({
-            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "recall": MulticlassRecall(num_classes, average=None),
-            "f1": MulticlassF1Score(num_classes, average=None),
-            "auc": MulticlassAUROC(num_classes, average=None),
             "stats": MulticlassStatScores(num_classes, average=None),
+            "auc": MulticlassAUROC(num_classes, average=None),
         }, compute_groups=False)
 
     def compute(self) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():   # "no positive samples" for absent classes: they are left out below
             warnings.filterwarnings("ignore", message=".*(positive|negative) samples.*")
             values = super().compute()
-        stats = values["stats"]                 # per class: tp, fp, tn, fn, support
-        present = stats[:, 4] > 0
-        in_truth_or_predicted = present | (stats[:, 1] > 0)   # macro F1 as metrics.py and scikit-learn count it
+        tp, fp, _, fn, support = values["stats"].double().unbind(dim=1)   # per class
+        present = support > 0
+        in_truth_or_predicted = present | (fp > 0)   # macro F1 as metrics.py and scikit-learn count it
+        recall = tp[present] / support[present]
+        f1 = 2 * tp[in_truth_or_predicted] / (2 * tp + fp + fn)[in_truth_or_predicted]
         return {
-            "accuracy": values["accuracy"],
-            "balanced_accuracy": values["recall"][present].mean(),
-            "macro_f1": values["f1"][in_truth_or_predicted].mean(),
+            "accuracy": (tp.sum() / support.sum()).float(),
+            "balanced_accuracy": recall.mean().float(),
+            "macro_f1": f1.mean().float(),
             "auc_macro": values["auc"][present].mean(),
         }
 
