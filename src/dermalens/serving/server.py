@@ -122,7 +122,14 @@ class ServerThread:
                 dispatcher.close()
 
         if self._thread.is_alive():
-            self.server.trigger.pull_trigger(close_all)
+            try:
+                self.server.trigger.pull_trigger(close_all)
+            except OSError:
+                # The trigger is already closed (seen rarely, as EBADF, on a loaded 2-core machine;
+                # waitress closes it whenever a listening socket is closed, the cause here is not
+                # pinned down). Nothing can wake the loop now, so its remaining sockets are closed
+                # from this thread; the emptied map ends the loop.
+                close_all()
             self._thread.join(timeout)
         self.server.task_dispatcher.shutdown(timeout=timeout)
 
