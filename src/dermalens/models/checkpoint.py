@@ -1,11 +1,13 @@
 """Load a trained classifier from a dermalens (Lightning) checkpoint, without Lightning."""
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,59 +17,81 @@ from .classifier import LesionClassifier, ModelConfig, Preprocessing, create_cla
 
 # The calibration record and CheckpointError live in a torch-free module (the ONNX
 # predictor reads them without PyTorch); they are imported from here as before.
-__all__ = ["CHECKPOINT_KEY", "CheckpointError", "calibration_path", "load_classifier", "read_calibration",
-           "read_checkpoint_metadata", "write_calibration"]
+__all__ = ["CHECKPOINT_KEY", "TRUST_VARIABLE", "CheckpointError", "calibration_path", "load_checkpoint_dict",
+           "load_classifier", "read_calibration", "read_checkpoint_metadata", "trusts_checkpoints", "write_calibration"]
 
 CHECKPOINT_KEY = "dermalens"
 
+
+TRUST_VARIABLE = "DERMALENS_TRUST_CHECKPOINTS"
+_TRUE_VALUES = {"1", "true", "yes", "on"}
 
 # Checkpoints already loaded by full unpickling in this process: the warning is said once per file.
 _UNPICKLED: set[Path] = set()
 
 
-def read_checkpoint_metadata(path: str | Path) -> dict:
-    """The whole checkpoint dict, read with `torch.load(weights_only=True)` where the file allows it.
+def trusts_checkpoints(trust: bool | None = None) -> bool:
+    """Whether full unpickling is allowed: `trust` when given, else DERMALENS_TRUST_CHECKPOINTS=1."""
+    if trust is not None:
+        return bool(trust)
+    return os.environ.get(TRUST_VARIABLE, "").strip().lower() in _TRUE_VALUES
+
+
+def load_checkpoint_dict(path: str | Path, trust: bool | None = None, map_location="cpu") -> Any:
+    """`torch.load` of a checkpoint with `weights_only=True`; full unpickling only when trusted.
 
     A .ckpt is a pickle, and unpickling can run any code the file's author put
     in it. weights_only=True accepts tensors and plain data only, which is all
-    a dermalens checkpoint holds. A file that needs more (an older Lightning
-    checkpoint with an argparse.Namespace, another tool's objects) is loaded
-    fully only after a warning that says so; models meant for others travel
-    as packages (`dermalens package`), which load without unpickling.
+    a dermalens checkpoint (and a Lightning one written by dermalens) holds. A
+    file that needs more is refused with a CheckpointError naming the opt-in:
+    `trust=True`, or DERMALENS_TRUST_CHECKPOINTS=1 in the environment. Nothing
+    of such a file is executed unless the caller opted in.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        # torch.save writes zip archives: anything else is not a checkpoint, and
-        # retrying it with full unpickling would only add a misleading warning.
+        # torch.save writes zip archives: anything else is not a checkpoint.
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint") from None
+        refused = re.search(r"GLOBAL (\S+)", str(error))   # the first object weights_only refused
+        detail = f" ({refused.group(1)})" if refused else ""
+        if not trusts_checkpoints(trust):
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors and plain data{detail}; loading it would mean full "
+                f"unpickling, which can run any code its author put in it, so it was refused and nothing of it "
+                f"was run. If you trust whoever made this file, set {TRUST_VARIABLE}=1 (or pass trust=True); "
+                f"share models as packages (`dermalens package`), which load without unpickling") from None
         if path.resolve() not in _UNPICKLED:
             _UNPICKLED.add(path.resolve())
-            refused = re.search(r"GLOBAL (\S+)", str(error))   # the first object weights_only refused
-            detail = f" ({refused.group(1)})" if refused else ""
             warnings.warn(
-                f"{path} holds Python objects besides tensors and plain data{detail}, so it is loaded by "
-                f"full unpickling, which can run "
-                f"any code its author put in it: load checkpoints only from people you trust, and share models "
-                f"as packages (`dermalens package`), which load without unpickling", UserWarning, stacklevel=2)
+                f"{path} holds Python objects besides tensors and plain data{detail}; it is loaded by full "
+                f"unpickling because {TRUST_VARIABLE} (or trust=True) allows it: that can run any code its author "
+                f"put in it", UserWarning, stacklevel=3)
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location=map_location, weights_only=False)
         except Exception as error:
             raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
     except Exception as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+
+
+def read_checkpoint_metadata(path: str | Path, trust: bool | None = None) -> dict:
+    """The whole checkpoint dict (`load_checkpoint_dict`), checked to be a dermalens checkpoint."""
+    checkpoint = load_checkpoint_dict(path, trust)
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise CheckpointError(f"{path} is not a dermalens checkpoint (no '{CHECKPOINT_KEY}' entry)")
     return checkpoint
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[LesionClassifier, dict]:
-    """Returns the model in eval mode and its metadata (classes, preprocessing, metrics...)."""
-    checkpoint = read_checkpoint_metadata(path)
+def load_classifier(path: str | Path, device: str | torch.device = "cpu",
+                    trust: bool | None = None) -> tuple[LesionClassifier, dict]:
+    """Returns the model in eval mode and its metadata (classes, preprocessing, metrics...).
+
+    trust: allow full unpickling of a checkpoint that needs it (`load_checkpoint_dict`)."""
+    checkpoint = read_checkpoint_metadata(path, trust)
     meta = dict(checkpoint[CHECKPOINT_KEY])
     config = ModelConfig(**meta["model_config"])
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 import traceback
 import warnings
@@ -22,7 +23,14 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..atomic_io import atomic_write_json, atomic_write_text
@@ -36,10 +44,13 @@ from ..config import (
     section,
 )
 from ..data.datamodule import LesionDataModule
-from ..data.prepare import PreparedData, prepare_data, resolve_data_path, save_run_data
+from ..data.prepare import PreparedData, prepare_data, resolve_cache_dir, resolve_data_path, save_run_data
 from ..evaluation.evaluate import evaluate_checkpoint
+from ..hardware import resolve_precision
+from .checkpoint_io import AtomicCheckpointIO
 from .distributed import shared_run_dir
 from .errors import TrainingInterrupted
+from .frozen_trunk import ActivationDataModule, TrunkActivations, TrunkSpec
 from .module import LesionClassifierModule
 
 log = logging.getLogger(__name__)
@@ -67,14 +78,32 @@ def with_absolute_paths(config: dict) -> dict:
     return {**config, "data": data}
 
 
-def build_datamodule(config: dict, prepared: PreparedData, preprocessing) -> LesionDataModule:
+def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassifierModule, progress: bool = True):
+    """Images through augmentation, or (frozen trunk with cached views) the trunk's cached activations."""
     training = section(TrainingSection, config["training"])
+    preprocessing = module.model.preprocessing
+    if module.inputs_are_trunk_activations:
+        spec = TrunkSpec(training.freeze_stages, training.cached_views, config["seed"])
+        activations = TrunkActivations(module.model, prepared.images, spec,
+                                       section(AugmentationSection, config["augmentation"]),
+                                       cache_dir=trunk_cache_dir(config), progress=progress)
+        return ActivationDataModule(activations, prepared.labels, prepared.split,
+                                    sampler=section(SamplerSection, config["sampler"]), training=training,
+                                    seed=config["seed"], tta=config["evaluation"]["tta"])
     return LesionDataModule(
         prepared.images, prepared.labels, prepared.split, preprocessing,
         augmentation=section(AugmentationSection, config["augmentation"]),
         sampler=section(SamplerSection, config["sampler"]), training=training, seed=config["seed"],
         pin_memory=torch.cuda.is_available() and training.accelerator != "cpu",
     )
+
+
+def trunk_cache_dir(config: dict) -> Path:
+    """Beside the image cache (the per-user cache by default); a private temporary folder when caching is off."""
+    images = resolve_cache_dir(config)
+    if images is None:
+        return Path(tempfile.mkdtemp(prefix="dermalens-trunk-"))
+    return images.parent / "trunk-activations"
 
 
 class ReseedEachEpoch(Callback):
@@ -132,24 +161,30 @@ def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoi
     every_n_steps = t.get("checkpoint_every_n_steps")
     last = RunFolderCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1,
                                enable_version_counter=False, every_n_train_steps=every_n_steps or None)
-    callbacks = [
-        ReseedEachEpoch(config["seed"]), best, last,
-        EarlyStopping(monitor=t["monitor"], mode=t["monitor_mode"], patience=t["early_stopping_patience"]),
-        LearningRateMonitor(logging_interval="epoch"),
-    ]
+    callbacks = [ReseedEachEpoch(config["seed"]), best, last, LearningRateMonitor(logging_interval="epoch")]
+    if t["early_stopping_patience"] > 0:
+        callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["monitor_mode"],
+                                       patience=t["early_stopping_patience"]))
+    if t["ema_decay"]:
+        # Validation, and so the checkpoints' choice, sees the averaged weights; the checkpoints hold them
+        # (Lightning keeps the raw weights beside them, for resuming).
+        callbacks.insert(0, EMAWeightAveraging(decay=t["ema_decay"]))
     if t["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     loggers = [CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=10),
                TensorBoardLogger(run_dir, name="logs", version="tensorboard")]
     trainer = L.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"], strategy=t["strategy"],
-        precision=t["precision"], max_epochs=t["max_epochs"], max_time=t["max_time"],
+        precision=resolve_precision(t["precision"], t["accelerator"], torch.cuda.is_available(),
+                                    torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+        max_epochs=t["max_epochs"], max_time=t["max_time"],
         limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
         log_every_n_steps=t["log_every_n_steps"], callbacks=callbacks, logger=loggers,
         enable_progress_bar=t["progress_bar"], enable_model_summary=False,
         # Same seed, same numbers on a CPU: deterministic kernels where torch has them.
         deterministic="warn" if t.get("deterministic", True) else False,
         default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],   # written beside the target, fsynced, renamed; loaded weights-only
     )
     return trainer, best
 
@@ -243,8 +278,12 @@ def lightning_logs_through_root() -> None:
         logger.setLevel(root.level)
 
 
-def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) one run; evaluate the best checkpoint on the test split once at the end."""
+def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+          prepared: PreparedData | None = None) -> TrainResult:
+    """Train (or resume) one run; evaluate the best checkpoint on the test split once at the end.
+
+    prepared: the data with its split already decided (a cross-validation fold); else read here.
+    """
     lightning_logs_through_root()
     L.seed_everything(config["seed"], workers=True, verbose=False)
     config = with_absolute_paths(config)
@@ -258,7 +297,8 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
             raise ConfigError(f"run folder {run_dir} already holds checkpoints; use --resume {run_dir} "
                               f"or choose another --run-dir")
     # Everything that can fail on the data fails here, before the run folder exists.
-    prepared = prepare_data(config, run_dir if resume else None, progress=progress)
+    if prepared is None:
+        prepared = prepare_data(config, run_dir if resume else None, progress=progress)
     counts = check_training_classes(prepared)
     # The class set is saved with the run, so a resume or evaluation reads the data the same way.
     config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
@@ -266,9 +306,10 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         classes=prepared.classes,
         model=config["model"], loss=config["loss"], optimizer=config["optimizer"], scheduler=config["scheduler"],
         training=config["training"], class_counts=counts,
+        inputs_are_trunk_activations=bool(config["training"]["freeze_stages"] and config["training"]["cached_views"]),
     )
     log.info("backbone weights: %s", module.model.weights_source)
-    datamodule = build_datamodule(config, prepared, module.model.preprocessing)
+    datamodule = build_datamodule(config, prepared, module, progress)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))   # on resume: with what was overridden
@@ -276,7 +317,7 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     write_status(run_dir, "running", resumed=resume)
     last = run_dir / CHECKPOINTS / "last.ckpt"
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
-    resumed_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if resume else None
+    resumed_step = AtomicCheckpointIO().load_checkpoint(last)["global_step"] if resume else None  # no unpickling
     trainer, checkpoint = build_trainer(config, run_dir)
     started = time.perf_counter()
     try:

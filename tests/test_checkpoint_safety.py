@@ -1,0 +1,145 @@
+"""Checkpoints that would run code are refused unless the user opts in, and checkpoints are written
+crash-safely (a temp file beside the target, fsynced, renamed; orphans of a killed write removed).
+
+No training: the checkpoints are written here by hand, and the one run folder is made by hand too.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dermalens.cli import main
+from dermalens.config import dump_config, load_config
+from dermalens.models.checkpoint import TRUST_VARIABLE, CheckpointError, load_checkpoint_dict, load_classifier
+from dermalens.training import checkpoint_io
+from dermalens.training.checkpoint_io import TEMP_SUFFIX, AtomicCheckpointIO
+from dermalens.training.run import build_trainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = ["data.format=synthetic", "data.synthetic_per_class=10", "model.image_size=32", "model.pretrained=none",
+             "training.progress_bar=false", "data.cache_dir=null", "evaluation.after_training=false"]
+
+
+class CreatesAFile:
+    """Unpickling this object calls open(marker, "w"): a stand-in for os.system in a crafted checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def crafted_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"dermalens": {"classes": ["a", "b"]}, "state_dict": {}, "global_step": 1,
+                "payload": CreatesAFile(marker)}, path)
+    return path
+
+
+@pytest.fixture
+def no_trust(monkeypatch):
+    monkeypatch.delenv(TRUST_VARIABLE, raising=False)
+
+
+def test_a_crafted_checkpoint_is_refused_naming_the_opt_in_and_runs_nothing(tmp_path, no_trust):
+    marker = tmp_path / "code-ran"
+    path = crafted_checkpoint(tmp_path / "evil.ckpt", marker)
+    for load in (load_classifier, load_checkpoint_dict, AtomicCheckpointIO().load_checkpoint):
+        with pytest.raises(CheckpointError, match=TRUST_VARIABLE) as refused:
+            load(path)
+        assert "io.open" in str(refused.value) and "nothing of it was run" in str(refused.value)
+        assert not marker.exists()
+    with pytest.raises(CheckpointError, match=TRUST_VARIABLE):   # weights_only=True said to Lightning: never
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=True)
+    assert not marker.exists()
+
+
+def test_unpickling_happens_only_after_the_opt_in(tmp_path, monkeypatch):
+    marker = tmp_path / "code-ran"
+    path = crafted_checkpoint(tmp_path / "trusted.ckpt", marker)
+    monkeypatch.setenv(TRUST_VARIABLE, "1")
+    with pytest.warns(UserWarning, match="full unpickling"):
+        assert load_checkpoint_dict(path)["global_step"] == 1
+    assert marker.exists()        # the opt-in really loads it (and so runs its code)
+    marker.unlink()
+    monkeypatch.delenv(TRUST_VARIABLE)
+    assert load_checkpoint_dict(path, trust=True)["global_step"] == 1 and marker.exists()
+
+
+def test_train_resume_refuses_a_crafted_last_checkpoint(tmp_path, no_trust, capsys):
+    """`train --resume` read last.ckpt with weights_only=False before anything else looked at it."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    config = load_config(REPO_ROOT / "configs" / "demo.yaml", SYNTHETIC)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    marker = tmp_path / "code-ran"
+    crafted_checkpoint(run_dir / "checkpoints" / "last.ckpt", marker)
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert TRUST_VARIABLE in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_the_trainer_saves_and_loads_through_the_atomic_checkpoint_io(tmp_path):
+    config = load_config(REPO_ROOT / "configs" / "demo.yaml", SYNTHETIC)
+    trainer, _ = build_trainer(config, tmp_path / "run")
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_checkpoint_is_streamed_beside_its_target_fsynced_and_complete(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    written_to, synced = [], []
+    real_save, real_fsync = torch.save, os.fsync
+
+    def recording_save(obj, handle):
+        written_to.append(Path(handle.name))
+        real_save(obj, handle)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", recording_save)
+    monkeypatch.setattr(checkpoint_io.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    state = {"state_dict": {"w": torch.arange(10.0)}, "global_step": 7}
+    AtomicCheckpointIO().save_checkpoint(state, target)
+    [temp] = written_to
+    assert temp.parent == target.parent and temp.name.endswith(TEMP_SUFFIX)   # never through $TMPDIR
+    assert synced and not temp.exists()
+    loaded = torch.load(target, weights_only=True)
+    assert loaded["global_step"] == 7 and torch.equal(loaded["state_dict"]["w"], torch.arange(10.0))
+
+
+def test_a_write_that_fails_midway_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(1000)}, target)
+    before = target.read_bytes()
+
+    def half_then_fail(obj, handle):
+        handle.write(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(1000)}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]   # no partial file left behind
+
+
+def test_partial_checkpoints_of_a_killed_write_are_removed_on_the_next_run(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    orphan = folder / f".last.ckpt.0123456789ab{TEMP_SUFFIX}"
+    orphan.write_bytes(b"\0" * 1000)                    # what kill -9 during a write leaves
+    theirs = folder / ".last.ckpt.tmp"                  # not our naming: never touched
+    theirs.write_bytes(b"x")
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3}, folder / "best.ckpt")
+    assert not orphan.exists() and theirs.exists() and (folder / "best.ckpt").is_file()
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o640
