@@ -45,6 +45,9 @@ class DataSection:
     subset: str | None = setting(None)                  # isic2018: Training | Validation | Test (the set to read)
     classes: str | list = setting("auto")               # auto: from the data (HAM10000's 7; a folder's own) or codes
     lesion_ids: str | None = setting(None)              # folder: CSV image_id,lesion_id (default lesion_ids.csv)
+    # Sources (clinic/device: HAM10000's `dataset` column) held out whole as the test split: a test of
+    # generalisation to a source the model never saw. Val is then drawn from the other sources.
+    test_sources: str | list | None = setting(None)
     cache_dir: str | None = setting("auto")             # auto: one cache per user; null: none; or a folder
     synthetic_per_class: int = setting(60, positive=True)
 
@@ -92,15 +95,20 @@ class LossSection:
 
 @dataclass
 class OptimizerSection:
-    lr: float = setting(1.0e-3, positive=True)          # Adam
+    name: str = setting("adam", choices=("adam", "adamw"))
+    lr: float = setting(1.0e-3, positive=True)
     weight_decay: float = setting(1.0e-5)
 
 
 @dataclass
 class SchedulerSection:
-    factor: float = setting(0.5, fraction=True)         # ReduceLROnPlateau on the monitored metric
-    patience: int = setting(2)
+    # plateau: ReduceLROnPlateau on the monitored metric | cosine: warm-up, then a cosine decay to min_lr
+    # over max_epochs (every epoch of the budget is used, none is cut by chance)
+    name: str = setting("plateau", choices=("plateau", "cosine"))
+    factor: float = setting(0.5, fraction=True)         # plateau
+    patience: int = setting(2)                          # plateau
     min_lr: float = setting(1.0e-6)
+    warmup_epochs: float = setting(0.0)                 # cosine: linear warm-up from lr / 10
 
 
 @dataclass
@@ -112,13 +120,25 @@ class TrainingSection:
     num_workers: int = setting(4)
     monitor: str = setting("val/balanced_accuracy")
     monitor_mode: str = setting("max", choices=("min", "max"))
-    early_stopping_patience: int = setting(6)
+    early_stopping_patience: int = setting(6)          # epochs without improvement; 0: never stop early
     accelerator: str = setting("auto")
     devices: str | int | list = setting("auto")        # Lightning accepts several kinds here
     num_nodes: int = setting(1, positive=True)
     strategy: str = setting("auto")
-    precision: str | int = setting("32-true")          # e.g. bf16-mixed on a GPU or a recent CPU
+    # auto: bf16-mixed on a GPU or a CPU with bf16 instructions (AVX512-BF16, AMX), else 32-true
+    # (emulated bf16 is several times slower than fp32); or any Lightning precision
+    precision: str | int = setting("32-true")
     channels_last: bool = setting(False)
+    # Stem + this many block stages stay at their pretrained weights (EfficientNet family); 0: train all
+    freeze_stages: int = setting(0)
+    # With freeze_stages: the trunk's activations are computed once for the four flips and this many
+    # augmentation draws per image, cached, and the rest trains on them (training/frozen_trunk.py); 0: no cache
+    cached_views: int = setting(0)
+    ema_decay: float | None = setting(None)             # an exponential moving average of the weights is kept
+    # k-fold cross-validation over train + val (lesion-grouped): one model per fold, mean +- sd of the
+    # metrics; with ensemble, the fold models are shipped as one model (the mean of their logits)
+    folds: int = setting(1, positive=True)
+    ensemble: bool = setting(True)
     compile: bool = setting(False)                      # torch.compile the model (minutes of compiling first)
     limit_train_batches: int | float | None = setting(None)
     limit_val_batches: int | float | None = setting(None)

@@ -62,6 +62,44 @@ class LesionClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # A trunk: the stem and the first `stages` block stages of an EfficientNet-family
+    # backbone. Kept at its ImageNet weights, its output for a given image never changes,
+    # so training can cache it (training/frozen_trunk.py) and ensembles can share it.
+    @property
+    def stage_count(self) -> int:
+        """How many block stages the backbone has (0 when it cannot be split into a trunk)."""
+        return len(self.backbone.blocks) if _splittable(self.backbone) else 0
+
+    def check_trunk_stages(self, stages: int) -> int:
+        if not _splittable(self.backbone):
+            raise ValueError(f"backbone {self.config.backbone} cannot be split into a frozen trunk (an "
+                             f"EfficientNet-family backbone with conv_stem, blocks and conv_head can)")
+        if not 0 < stages < self.stage_count:
+            raise ValueError(f"a trunk of {stages} stages: {self.config.backbone} has {self.stage_count} block "
+                             f"stages; choose 1 to {self.stage_count - 1}")
+        return stages
+
+    def trunk_modules(self, stages: int) -> list[nn.Module]:
+        backbone = self.backbone
+        return [backbone.conv_stem, backbone.bn1, *backbone.blocks[:self.check_trunk_stages(stages)]]
+
+    def forward_trunk(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        for module in self.trunk_modules(stages):
+            x = module(x)
+        return x
+
+    def forward_from_trunk(self, trunk_output: torch.Tensor, stages: int) -> torch.Tensor:
+        """Logits from the trunk's output: the remaining stages, the head convolution, CBAM, the head."""
+        backbone = self.backbone
+        x = trunk_output
+        for stage in backbone.blocks[self.check_trunk_stages(stages):]:
+            x = stage(x)
+        return self.forward_head(self.attention(backbone.bn2(backbone.conv_head(x))))
+
+
+def _splittable(backbone: nn.Module) -> bool:
+    return all(hasattr(backbone, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
+
 
 def create_classifier(config: ModelConfig | None = None, load_pretrained: bool = True, **overrides) -> LesionClassifier:
     """Build a classifier; `load_pretrained=False` when weights come from a checkpoint next."""

@@ -1,6 +1,7 @@
 """What is learned: the classifier, its loss, optimiser and validation metrics."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict
 
@@ -61,10 +62,26 @@ def validation_metrics(num_classes: int) -> ValidationMetrics:
     return ValidationMetrics(num_classes)
 
 
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int | float, steps_per_epoch: int | float,
+                       settings: SchedulerSection, base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per step: linear warm-up from lr/10 over warmup_epochs, then cosine decay to min_lr at the last step."""
+    total = max(1, int(total_steps))
+    warmup = min(total - 1, int(round(settings.warmup_epochs * float(steps_per_epoch)))) if total > 1 else 0
+    floor = min(1.0, settings.min_lr / base_lr)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class LesionClassifierModule(L.LightningModule):
     def __init__(self, model: dict, loss: dict, optimizer: dict, scheduler: dict, training: dict,
                  class_counts: list[int], classes: list[str] | tuple[str, ...] = CLASS_CODES,
-                 load_pretrained: bool = True):
+                 load_pretrained: bool = True, inputs_are_trunk_activations: bool = False):
         # The config's sections, as plain dicts (what Lightning saves as hyperparameters); missing
         # keys take the one default in config.py, and an unknown key is an error.
         super().__init__()
@@ -86,6 +103,15 @@ class LesionClassifierModule(L.LightningModule):
             # checkpoints load without Lightning or compile.
             self.model.compile()
         self.channels_last = channels_last
+        # A frozen trunk keeps its pretrained weights (and BatchNorm statistics): no gradient reaches it.
+        self.freeze_stages = self.training_settings.freeze_stages
+        if self.freeze_stages:
+            for module in self.model.trunk_modules(self.freeze_stages):
+                module.requires_grad_(False)
+        # Batches hold the trunk's cached activations (training/frozen_trunk.py), not images.
+        self.inputs_are_trunk_activations = bool(inputs_are_trunk_activations)
+        if self.inputs_are_trunk_activations and not self.freeze_stages:
+            raise ValueError("trunk activations as inputs need training.freeze_stages > 0")
         self.criterion = build_loss(section(LossSection, loss), class_counts)
         self.val_metrics = validation_metrics(len(self.classes))
         self.val_loss = MeanMetric()   # the plateau scheduler may monitor it
@@ -93,9 +119,21 @@ class LesionClassifierModule(L.LightningModule):
         self._plateau_state: dict | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5:   # (batch, views, ...): the mean of the views' logits (test-time augmentation)
+            batch, views = x.shape[:2]
+            return self(x.flatten(0, 1)).unflatten(0, (batch, views)).mean(dim=1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.inputs_are_trunk_activations:
+            return self.model.forward_from_trunk(x, self.freeze_stages)
         return self.model(x)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_stages:   # the frozen trunk's BatchNorm keeps its running statistics
+            for module in self.model.trunk_modules(self.freeze_stages):
+                module.eval()
+        return self
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -117,7 +155,7 @@ class LesionClassifierModule(L.LightningModule):
         self.log_dict({k: v for k, v in values.items() if k != "val/loss"}, prog_bar=True)
         self.val_metrics.reset()
         self.val_loss.reset()
-        if not self.trainer.sanity_checking and self.plateau is not None:
+        if not self.trainer.sanity_checking and self.plateau is not None and self.scheduler_settings.name == "plateau":
             # Stepped here, before the checkpoint callbacks save at validation end, so
             # last.ckpt holds the scheduler as it is after this epoch. (Lightning steps a
             # plateau scheduler after saving and skips that step on resume, so a resumed
@@ -126,7 +164,14 @@ class LesionClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt, sched = self.optimizer_settings, self.scheduler_settings
-        optimizer = torch.optim.Adam(self.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer_class = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(trainable, lr=opt.lr, weight_decay=opt.weight_decay)
+        if sched.name == "cosine":
+            return {"optimizer": optimizer, "lr_scheduler": {
+                "scheduler": cosine_with_warmup(optimizer, self.trainer.estimated_stepping_batches,
+                                                self.trainer.num_training_batches, sched, opt.lr),
+                "interval": "step"}}
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=self.training_settings.monitor_mode, factor=sched.factor, patience=sched.patience,
             min_lr=sched.min_lr)
