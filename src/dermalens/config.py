@@ -154,6 +154,10 @@ class EvaluationSection:
     split: str = setting("test", choices=("train", "val", "test", "all"))
     tta: bool = setting(True)                           # flip test-time augmentation
     temperature_scaling: bool = setting(True)           # fitted on the run's validation split by training
+    # The class reported: raw (argmax) | balanced (per-class biases fitted on validation or out-of-fold
+    # predictions to raise balanced accuracy without lowering accuracy); shipped with the model
+    decision_rule: str = setting("balanced", choices=("raw", "balanced"))
+    melanoma_specificity: float | None = setting(0.8, fraction=True)  # the melanoma operating point shipped
     n_bootstrap: int = setting(1000)
     bootstrap_unit: str = setting("image", choices=("image", "lesion"))  # lesion: resample lesions for the CIs
     batch_size: int = setting(128, positive=True)

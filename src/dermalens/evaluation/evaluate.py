@@ -7,24 +7,27 @@ validation split, for the predictor that is served: same TTA setting).
 """
 from __future__ import annotations
 
-import json
+import logging
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .. import __version__
+from ..atomic_io import atomic_write_text
 from ..data.prepare import PreparedData, prepare_data
+from ..inference.postprocess import DecisionRule, calibrated_probabilities
 from ..inference.predictor import predict_logits
-from ..models.checkpoint import load_classifier, read_calibration
-from ..models.checkpoint import write_calibration as record_calibration
-from .calibration import apply_temperature, fit_temperature
+from ..models.checkpoint import calibration_path, load_classifier, read_calibration
 from .medmnist import write_medmnist_result
 from .metrics import compute_classification_metrics, expected_calibration_error
 from .report import write_evaluation_report
 
 SPLITS = ("train", "val", "test", "all")
+PREDICTIONS_FILE = "predictions.csv"
+log = logging.getLogger(__name__)
 
 
 def git_commit() -> str:
@@ -50,12 +53,14 @@ def split_method(prepared: PreparedData, split: str) -> str:
 
 def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepared: PreparedData | None = None,
                         split: str | None = None, split_dir: Path | None = None, progress: bool = True,
-                        extra_context: dict | None = None, write_calibration: bool = False) -> dict:
+                        extra_context: dict | None = None) -> dict:
     """Metrics of `checkpoint` on one split of the config's data, written into `out_dir` only.
 
     split: train | val | test | all (every usable image: an external set scored whole).
-    split_dir: the run folder whose split.csv to use. write_calibration: training's own call
-    only: fit the temperature on this data's validation split and record it beside the checkpoint.
+    split_dir: the run folder whose split.csv to use. The temperature and the
+    decision rule come from the model's calibration record (training fits
+    them); the headline metrics follow the rule, and the raw argmax's are
+    reported beside them.
     """
     ev = config["evaluation"]
     split = split or ev["split"]
@@ -71,37 +76,43 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     pre = meta["preprocessing"]
     if pre.image_size != prepared.images.shape[1]:
         raise ValueError(f"checkpoint expects {pre.image_size}px images, the prepared data is {prepared.images.shape[1]}px")
-
-    def logits_of(name: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = prepared.rows(name)
-        if len(rows) == 0:
-            raise ValueError(f"split '{name}' of {prepared.dataset.root} is empty; nothing to evaluate"
-                             + ("" if name == "all" else " (use --split all to score every image)"))
-        logits = predict_logits(model, prepared.images[rows], pre, ev["batch_size"], tta=ev["tta"],
-                                progress=progress, description=f"evaluate {name}")
-        return logits, prepared.labels[rows]
-
-    if write_calibration:
-        temperature, n_val = 1.0, 0
-        if ev["temperature_scaling"]:
-            val_logits, val_labels = logits_of("val")
-            temperature, n_val = float(fit_temperature(val_logits, val_labels)), len(val_labels)
-        record_calibration(checkpoint, temperature, ev["tta"], n_val)
+    rows = prepared.rows(split)
+    if len(rows) == 0:
+        raise ValueError(f"split '{split}' of {prepared.dataset.root} is empty; nothing to evaluate"
+                         + ("" if split == "all" else " (use --split all to score every image)"))
     calibration = read_calibration(checkpoint)
+    log.info("evaluating %s on %s split %s (%d images; split from %s); calibration record: %s; TTA: %s",
+             checkpoint, prepared.dataset.name, split, len(rows), prepared.split_source,
+             calibration_path(checkpoint) if calibration["fitted_on"] else "none (uncalibrated)",
+             "flips (4 views)" if ev["tta"] else "none")
+    logits = predict_logits(model, prepared.images[rows], pre, ev["batch_size"], tta=ev["tta"], progress=progress,
+                            description=f"evaluate {split}")
+    labels = prepared.labels[rows]
     temperature = calibration["temperature"]
-    logits, labels = logits_of(split)
-    probs = apply_temperature(logits, temperature)
+    probs = calibrated_probabilities(logits, temperature)
+    rule = DecisionRule.from_dict(calibration["decision"], meta["classes"])
+    decided = rule.decide(probs)
     # Lesion-level (cluster) bootstrap: images of one lesion are resampled together.
-    groups = (prepared.dataset.records["lesion_id"].to_numpy()[prepared.rows(split)]
-              if ev["bootstrap_unit"] == "lesion" else None)
+    records = prepared.dataset.records.iloc[rows]
+    groups = records["lesion_id"].to_numpy() if ev["bootstrap_unit"] == "lesion" else None
     metrics = compute_classification_metrics(probs, labels, meta["classes"], n_bootstrap=ev["n_bootstrap"],
+                                             seed=config["seed"], groups=groups, predictions=decided)
+    if not rule.is_raw:
+        raw = compute_classification_metrics(probs, labels, meta["classes"], n_bootstrap=ev["n_bootstrap"],
                                              seed=config["seed"], groups=groups)
+        metrics["raw_argmax"] = {key: raw[key] for key in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                           "confusion_matrix", "per_class", "ci95")}
+    metrics["decision_rule"] = rule.to_dict()
+    flags = rule.melanoma_flags(probs)
+    if flags is not None:
+        metrics["melanoma_flag"] = melanoma_flag_metrics(flags, labels == list(meta["classes"]).index("mel"),
+                                                         rule.melanoma)
     metrics["temperature"] = temperature
     metrics["temperature_fitted_for_tta"] = calibration["tta"]
-    metrics["ece_before_temperature"] = float(expected_calibration_error(apply_temperature(logits, 1.0), labels))
+    metrics["ece_before_temperature"] = float(expected_calibration_error(calibrated_probabilities(logits), labels))
     metrics["split"] = split
     context = {
-        "model": f"{meta['model_config']['backbone']} + {'CBAM' if meta['model_config']['cbam'] else 'no CBAM'}",
+        "model": describe_model(meta),
         "image_size": pre.image_size,
         "geometry": pre.geometry,
         "backbone_weights_at_start": meta.get("weights_source", "unknown"),
@@ -112,9 +123,10 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
         "split_method": split_method(prepared, split),
         "tta": "flips (4 views)" if ev["tta"] else "none",
         "temperature": round(temperature, 4),
-        "temperature_source": ("fitted on the run's validation split"
+        "temperature_source": (f"fitted on {calibration['fitted_on']}"
                                + (" with flip TTA" if calibration["tta"] else " without TTA"))
         if calibration["fitted_on"] else "none (uncalibrated)",
+        "decision_rule": "raw argmax" if rule.is_raw else f"{rule.objective} (fitted on {rule.fitted_on})",
         "synthetic_data": bool(prepared.dataset.is_synthetic),
         "dermalens_version": __version__,
         "git_commit": git_commit(),
@@ -124,14 +136,56 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     if calibration["fitted_on"] and calibration["tta"] != ev["tta"]:
         context["calibration_note"] = (f"the temperature was fitted with TTA {'on' if calibration['tta'] else 'off'}; "
                                        f"this evaluation ran with TTA {'on' if ev['tta'] else 'off'}")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if prepared.dataset.name == "dermamnist" and split in ("train", "val", "test") and metrics["auc_macro"] is not None:
         # Rows are in the .npz order (dermamnist_<split>_<index>), as MedMNIST's evaluator expects.
         source_size = int(prepared.dataset.images.shape[1]) if prepared.dataset.images is not None else 28
         context["medmnist_result_file"] = write_medmnist_result(
             out_dir, split, source_size, probs, metrics["auc_macro"], metrics["accuracy"], config["name"]).name
-    metrics_csv = Path(out_dir) / "logs" / "metrics.csv"
+    write_predictions_csv(out_dir / PREDICTIONS_FILE, records, labels, probs, probs.argmax(axis=1), decided,
+                          meta["classes"], flags)
+    metrics_csv = out_dir / "logs" / "metrics.csv"
     write_evaluation_report(out_dir, metrics, probs, labels, title=f"dermalens evaluation: {config['name']}",
                             context=context, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
-    return json.loads((Path(out_dir) / "metrics.json").read_text())
+    return {**metrics, "context": context}
 
+
+def describe_model(meta: dict) -> str:
+    config = meta["model_config"]
+    name = f"{config['backbone']} + {'CBAM' if config['cbam'] else 'no CBAM'}"
+    ensemble = meta.get("ensemble")
+    return f"ensemble of {ensemble['members']} x ({name})" if ensemble else name
+
+
+def melanoma_flag_metrics(flags: np.ndarray, is_melanoma: np.ndarray, point) -> dict:
+    """Sensitivity and specificity of the shipped melanoma operating point on this data."""
+    positives, negatives = is_melanoma.sum(), (~is_melanoma).sum()
+    return {
+        "threshold": point.threshold,
+        "target_specificity": point.specificity,
+        "sensitivity": float(flags[is_melanoma].mean()) if positives else None,
+        "specificity": float((~flags[~is_melanoma]).mean()) if negatives else None,
+        "flagged": int(flags.sum()),
+    }
+
+
+def write_predictions_csv(path: Path, records, labels: np.ndarray, probs: np.ndarray, raw: np.ndarray,
+                          decided: np.ndarray, classes, melanoma_flags: np.ndarray | None) -> Path:
+    """One row per image: ids, source, true class, each class's probability, the argmax and the rule's class.
+
+    For error analysis, paired comparisons of two models and re-scoring with other metrics.
+    """
+    classes = list(classes)
+    table = pd.DataFrame({
+        "image_id": records["image_id"].to_numpy(),
+        "lesion_id": records["lesion_id"].to_numpy(),
+        **({"source": records["source"].to_numpy()} if "source" in records else {}),
+        "true_class": np.asarray(classes, dtype=object)[labels],
+        **{f"p_{code}": np.round(probs[:, k], 6) for k, code in enumerate(classes)},
+        "predicted_argmax": np.asarray(classes, dtype=object)[raw],
+        "predicted": np.asarray(classes, dtype=object)[decided],
+    })
+    if melanoma_flags is not None:
+        table["melanoma_flag"] = melanoma_flags.astype(int)
+    return atomic_write_text(path, table.to_csv(index=False))

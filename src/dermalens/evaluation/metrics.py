@@ -170,12 +170,13 @@ class _ResampleStatistics:
     a weighted count, so a whole chunk of resamples is a few matrix operations.
     """
 
-    def __init__(self, probs: np.ndarray, labels: np.ndarray, ece_bins: int):
+    def __init__(self, probs: np.ndarray, labels: np.ndarray, ece_bins: int, predictions: np.ndarray | None = None):
         n, c = probs.shape
         self.n_samples, self.num_classes = n, c
-        predictions = probs.argmax(axis=1)
+        # Calibration is a property of the probabilities: their argmax and confidence.
         confidence = probs.max(axis=1)
-        correct = (predictions == labels).astype(np.float64)
+        correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+        predictions = probs.argmax(axis=1) if predictions is None else predictions
 
         # Joint (true, predicted) cell of every sample -> confusion matrices.
         self._cell_one_hot = np.eye(c * c)[labels * c + predictions]
@@ -408,8 +409,14 @@ def compute_classification_metrics(
     seed: int = 0,
     ece_bins: int = 15,
     groups: Sequence | None = None,
+    predictions: np.ndarray | None = None,
 ) -> dict:
     """All evaluation metrics of a classifier as a JSON-serialisable dict.
+
+    predictions: the class decided for each sample, when a decision rule
+    (inference.postprocess.DecisionRule) rather than the argmax of `probs`
+    decides; accuracy, balanced accuracy, F1 and the per-class counts follow
+    it, the probability metrics (AUC, ECE, Brier, NLL) do not depend on it.
 
     groups: a cluster id per sample (e.g. lesion_id) for a cluster bootstrap:
     lesions, not images, are resampled for the CIs.
@@ -425,7 +432,11 @@ def compute_classification_metrics(
     if n_bootstrap < 0:
         raise ValueError("n_bootstrap must be >= 0")
     class_indices = list(range(len(classes)))
-    predictions = probs.argmax(axis=1)
+    if predictions is None:
+        predictions = probs.argmax(axis=1)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions must have shape {labels.shape}, got {predictions.shape}")
 
     with warnings.catch_warnings():
         # Absent classes make scikit-learn warn about ill-defined precision,
@@ -482,7 +493,8 @@ def compute_classification_metrics(
     group_index = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
     metrics["ci95"] = (
         _bootstrap_intervals(
-            _ResampleStatistics(probs, labels, ece_bins), classes, auc_classes, n_bootstrap, seed, defined_counts,
+            _ResampleStatistics(probs, labels, ece_bins, predictions), classes, auc_classes, n_bootstrap, seed,
+            defined_counts,
             group_index,
         )
         if n_bootstrap > 0

@@ -26,18 +26,27 @@ def calibration_path(checkpoint: str | Path) -> Path:
 
 
 def read_calibration(checkpoint: str | Path) -> dict:
-    """{"temperature", "tta", "fitted_on"}; temperature 1.0 (uncalibrated) when there is no record."""
+    """{"temperature", "tta", "fitted_on", "decision"}; temperature 1.0 (uncalibrated) and no decision
+    rule (the raw argmax) when there is no record. "decision" is `inference.postprocess.DecisionRule.to_dict()`."""
     path = calibration_path(checkpoint)
     if not path.is_file():
-        return {"temperature": 1.0, "tta": False, "fitted_on": None}
+        return {"temperature": 1.0, "tta": False, "fitted_on": None, "decision": None}
     try:
         record = json.loads(path.read_text())
         temperature = float(record["temperature"])
-    except (ValueError, KeyError, TypeError) as error:
+        decision = record.get("decision")
+        if decision is not None and not isinstance(decision.get("class_bias", {}), dict):
+            raise ValueError("decision.class_bias is not a mapping")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"calibration record {path} is unreadable ({error}); delete it or retrain") from None
-    return {"temperature": temperature, "tta": bool(record.get("tta", False)), "fitted_on": record.get("fitted_on")}
+    return {"temperature": temperature, "tta": bool(record.get("tta", False)), "fitted_on": record.get("fitted_on"),
+            "decision": decision}
 
 
-def write_calibration(checkpoint: str | Path, temperature: float, tta: bool, n_images: int) -> Path:
-    return atomic_write_json(calibration_path(checkpoint), {
-        "temperature": float(temperature), "tta": bool(tta), "fitted_on": "val", "n_images": int(n_images)})
+def write_calibration(checkpoint: str | Path, temperature: float, tta: bool, n_images: int,
+                      fitted_on: str = "val", decision: dict | None = None) -> Path:
+    """The record beside a checkpoint: its temperature, TTA, and (optionally) the fitted decision rule."""
+    record = {"temperature": float(temperature), "tta": bool(tta), "fitted_on": fitted_on, "n_images": int(n_images)}
+    if decision is not None:
+        record["decision"] = decision
+    return atomic_write_json(calibration_path(checkpoint), record)

@@ -14,6 +14,7 @@ import torch
 from ..classes import validate_class_set
 from .calibration_record import CheckpointError, calibration_path, read_calibration, write_calibration
 from .classifier import LesionClassifier, ModelConfig, Preprocessing, create_classifier
+from .ensemble import build_ensemble
 
 # The calibration record and CheckpointError live in a torch-free module (the ONNX
 # predictor reads them without PyTorch); they are imported from here as before.
@@ -99,7 +100,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
                                                   num_outputs=config.num_classes))
     except ValueError as error:
         raise CheckpointError(str(error)) from None
-    model = create_classifier(config, load_pretrained=False)
+    # An ensemble of fold models (models/ensemble.py) says so in its metadata; a single classifier does not.
+    model = build_ensemble(config, meta["ensemble"]) if meta.get("ensemble") else create_classifier(
+        config, load_pretrained=False)
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)
     model.weights_source = f"checkpoint:{Path(path).name}"

@@ -47,6 +47,9 @@ from ..data.datamodule import LesionDataModule
 from ..data.prepare import PreparedData, prepare_data, resolve_cache_dir, resolve_data_path, save_run_data
 from ..evaluation.evaluate import evaluate_checkpoint
 from ..hardware import resolve_precision
+from ..inference.predictor import predict_logits
+from ..models.checkpoint import load_classifier
+from .calibrate import calibrate
 from .checkpoint_io import AtomicCheckpointIO
 from .distributed import shared_run_dir
 from .errors import TrainingInterrupted
@@ -279,10 +282,11 @@ def lightning_logs_through_root() -> None:
 
 
 def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-          prepared: PreparedData | None = None) -> TrainResult:
-    """Train (or resume) one run; evaluate the best checkpoint on the test split once at the end.
+          prepared: PreparedData | None = None, calibrate_after_training: bool = True) -> TrainResult:
+    """Train (or resume) one run; calibrate on validation; evaluate the best checkpoint on the test split once.
 
     prepared: the data with its split already decided (a cross-validation fold); else read here.
+    calibrate_after_training False: a fold of a cross-validated run, calibrated with the others.
     """
     lightning_logs_through_root()
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -338,13 +342,30 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     seconds = time.perf_counter() - started
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     result = TrainResult(run_dir, best, last, seconds)
+    if trainer.is_global_zero and calibrate_after_training:
+        calibrate_on_validation(config, best, prepared, progress)
     if config["evaluation"]["after_training"] and trainer.is_global_zero:
         result.metrics = evaluate_checkpoint(config, best, run_dir, prepared=prepared, progress=progress,
-                                             extra_context={"train_seconds": round(seconds, 1)},
-                                             write_calibration=True)
+                                             extra_context={"train_seconds": round(seconds, 1)})
     if trainer.is_global_zero:
         write_status(run_dir, "finished", best_checkpoint=str(best), train_seconds=round(seconds, 1))
     return result
+
+
+def calibrate_on_validation(config: dict, checkpoint: Path, prepared: PreparedData, progress: bool = True) -> dict:
+    """Temperature and decision rule fitted on the run's validation split (with the evaluation's TTA)."""
+    model, meta = load_classifier(checkpoint)
+    rows = prepared.rows("val")
+    if len(rows) == 0:
+        log.warning("no validation split: the model is left uncalibrated (temperature 1, raw argmax)")
+        return calibrate(checkpoint, np.zeros((0, len(meta["classes"]))), np.zeros(0, dtype=np.int64),
+                         meta["classes"], {**config["evaluation"], "temperature_scaling": False,
+                                           "decision_rule": "raw", "melanoma_specificity": None}, "nothing")
+    ev = config["evaluation"]
+    logits = predict_logits(model, prepared.images[rows], meta["preprocessing"], ev["batch_size"], tta=ev["tta"],
+                            progress=progress, description="calibrate on val")
+    return calibrate(checkpoint, logits, prepared.labels[rows], meta["classes"], ev,
+                     f"the validation split ({len(rows)} images)")
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> dict:

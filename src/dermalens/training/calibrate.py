@@ -1,0 +1,42 @@
+"""Training's last step: fit what turns the model's logits into what users are told, on held-out data.
+
+The temperature (softmax(logits / T), Guo et al. 2017) and the decision
+rule (per-class biases and the melanoma operating point,
+evaluation/decision.py) are fitted on the run's validation split, or on the
+out-of-fold predictions of a cross-validated run, for the predictor that is
+served (same TTA), and written beside the checkpoint (its calibration
+record). Evaluation only reads them: it never changes a model.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..evaluation.calibration import fit_temperature
+from ..evaluation.decision import fit_decision_rule
+from ..inference.postprocess import calibrated_probabilities
+from ..models.calibration_record import write_calibration
+
+log = logging.getLogger(__name__)
+
+
+def calibrate(checkpoint: Path, logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], evaluation: dict,
+              fitted_on: str) -> dict:
+    """Fit temperature and decision rule on held-out `logits` (with the TTA of evaluation["tta"]) and record them.
+
+    Returns a summary: the temperature, the rule, and raw vs fitted balanced accuracy and accuracy there.
+    """
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    temperature = float(fit_temperature(logits, labels)) if evaluation["temperature_scaling"] and len(labels) else 1.0
+    probabilities = calibrated_probabilities(logits, temperature)
+    rule, summary = fit_decision_rule(probabilities, labels, classes, fitted_on=fitted_on,
+                                      objective=evaluation["decision_rule"],
+                                      melanoma_specificity=evaluation["melanoma_specificity"])
+    write_calibration(checkpoint, temperature, evaluation["tta"], len(labels), fitted_on=fitted_on,
+                      decision=rule.to_dict())
+    log.info("calibrated on %s (%d images): temperature %.3f; decision rule %s %s", fitted_on, len(labels),
+             temperature, rule.objective, summary)
+    return {"temperature": temperature, "decision": rule.to_dict(), "fit": summary}

@@ -1,0 +1,292 @@
+"""K-fold cross-validation over train + val, and the fold models shipped as one ensemble.
+
+`dermalens train --folds K` (training.folds): the test split is drawn as
+usual and never looked at until the end; what is left is cut into K
+lesion-grouped, class-stratified folds. Fold k's model trains on the other
+K-1 folds and is validated on fold k, so every non-test image gets one
+out-of-fold prediction from a model that never saw its lesion. From those:
+
+- `cv.json`: each fold's validation metrics, their mean and standard
+  deviation, and the metrics of the pooled out-of-fold predictions: the
+  numbers to compare recipes with (one validation split of ~850 images with
+  8 dermatofibromas is too noisy for that);
+- with `training.ensemble` (the default), the K fold models become ONE model
+  (`models.ensemble.LesionEnsemble`, the mean of their logits) in
+  `checkpoints/best.ckpt`, its temperature and decision rule fitted on the
+  out-of-fold predictions, then evaluated once on the test split.
+
+Run folder: the run's own files (config.yaml, split.csv with a `fold`
+column, cv.json, checkpoints/, metrics.json, report.md) and one ordinary
+run folder per fold (fold-1/ ... fold-K/). The training budget
+(training.max_time) is the whole job's: each fold gets an equal share of
+what is left when it starts. An interrupted job resumes fold by fold.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..atomic_io import atomic_write_json, atomic_write_text
+from ..config import AugmentationSection, ConfigError, TrainingSection, dump_config, section
+from ..data.prepare import EXCLUDED, PreparedData, prepare_data, save_run_data
+from ..data.split import lesion_grouped_kfold
+from ..evaluation.evaluate import evaluate_checkpoint
+from ..evaluation.metrics import compute_classification_metrics, sensitivity_at_specificity
+from ..inference.postprocess import calibrated_probabilities
+from ..inference.predictor import predict_logits
+from ..models.checkpoint import CHECKPOINT_KEY, load_classifier
+from ..models.ensemble import LesionEnsemble, trunks_identical
+from .calibrate import calibrate
+from .frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
+from .run import (
+    CHECKPOINTS,
+    new_run_dir,
+    train,
+    trunk_cache_dir,
+    with_absolute_paths,
+    write_status,
+)
+
+log = logging.getLogger(__name__)
+CV_FILE = "cv.json"
+SUMMARY_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro", "mel_sensitivity_at_80_specificity")
+
+
+@dataclass
+class CrossValidationResult:
+    run_dir: Path
+    folds: list[Path]
+    summary: dict
+    best_checkpoint: Path | None = None     # the ensemble, when one was built
+    metrics: dict | None = None             # its test metrics, when evaluated
+    train_seconds: float = 0.0
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Lightning's "DD:HH:MM:SS" -> seconds."""
+    if not text:
+        return None
+    days, hours, minutes, seconds = (int(part) for part in str(text).split(":"))
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(60, int(seconds))
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def assign_folds(prepared: PreparedData, folds: int, seed: int) -> np.ndarray:
+    """Fold number per row of the train + val pool (lesion-grouped, stratified); -1 for test and excluded rows."""
+    pool = np.flatnonzero(np.isin(prepared.split, ("train", "val")))
+    if len(pool) == 0:
+        raise ConfigError("no images left for cross-validation besides the test split")
+    records = prepared.dataset.records.iloc[pool].reset_index(drop=True)
+    assignment = np.full(len(prepared.split), -1, dtype=np.int64)
+    try:
+        assignment[pool] = lesion_grouped_kfold(records, folds, seed).to_numpy()
+    except ValueError as error:
+        raise ConfigError(f"cannot make {folds} folds: {error}") from None
+    return assignment
+
+
+def fold_split(prepared: PreparedData, assignment: np.ndarray, fold: int) -> np.ndarray:
+    split = np.asarray(prepared.split, dtype=object).copy()
+    pool = assignment >= 0
+    split[pool] = np.where(assignment[pool] == fold, "val", "train")
+    return split
+
+
+def write_fold_split_csv(prepared: PreparedData, assignment: np.ndarray, run_dir: Path) -> None:
+    """The run's split.csv: pool rows are 'train' with their fold (1..K); test rows 'test'."""
+    usable = prepared.split != EXCLUDED
+    records = prepared.dataset.records[usable]
+    split = np.where(assignment[usable] >= 0, "train", prepared.split[usable])
+    table = records[["image_id", "lesion_id", "label"]].assign(
+        split=split, fold=np.where(assignment[usable] >= 0, assignment[usable] + 1, 0))
+    atomic_write_text(run_dir / "split.csv", table.to_csv(index=False))
+
+
+def out_of_fold_logits(config: dict, checkpoint: Path, prepared: PreparedData, rows: np.ndarray,
+                       activations: TrunkActivations | None, progress: bool) -> np.ndarray:
+    """Logits of `rows` (with the evaluation's TTA) from one fold model: through the cached trunk when there is one."""
+    model, meta = load_classifier(checkpoint)
+    tta = config["evaluation"]["tta"]
+    if activations is None:
+        return predict_logits(model, prepared.images[rows], meta["preprocessing"], config["evaluation"]["batch_size"],
+                              tta=tta, progress=progress, description="out-of-fold")
+    stages = activations.spec.stages
+    views = list(range(FLIP_VIEWS)) if tta else [0]
+    activations.ensure(rows, views)
+    logits = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), 64):
+            chunk = np.asarray(activations.array[rows[start:start + 64]][:, views], dtype=np.float32)
+            flat = torch.from_numpy(chunk).flatten(0, 1)
+            out = model.forward_from_trunk(flat, stages).unflatten(0, chunk.shape[:2]).mean(dim=1)
+            logits.append(out.float().numpy())
+    return np.concatenate(logits) if logits else np.zeros((0, len(meta["classes"])), dtype=np.float32)
+
+
+def summarise(probabilities: np.ndarray, labels: np.ndarray, classes) -> dict:
+    """The numbers recipes are compared on (argmax of calibrated probabilities)."""
+    metrics = compute_classification_metrics(probabilities, labels, classes, n_bootstrap=0)
+    summary = {key: metrics[key] for key in ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro")}
+    summary["recall"] = {code: stats["recall"] for code, stats in metrics["per_class"].items()}
+    if "mel" in classes:
+        point = sensitivity_at_specificity(probabilities[:, list(classes).index("mel")],
+                                           labels == list(classes).index("mel"), (0.8,), n_bootstrap=0)
+        summary["mel_sensitivity_at_80_specificity"] = point["sensitivity_at_80_specificity"]["value"]
+    return summary
+
+
+def mean_and_sd(per_fold: list[dict]) -> dict:
+    out = {}
+    for key in SUMMARY_METRICS:
+        values = [fold[key] for fold in per_fold if fold.get(key) is not None]
+        if values:
+            out[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+    return out
+
+
+def build_ensemble_checkpoint(fold_checkpoints: list[Path], out: Path, shared_trunk_stages: int) -> Path:
+    """One checkpoint holding the fold models as a `LesionEnsemble`, with the metadata of a single model."""
+    members, metas = zip(*(load_classifier(path) for path in fold_checkpoints))
+    stages = shared_trunk_stages if shared_trunk_stages and trunks_identical(members, shared_trunk_stages) else 0
+    ensemble = LesionEnsemble(list(members), stages)
+    meta = {key: value for key, value in metas[0].items() if key not in ("checkpoint",)}
+    meta["preprocessing"] = metas[0]["preprocessing"].to_dict()
+    meta["ensemble"] = {**ensemble.ensemble_record(),
+                        "member_checkpoints": [str(p.relative_to(out.parents[1])) for p in fold_checkpoints],
+                        "member_epochs": [m.get("epoch") for m in metas]}
+    meta["val_metrics"] = {}
+    meta["weights_source"] = metas[0].get("weights_source")
+    state = {f"model.{k}": v.detach().contiguous() for k, v in ensemble.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp")
+    torch.save({"state_dict": state, CHECKPOINT_KEY: meta}, temporary)
+    temporary.replace(out)
+    return out
+
+
+def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
+                progress: bool = True) -> CrossValidationResult:
+    """Train one model per fold; summarise; with training.ensemble, ship them as one calibrated, tested model."""
+    config = with_absolute_paths(config)
+    training = section(TrainingSection, config["training"])
+    folds = training.folds
+    if folds < 2:
+        raise ConfigError(f"cross-validation needs training.folds >= 2, got {folds}")
+    run_dir = Path(run_dir) if run_dir else new_run_dir(config)
+    run_dir = run_dir.expanduser().resolve()
+    if not resume and (run_dir / CV_FILE).exists():
+        raise ConfigError(f"run folder {run_dir} already holds a cross-validated run; use --resume {run_dir}")
+    started = time.perf_counter()
+    budget = parse_duration(training.max_time)
+    prepared = prepare_data(config, run_dir if resume else None, progress=progress)
+    assignment = assign_folds(prepared, folds, config["seed"])
+    config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    save_run_data(dataclasses.replace(prepared, split=np.where(assignment >= 0, "train", prepared.split)), run_dir)
+    write_fold_split_csv(prepared, assignment, run_dir)
+    write_status(run_dir, "running", folds=folds)
+
+    activations = None
+    if training.freeze_stages and training.cached_views:
+        # One cache for every fold: each pool image is a training image in K-1 folds, validated in one.
+        from ..models.classifier import ModelConfig, create_classifier
+
+        model = create_classifier(ModelConfig(**{**config["model"], "num_classes": len(prepared.classes)}))
+        activations = TrunkActivations(model, prepared.images, TrunkSpec(training.freeze_stages, training.cached_views,
+                                                                         config["seed"]),
+                                       section(AugmentationSection, config["augmentation"]),
+                                       cache_dir=trunk_cache_dir(config), progress=progress)
+        pool = np.flatnonzero(assignment >= 0)
+        activations.ensure(pool, range(activations.spec.views))
+
+    fold_dirs, per_fold, fold_checkpoints = [], [], []
+    oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
+    for fold in range(folds):
+        fold_dir = run_dir / f"fold-{fold + 1}"
+        fold_dirs.append(fold_dir)
+        fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold),
+                                            split_source=f"fold {fold + 1} of {folds} ({run_dir / 'split.csv'})")
+        fold_config = json.loads(json.dumps(config))
+        fold_config["name"] = f"{config['name']}-fold{fold + 1}"
+        fold_config["evaluation"]["after_training"] = False
+        fold_config["training"]["folds"] = 1
+        if budget is not None:
+            remaining = budget - (time.perf_counter() - started)
+            fold_config["training"]["max_time"] = format_duration(remaining / (folds - fold))
+        status = _read_status(fold_dir)
+        if status.get("state") == "finished":
+            best = Path(status["best_checkpoint"])
+        else:
+            can_resume = resume and (fold_dir / CHECKPOINTS / "last.ckpt").is_file()
+            log.info("fold %d of %d: %s", fold + 1, folds, "resuming" if can_resume else "training")
+            best = train(fold_config, fold_dir, resume=can_resume, progress=progress, prepared=fold_prepared,
+                         calibrate_after_training=False).best_checkpoint
+        fold_checkpoints.append(best)
+        rows = np.flatnonzero(assignment == fold)
+        oof_logits[rows] = out_of_fold_logits(config, best, prepared, rows, activations, progress)
+        fold_probs = calibrated_probabilities(oof_logits[rows])
+        per_fold.append({"fold": fold + 1, "images": int(len(rows)),
+                         **summarise(fold_probs, prepared.labels[rows], prepared.classes)})
+    train_seconds = time.perf_counter() - started
+
+    pool = np.flatnonzero(assignment >= 0)
+    from ..evaluation.calibration import fit_temperature
+
+    temperature = fit_temperature(oof_logits[pool], prepared.labels[pool])
+    pooled = summarise(calibrated_probabilities(oof_logits[pool], temperature), prepared.labels[pool],
+                       prepared.classes)
+    summary = {"folds": per_fold, "mean_sd": mean_and_sd(per_fold), "out_of_fold": pooled,
+               "out_of_fold_temperature": float(temperature), "train_seconds": round(train_seconds, 1),
+               "trunk_seconds": round(activations.seconds_computing, 1) if activations else 0.0,
+               "images": int(len(pool))}
+    np.save(run_dir / "out_of_fold_logits.npy", oof_logits[pool])
+    result = CrossValidationResult(run_dir, fold_dirs, summary, train_seconds=train_seconds)
+    if training.ensemble:
+        best = build_ensemble_checkpoint(fold_checkpoints, run_dir / CHECKPOINTS / "best.ckpt",
+                                         training.freeze_stages)
+        summary["calibration"] = calibrate(best, oof_logits[pool], prepared.labels[pool], prepared.classes,
+                                           config["evaluation"], f"out-of-fold predictions ({len(pool)} images)")
+        result.best_checkpoint = best
+    atomic_write_json(run_dir / CV_FILE, summary)
+    if result.best_checkpoint and config["evaluation"]["after_training"] and len(prepared.rows("test")):
+        result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
+                                             progress=progress, extra_context={
+                                                 "train_seconds": round(train_seconds, 1),
+                                                 "cross_validation": f"{folds} folds (cv.json)"})
+    write_status(run_dir, "finished", best_checkpoint=str(result.best_checkpoint) if result.best_checkpoint else None,
+                 train_seconds=round(train_seconds, 1))
+    return result
+
+
+def _read_status(run_dir: Path) -> dict:
+    path = run_dir / "status.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def folds_table(summary: dict) -> pd.DataFrame:
+    """cv.json as a table: one row per fold, then mean, sd and the pooled out-of-fold figures."""
+    rows = [{"fold": f["fold"], **{k: f.get(k) for k in SUMMARY_METRICS}} for f in summary["folds"]]
+    rows.append({"fold": "mean", **{k: v["mean"] for k, v in summary["mean_sd"].items()}})
+    rows.append({"fold": "sd", **{k: v["sd"] for k, v in summary["mean_sd"].items()}})
+    rows.append({"fold": "out-of-fold", **{k: summary["out_of_fold"].get(k) for k in SUMMARY_METRICS}})
+    return pd.DataFrame(rows)
