@@ -39,11 +39,11 @@ from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from dermalens.cli import resolve_config_path
 from dermalens.config import AugmentationSection, load_config
+from dermalens.data.preprocess import Preprocessing
 from dermalens.data.readers import open_dataset
 from dermalens.data.readers.ham10000 import HAM10000_METADATA
 from dermalens.data.transforms import build_train_transform
 from dermalens.evaluation.evaluate import git_commit
-from dermalens.models.classifier import Preprocessing
 from dermalens.training.run import train
 
 AUGMENTED_FOLDER = "HAM10000_images_augmented"

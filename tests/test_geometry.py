@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from dermalens.data.geometry import CENTER_SQUARE, SQUASH, crop_box, fit_to_square, map_to_image, resize_image
+from dermalens.data.preprocess import Preprocessing
 from dermalens.explain.overlay import heatmap_at_size
-from dermalens.models.classifier import Preprocessing
 
 
 def test_center_square_keeps_the_middle_of_a_landscape_photo():

@@ -17,7 +17,7 @@ import torch
 from dermalens.classes import CLASS_CODES
 from dermalens.config import load_config
 from dermalens.data.geometry import fit_to_square
-from dermalens.data.preprocess import preprocess_array
+from dermalens.data.preprocess import Preprocessing, preprocess_array
 from dermalens.data.transforms import build_eval_transform, preprocess_image
 from dermalens.inference import export as export_module
 from dermalens.inference.base import ImagePredictor, InferenceSession
@@ -31,7 +31,6 @@ from dermalens.inference.onnx_predictor import (
 )
 from dermalens.inference.predictor import Predictor, read_rgb_image
 from dermalens.models.checkpoint import CheckpointError, load_classifier
-from dermalens.models.preprocessing import Preprocessing
 from dermalens.training.run import train
 
 # ImageNet Lite0 features (an offline weights package, as the demo uses) make

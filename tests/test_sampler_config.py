@@ -41,8 +41,8 @@ def test_every_key_has_one_typed_default_and_components_take_it():
 
     from dermalens.config import DEFAULTS, OptimizerSection, RunConfig, SamplerSection, TrainingSection
     from dermalens.data.datamodule import LesionDataModule
+    from dermalens.data.preprocess import Preprocessing
     from dermalens.models.classifier import ModelConfig
-    from dermalens.models.preprocessing import Preprocessing
     from dermalens.training.module import LesionClassifierModule
 
     assert DEFAULTS == dataclasses.asdict(RunConfig())

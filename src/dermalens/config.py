@@ -63,6 +63,8 @@ class ModelSection:
     pretrained: str = setting("auto")                   # auto | timm | none | path to a weights file
     geometry: str = setting("center_square", choices=("center_square", "squash"))  # photo -> square input
 
+    # Colour constancy before the model (data/color.py), in training and at inference: none | shades_of_gray
+    color: str = setting("none", choices=("none", "shades_of_gray"))
 
 @dataclass
 class AugmentationSection:

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import AugmentationSection, SamplerSection, TrainingSection
-from ..models.classifier import Preprocessing
+from .preprocess import Preprocessing
 from .sampler import ClassBalancedSampler, evaluation_sampler
 from .transforms import build_eval_transform, build_train_transform
 

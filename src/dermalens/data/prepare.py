@@ -23,9 +23,11 @@ from ..config import ConfigError, user_cache_dir
 from .cache import build_image_cache
 from .readers import LesionDataset, make_synthetic_dataset, open_dataset
 from .split import (
+    SourceSplitError,
     assert_no_lesion_leakage,
     official_or_grouped_split,
     read_split_csv,
+    source_split,
     split_for_records,
     write_split_csv,
 )
@@ -72,6 +74,14 @@ def resolve_cache_dir(config: dict) -> Path | None:
     if value == "auto":
         return user_cache_dir() / "images"
     return Path(value).expanduser()
+
+
+def test_sources(config: dict) -> list[str]:
+    """data.test_sources as a list (one name may be given as a string)."""
+    value = config["data"].get("test_sources")
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 def load_dataset(config: dict, classes: Sequence[str] | None = None) -> LesionDataset:
@@ -135,6 +145,15 @@ def prepare_data(config: dict, run_dir: Path | None = None, progress: bool = Tru
     elif split_file is not None and split_file.is_file():
         split = split_for_records(dataset.records, read_split_csv(split_file), missing=EXCLUDED).to_numpy()
         source = f"{split_file}"
+    elif data_cfg.get("test_sources"):
+        held_out = test_sources(config)
+        try:
+            split = source_split(dataset.records, held_out, data_cfg["val_fraction"], config["seed"],
+                                 classes=dataset.classes).to_numpy().astype(object)
+        except SourceSplitError as error:
+            raise ConfigError(f"data.test_sources: {error}") from None
+        source = f"by source: test = every image of {', '.join(held_out)}; val drawn from the others (seed " \
+                 f"{config['seed']})"
     else:
         split = official_or_grouped_split(dataset, data_cfg["val_fraction"], data_cfg["test_fraction"],
                                           config["seed"]).to_numpy().astype(object)

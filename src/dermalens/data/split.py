@@ -207,6 +207,40 @@ def lesion_grouped_split(
     return pd.Series(split, index=records.index, name="split", dtype=object)
 
 
+class SourceSplitError(ValueError):
+    """A split by source that cannot be made: no source column, or an unknown source named."""
+
+
+def source_split(records: pd.DataFrame, test_sources: Sequence[str], val_fraction: float = 0.15, seed: int = 0,
+                 *, classes: Sequence[str] | None = None) -> pd.Series:
+    """Every image of `test_sources` in test; val drawn (lesion-grouped, stratified) from the other sources.
+
+    A test of generalisation: the model never sees the held-out clinic or
+    device, as it will not see the user's. `val_fraction` is of the images
+    left for training.
+    """
+    sources = records["source"] if "source" in records else pd.Series([None] * len(records), index=records.index)
+    known = sorted({str(s) for s in sources if s is not None})
+    if not known:
+        raise SourceSplitError("a split by source needs the data's source of every image (HAM10000's `dataset` "
+                               "column; a `source` column in a folder's lesion_ids.csv); this data has none")
+    unknown = sorted(set(test_sources) - set(known))
+    if unknown:
+        raise SourceSplitError(f"unknown source(s) {', '.join(unknown)}; the data's sources are {', '.join(known)}")
+    missing = int(sources.isna().sum())
+    if missing:
+        raise SourceSplitError(f"{missing} image(s) have no source, so a split by source cannot place them")
+    is_test = sources.isin(list(test_sources)).to_numpy()
+    if is_test.all():
+        raise SourceSplitError(f"every image is from {', '.join(test_sources)}: nothing is left to train on")
+    split = pd.Series(np.where(is_test, "test", "train").astype(object), index=records.index, name="split")
+    rest = records[~is_test]
+    if val_fraction > 0:
+        inner = lesion_grouped_split(rest, val_fraction, 0.0, seed, classes=classes)
+        split.loc[inner.index] = inner.to_numpy()
+    return split
+
+
 def lesion_grouped_kfold(records: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> pd.Series:
     """Fold number 0..n_folds-1 per record; each lesion is in exactly one fold."""
     if n_folds < 2:
@@ -260,6 +294,8 @@ def write_split_csv(records: pd.DataFrame, split: pd.Series, path: Path) -> Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = records[["image_id", "lesion_id", "label"]].assign(split=split.reindex(records.index).to_numpy())
+    if "source" in records and records["source"].notna().any():   # where each image came from, for the reader
+        table["source"] = records["source"].to_numpy()
     if table["split"].isna().any():
         raise ValueError("split does not cover every record")
     return atomic_write_text(path, table.to_csv(index=False))

@@ -17,8 +17,23 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from ..config import AugmentationSection
-from ..models.preprocessing import Preprocessing
-from .preprocess import preprocess_array
+from .color import NO_COLOR_CORRECTION, apply_color_policy, check_color_policy
+from .preprocess import Preprocessing, preprocess_array
+
+
+class ColorPolicy(A.ImageOnlyTransform):
+    """The preprocessing record's colour policy (data/color.py) as the first step of a pipeline."""
+
+    def __init__(self, policy: str):
+        super().__init__(p=1.0)
+        self.policy = check_color_policy(policy)
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return apply_color_policy(img, self.policy)
+
+
+def _color_steps(pre: Preprocessing) -> list:
+    return [] if pre.color == NO_COLOR_CORRECTION else [ColorPolicy(pre.color)]
 
 
 def build_train_transform(pre: Preprocessing, aug: AugmentationSection, seed: int | None = None) -> A.Compose:
@@ -28,7 +43,7 @@ def build_train_transform(pre: Preprocessing, aug: AugmentationSection, seed: in
     OS unless given a seed (not from numpy/random's global state), so the seed
     is passed here and reset every epoch (`LesionDataModule.reseed_augmentation`).
     """
-    steps: list = []
+    steps: list = _color_steps(pre)
     if aug.hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     if aug.vflip:
@@ -49,7 +64,8 @@ def build_train_transform(pre: Preprocessing, aug: AugmentationSection, seed: in
 
 
 def build_eval_transform(pre: Preprocessing) -> A.Compose:
-    return A.Compose([A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()])
+    return A.Compose([*_color_steps(pre), A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0),
+                      ToTensorV2()])
 
 
 def preprocess_image(image: np.ndarray, pre: Preprocessing) -> torch.Tensor:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from pytorch_grad_cam.base_cam import BaseCAM
 
-from ..models.preprocessing import Preprocessing
+from ..data.preprocess import Preprocessing
 from .cam import CamMethod, RawMapCapture, target_layer
 
 

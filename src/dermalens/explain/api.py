@@ -23,10 +23,10 @@ from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index, class_name,
 from ..data.geometry import fit_to_square
 from ..data.transforms import preprocess_image
 from ..inference.predictor import Predictor
-from ..models.preprocessing import Preprocessing
 from .base import AttributionMethod, model_device, private_module_tree
 from .metrics import centre_mask, energy_share
 from .names import DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS, REGISTRY, check_method, method_label
+from ..data.preprocess import Preprocessing
 from .overlay import heatmap_at_size, png_bytes, render_overlay
 
 __all__ = ["METHODS", "METHOD_LABELS", "Explanation", "Explainer", "explain_image", "overlay_png_bytes",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.preprocessing import Preprocessing
+from ..data.preprocess import Preprocessing
 
 
 @dataclass

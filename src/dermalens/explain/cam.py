@@ -15,7 +15,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from ..models.preprocessing import Preprocessing
+from ..data.preprocess import Preprocessing
 from .base import Attribution, AttributionMethod, private_module_tree
 from .names import CAM_LAYERS
 

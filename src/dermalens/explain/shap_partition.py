@@ -18,8 +18,8 @@ import threading
 import numpy as np
 import torch
 
+from ..data.preprocess import Preprocessing
 from ..data.transforms import preprocess_image
-from ..models.preprocessing import Preprocessing
 from .base import Attribution, AttributionMethod, model_device, private_module_tree
 from .names import DEFAULT_SHAP_MAX_EVALS
 

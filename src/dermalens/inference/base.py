@@ -19,7 +19,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..models.preprocessing import Preprocessing
+from ..data.preprocess import Preprocessing
 from .prediction import Prediction
 
 

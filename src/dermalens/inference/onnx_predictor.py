@@ -28,9 +28,8 @@ import numpy as np
 
 from ..atomic_io import file_sha256
 from ..classes import validate_class_set
-from ..data.preprocess import preprocess_array
+from ..data.preprocess import Preprocessing, preprocess_array
 from ..models.calibration_record import CheckpointError, calibration_path, read_calibration
-from ..models.preprocessing import Preprocessing
 from .base import ImagePredictor, InferenceSession
 from .openvino_session import OpenVinoSession
 from .prediction import Prediction, predict_sources

@@ -24,8 +24,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from ..data.preprocess import Preprocessing
 from ..data.transforms import preprocess_image
-from ..models.classifier import Preprocessing
 from .onnx_predictor import INPUT_NAME
 
 QUANTIZE_METHODS = ("static", "dynamic")

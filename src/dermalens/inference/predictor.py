@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.preprocess import Preprocessing
 from ..data.transforms import flip_tta_views, preprocess_image
 from ..models.checkpoint import load_classifier, read_calibration
-from ..models.preprocessing import Preprocessing
 from .prediction import Prediction, predict_files, predict_sources, read_rgb_image
 
 __all__ = ["Prediction", "Predictor", "predict_files", "predict_logits", "read_rgb_image"]

@@ -1,7 +1,7 @@
 """The classifier: `create_classifier` (classifier.py), CBAM, checkpoints, packages.
 
 The names below load their module on first use (PEP 562), so that importing
-a torch-free submodule (`models.preprocessing`, `models.calibration_record`)
+a torch-free submodule (`models.calibration_record`)
 does not load PyTorch and timm through this package's __init__.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {"CBAM": ".cbam", "LesionClassifier": ".classifier", "ModelConfig": ".classifier",
-            "Preprocessing": ".preprocessing", "create_classifier": ".classifier"}
+            "create_classifier": ".classifier"}
 
 __all__ = sorted(_EXPORTS)
 

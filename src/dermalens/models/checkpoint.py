@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from ..classes import validate_class_set
+from ..data.preprocess import Preprocessing
 from .calibration_record import CheckpointError, calibration_path, read_calibration, write_calibration
-from .classifier import LesionClassifier, ModelConfig, Preprocessing, create_classifier
+from .classifier import LesionClassifier, ModelConfig, create_classifier
 from .ensemble import build_ensemble
 
 # The calibration record and CheckpointError live in a torch-free module (the ONNX

@@ -15,8 +15,8 @@ from torch import nn
 
 from ..classes import NUM_CLASSES
 from ..config import ModelSection
+from ..data.preprocess import Preprocessing
 from .cbam import CBAM
-from .preprocessing import Preprocessing  # the record lives in a torch-free module; imported from here as before
 from .weights import load_pretrained_backbone
 
 
@@ -51,7 +51,8 @@ class LesionClassifier(nn.Module):
     @property
     def preprocessing(self) -> Preprocessing:
         cfg = self.backbone.pretrained_cfg
-        return Preprocessing(self.config.image_size, tuple(cfg["mean"]), tuple(cfg["std"]), self.config.geometry)
+        return Preprocessing(self.config.image_size, tuple(cfg["mean"]), tuple(cfg["std"]), self.config.geometry,
+                             self.config.color)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.attention(self.backbone.forward_features(x))
@@ -112,4 +113,4 @@ def create_classifier(config: ModelConfig | None = None, load_pretrained: bool =
     return model
 
 
-__all__ = ["LesionClassifier", "ModelConfig", "Preprocessing", "create_classifier"]
+__all__ = ["LesionClassifier", "ModelConfig", "create_classifier"]

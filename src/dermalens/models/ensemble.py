@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .classifier import LesionClassifier, ModelConfig, Preprocessing, create_classifier
+from ..data.preprocess import Preprocessing
+from .classifier import LesionClassifier, ModelConfig, create_classifier
 
 
 def trunks_identical(members: Sequence[LesionClassifier], stages: int) -> bool:

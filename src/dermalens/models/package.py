@@ -29,8 +29,9 @@ import yaml
 from .. import __version__
 from ..atomic_io import file_sha256, to_jsonable
 from ..classes import RESEARCH_DISCLAIMER, class_name, validate_class_set
+from ..data.preprocess import Preprocessing
 from .checkpoint import CheckpointError, load_classifier, read_calibration
-from .classifier import LesionClassifier, ModelConfig, Preprocessing, create_classifier
+from .classifier import LesionClassifier, ModelConfig, create_classifier
 from .weights import hub_offline_if_unreachable
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "ONNX_FILE", "SUMS_FILE", "WEIGHTS_FILE", "PackageError", "from_pretrained",

@@ -13,6 +13,8 @@ label           class index into the dataset's `classes` (HAM10000's 7 unless th
 path            image file (str) for file-backed sources, else None
 array_index     row in `LesionDataset.images` for array-backed sources, else -1
 official_split  'train' / 'val' / 'test' where the source defines splits, else None
+source          the clinic / device an image came from where the data says (HAM10000's
+                ``dataset`` column: rosendahl, vidir_modern, ...), else None
 =============== ===========================================================
 
 Reading never crashes on a bad row: rows with an unknown label, a duplicate
@@ -34,7 +36,7 @@ from dermalens.classes import CLASS_CODES, class_index
 
 from .images import decode_image_file
 
-RECORD_COLUMNS = ("image_id", "lesion_id", "label", "path", "array_index", "official_split")
+RECORD_COLUMNS = ("image_id", "lesion_id", "label", "path", "array_index", "official_split", "source")
 ISSUE_KINDS = ("missing_file", "unreadable_image", "unknown_label", "duplicate_id", "empty")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OFFICIAL_SPLITS = ("train", "val", "test")
@@ -172,13 +174,14 @@ def records_frame(rows: Iterable[dict]) -> pd.DataFrame:
     frame["path"] = frame["path"].astype(object).where(frame["path"].notna(), None)
     frame["official_split"] = frame["official_split"].astype(object).where(frame["official_split"].notna(), None)
     return frame.reset_index(drop=True)
+    frame["source"] = frame["source"].astype(object).where(frame["source"].notna(), None)
 
 
 def make_record(image_id: str, lesion_id: str, label: int, path: str | None = None,
-                array_index: int = -1, official_split: str | None = None) -> dict:
+                array_index: int = -1, official_split: str | None = None, source: str | None = None) -> dict:
     """One row of a records table (see `records_frame`)."""
     return {"image_id": image_id, "lesion_id": lesion_id, "label": int(label), "path": path,
-            "array_index": int(array_index), "official_split": official_split}
+            "array_index": int(array_index), "official_split": official_split, "source": source}
 
 
 def is_blank(value) -> bool:

@@ -21,6 +21,7 @@ from .base import (
 
 HAM10000_METADATA = "HAM10000_metadata.csv"
 HAM10000_SAMPLE_DIR = "ham10000_sample"
+SOURCE_COLUMN = "dataset"
 
 
 def read_ham10000_metadata(metadata_csv: Path) -> tuple[pd.DataFrame, list[DataIssue]]:
@@ -33,8 +34,11 @@ def read_ham10000_metadata(metadata_csv: Path) -> tuple[pd.DataFrame, list[DataI
     table = read_csv_table(metadata_csv, ("lesion_id", "image_id", "dx"), "HAM10000 metadata CSV")
     row_filter = RowFilter()
     rows = []
-    for line, (lesion_id, image_id, dx) in enumerate(
-        zip(table["lesion_id"], table["image_id"], table["dx"]), start=2
+    # `dataset` names the clinic and device (rosendahl, vidir_modern, vidir_molemax, vienna_dias): the
+    # source a split by source holds out (data.test_sources).
+    sources = table[SOURCE_COLUMN] if SOURCE_COLUMN in table.columns else [None] * len(table)
+    for line, (lesion_id, image_id, dx, source) in enumerate(
+        zip(table["lesion_id"], table["image_id"], table["dx"], sources), start=2
     ):
         where = f"{metadata_csv.name} line {line}"
         if not row_filter.accept_id(image_id, None, where):
@@ -46,7 +50,8 @@ def read_ham10000_metadata(metadata_csv: Path) -> tuple[pd.DataFrame, list[DataI
         if is_blank(lesion_id):
             row_filter.issues.append(DataIssue("empty", image_id, None, f"{where}: no lesion_id"))
             continue
-        rows.append(make_record(image_id, str(lesion_id).strip(), label))
+        rows.append(make_record(image_id, str(lesion_id).strip(), label,
+                                source=None if is_blank(source) else str(source).strip()))
     return records_frame(rows), row_filter.issues
 
 

@@ -1,0 +1,100 @@
+"""Compare training recipes by lesion-grouped cross-validation, never by the test split.
+
+Each variant is a config plus `--set` overrides; each is trained as K fold
+models (`training.folds`, no ensemble, no test evaluation) on the train + val
+pool of the config's split, and scored on its out-of-fold predictions: every
+pool image predicted once by a model that never saw its lesion. The table
+gives those figures, the mean and sd of the folds' balanced accuracy, and
+the wall time. A variant whose folder already holds cv.json is not rerun,
+so an interrupted comparison continues where it stopped.
+
+    python scripts/compare_recipes.py --config ham10000_cpu --data $DERMALENS_DATA/ham10000_224 \\
+        --out runs/compare --folds 3 \\
+        --variant "base" \\
+        --variant "sqrt-sampling: sampler.power=0.5" \\
+        --variant "4 frozen stages: training.freeze_stages=4"
+
+Results: OUT/comparison.json and OUT/comparison.md (a markdown table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from dermalens.atomic_io import atomic_write_json, atomic_write_text
+from dermalens.config import load_config
+from dermalens.config_files import resolve_config_path
+from dermalens.training.cross_validation import CV_FILE, train_folds
+
+COLUMNS = (("balanced_accuracy", "OOF bal. acc."), ("accuracy", "OOF acc."), ("auc_macro", "OOF macro AUC"),
+           ("mel_sensitivity_at_80_specificity", "OOF mel sens. @80% spec."))
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """'name: a.b=1, c.d=2' -> ('name', ['a.b=1', 'c.d=2']); 'name' alone has no overrides."""
+    name, _, rest = text.partition(":")
+    overrides = [part.strip() for part in rest.split(",") if part.strip()]
+    return name.strip(), overrides
+
+
+def run_variant(config_name: str, data: str, base_overrides: list[str], name: str, overrides: list[str],
+                folds: int, out: Path) -> dict:
+    folder = out / name.replace(" ", "_").replace("/", "-")
+    if (folder / CV_FILE).is_file():
+        summary = json.loads((folder / CV_FILE).read_text())
+    else:
+        config = load_config(resolve_config_path(config_name),
+                             [f"data.path={data}", *base_overrides, f"training.folds={folds}",
+                              "training.ensemble=false", *overrides])
+        started = time.perf_counter()
+        summary = train_folds(config, folder, resume=folder.exists(), progress=sys.stderr.isatty()).summary
+        summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+        atomic_write_json(folder / CV_FILE, summary)
+    return {"variant": name, "overrides": overrides, "folds": folds, "out_of_fold": summary["out_of_fold"],
+            "mean_sd": summary["mean_sd"], "train_seconds": summary["train_seconds"],
+            "trunk_seconds": summary.get("trunk_seconds", 0.0), "folder": str(folder)}
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    header = ["variant", "overrides", *[label for _, label in COLUMNS], "bal. acc. per fold (mean ± sd)",
+              "minutes (trunk cache)"]
+    lines = [f"`{command}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        oof, spread = row["out_of_fold"], row["mean_sd"].get("balanced_accuracy", {})
+        cells = [row["variant"], ", ".join(f"`{o}`" for o in row["overrides"]) or "-"]
+        cells += [f"{oof[key]:.3f}" if oof.get(key) is not None else "n/a" for key, _ in COLUMNS]
+        cells.append(f"{spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}")
+        cells.append(f"{row['train_seconds'] / 60:.1f} ({row['trunk_seconds'] / 60:.1f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a shipped config name or a YAML file")
+    parser.add_argument("--data", required=True, help="the data set (its split's test part is never used)")
+    parser.add_argument("--out", required=True, type=Path, help="one folder per variant, and the table")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant")
+    parser.add_argument("--variant", action="append", required=True, metavar="'NAME: KEY=VALUE, ...'")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for text in args.variant:
+        name, overrides = parse_variant(text)
+        rows.append(run_variant(args.config, args.data, args.set, name, overrides, args.folds, args.out))
+        atomic_write_json(args.out / "comparison.json", rows)
+        command = "python scripts/compare_recipes.py " + " ".join(
+            f"'{a}'" if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))
+        atomic_write_text(args.out / "comparison.md", markdown(rows, command))
+        print(markdown(rows[-1:], command).splitlines()[-1], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
