@@ -41,13 +41,10 @@ from .onnx_predictor import (
     file_sha256,
 )
 from .predictor import Predictor, read_rgb_image
+from .settings import DEFAULT_OPSET, DEFAULT_PARITY_COUNT, EXPORTERS, PARITY_TOLERANCE
 
 log = logging.getLogger(__name__)
 
-PARITY_TOLERANCE = 1e-4          # max |p_onnx - p_torch| over all images and classes
-DEFAULT_PARITY_COUNT = 16
-DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
-EXPORTERS = tuple(DEFAULT_OPSET)
 SAMPLE_GLOB = "ham10000_sample/ISIC_*.jpg"
 # Beside a source checkout the shared real data sits at ../shared/data (as in tests/conftest.py).
 _REPO_SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"

@@ -27,8 +27,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ..data.preprocess import Preprocessing
 from ..data.transforms import preprocess_image
 from .onnx_predictor import INPUT_NAME
+from .settings import QUANTIZE_METHODS
 
-QUANTIZE_METHODS = ("static", "dynamic")
 CALIBRATION_BATCH = 8
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..classes import RESEARCH_DISCLAIMER, class_name
 from ..data.readers.images import UnreadableImageError, decode_image_file
+from .settings import DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -82,7 +83,7 @@ def predict_sources(predictor, sources: Iterable[str | Path | np.ndarray],
     return results
 
 
-def predict_files(predictor, paths: Sequence[str | Path], batch_size: int = 32,
+def predict_files(predictor, paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE,
                   progress: bool = True) -> tuple[list[Prediction], list[str]]:
     """Predictions for many image files, in batches, with a progress bar.
 

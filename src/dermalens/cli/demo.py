@@ -1,0 +1,28 @@
+"""`dermalens demo`: the main job: train a CPU-sized model, evaluate it, write the report."""
+from __future__ import annotations
+
+from ..training.demo import REAL_DEMO_FOLDER
+from .common import add_set_option
+
+
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="the main job: train a CPU-sized model, evaluate it, write the report",
+                              epilog=f"example: dermalens demo --data $DERMALENS_DATA   (a folder holding "
+                                     f"{REAL_DEMO_FOLDER}/ trains on those real images)")
+    p.add_argument("--data", help="real data (default $DERMALENS_DATA, else download DermaMNIST, else synthetic); "
+                   f"a folder holding {REAL_DEMO_FOLDER}/ trains on those real images")
+    p.add_argument("--config", default=None, help="default: demo (real HAM10000) or demo_dermamnist (thumbnails)")
+    add_set_option(p, "evaluation.n_bootstrap=500", "config override")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..evaluation.summary import format_metrics_summary
+    from ..training.demo import run_demo
+
+    result = run_demo(args.data, args.config, args.set)
+    print(f"run folder: {result.run_dir}")
+    if result.metrics:
+        print(format_metrics_summary(result.metrics, result.run_dir))
+    print(f"try: dermalens predict --model {result.best_checkpoint} <image.jpg>")
+    return 0

@@ -1,0 +1,51 @@
+"""`dermalens export`: a checkpoint -> an ONNX model checked against PyTorch (optionally int8)."""
+from __future__ import annotations
+
+from ..inference.settings import (
+    DEFAULT_CALIBRATION_COUNT,
+    DEFAULT_EXPORTER,
+    DEFAULT_OPSET,
+    DEFAULT_PARITY_COUNT,
+    DEFAULT_QUANTIZE_METHOD,
+    EXPORTERS,
+    PARITY_TOLERANCE,
+    QUANTIZE_METHODS,
+)
+
+
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write an ONNX model (checked against PyTorch) for fast CPU inference",
+        epilog="example: dermalens export runs/x/checkpoints/best.ckpt --quantize int8",
+        description="Export a checkpoint to ONNX with its classes and preprocessing as metadata. The export is "
+                    "compared with PyTorch on real images and only kept if the probabilities agree.")
+    p.add_argument("checkpoint", help="dermalens checkpoint (.ckpt) or model package folder")
+    p.add_argument("--out", help="output file (default: <checkpoint stem>.onnx beside it, which `dermalens predict "
+                                 "--model <ckpt>` then uses; .int8.onnx with --quantize int8)")
+    p.add_argument("--quantize", choices=["int8"], help="write an int8 model (accuracy changes: measure it)")
+    p.add_argument("--quantize-method", choices=QUANTIZE_METHODS, default=DEFAULT_QUANTIZE_METHOD,
+                   help="static: activation ranges calibrated on training images (default)")
+    p.add_argument("--calibration-images", nargs="+", metavar="PATH",
+                   help="images/folders/globs for int8 calibration (default: the run's training split)")
+    p.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT)
+    opsets = ", ".join(f"{opset} with {name}" for name, opset in DEFAULT_OPSET.items())
+    p.add_argument("--opset", type=int, help=f"ONNX opset (default {opsets})")
+    p.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
+                   help="torch.onnx exporter: torch.export-based (default) or the legacy TorchScript one")
+    p.add_argument("--parity-images", nargs="+", metavar="PATH",
+                   help="images/folders/globs for the parity check (default: the HAM10000 sample images)")
+    p.add_argument("--parity-count", type=int, default=DEFAULT_PARITY_COUNT, help="at most this many parity images")
+    p.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="max |p_onnx - p_torch| accepted")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..inference.export_job import describe_export, export_with_calibration
+
+    result = export_with_calibration(
+        args.checkpoint, args.out, quantize=args.quantize, quantize_method=args.quantize_method,
+        calibration_patterns=args.calibration_images, calibration_count=args.calibration_count,
+        exporter=args.exporter, opset=args.opset, parity_images=args.parity_images,
+        parity_count=args.parity_count, tolerance=args.tolerance)
+    print(describe_export(result))
+    return 0

@@ -1,0 +1,50 @@
+"""`dermalens train`: a config and overrides -> a run folder, evaluated on its test split once."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import add_data_options, add_set_option
+
+
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model (config + overrides), evaluate it on the test split once",
+                              epilog="example: dermalens train --config ham10000_cpu --data $DERMALENS_DATA/ham10000_224 "
+                                     "--set training.max_time=00:00:30:00")
+    p.add_argument("--config", help="YAML file or name in configs/ (e.g. dermamnist_cpu)")
+    add_data_options(p)
+    p.add_argument("--run-dir", help="run folder (default runs/<name>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    add_set_option(p)
+    p.set_defaults(func=run)
+
+
+def note_when_no_config_on_cpu() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("note: no --config: this is the original design (EfficientNet-B3 + CBAM at 300 px), a GPU job "
+              "(about 2.6 img/s here). On a CPU use --config ham10000_cpu (real images, about an hour) "
+              "or --config demo.", file=sys.stderr)
+
+
+def run(args) -> int:
+    from ..config_files import load_named_config
+    from ..evaluation.summary import format_metrics_summary
+    from ..training.run import load_run_config, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise SystemExit(f"error: cannot resume: no run folder at {run_dir}")
+        result = train(load_run_config(run_dir, args.set), run_dir, resume=True)
+    else:
+        if not args.config:
+            note_when_no_config_on_cpu()
+        config = load_named_config(args.config, args.set, data=args.data, data_format=args.format)
+        result = train(config, Path(args.run_dir) if args.run_dir else None)
+    print(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint} "
+          f"(trained {result.train_seconds / 60:.1f} min)")
+    if result.metrics:
+        print(format_metrics_summary(result.metrics, result.run_dir))
+    return 0

@@ -1,0 +1,114 @@
+"""What `dermalens evaluate` scores: which checkpoint, on which data and split, written where.
+
+The run's own data: its split.csv, split test by default. Any other data set:
+every image (split all) by default; an ISIC 2018 folder's official set
+(split test = the Test set) is read and scored whole, never re-split. The
+output folder is always a new eval-<data>-<split>/ (or the one given), never
+the run's own test report or calibration.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, load_config
+from ..config_files import load_named_config
+
+ISIC2018_SETS = {"train": "Training", "val": "Validation", "test": "Test"}
+DEFAULT_CHECKPOINT = "best"
+RUN_CHECKPOINTS = ("best", "last")
+
+
+@dataclass
+class EvaluationTarget:
+    config: dict
+    checkpoint: Path
+    out_dir: Path
+    split: str
+    split_dir: Path | None      # the run folder whose split.csv is used (None: not the run's own data)
+
+
+def run_config(run_dir: Path, overrides: list[str] | None = None) -> dict:
+    """The run's saved config.yaml with `overrides` (read here, not through training: evaluation sits below it)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"no run folder at {run_dir} (no config.yaml)" if not run_dir.is_dir()
+                          else f"{run_dir} is not a run folder (no config.yaml)")
+    return load_config(run_dir / "config.yaml", overrides)
+
+
+def run_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    """best | last (of the run's checkpoints/) or a path to a .ckpt."""
+    name = checkpoint or DEFAULT_CHECKPOINT
+    return Path(run_dir) / "checkpoints" / f"{name}.ckpt" if name in RUN_CHECKPOINTS else Path(name)
+
+
+def _isic2018_set_or_warn(config: dict, split: str) -> str:
+    """An official ISIC 2018 set is read as such and scored whole; another split of foreign data is a slice."""
+    from ..data.readers import detect_format
+
+    fmt = config["data"]["format"]
+    fmt = detect_format(Path(config["data"]["path"])) if fmt == "auto" else fmt
+    if fmt == "isic2018" and split in ISIC2018_SETS:
+        config["data"]["format"], config["data"]["subset"] = "isic2018", ISIC2018_SETS[split]
+        return "all"
+    if split != "all":
+        warnings.warn(f"--split {split} of a data set that is not the run's own re-splits it and scores a "
+                      f"slice; --split all scores every image", stacklevel=3)
+    return split
+
+
+def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | None = None,
+                   config: str | None = None, data: str | None = None, data_format: str | None = None,
+                   split: str | None = None, out: str | Path | None = None, tta: bool = True,
+                   overrides: list[str] | None = None) -> EvaluationTarget:
+    """The evaluation a run folder (`run`) or a checkpoint file with external `data` asks for.
+
+    config: a config file or shipped name for external data (the model section comes from the checkpoint).
+    """
+    from ..models.checkpoint import read_checkpoint_metadata
+
+    overrides = list(overrides or [])
+    split_dir = None
+    if run:
+        run_dir = Path(run)
+        resolved = run_config(run_dir, overrides)
+        checkpoint = run_checkpoint(run_dir, checkpoint)
+        own_data = not data
+        split_dir = run_dir if own_data else None
+        out_root = run_dir
+    else:
+        if not checkpoint or not data:
+            raise ConfigError("give --run RUN_DIR, or --checkpoint FILE with --data PATH")
+        checkpoint = Path(checkpoint)
+        meta = read_checkpoint_metadata(checkpoint)["dermalens"]
+        resolved = load_named_config(config, overrides)
+        resolved["model"].update(meta["model_config"])
+        own_data = False
+        out_root = checkpoint.parent
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if data:
+        if not Path(data).exists():
+            raise FileNotFoundError(f"data path not found: {data}")
+        resolved["data"]["path"] = str(data)
+    if data_format:
+        resolved["data"]["format"] = data_format
+    chosen = split or ("test" if own_data else "all")
+    if not own_data:
+        chosen = _isic2018_set_or_warn(resolved, chosen)
+    if not tta:
+        resolved["evaluation"]["tta"] = False
+    name = resolved["data"].get("subset") or Path(resolved["data"]["path"] or resolved["data"]["format"]).stem
+    out_dir = Path(out) if out else out_root / f"eval-{name}-{split or chosen}"
+    return EvaluationTarget(resolved, checkpoint, out_dir, chosen, split_dir)
+
+
+def evaluate_target(**options) -> tuple[dict, Path]:
+    """Resolve the target (`resolve_target` options) and score it: (metrics, output folder)."""
+    from .evaluate import evaluate_checkpoint
+
+    target = resolve_target(**options)
+    metrics = evaluate_checkpoint(target.config, target.checkpoint, target.out_dir, split=target.split,
+                                  split_dir=target.split_dir)
+    return metrics, target.out_dir

@@ -1,0 +1,102 @@
+"""Explanations of many image files into one folder: overlays, raw maps, summary.csv and summary.json."""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..classes import RESEARCH_DISCLAIMER, class_index
+from ..data.image_files import DEFAULT_EXCLUDE, find_image_files
+from .names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHODS
+
+SUMMARY_COLUMNS = ("image", "predicted_class", "predicted_probability", "target_class", "target_probability",
+                   "method", "seconds", "centre_energy_share", "centroid_x", "centroid_y", "overlay", "raw_map", "error")
+DEFAULT_OUT = "explanations"
+DEFAULT_METHOD = METHODS[0]          # the cheapest: Grad-CAM
+DEFAULT_CAM_LAYER = CAM_LAYERS[0]    # the map the head pools
+
+
+@dataclass
+class ExplainedFiles:
+    out: Path
+    n_images: int
+    rows: list[dict]        # one per explained image (SUMMARY_COLUMNS)
+    errors: list[dict]      # {"image", "error"} per image that failed
+
+
+def unique_stem(path: Path, used: set[str]) -> str:
+    stem, n = path.stem, 2
+    while stem in used:
+        stem, n = f"{path.stem}-{n}", n + 1
+    used.add(stem)
+    return stem
+
+
+def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEFAULT_METHOD,
+                  target_class: str | None = None, out: str | Path = DEFAULT_OUT, layer: str = DEFAULT_CAM_LAYER,
+                  shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS, exclude: Sequence[str] | None = None,
+                  on_error: Callable[[Path, Exception], None] | None = None) -> ExplainedFiles:
+    """Explain every image of `inputs` (files, folders, globs) with `model`, writing into `out`.
+
+    A file that cannot be read or explained is recorded (and passed to `on_error`); the others go on.
+    """
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+    from ..atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from ..evaluation.evaluate import git_commit
+    from ..inference.predictor import read_rgb_image
+    from .api import Explainer, save_overlay_png
+
+    explainer = Explainer.from_checkpoint(model, cam_layer=layer)
+    if target_class is not None and target_class not in explainer.classes:
+        # Checked before any image: the model's class set is only known once it is loaded.
+        class_index(target_class, explainer.classes)   # raises, naming the classes and a likely meant one
+    images = find_image_files(inputs, tuple(exclude) if exclude else DEFAULT_EXCLUDE)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, errors, used = [], [], set()
+    for path in tqdm(images, desc=f"explain ({method})", unit="image", disable=None if len(images) > 1 else True):
+        stem = unique_stem(path, used)
+        try:
+            image = read_rgb_image(path)
+            explanation = explainer.explain(image, method, target_class, shap_max_evals=shap_max_evals)
+        except (ValueError, FileNotFoundError) as error:
+            errors.append({"image": str(path), "error": str(error)})
+            if on_error is not None:
+                on_error(path, error)
+            continue
+        overlay_path = save_overlay_png(explanation, out / f"{stem}_{method}.png")
+        buffer = io.BytesIO()
+        np.save(buffer, explanation.raw_map)
+        raw_path = atomic_write_bytes(out / f"{stem}_{method}.npy", buffer.getvalue())
+        summary = explanation.summary()
+        rows.append({"image": str(path), **{k: summary[k] for k in SUMMARY_COLUMNS if k in summary},
+                     "overlay": overlay_path.name, "raw_map": raw_path.name, "error": ""})
+
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, fieldnames=SUMMARY_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+    for error in errors:
+        writer.writerow({"image": error["image"], "method": method, "error": error["error"]})
+    atomic_write_text(out / "summary.csv", csv_text.getvalue())
+    atomic_write_json(out / "summary.json", {
+        "settings": {
+            "model": str(model), "method": method, "target_class": target_class,
+            "shap_max_evals": shap_max_evals if method == "shap" else None,
+            "cam_layer": layer, "temperature": explainer.temperature, "preprocessing": explainer.preprocessing.to_dict(),
+            "dermalens_version": __version__, "git_commit": git_commit(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "images": rows,
+        "errors": errors,
+        "disclaimer": RESEARCH_DISCLAIMER,
+    })
+    return ExplainedFiles(out, len(images), rows, errors)

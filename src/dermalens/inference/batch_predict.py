@@ -1,0 +1,39 @@
+"""`dermalens predict` as one call: image files, folders or globs -> formatted predictions and the failures."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .output_formats import DEFAULT_OUTPUT_FORMAT, DEFAULT_TOP_K, check_output_format, format_predictions
+from .settings import DEFAULT_BATCH_SIZE
+
+
+@dataclass
+class PredictionRun:
+    text: str                   # the predictions in the asked format
+    n_predicted: int
+    n_images: int
+    failures: list[str]         # "<file>: <why>" per image that could not be read
+    notes: list[str] = field(default_factory=list)
+
+
+def predict_images(model: str | Path, images: Sequence[str], *, top_k: int = DEFAULT_TOP_K,
+                   output_format: str = DEFAULT_OUTPUT_FORMAT, batch_size: int = DEFAULT_BATCH_SIZE,
+                   tta: bool | None = None, runtime: str = "auto", progress: bool = False) -> PredictionRun:
+    """Predict every image of `images` (files, folders, glob patterns) with `model`.
+
+    runtime "auto": ONNX Runtime when an up-to-date <stem>.onnx sits beside the .ckpt;
+    tta None: as the model was calibrated.
+    """
+    from ..data.image_files import find_image_files
+    from .onnx_predictor import load_predictor
+    from .prediction import predict_files
+
+    paths = find_image_files(images)
+    predictor = load_predictor(model, tta=tta, runtime=runtime)
+    check_output_format(output_format, predictor.classes, model)
+    predictions, failures = predict_files(predictor, paths, batch_size=batch_size, progress=progress)
+    rows = [p.to_dict(top_k) for p in predictions]
+    text = format_predictions(rows, failures, output_format, predictor.runtime)
+    return PredictionRun(text, len(rows), len(paths), failures)

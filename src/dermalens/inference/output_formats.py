@@ -1,0 +1,52 @@
+"""Predictions written out: a table for people, long CSV, JSON, or an ISIC 2018 Task 3 submission CSV."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..classes import CLASS_CODES, ISIC2018_SUBMISSION_COLUMNS, RESEARCH_DISCLAIMER
+
+OUTPUT_FORMATS = ("table", "csv", "json", "isic2018")
+DEFAULT_OUTPUT_FORMAT = "table"
+DEFAULT_TOP_K = 3
+
+
+def check_output_format(fmt: str, classes: Sequence[str], model: str | Path) -> None:
+    """ValueError when `fmt` cannot hold the model's classes (the ISIC 2018 CSV has HAM10000's 7 columns)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt == "isic2018" and sorted(classes) != sorted(CLASS_CODES):
+        raise ValueError(f"-f isic2018 writes the 7 HAM10000 classes; {model} predicts "
+                         f"{', '.join(classes)}: use -f csv or -f json")
+
+
+def format_predictions(rows: list[dict], failures: list[str], fmt: str, runtime: str) -> str:
+    """Predictions (`Prediction.to_dict` rows) as a table, long CSV, JSON, or an ISIC 2018 Task 3 submission CSV."""
+    out = io.StringIO()
+    if fmt == "json":
+        json.dump({"predictions": rows, "errors": failures, "runtime": runtime,
+                   "disclaimer": RESEARCH_DISCLAIMER}, out, indent=2)
+        out.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(["image", "rank", "class", "name", "probability"])
+        for row in rows:
+            for rank, item in enumerate(row["top_k"], 1):
+                writer.writerow([row["image"], rank, item["class"], item["name"], f"{item['probability']:.6f}"])
+    elif fmt == "isic2018":
+        # One row per image, the image id being the file stem, as isic-challenge-scoring reads it.
+        writer = csv.writer(out)
+        writer.writerow(["image", *ISIC2018_SUBMISSION_COLUMNS])
+        for row in rows:
+            writer.writerow([Path(row["image"]).stem, *(f"{row['probabilities'][c.lower()]:.6f}"
+                                                         for c in ISIC2018_SUBMISSION_COLUMNS)])
+    else:
+        for row in rows:
+            out.write(f"{row['image']}\n")
+            for rank, item in enumerate(row["top_k"], 1):
+                out.write(f"  {rank}. {item['class']:6s} {item['probability']:7.2%}  {item['name']}\n")
+        out.write(f"{RESEARCH_DISCLAIMER}\n")
+    return out.getvalue()
