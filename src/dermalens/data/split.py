@@ -207,6 +207,9 @@ def lesion_grouped_split(
     return pd.Series(split, index=records.index, name="split", dtype=object)
 
 
+SPLIT_EXCLUDED = "excluded"   # rows in no split (prepare.EXCLUDED)
+
+
 class SourceSplitError(ValueError):
     """A split by source that cannot be made: no source column, or an unknown source named."""
 
@@ -214,6 +217,8 @@ class SourceSplitError(ValueError):
 def source_split(records: pd.DataFrame, test_sources: Sequence[str], val_fraction: float = 0.15, seed: int = 0,
                  *, classes: Sequence[str] | None = None) -> pd.Series:
     """Every image of `test_sources` in test; val drawn (lesion-grouped, stratified) from the other sources.
+
+    Images of other sources that show a lesion of the test sources are 'excluded' (in no split).
 
     A test of generalisation: the model never sees the held-out clinic or
     device, as it will not see the user's. `val_fraction` is of the images
@@ -234,7 +239,14 @@ def source_split(records: pd.DataFrame, test_sources: Sequence[str], val_fractio
     if is_test.all():
         raise SourceSplitError(f"every image is from {', '.join(test_sources)}: nothing is left to train on")
     split = pd.Series(np.where(is_test, "test", "train").astype(object), index=records.index, name="split")
-    rest = records[~is_test]
+    # A lesion photographed in a held-out source and in another (HAM10000 has a few) must not train:
+    # its other photos are left out of every split rather than leak the test lesion into training.
+    straddling = ~is_test & records["lesion_id"].isin(set(records.loc[is_test, "lesion_id"])).to_numpy()
+    if straddling.any():
+        split[straddling] = SPLIT_EXCLUDED
+        warnings.warn(f"{int(straddling.sum())} image(s) of other sources show lesions that are also in "
+                      f"{', '.join(test_sources)}; they are left out of training and validation", stacklevel=2)
+    rest = records[~is_test & ~straddling]
     if val_fraction > 0:
         inner = lesion_grouped_split(rest, val_fraction, 0.0, seed, classes=classes)
         split.loc[inner.index] = inner.to_numpy()

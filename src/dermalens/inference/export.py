@@ -181,7 +181,7 @@ def compare_with_torch(onnx_path: Path, model: nn.Module, metadata: dict, images
     All images go through as one batch, the first also alone: the dynamic
     batch dimension is exercised at batch 1 and batch N.
     """
-    torch_predictor = Predictor(model, metadata, temperature=temperature)
+    torch_predictor = Predictor(model, metadata, temperature=temperature, precision="fp32")
     onnx_predictor = OnnxPredictor(create_session(onnx_path), metadata, temperature=temperature)
     expected = torch_predictor.predict_arrays(images)
     got = np.concatenate([onnx_predictor.predict_arrays(images[:1]), onnx_predictor.predict_arrays(images)[1:]])
@@ -276,11 +276,15 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
 
 def checkpoint_metadata(checkpoint: Path, meta: dict) -> dict:
     """What of a checkpoint's metadata an exported model carries."""
-    temperature = read_calibration(checkpoint)["temperature"]
+    calibration = read_calibration(checkpoint)
     return {
         "classes": list(meta["classes"]),
         "preprocessing": meta["preprocessing"],
-        "temperature": temperature,
+        "temperature": calibration["temperature"],
+        # The served predictor travels with the model: its TTA and decision rule (class biases, melanoma point).
+        "tta": bool(calibration["tta"]),
+        "decision": calibration.get("decision"),
+        "ensemble": meta.get("ensemble"),
         "version": meta.get("version", __version__),
         "backbone": meta["model_config"].get("backbone"),
         "model_config": meta["model_config"],

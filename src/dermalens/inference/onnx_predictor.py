@@ -32,6 +32,7 @@ from ..data.preprocess import Preprocessing, preprocess_array
 from ..models.calibration_record import CheckpointError, calibration_path, read_calibration
 from .base import ImagePredictor, InferenceSession
 from .openvino_session import OpenVinoSession
+from .postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
 from .prediction import Prediction, predict_sources
 from .runtimes import RUNTIMES, OnnxModelError
 
@@ -46,7 +47,7 @@ PROBABILITIES_NAME = "probabilities"  # softmax(logits / temperature at export t
 METADATA_PREFIX = "dermalens."
 # Metadata values that are JSON documents rather than plain strings.
 _JSON_KEYS = ("classes", "preprocessing", "model_config", "val_metrics", "parity", "int8_parity", "quantization",
-              "temperature", "checkpoint_size", "epoch", "opset")
+              "temperature", "checkpoint_size", "epoch", "opset", "decision", "ensemble")
 
 
 def encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
@@ -148,13 +149,6 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return decode_metadata({p.key: p.value for p in model.metadata_props})
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = logits / temperature
-    scaled = scaled - scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 class OnnxPredictor:
     """An exported model in an inference session (ONNX Runtime or OpenVINO): a `base.ImagePredictor`.
 
@@ -165,7 +159,7 @@ class OnnxPredictor:
     """
 
     def __init__(self, session: InferenceSession, metadata: dict, temperature: float | None = None, tta: bool = False,
-                 runtime: str = "onnxruntime"):
+                 runtime: str = "onnxruntime", decision: DecisionRule | None = None):
         self.session = session
         self.runtime = runtime  # what runs the model: onnxruntime, openvino, openvino-bf16
         self.metadata = metadata
@@ -176,22 +170,30 @@ class OnnxPredictor:
             raise OnnxModelError(str(error)) from None
         self.temperature = float(metadata.get("temperature") or 1.0) if temperature is None else float(temperature)
         self.tta = tta
+        try:
+            self.decision = decision or DecisionRule.from_dict(metadata.get("decision"), self.classes)
+        except ValueError as error:
+            raise OnnxModelError(str(error)) from None
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
     def from_file(cls, path: str | Path, tta: bool | None = None, threads: int | None = None,
                   temperature: float | None = None, runtime: str = "onnxruntime", **options) -> "OnnxPredictor":
-        """Open an exported model; a calibration record beside it (as for checkpoints) sets the
-        temperature and, unless `tta` says otherwise, whether flips are averaged (the calibrated predictor)."""
+        """Open an exported model; its calibration (temperature, TTA, decision rule) comes from a calibration
+        record beside it (as for checkpoints) or else from its own metadata (`dermalens export` writes it there);
+        `tta` and `temperature` given here win."""
         path = Path(path)
         metadata = read_onnx_metadata(path)
         metadata["onnx_model"] = str(path)
-        # Training keeps the fitted temperature beside the checkpoint;
+        # Training keeps the fitted calibration beside the checkpoint;
         # <stem>.onnx and <stem>.ckpt share <stem>.calibration.json.
         if calibration_path(path).is_file():
             calibration = read_calibration(path)
+            metadata["decision"] = calibration.get("decision")
             temperature = calibration["temperature"] if temperature is None else temperature
             tta = calibration["tta"] if tta is None else tta
+        elif tta is None:
+            tta = str(metadata.get("tta", "False")).lower() == "true"
         session = create_session(path, threads, runtime, **options)
         if runtime.startswith("openvino"):  # the precision OpenVINO really runs (f32 on a CPU without bf16)
             runtime = "openvino" if session.precision == "f32" else f"openvino-{session.precision}"
@@ -202,18 +204,15 @@ class OnnxPredictor:
         return np.stack([preprocess_array(img, self.preprocessing) for img in images])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed (N, 3, S, S) batch -> logits (N, C), averaged over flips with tta."""
-        if self.tta:
-            views = np.concatenate([batch, batch[..., ::-1], batch[..., ::-1, :], batch[..., ::-1, ::-1]])
-            out = self.session.run([LOGITS_NAME], {self.input_name: np.ascontiguousarray(views)})[0]
-            return out.reshape(4, len(batch), -1).mean(axis=0)
-        return self.session.run([LOGITS_NAME], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        """Preprocessed (N, 3, S, S) batch -> logits (N, C), averaged over flips with tta (one session run)."""
+        views = tta_views(np.asarray(batch, dtype=np.float32), self.tta)
+        return merge_views(self.session.run([LOGITS_NAME], {self.input_name: views})[0], len(batch))
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 arrays of any size -> probabilities (N, C)."""
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return softmax(self.logits(self.batch(images)), self.temperature).astype(np.float32)
+        return calibrated_probabilities(self.logits(self.batch(images)), self.temperature).astype(np.float32)
 
     def predict(self, sources: Iterable[str | Path | np.ndarray], batch_size: int = 16) -> list[Prediction]:
         return predict_sources(self, sources, batch_size)

@@ -28,11 +28,21 @@ class Prediction:
     probabilities: dict[str, float]      # class code -> probability, in class order
 
     @property
+    # The class the model's decision rule reports (inference.postprocess.DecisionRule, fitted on held-out
+    # data and shipped with the model); the most probable class when the model has no fitted rule.
+    predicted_class: str | None = None
+    melanoma_flag: bool | None = None    # P(mel) at or above the model's melanoma operating point
+    decision_rule: str = "raw argmax"
     def top_class(self) -> str:
         return max(self.probabilities, key=self.probabilities.get)
 
+        """The most probable class (which may differ from `predicted_class` under a fitted rule)."""
     def top_k(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+    @property
+    def decided_class(self) -> str:
+        return self.predicted_class or self.top_class
+
 
     def to_dict(self, k: int | None = None) -> dict:
         top = self.top_k(k or len(self.probabilities))
@@ -40,18 +50,32 @@ class Prediction:
             "image": self.source,
             "top_class": self.top_class,
             "top_class_name": class_name(self.top_class),
+            "predicted_class": self.decided_class,
+            "predicted_class_name": class_name(self.decided_class),
+            "decision_rule": self.decision_rule,
+            "melanoma_flag": self.melanoma_flag,
             "probabilities": self.probabilities,
             "top_k": [{"class": c, "name": class_name(c), "probability": p} for c, p in top],
             "disclaimer": RESEARCH_DISCLAIMER,
         }
 
 
-def as_prediction(source: str, probabilities: Sequence[float], classes: Sequence[str]) -> Prediction:
-    """One row of `predict_arrays` as a Prediction; `classes` are the model's, in output order."""
+def as_prediction(source: str, probabilities: Sequence[float], classes: Sequence[str], decision=None) -> Prediction:
+    """One row of `predict_arrays` as a Prediction; `classes` are the model's, in output order.
+
+    decision: the model's `postprocess.DecisionRule` (None: the argmax decides).
+    """
     probabilities = np.asarray(probabilities).reshape(-1)
     if len(probabilities) != len(classes):
         raise ValueError(f"{len(probabilities)} probabilities for {len(classes)} classes ({', '.join(classes)})")
-    return Prediction(source, {code: float(p) for code, p in zip(classes, probabilities)})
+    prediction = Prediction(source, {code: float(p) for code, p in zip(classes, probabilities)})
+    if decision is not None:
+        prediction.predicted_class = classes[int(decision.decide(probabilities[None])[0])]
+        flags = decision.melanoma_flags(probabilities[None])
+        prediction.melanoma_flag = None if flags is None else bool(flags[0])
+        prediction.decision_rule = "raw argmax" if decision.is_raw else f"{decision.objective} (fitted on " \
+                                                                       f"{decision.fitted_on})"
+    return prediction
 
 
 def read_rgb_image(path: str | Path) -> np.ndarray:
@@ -79,7 +103,7 @@ def predict_sources(predictor, sources: Iterable[str | Path | np.ndarray],
         probs = predictor.predict_arrays(arrays)
         for source, row in zip(chunk, probs):
             results.append(as_prediction("<array>" if isinstance(source, np.ndarray) else str(source), row,
-                                         predictor.classes))
+                                         predictor.classes, getattr(predictor, "decision", None)))
     return results
 
 

@@ -2,11 +2,13 @@
 
 `Predictor` is the PyTorch `base.ImagePredictor`; explanations need it (they
 read the model's gradients). What does not depend on torch (`Prediction`,
-`read_rgb_image`, `predict_files`) lives in prediction.py and is imported
-from here as before.
+`read_rgb_image`, `predict_files`) lives in prediction.py; test-time
+augmentation, temperature and the decision rule in postprocess.py, shared
+with the ONNX predictor.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -14,46 +16,76 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.preprocess import Preprocessing
-from ..data.transforms import flip_tta_views, preprocess_image
+from ..data.preprocess import Preprocessing, preprocess_array
+from ..hardware import cpu_has_fast_bf16
 from ..models.checkpoint import load_classifier, read_calibration
+from .postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
 from .prediction import Prediction, predict_files, predict_sources, read_rgb_image
 
 __all__ = ["Prediction", "Predictor", "predict_files", "predict_logits", "read_rgb_image"]
 
 
+# Views per forward pass: a batch of 32 images with flip TTA is 128 inputs in one call.
+MAX_FORWARD_BATCH = 128
+
+
+def use_fast_bf16(device: torch.device) -> bool:
+    """bf16 autocast for inference where the CPU has bf16 instructions (measured parity: docs/performance.md);
+    DERMALENS_INFERENCE_FP32=1 turns it off."""
+    return device.type == "cpu" and cpu_has_fast_bf16() and os.environ.get("DERMALENS_INFERENCE_FP32") != "1"
+
+
 @torch.inference_mode()
+def model_logits(model: torch.nn.Module, batch: np.ndarray, precision: str = "auto") -> np.ndarray:
+    """Logits of a preprocessed float32 (N, 3, S, S) batch, channels-last.
+
+    precision "auto": bf16 autocast where the CPU has bf16 instructions (`use_fast_bf16`); "fp32": never.
+    """
+    device = next(model.parameters()).device
+    bf16 = precision == "auto" and use_fast_bf16(device)
+    outputs = []
+    for start in range(0, len(batch), MAX_FORWARD_BATCH):
+        x = torch.from_numpy(np.ascontiguousarray(batch[start:start + MAX_FORWARD_BATCH])).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs.append(model(x).float().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_classes), dtype=np.float32)
+
+
+def tta_logits(model: torch.nn.Module, batch: np.ndarray, tta: bool, precision: str = "auto") -> np.ndarray:
+    """(N, 3, S, S) -> (N, C): the views of `postprocess.tta_views` in one pass, merged."""
+    return merge_views(model_logits(model, tta_views(batch, tta), precision), len(batch))
+
+
 def predict_logits(model: torch.nn.Module, images: np.ndarray, pre: Preprocessing, batch_size: int = 128,
                    tta: bool = False, progress: bool = True, description: str = "predict") -> np.ndarray:
-    """Logits for uint8 images already at the model's size, (N, S, S, 3) -> (N, C).
-
-    With tta the logits of four flipped views are averaged.
-    """
+    """Logits for uint8 images already at the model's size, (N, S, S, 3) -> (N, C); tta: the mean over flips."""
     model.eval()
-    device = next(model.parameters()).device
     outputs = []
-    for start in tqdm(range(0, len(images), batch_size), desc=description, disable=not progress, unit="batch"):
-        chunk = images[start:start + batch_size]
-        batch = torch.stack([preprocess_image(img, pre) for img in chunk]).to(device)
-        views = flip_tta_views(batch) if tta else [batch]
-        outputs.append(torch.stack([model(v).float() for v in views]).mean(0).cpu())
+    step = max(1, batch_size // (4 if tta else 1))
+    for start in tqdm(range(0, len(images), step), desc=description, disable=not progress, unit="batch"):
+        batch = np.stack([preprocess_array(np.asarray(img), pre) for img in images[start:start + step]])
+        outputs.append(tta_logits(model, batch, tta))
     if not outputs:
         return np.zeros((0, model.config.num_classes), dtype=np.float32)
-    return torch.cat(outputs).numpy()
+    return np.concatenate(outputs)
 
 
 class Predictor:
-    """A trained model plus its preprocessing; `predict` takes files or RGB arrays."""
+    """A trained model plus its preprocessing and calibration; `predict` takes files or RGB arrays."""
 
     runtime = "pytorch"  # what runs the model (OnnxPredictor: onnxruntime, openvino, openvino-bf16)
 
-    def __init__(self, model: torch.nn.Module, metadata: dict, temperature: float = 1.0, tta: bool = False):
+    def __init__(self, model: torch.nn.Module, metadata: dict, temperature: float = 1.0, tta: bool = False,
+                 decision: DecisionRule | None = None, precision: str = "auto"):
         self.model = model.eval()
         self.metadata = metadata
         self.preprocessing: Preprocessing = metadata["preprocessing"]
         self.classes: tuple[str, ...] = tuple(metadata["classes"])
         self.temperature = temperature
         self.tta = tta
+        self.decision = decision or DecisionRule(self.classes)
+        self.precision = precision   # "auto": bf16 where the CPU is fast at it; "fp32" (export's reference)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", tta: bool | None = None) -> "Predictor":
@@ -70,16 +102,19 @@ class Predictor:
             model, meta = load_classifier(path, device)
             calibration = read_calibration(path)   # fitted on the run's validation split by training
         return cls(model, meta, temperature=calibration["temperature"],
-                   tta=calibration["tta"] if tta is None else bool(tta))
+                   tta=calibration["tta"] if tta is None else bool(tta),
+                   decision=DecisionRule.from_dict(calibration.get("decision"), meta["classes"]))
 
-    @torch.inference_mode()
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed (N, 3, S, S) batch -> logits (N, C), averaged over flips with tta."""
+        return tta_logits(self.model, batch, self.tta, self.precision)
+
     def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 arrays of any size -> probabilities (N, C)."""
-        device = next(self.model.parameters()).device
-        batch = torch.stack([preprocess_image(img, self.preprocessing) for img in images]).to(device)
-        views = flip_tta_views(batch) if self.tta else [batch]
-        logits = torch.stack([self.model(v).float() for v in views]).mean(0)
-        return torch.softmax(logits / self.temperature, dim=1).cpu().numpy()
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        batch = np.stack([preprocess_array(img, self.preprocessing) for img in images])
+        return calibrated_probabilities(self.logits(batch), self.temperature).astype(np.float32)
 
     def predict(self, sources: Iterable[str | Path | np.ndarray], batch_size: int = 16) -> list[Prediction]:
         return predict_sources(self, sources, batch_size)

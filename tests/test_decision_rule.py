@@ -1,0 +1,74 @@
+"""The decision rule shipped with a model: fitted on held-out predictions, applied by every runtime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from dermalens.evaluation.decision import fit_class_biases, fit_decision_rule, fit_melanoma_operating_point
+from dermalens.inference.postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
+
+pytestmark = pytest.mark.unit
+CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+
+
+def imbalanced_predictions(seed: int = 0, n: int = 3000):
+    """Labels with HAM10000's skew and probabilities biased towards nv, as a natural-stream model gives."""
+    rng = np.random.default_rng(seed)
+    prior = np.array([0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02])
+    labels = rng.choice(7, size=n, p=prior)
+    logits = rng.normal(0, 1.0, size=(n, 7))
+    logits[np.arange(n), labels] += 2.0
+    logits += np.log(prior) * 0.8          # the prior pulls every decision towards nv
+    return calibrated_probabilities(logits), labels
+
+
+def test_fitted_biases_raise_balanced_accuracy_without_lowering_accuracy():
+    probs, labels = imbalanced_predictions()
+    bias, summary = fit_class_biases(probs, labels, CLASSES)
+    rule = DecisionRule(CLASSES, bias)
+    decided = rule.decide(probs)
+    raw = probs.argmax(axis=1)
+    assert balanced_accuracy_score(labels, decided) > balanced_accuracy_score(labels, raw) + 0.05
+    assert accuracy_score(labels, decided) >= accuracy_score(labels, raw)
+    assert summary["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decided))
+    assert bias["nv"] == 0.0   # the most frequent class is the reference
+
+
+def test_rule_changes_decisions_as_its_biases_say():
+    probs = np.array([[0.1, 0.0, 0.0, 0.0, 0.4, 0.5, 0.0]])
+    assert CLASSES[DecisionRule(CLASSES).decide(probs)[0]] == "nv"
+    # log(0.4) + 0.3 > log(0.5): mel wins once it has a bias of 0.3
+    assert CLASSES[DecisionRule(CLASSES, {"mel": 0.3}).decide(probs)[0]] == "mel"
+
+
+def test_rule_round_trips_through_its_record_and_rejects_foreign_classes():
+    probs, labels = imbalanced_predictions(1)
+    rule, _ = fit_decision_rule(probs, labels, CLASSES, fitted_on="test data")
+    again = DecisionRule.from_dict(rule.to_dict(), CLASSES)
+    assert np.array_equal(again.decide(probs), rule.decide(probs))
+    assert again.melanoma.threshold == rule.melanoma.threshold
+    with pytest.raises(ValueError, match="zzz"):
+        DecisionRule.from_dict({"class_bias": {"zzz": 1.0}}, CLASSES)
+    assert DecisionRule.from_dict(None, CLASSES).is_raw   # models from before the rule: the argmax
+
+
+def test_melanoma_operating_point_reaches_its_specificity():
+    probs, labels = imbalanced_predictions(2)
+    point = fit_melanoma_operating_point(probs, labels, CLASSES, specificity=0.8)
+    is_mel = labels == CLASSES.index("mel")
+    flagged = probs[:, CLASSES.index("mel")] >= point.threshold
+    specificity = (~flagged[~is_mel]).mean()
+    assert 0.8 <= specificity < 0.8 + 2 / (~is_mel).sum()
+    assert point.sensitivity == pytest.approx(flagged[is_mel].mean())
+    assert fit_melanoma_operating_point(probs[:, :2], labels % 2, ("bcc", "nv")) is None   # no mel class
+
+
+def test_tta_views_are_flips_in_one_batch_and_merge_back():
+    batch = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    views = tta_views(batch, True)
+    assert views.shape == (12, 3, 8, 8)
+    assert np.array_equal(views[3:6], batch[..., ::-1]) and np.array_equal(views[9:], batch[..., ::-1, ::-1])
+    logits = np.arange(12 * 2, dtype=np.float32).reshape(12, 2)
+    assert np.allclose(merge_views(logits, 3), logits.reshape(4, 3, 2).mean(axis=0))
+    assert tta_views(batch, False).shape == batch.shape

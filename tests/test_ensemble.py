@@ -1,0 +1,66 @@
+"""The fold models shipped as one model: the mean of their logits, one checkpoint, a shared frozen trunk."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dermalens.models.checkpoint import CHECKPOINT_KEY, load_classifier
+from dermalens.models.classifier import create_classifier
+from dermalens.models.ensemble import LesionEnsemble, build_ensemble
+
+pytestmark = pytest.mark.unit
+SETTINGS = {"backbone": "tf_efficientnet_lite0", "image_size": 64, "cbam": True}
+
+
+def members(count: int, shared_stages: int = 0, seed: int = 0):
+    torch.manual_seed(seed)
+    made = [create_classifier(load_pretrained=False, **SETTINGS).eval() for _ in range(count)]
+    if shared_stages:   # a frozen trunk: the same weights in every member
+        for member in made[1:]:
+            for target, source in zip(member.trunk_modules(shared_stages), made[0].trunk_modules(shared_stages)):
+                target.load_state_dict(source.state_dict())
+    return made
+
+
+def test_ensemble_predicts_the_mean_of_its_members_logits():
+    models = members(3)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in models]).mean(dim=0)
+        assert torch.allclose(LesionEnsemble(models).eval()(x), expected, atol=1e-6)
+
+
+def test_a_shared_trunk_is_computed_once_with_the_same_result():
+    models = members(3, shared_stages=4)
+    x = torch.randn(2, 3, 64, 64)
+    shared, separate = LesionEnsemble(models, shared_trunk_stages=4).eval(), LesionEnsemble(models).eval()
+    calls = []
+    handle = models[1].backbone.conv_stem.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        assert torch.allclose(shared(x), separate(x), atol=1e-5)
+    handle.remove()
+    assert len(calls) == 1   # in `separate` only: the shared ensemble ran member 0's stem alone
+
+
+def test_members_with_different_trunks_cannot_share_one():
+    with pytest.raises(ValueError, match="cannot share a trunk"):
+        LesionEnsemble(members(2), shared_trunk_stages=3)
+
+
+def test_ensemble_checkpoint_loads_as_one_model(tmp_path: Path):
+    models = members(2, shared_stages=3)
+    ensemble = LesionEnsemble(models, 3).eval()
+    path = tmp_path / "best.ckpt"
+    meta = {"classes": ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"],
+            "model_config": {**vars(models[0].config)}, "preprocessing": models[0].preprocessing.to_dict(),
+            "ensemble": ensemble.ensemble_record()}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in ensemble.state_dict().items()}, CHECKPOINT_KEY: meta},
+               path)
+    loaded, loaded_meta = load_classifier(path)
+    assert isinstance(loaded, LesionEnsemble) and loaded.shared_trunk_stages == 3
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), ensemble(x), atol=1e-6)
+    assert build_ensemble(models[0].config, {"members": 2}).shared_trunk_stages == 0

@@ -1,0 +1,56 @@
+"""A split by source (clinic / device): the held-out source is all of test, and in no other split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dermalens.config import ConfigError, load_config
+from dermalens.data.readers.ham10000 import read_ham10000_metadata
+from dermalens.data.split import SourceSplitError, assert_no_lesion_leakage, source_split
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def ham_records(shared_data: Path) -> pd.DataFrame:
+    records, _ = read_ham10000_metadata(shared_data / "HAM10000_metadata.csv")
+    return records
+
+
+def test_ham10000_records_carry_their_source(ham_records):
+    assert set(ham_records["source"]) == {"rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias"}
+
+
+@pytest.mark.filterwarnings("ignore:.*show lesions that are also in")
+@pytest.mark.parametrize("held_out", [["rosendahl"], ["vidir_molemax"], ["vienna_dias", "vidir_modern"]])
+def test_the_source_split_never_mixes_sources(ham_records, held_out):
+    split = source_split(ham_records, held_out, val_fraction=0.15, seed=0)
+    test_sources = set(ham_records.loc[split == "test", "source"])
+    other_sources = set(ham_records.loc[split != "test", "source"])
+    assert test_sources == set(held_out)
+    assert not test_sources & other_sources
+    assert (split[ham_records["source"].isin(held_out)] == "test").all()
+    assert (split == "val").any() and (split == "train").any()
+    used = split != "excluded"   # photos of a test lesion taken in another source train nowhere
+    assert_no_lesion_leakage(ham_records[used], split[used])   # and val is drawn by lesion
+
+
+def test_an_unknown_source_is_named_with_the_known_ones(ham_records):
+    with pytest.raises(SourceSplitError, match="rosendal.*rosendahl, vidir_modern"):
+        source_split(ham_records, ["rosendal"])
+    with pytest.raises(SourceSplitError, match="nothing is left"):
+        source_split(ham_records, ["rosendahl", "vidir_modern", "vidir_molemax", "vienna_dias"])
+
+
+def test_data_without_sources_is_refused_by_name(ham_records):
+    with pytest.raises(SourceSplitError, match="no source|has none"):
+        source_split(ham_records.assign(source=None), ["rosendahl"])
+
+
+def test_test_sources_is_a_config_key_taking_one_name_or_a_list():
+    assert load_config(None, ["data.test_sources=rosendahl"])["data"]["test_sources"] == "rosendahl"
+    assert load_config(None, ["data.test_sources=[a, b]"])["data"]["test_sources"] == ["a", "b"]
+    with pytest.raises(ConfigError):
+        load_config(None, ["data.test_sources=3"])
