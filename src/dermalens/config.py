@@ -11,6 +11,7 @@ run folder so every result can be traced to what produced it.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import types
 import typing
@@ -218,7 +219,9 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
     for key, value in update.items():
         path = f"{where}{key}"
         if key not in base:
-            raise ConfigError(f"unknown config key '{path}'; known keys here: {', '.join(sorted(base))}")
+            close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
+            hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint}; known keys here: {', '.join(sorted(base))}")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
