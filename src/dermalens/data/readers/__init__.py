@@ -114,11 +114,26 @@ def open_dataset(
         raise ValueError(f"a dataset path is needed for format {fmt!r}")
     path = Path(path)
     if fmt != "auto":
-        return READERS[fmt].read(path, **_named_format_options(fmt, given))
+        try:
+            return READERS[fmt].read(path, **_named_format_options(fmt, given))
+        except DataFormatError as error:
+            raise _with_format_hint(error, path, fmt) from None
     reader = READERS[detect_format(path)]
     detected_defaults = reader.auto_options(path) if reader.auto_options is not None else {}
     taken = {name: value for name, value in given.items() if name in reader.options}
     return reader.read(path, **{**detected_defaults, **taken})
+
+
+def _with_format_hint(error: DataFormatError, path: Path, fmt: str) -> DataFormatError:
+    """The reader's error, and what `path` looks like when another format fits it (class folders read as HAM10000)."""
+    try:
+        detected = detect_format(path)
+    except DataFormatError:
+        return error
+    if detected == fmt:
+        return error
+    return DataFormatError(f"{error}. But {path} looks like {READERS[detected].looks_for}, not {fmt} data: "
+                           f"use --set data.format={detected} (or --format {detected})")
 
 
 def _named_format_options(fmt: str, given: dict) -> dict:
