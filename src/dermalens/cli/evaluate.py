@@ -19,6 +19,8 @@ def add_subcommand(subparsers) -> None:
                         "Training/Validation/Test set, scored whole")
     p.add_argument("--out", help="output folder (default: <run or checkpoint folder>/eval-<data>-<split>/)")
     p.add_argument("--no-tta", action="store_true", help="no test-time flips")
+    p.add_argument("--redraw-split", action="store_true",
+                   help="a run whose split.csv is gone: draw its split again (risky: refused without this)")
     add_set_option(p, "evaluation.n_bootstrap=500", "config override")
     p.set_defaults(func=run)
 
@@ -31,6 +33,6 @@ def run(args) -> int:
         raise SystemExit("error: give --run RUN_DIR, or --checkpoint FILE with --data PATH")
     metrics, out_dir = evaluate_target(run=args.run, checkpoint=args.checkpoint, config=args.config, data=args.data,
                                        data_format=args.format, split=args.split, out=args.out, tta=not args.no_tta,
-                                       overrides=args.set)
+                                       overrides=args.set, redraw_split=args.redraw_split)
     print(format_metrics_summary(metrics, out_dir))
     return 0

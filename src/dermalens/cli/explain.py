@@ -14,9 +14,11 @@ def add_subcommand(subparsers) -> None:
         "explain", help="heatmaps of the image regions behind a prediction (Grad-CAM, SHAP, ...)",
         epilog="example: dermalens explain --model runs/x/checkpoints/best.ckpt photos/ --method gradcam --out maps/",
         description="Writes, per image, <stem>_<method>.png (heatmap overlay with the prediction and a "
-                    "research-tool note), <stem>_<method>.npy (the raw map) and, per run, summary.csv and "
-                    f"summary.json. {RESEARCH_DISCLAIMER}")
-    p.add_argument("--model", required=True, help="checkpoint (.ckpt)")
+                    "research-tool note), <stem>_<method>.npy (the raw map), adds a row per image to summary.csv "
+                    "(earlier calls' rows stay) and writes summary.json (this call's settings and rows). "
+                    f"{RESEARCH_DISCLAIMER}")
+    p.add_argument("--model", required=True, help="checkpoint (.ckpt) or model package folder (dermalens package); "
+                   "not an .onnx export: explanations look inside the PyTorch model")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                    help="; ".join(f"{m}: {label}" for m, label in METHOD_LABELS.items()))

@@ -11,6 +11,13 @@ from ..inference.runtimes import RUNTIME_HELP, RUNTIMES
 from ..inference.settings import DEFAULT_BATCH_SIZE
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("predict", help="class probabilities for image files, folders or glob patterns",
                               epilog="example: dermalens predict --model runs/x/checkpoints/best.ckpt photos/ "
@@ -18,7 +25,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.ckpt), model package folder (dermalens package) "
                    "or exported model (.onnx)")
     p.add_argument("images", nargs="+", help="image files, folders (their images) or glob patterns ('x/*.jpg')")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="classes listed per image (table, csv, json)")
+    p.add_argument("--top-k", type=positive_int, default=DEFAULT_TOP_K,
+                   help=f"classes listed per image, most probable first (table, csv, json; default {DEFAULT_TOP_K}; "
+                        f"more than the model has lists them all)")
     p.add_argument("--output-format", "-f", choices=OUTPUT_FORMATS, default=DEFAULT_OUTPUT_FORMAT,
                    help="table; csv (long: image,rank,class,name,probability); json; isic2018 (the ISIC 2018 "
                         "Task 3 submission CSV: image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)")
@@ -44,6 +53,8 @@ def run(args) -> int:
               f"{RESEARCH_DISCLAIMER}", file=sys.stderr)
     else:
         sys.stdout.write(result.text)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     for failure in result.failures:
         print(f"error: {failure}", file=sys.stderr)
     return 1 if result.failures else 0

@@ -8,6 +8,7 @@ the run's own test report or calibration.
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,32 @@ from pathlib import Path
 from ..config import ConfigError, load_config
 from ..config_files import load_named_config
 
+log = logging.getLogger(__name__)
 ISIC2018_SETS = {"train": "Training", "val": "Validation", "test": "Test"}
 DEFAULT_CHECKPOINT = "best"
 RUN_CHECKPOINTS = ("best", "last")
+SPLIT_FILE = "split.csv"       # data.prepare.SPLIT_FILE (not imported here: that module loads the data stack)
+
+
+class MissingSplitError(ConfigError):
+    """A run folder without its split.csv: its test images cannot be told from its training images."""
+
+
+class RedrawnSplitWarning(UserWarning):
+    """A run's split was drawn again at evaluation: its test images may have been training images."""
+
+
+def check_run_split(run_dir: Path, split: str, redraw: bool) -> None:
+    """Refuse (or, with `redraw`, warn) when the run's split.csv is gone and a split of its data is asked for."""
+    if split == "all" or (run_dir / SPLIT_FILE).is_file():
+        return
+    risk = (f"{run_dir} has no {SPLIT_FILE}, the record of which images the run trained on. A split drawn "
+            f"again from the config's seed is the same only if the seed, the data and the code are unchanged "
+            f"since training; otherwise some '{split}' images were training images and the scores are too good")
+    if not redraw:
+        raise MissingSplitError(f"{risk}. Restore {run_dir / SPLIT_FILE}, score other data (--data PATH "
+                                f"--split all), or accept the risk with --redraw-split")
+    warnings.warn(f"{risk}: drawing it again (--redraw-split)", RedrawnSplitWarning, stacklevel=3)
 
 
 @dataclass
@@ -61,8 +85,10 @@ def _isic2018_set_or_warn(config: dict, split: str) -> str:
 def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | None = None,
                    config: str | None = None, data: str | None = None, data_format: str | None = None,
                    split: str | None = None, out: str | Path | None = None, tta: bool = True,
-                   overrides: list[str] | None = None) -> EvaluationTarget:
+                   overrides: list[str] | None = None, redraw_split: bool = False) -> EvaluationTarget:
     """The evaluation a run folder (`run`) or a checkpoint file with external `data` asks for.
+
+    redraw_split: a run whose split.csv is gone has its split drawn again (with a warning) instead of refused.
 
     config: a config file or shipped name for external data (the model section comes from the checkpoint).
     """
@@ -97,6 +123,8 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
     chosen = split or ("test" if own_data else "all")
     if not own_data:
         chosen = _isic2018_set_or_warn(resolved, chosen)
+    elif split_dir is not None:
+        check_run_split(split_dir, chosen, redraw_split)
     if not tta:
         resolved["evaluation"]["tta"] = False
     name = resolved["data"].get("subset") or Path(resolved["data"]["path"] or resolved["data"]["format"]).stem
@@ -104,11 +132,33 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
     return EvaluationTarget(resolved, checkpoint, out_dir, chosen, split_dir)
 
 
+def log_target(target: EvaluationTarget) -> None:
+    """What -v shows before scoring: the split file, the calibration record, the runtime and the TTA."""
+    from ..models.calibration_record import calibration_path, read_calibration
+
+    if target.split == "all":
+        log.info("split: none, every image of %s is scored", target.config["data"]["path"])
+    elif target.split_dir is not None and (target.split_dir / SPLIT_FILE).is_file():
+        log.info("split: %s of %s", target.split, target.split_dir / SPLIT_FILE)
+    else:
+        log.info("split: %s of a split drawn now (seed %d)", target.split, target.config["seed"])
+    record = calibration_path(target.checkpoint)
+    calibration = read_calibration(target.checkpoint)
+    if record.is_file():
+        log.info("calibration record: %s (temperature %.4f, fitted with TTA %s)", record,
+                 calibration["temperature"], "on" if calibration["tta"] else "off")
+    else:
+        log.info("calibration record: none beside %s (temperature 1, uncalibrated)", target.checkpoint)
+    log.info("runtime: pytorch (evaluation runs the checkpoint itself, never an ONNX export beside it)")
+    log.info("TTA: %s", "flips (4 views)" if target.config["evaluation"]["tta"] else "none")
+
+
 def evaluate_target(**options) -> tuple[dict, Path]:
     """Resolve the target (`resolve_target` options) and score it: (metrics, output folder)."""
     from .evaluate import evaluate_checkpoint
 
     target = resolve_target(**options)
+    log_target(target)
     metrics = evaluate_checkpoint(target.config, target.checkpoint, target.out_dir, split=target.split,
                                   split_dir=target.split_dir)
     return metrics, target.out_dir

@@ -17,6 +17,7 @@ from .names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHODS
 SUMMARY_COLUMNS = ("image", "predicted_class", "predicted_probability", "target_class", "target_probability",
                    "method", "seconds", "centre_energy_share", "centroid_x", "centroid_y", "overlay", "raw_map", "error")
 DEFAULT_OUT = "explanations"
+SUMMARY_CSV = "summary.csv"
 DEFAULT_METHOD = METHODS[0]          # the cheapest: Grad-CAM
 DEFAULT_CAM_LAYER = CAM_LAYERS[0]    # the map the head pools
 
@@ -37,6 +38,26 @@ def unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+def read_summary_rows(path: Path) -> list[dict]:
+    """The rows an earlier call wrote into the folder's summary.csv ([] when there is none)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [{k: row.get(k) or "" for k in SUMMARY_COLUMNS} for row in csv.DictReader(handle)]
+
+
+def summary_csv(earlier: list[dict], new: list[dict], method: str) -> str:
+    """summary.csv of every call into a folder: the earlier rows, then the new ones (of `method`); an image
+    explained again with the same method keeps only its new row (its overlay and raw map were overwritten)."""
+    again = {(row["image"], method) for row in new}
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(row for row in earlier if (row["image"], row["method"]) not in again)
+    writer.writerows(new)
+    return text.getvalue()
+
+
 def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEFAULT_METHOD,
                   target_class: str | None = None, out: str | Path = DEFAULT_OUT, layer: str = DEFAULT_CAM_LAYER,
                   shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS, exclude: Sequence[str] | None = None,
@@ -44,16 +65,18 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
     """Explain every image of `inputs` (files, folders, globs) with `model`, writing into `out`.
 
     A file that cannot be read or explained is recorded (and passed to `on_error`); the others go on.
+    summary.csv gains this call's rows (earlier calls' rows stay); summary.json describes this call.
     """
     from tqdm.auto import tqdm
 
     from .. import __version__
     from ..atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from ..evaluation.evaluate import git_commit
+    from ..inference.model_files import check_model_path
     from ..inference.predictor import read_rgb_image
     from .api import Explainer, save_overlay_png
 
-    explainer = Explainer.from_checkpoint(model, cam_layer=layer)
+    explainer = Explainer.from_checkpoint(check_model_path(model, needs_pytorch=True), cam_layer=layer)
     if target_class is not None and target_class not in explainer.classes:
         # Checked before any image: the model's class set is only known once it is loaded.
         class_index(target_class, explainer.classes)   # raises, naming the classes and a likely meant one
@@ -79,14 +102,9 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
         rows.append({"image": str(path), **{k: summary[k] for k in SUMMARY_COLUMNS if k in summary},
                      "overlay": overlay_path.name, "raw_map": raw_path.name, "error": ""})
 
-    csv_text = io.StringIO()
-    writer = csv.DictWriter(csv_text, fieldnames=SUMMARY_COLUMNS)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
-    for error in errors:
-        writer.writerow({"image": error["image"], "method": method, "error": error["error"]})
-    atomic_write_text(out / "summary.csv", csv_text.getvalue())
+    new_rows = [{k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    new_rows += [{"image": error["image"], "method": method, "error": error["error"]} for error in errors]
+    atomic_write_text(out / SUMMARY_CSV, summary_csv(read_summary_rows(out / SUMMARY_CSV), new_rows, method))
     atomic_write_json(out / "summary.json", {
         "settings": {
             "model": str(model), "method": method, "target_class": target_class,

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .model_files import check_model_path
 from .output_formats import DEFAULT_OUTPUT_FORMAT, DEFAULT_TOP_K, check_output_format, format_predictions
 from .settings import DEFAULT_BATCH_SIZE
 
@@ -30,10 +31,17 @@ def predict_images(model: str | Path, images: Sequence[str], *, top_k: int = DEF
     from .onnx_predictor import load_predictor
     from .prediction import predict_files
 
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
     paths = find_image_files(images)
-    predictor = load_predictor(model, tta=tta, runtime=runtime)
+    predictor = load_predictor(check_model_path(model), tta=tta, runtime=runtime)
     check_output_format(output_format, predictor.classes, model)
+    notes = []
+    if top_k > len(predictor.classes):
+        notes.append(f"--top-k {top_k} is more than the model's {len(predictor.classes)} classes: "
+                     f"listing all {len(predictor.classes)}")
+        top_k = len(predictor.classes)
     predictions, failures = predict_files(predictor, paths, batch_size=batch_size, progress=progress)
     rows = [p.to_dict(top_k) for p in predictions]
     text = format_predictions(rows, failures, output_format, predictor.runtime)
-    return PredictionRun(text, len(rows), len(paths), failures)
+    return PredictionRun(text, len(rows), len(paths), failures, notes)

@@ -46,7 +46,9 @@ def export_with_calibration(checkpoint: str | Path, out: str | Path | None = Non
                             calibration_count: int = DEFAULT_CALIBRATION_COUNT, **options):
     """`export_checkpoint` (options as for it), with static int8 calibrated on `calibration_images`."""
     from .export import export_checkpoint
+    from .model_files import check_model_path
 
+    checkpoint = check_model_path(checkpoint)
     calibration = None
     if quantize == "int8" and quantize_method == "static":
         calibration = calibration_images(Path(checkpoint), calibration_patterns, calibration_count)

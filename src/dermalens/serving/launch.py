@@ -1,8 +1,10 @@
 """Serve one model until stopped: the app, its capacity, waitress, and a clean stop on SIGTERM."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -22,6 +24,30 @@ def default_torch_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+class PortInUse(ValueError):
+    """The port is taken (by another server, or an earlier `dermalens serve` still running)."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """PortInUse naming the port, before minutes go into loading the model; port 0 is always free."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As waitress binds: with SO_REUSEADDR, so a port only in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:   # anything else (an unknown host...) is waitress's to report
+                raise port_in_use(host, port) from None
+
+
+def port_in_use(host: str, port: int) -> PortInUse:
+    return PortInUse(f"port {port} on {host} is already in use (another server, or a dermalens serve still "
+                     f"running?): choose another with --port, or --port 0 for any free port")
+
+
 def print_now(line: str) -> None:
     print(line, flush=True)   # a process reading our output waits for the URL line
 
@@ -35,10 +61,13 @@ def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
           torch_threads: int | None = None, runtime: str = "auto", limits: Limits = Limits(),
           announce: Callable[[str], None] = print_now) -> None:
     """Serve `model` on host:port under waitress until Ctrl+C or SIGTERM; `announce` gets the line saying where."""
+    from ..inference.model_files import check_model_path
     from .app import create_app
     from .server import make_server, server_url
     from .service import is_onnx_file
 
+    check_model_path(model)
+    check_port_free(host, port)
     torch_threads = torch_threads or default_torch_threads()
     if not is_onnx_file(model):  # an .onnx file alone is served without PyTorch: never import it
         import torch
@@ -48,7 +77,13 @@ def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
                      runtime=runtime, threads=torch_threads, **asdict(limits))
     service = app.extensions["dermalens"]
     threads = threads or service.limits.server_threads
-    server = make_server(app, host=host, port=port, threads=threads)
+    try:
+        server = make_server(app, host=host, port=port, threads=threads)
+    except OSError as error:
+        service.close()
+        if error.errno == errno.EADDRINUSE:   # taken while the model loaded
+            raise port_in_use(host, port) from None
+        raise
     info = service.info
     explanations = (f"explanations on {limits.explain_slots} slot(s), at most {limits.explain_timeout:g} s each"
                     if service.predictor is not None else "no explanations (an .onnx model alone)")

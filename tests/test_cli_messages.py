@@ -1,0 +1,179 @@
+"""The messages a newcomer's common mistakes get from the command line: each names the problem and the way out.
+
+docs/troubleshooting.md quotes these messages; a test here fails when one changes.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import socket
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dermalens.classes import CLASS_CODES
+from dermalens.cli import main
+from dermalens.config import dump_config, load_config
+from dermalens.models import create_classifier
+from dermalens.models.checkpoint import CHECKPOINT_KEY
+
+IMAGE_SIZE = 64   # the smallest input the tiny model takes: every test here runs in seconds
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained 7-class model saved as a dermalens checkpoint (no training: only the messages matter)."""
+    torch.manual_seed(0)
+    model = create_classifier(backbone="tf_efficientnet_lite0", image_size=IMAGE_SIZE, pretrained="none").eval()
+    path = tmp_path_factory.mktemp("model") / "best.ckpt"
+    torch.save({CHECKPOINT_KEY: {"version": "test", "classes": list(CLASS_CODES),
+                                 "model_config": asdict(model.config),
+                                 "preprocessing": model.preprocessing.to_dict()},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = [folder / f"lesion_{i}.jpg" for i in range(2)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
+@pytest.fixture
+def run_without_split(tmp_path, checkpoint) -> Path:
+    """A run folder (config, best checkpoint) on generated data whose split.csv is gone."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(checkpoint.read_bytes())
+    config = load_config(None, ["data.format=synthetic", "data.synthetic_per_class=8",
+                                f"model.image_size={IMAGE_SIZE}", "evaluation.n_bootstrap=20",
+                                "data.cache_dir=null"])
+    (run / "config.yaml").write_text(dump_config(config))
+    return run
+
+
+def test_a_misspelled_set_key_suggests_the_near_one(capsys):
+    assert main(["config", "show", "--set", "training.max_epoch=3"]) == 2
+    assert "unknown config key 'training.max_epoch' (did you mean 'training.max_epochs'?)" in capsys.readouterr().err
+
+
+def test_config_help_shows_set(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["config", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "--set KEY=VALUE" in out and "config show" in out
+
+
+def test_top_k_zero_is_refused_and_the_help_says_the_default(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--model", "best.ckpt", "x.jpg", "--top-k", "0"])
+    assert stop.value.code == 2
+    assert "argument --top-k: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "default 3" in " ".join(capsys.readouterr().out.split())
+
+
+def test_top_k_above_the_class_count_lists_every_class_with_a_note(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert main(["predict", "--model", str(checkpoint), *map(str, images), "--top-k", "99", "-f", "json",
+                 "-o", str(out), "--runtime", "pytorch"]) == 0
+    assert "note: --top-k 99 is more than the model's 7 classes: listing all 7" in capsys.readouterr().err
+    import json
+
+    rows = json.loads(out.read_text())["predictions"]
+    assert [len(row["top_k"]) for row in rows] == [7, 7]
+
+
+def test_explain_refuses_an_onnx_model_and_says_why(tmp_path, images, capsys):
+    onnx = tmp_path / "best.onnx"
+    onnx.write_bytes(b"not read: the suffix is enough")
+    assert main(["explain", "--model", str(onnx), str(images[0]), "--out", str(tmp_path / "maps")]) == 2
+    err = capsys.readouterr().err
+    assert "is an ONNX export: explanations need the PyTorch model, a checkpoint (.ckpt) or a model package " \
+           "folder" in err and "gradients" in err
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    assert "model package folder" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "export", "serve"])
+def test_a_run_folder_as_model_points_to_its_checkpoint(run_without_split, images, command, capsys):
+    model = ["--model", str(run_without_split)] if command != "export" else [str(run_without_split)]
+    arguments = {"predict": [str(images[0])], "explain": [str(images[0])], "export": [], "serve": ["--port", "0"]}
+    assert main([command, *model, *arguments[command]]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_without_split} is a run folder, not a model: give its checkpoint, --model " \
+           f"{run_without_split / 'checkpoints' / 'best.ckpt'}" in err
+
+
+def test_a_port_in_use_is_one_line_naming_it(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "model.ckpt", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: port {port} on 127.0.0.1 is already in use (another server, or a dermalens "
+                           f"serve still running?): choose another with --port, or --port 0 for any free port")
+
+
+def test_a_class_folder_read_as_ham10000_says_what_it_looks_like(tmp_path, capsys):
+    data = tmp_path / "my_folder"
+    for code in ("mel", "nv"):
+        (data / code).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(data / code / f"{code}_1.jpg")
+    runs = tmp_path / "runs"
+    assert main(["train", "--config", "ham10000_cpu", "--data", str(data), "--set", f"output.runs_dir={runs}"]) == 2
+    err = capsys.readouterr().err
+    assert "HAM10000 metadata CSV not found" in err
+    assert f"But {data} looks like a folder with class subfolders" in err and "use --set data.format=folder" in err
+    assert not runs.exists()
+
+
+def test_evaluate_refuses_a_run_without_its_split(run_without_split, capsys):
+    assert main(["evaluate", "--run", str(run_without_split)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_without_split} has no split.csv" in err
+    assert "some 'test' images were training images and the scores are too good" in err
+    assert "--redraw-split" in err
+    assert not any(p.name.startswith("eval-") for p in run_without_split.iterdir())
+
+
+def test_redrawn_split_warns_and_verbose_says_what_evaluate_uses(run_without_split, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="dermalens")
+    assert main(["-v", "evaluate", "--run", str(run_without_split), "--redraw-split"]) == 0
+    captured = capsys.readouterr()
+    assert "has no split.csv" in captured.err and "drawing it again (--redraw-split)" in captured.err
+    info = caplog.text
+    assert "split: test of a split drawn now (seed 0)" in info
+    assert f"calibration record: none beside {run_without_split / 'checkpoints' / 'best.ckpt'}" in info
+    assert "runtime: pytorch" in info and "TTA: flips (4 views)" in info
+    # A test split of 8 lesions per class holds one or two images of each: the summary says what they are worth.
+    assert "read its numbers as anecdotes, not measurements" in captured.out
+    assert "images in all: one image moves accuracy by" in captured.out
+
+
+def test_each_explain_call_adds_its_rows_to_the_summary(checkpoint, images, tmp_path):
+    out = tmp_path / "maps"
+    assert main(["explain", "--model", str(checkpoint), *map(str, images), "--out", str(out)]) == 0
+    assert main(["explain", "--model", str(checkpoint), str(images[0]), "--method", "gradcam++",
+                 "--out", str(out)]) == 0
+    with (out / "summary.csv").open(newline="") as handle:
+        rows = [(Path(row["image"]).name, row["method"]) for row in csv.DictReader(handle)]
+    assert rows == [("lesion_0.jpg", "gradcam"), ("lesion_1.jpg", "gradcam"), ("lesion_0.jpg", "gradcam++")]
+    # The same image and method again: its row is replaced (its overlay was), not doubled.
+    assert main(["explain", "--model", str(checkpoint), str(images[1]), "--out", str(out)]) == 0
+    with (out / "summary.csv").open(newline="") as handle:
+        rows = [(Path(row["image"]).name, row["method"]) for row in csv.DictReader(handle)]
+    assert rows == [("lesion_0.jpg", "gradcam"), ("lesion_0.jpg", "gradcam++"), ("lesion_1.jpg", "gradcam")]
