@@ -63,9 +63,9 @@ class ModelSection:
     image_size: int = setting(300, positive=True)
     pretrained: str = setting("auto")                   # auto | timm | none | path to a weights file
     geometry: str = setting("center_square", choices=("center_square", "squash"))  # photo -> square input
-
     # Colour constancy before the model (data/color.py), in training and at inference: none | shades_of_gray
     color: str = setting("none", choices=("none", "shades_of_gray"))
+
 
 @dataclass
 class AugmentationSection:
@@ -121,7 +121,9 @@ class TrainingSection:
     batch_size: int = setting(32, positive=True)
     eval_batch_size: int = setting(64, positive=True)
     num_workers: int = setting(4)
-    monitor: str = setting("val/balanced_accuracy")
+    # The validation metric best.ckpt, early stopping and the plateau scheduler follow; null: best.ckpt is
+    # the last epoch (the end of a cosine schedule), so no choice is made on the validation split at all
+    monitor: str | None = setting("val/balanced_accuracy")
     monitor_mode: str = setting("max", choices=("min", "max"))
     early_stopping_patience: int = setting(6)          # epochs without improvement; 0: never stop early
     accelerator: str = setting("auto")
@@ -333,6 +335,9 @@ def validate_config(config: dict) -> dict:
             config["data"]["classes"] = list(validate_class_set(classes, "config key 'data.classes'"))
         except ValueError as error:
             raise ConfigError(str(error)) from None
+    if config["training"]["monitor"] is None and config["scheduler"]["name"] == "plateau":
+        raise ConfigError("scheduler.name=plateau follows training.monitor, which is null; use scheduler.name=cosine "
+                          "or name a metric to monitor")
     if config["loss"]["label_smoothing"] and config["loss"]["name"] == "focal":
         raise ConfigError("loss.label_smoothing is not implemented for the focal loss; set it to 0 or use "
                           "loss.name=cross_entropy")

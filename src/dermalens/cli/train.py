@@ -15,6 +15,8 @@ def add_subcommand(subparsers) -> None:
     add_data_options(p)
     p.add_argument("--run-dir", help="run folder (default runs/<name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation over train + val, the fold "
+                   "models shipped as one ensemble (training.folds; default: the config's)")
     add_set_option(p)
     p.set_defaults(func=run)
 
@@ -31,20 +33,23 @@ def note_when_no_config_on_cpu() -> None:
 def run(args) -> int:
     from ..config_files import load_named_config
     from ..evaluation.summary import format_metrics_summary
-    from ..training.run import load_run_config, train
+    from ..training.job import format_cross_validation, run_training
 
+    overrides = list(args.set or []) + ([f"training.folds={args.folds}"] if args.folds else [])
     if args.resume:
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
             raise SystemExit(f"error: cannot resume: no run folder at {run_dir}")
-        result = train(load_run_config(run_dir, args.set), run_dir, resume=True)
+        result = run_training(run_dir=run_dir, resume=True, overrides=overrides)
     else:
         if not args.config:
             note_when_no_config_on_cpu()
-        config = load_named_config(args.config, args.set, data=args.data, data_format=args.format)
-        result = train(config, Path(args.run_dir) if args.run_dir else None)
+        config = load_named_config(args.config, overrides, data=args.data, data_format=args.format)
+        result = run_training(config, Path(args.run_dir) if args.run_dir else None)
     print(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint} "
           f"(trained {result.train_seconds / 60:.1f} min)")
+    if getattr(result, "summary", None):
+        print(format_cross_validation(result.summary))
     if result.metrics:
         print(format_metrics_summary(result.metrics, result.run_dir))
     return 0

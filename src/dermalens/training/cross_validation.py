@@ -290,3 +290,17 @@ def folds_table(summary: dict) -> pd.DataFrame:
     rows.append({"fold": "sd", **{k: v["sd"] for k, v in summary["mean_sd"].items()}})
     rows.append({"fold": "out-of-fold", **{k: summary["out_of_fold"].get(k) for k in SUMMARY_METRICS}})
     return pd.DataFrame(rows)
+
+
+def format_cross_validation(summary: dict) -> str:
+    """The lines `dermalens train --folds K` prints: each fold, mean +- sd, and the pooled out-of-fold figures."""
+    table = folds_table(summary)
+    names = {"balanced_accuracy": "bal.acc", "accuracy": "acc", "macro_f1": "macroF1", "auc_macro": "AUC",
+             "mel_sensitivity_at_80_specificity": "mel sens@80%spec"}
+    lines = [f"\ncross-validation, {len(summary['folds'])} folds over {summary['images']} images (validation of each "
+             f"fold; the test split is not used):", "  " + " " * 12 + "".join(f"{names[k]:>18s}" for k in SUMMARY_METRICS)]
+    for _, row in table.iterrows():
+        cells = "".join(f"{row[k]:18.3f}" if isinstance(row[k], float) and row[k] == row[k] else f"{'n/a':>18s}"
+                        for k in SUMMARY_METRICS)
+        lines.append(f"  {str(row['fold']):12s}{cells}")
+    return "\n".join(lines)

@@ -26,7 +26,6 @@ import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
-    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
     TQDMProgressBar,
@@ -52,6 +51,7 @@ from ..models.checkpoint import load_classifier
 from .calibrate import calibrate
 from .checkpoint_io import AtomicCheckpointIO
 from .distributed import shared_run_dir
+from .ema import EMAWithWarmup
 from .errors import TrainingInterrupted
 from .frozen_trunk import ActivationDataModule, TrunkActivations, TrunkSpec
 from .module import LesionClassifierModule
@@ -165,13 +165,13 @@ def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoi
     last = RunFolderCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1,
                                enable_version_counter=False, every_n_train_steps=every_n_steps or None)
     callbacks = [ReseedEachEpoch(config["seed"]), best, last, LearningRateMonitor(logging_interval="epoch")]
-    if t["early_stopping_patience"] > 0:
+    if t["early_stopping_patience"] > 0 and t["monitor"]:
         callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["monitor_mode"],
                                        patience=t["early_stopping_patience"]))
     if t["ema_decay"]:
         # Validation, and so the checkpoints' choice, sees the averaged weights; the checkpoints hold them
         # (Lightning keeps the raw weights beside them, for resuming).
-        callbacks.insert(0, EMAWeightAveraging(decay=t["ema_decay"]))
+        callbacks.insert(0, EMAWithWarmup(t["ema_decay"]))
     if t["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     loggers = [CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=10),

@@ -1,0 +1,106 @@
+"""`dermalens train --folds K`: fold models on lesion-grouped folds, out-of-fold metrics, one ensemble model.
+
+Trains on real ham10000_224 images at 32 px (two short folds), so it runs in about a minute.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dermalens.cli import main
+from dermalens.inference.onnx_predictor import OnnxPredictor
+from dermalens.inference.predictor import Predictor
+from dermalens.models.calibration_record import read_calibration
+from dermalens.models.checkpoint import load_classifier
+from dermalens.models.ensemble import LesionEnsemble
+
+pytestmark = pytest.mark.e2e
+PER_CLASS = 16
+TINY = {
+    "model.image_size": 32, "model.backbone": "tf_efficientnet_lite0", "model.pretrained": "none",
+    "training.batch_size": 16, "sampler.samples_per_class": 10, "training.max_epochs": 2, "training.monitor": "null",
+    "scheduler.name": "cosine", "training.freeze_stages": 4, "training.cached_views": 1, "training.ema_decay": 0.9,
+    "evaluation.n_bootstrap": 30, "training.progress_bar": "false", "data.cache_dir": "null",
+    "training.max_time": "null", "training.precision": "32-true", "data.test_fraction": 0.2,
+}
+
+
+def mini_ham10000(root: Path, shared_data: Path) -> Path:
+    """A HAM10000 layout of PER_CLASS real 224-px images per class (one per lesion), with their sources."""
+    metadata = pd.read_csv(shared_data / "ham10000_224" / "HAM10000_metadata.csv")
+    chosen = metadata.groupby("dx").head(PER_CLASS)
+    images = root / "HAM10000_images_part_1"
+    images.mkdir(parents=True)
+    for image_id in chosen["image_id"]:
+        (images / f"{image_id}.jpg").symlink_to(shared_data / "ham10000_224" / "HAM10000_images_224"
+                                                  / f"{image_id}.jpg")
+    chosen.to_csv(root / "HAM10000_metadata.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cross_validated_run(tmp_path_factory, shared_data: Path) -> Path:
+    root = tmp_path_factory.mktemp("cv")
+    data = mini_ham10000(root / "ham", shared_data)
+    run_dir = root / "run"
+    args = ["train", "--data", str(data), "--format", "ham10000", "--folds", "2", "--run-dir", str(run_dir)]
+    for key, value in TINY.items():
+        args += ["--set", f"{key}={value}"]
+    assert main(args) == 0
+    return run_dir
+
+
+def test_every_pool_image_gets_one_out_of_fold_prediction(cross_validated_run: Path):
+    summary = json.loads((cross_validated_run / "cv.json").read_text())
+    split = pd.read_csv(cross_validated_run / "split.csv")
+    pool = split[split["split"] != "test"]
+    assert sorted(pool["fold"].unique()) == [1, 2]
+    assert summary["images"] == len(pool) == sum(fold["images"] for fold in summary["folds"])
+    assert set(summary["mean_sd"]["balanced_accuracy"]) == {"mean", "sd"}
+    assert np.load(cross_validated_run / "out_of_fold_logits.npy").shape == (len(pool), 7)
+    # lesion-grouped folds: no lesion in two folds, none in a fold and in test
+    assert (split.groupby("lesion_id")["fold"].nunique() == 1).all()
+    for fold in (1, 2):
+        fold_split = pd.read_csv(cross_validated_run / f"fold-{fold}" / "split.csv")
+        assert set(fold_split.loc[fold_split["split"] == "val", "image_id"]) == set(
+            pool.loc[pool["fold"] == fold, "image_id"])
+        assert set(fold_split.loc[fold_split["split"] == "test", "image_id"]) == set(
+            split.loc[split["split"] == "test", "image_id"])
+
+
+def test_the_fold_models_ship_as_one_ensemble_predicting_their_mean(cross_validated_run: Path):
+    ensemble, meta = load_classifier(cross_validated_run / "checkpoints" / "best.ckpt")
+    assert isinstance(ensemble, LesionEnsemble) and len(ensemble.members) == 2
+    assert ensemble.shared_trunk_stages == 4   # frozen at the same weights in both folds
+    folds = [load_classifier(cross_validated_run / f"fold-{k}" / "checkpoints" / "best.ckpt")[0] for k in (1, 2)]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ensemble(x), torch.stack([m(x) for m in folds]).mean(dim=0), atol=1e-5)
+
+
+def test_the_decision_rule_is_fitted_out_of_fold_and_travels_with_the_model(cross_validated_run: Path, tmp_path):
+    checkpoint = cross_validated_run / "checkpoints" / "best.ckpt"
+    calibration = read_calibration(checkpoint)
+    assert "out-of-fold" in calibration["decision"]["fitted_on"]
+    metrics = json.loads((cross_validated_run / "metrics.json").read_text())
+    assert metrics["decision_rule"]["class_bias"] == calibration["decision"]["class_bias"]
+    predictions = pd.read_csv(cross_validated_run / "predictions.csv")
+    assert len(predictions) == metrics["n_samples"]
+    assert {"predicted", "predicted_argmax", "p_mel", "true_class", "source"} <= set(predictions.columns)
+
+    # The rule decides the reported class wherever the model goes: PyTorch, and its ONNX export.
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "model.onnx")]) == 0
+    torch_predictor = Predictor.from_checkpoint(checkpoint)
+    onnx_predictor = OnnxPredictor.from_file(tmp_path / "model.onnx")
+    assert onnx_predictor.decision.class_bias == torch_predictor.decision.class_bias
+    images = [np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8) for i in range(6)]
+    probs = torch_predictor.predict_arrays(images)
+    assert np.allclose(onnx_predictor.predict_arrays(images), probs, atol=1e-4)
+    for prediction, row in zip(torch_predictor.predict(images), probs):
+        expected = torch_predictor.decision.decide(row[None])[0]
+        assert prediction.predicted_class == torch_predictor.classes[expected]
