@@ -190,6 +190,36 @@ def test_ham10000_missing_columns_raise_naming_them(tmp_path):
         read_ham10000(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("encoding, separator", [
+    ("utf-8-sig", ","),    # "CSV UTF-8" from Excel: a byte-order mark first
+    ("utf-16", ","),       # UTF-16 with its byte-order mark
+    ("utf-16-le", ","),    # UTF-16 without one
+    ("utf-16", "\t"),      # Excel's "Unicode Text": UTF-16, tab-separated
+    ("utf-8", ";"),        # Excel where the decimal mark is a comma
+])
+def test_metadata_csv_in_other_encodings_is_read(mini_ham10000, encoding, separator):
+    metadata = mini_ham10000 / "HAM10000_metadata.csv"
+    table = pd.read_csv(metadata)
+    table.loc[0, "localization"] = "Rücken"                    # one non-ASCII cell
+    metadata.write_bytes(table.to_csv(index=False, sep=separator).encode(encoding))
+    dataset = read_ham10000(mini_ham10000)
+    assert len(dataset) == 50 and dataset.issues == []
+    assert {k: v for k, v in dataset.class_counts().items() if v} == {"nv": 45, "mel": 4, "bcc": 1}
+
+
+def test_csv_files_that_cannot_be_read_are_refused_by_name(tmp_path):
+    (tmp_path / "mel").mkdir()
+    legacy = tmp_path / "lesion_ids.csv"
+    legacy.write_bytes("image_id,lesion_id\nISIC_1,HAM_1\nISIC_2,HAM_\xe9\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"lesion-id CSV .*lesion_ids\.csv is not UTF-8 text: byte 0xe9 on "
+                                              r"line 3 .*save it as 'CSV UTF-8'"):
+        read_class_folders(tmp_path, lesion_csv=legacy)
+    workbook = tmp_path / "metadata.csv"
+    workbook.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(DataFormatError, match=r"metadata\.csv is a zip file \(an Excel \.xlsx workbook\?\), not a CSV"):
+        read_ham10000(tmp_path, metadata_csv=workbook)
+
+
 def test_load_image_error_names_the_file(mini_ham10000, tmp_path):
     dataset = read_ham10000(mini_ham10000)
     broken = tmp_path / "broken.jpg"

@@ -42,8 +42,11 @@ def describe_issues(issues: Sequence[DataIssue], limit: int = MAX_LISTED_ISSUES)
     counts = Counter(issue.kind for issue in issues)
     lines = [f"{len(issues)} bad data item(s): " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))]
     for issue in issues[:limit]:
-        file_name = Path(issue.path).name if issue.path else "-"
-        lines.append(f"  {issue.kind}: {issue.image_id or '-'} ({file_name}): {issue.detail}")
+        if issue.image_id:
+            file_name = Path(issue.path).name if issue.path else "-"
+            lines.append(f"  {issue.kind}: {issue.image_id} ({file_name}): {issue.detail}")
+        else:   # a folder or file as a whole (an empty class folder, a misnamed one): its path says which
+            lines.append(f"  {issue.kind}: {issue.path or '-'}: {issue.detail}")
     if len(issues) > limit:
         lines.append(f"  ... and {len(issues) - limit} more")
     lines.append("To drop them and go on (they are listed in data_issues.csv): --set data.on_bad_data=skip")

@@ -24,6 +24,7 @@ Only a layout that cannot be read at all raises `DataFormatError`.
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,11 @@ import pandas as pd
 
 from dermalens.classes import CLASS_CODES, class_index
 
+from ..image_files import IMAGE_SUFFIXES, list_image_files
 from .images import decode_image_file
 
 RECORD_COLUMNS = ("image_id", "lesion_id", "label", "path", "array_index", "official_split", "source")
 ISSUE_KINDS = ("missing_file", "unreadable_image", "unknown_label", "duplicate_id", "empty")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OFFICIAL_SPLITS = ("train", "val", "test")
 
 
@@ -173,8 +174,8 @@ def records_frame(rows: Iterable[dict]) -> pd.DataFrame:
     # object dtype keeps None as None (not NaN) for the optional columns.
     frame["path"] = frame["path"].astype(object).where(frame["path"].notna(), None)
     frame["official_split"] = frame["official_split"].astype(object).where(frame["official_split"].notna(), None)
-    return frame.reset_index(drop=True)
     frame["source"] = frame["source"].astype(object).where(frame["source"].notna(), None)
+    return frame.reset_index(drop=True)
 
 
 def make_record(image_id: str, lesion_id: str, label: int, path: str | None = None,
@@ -195,14 +196,63 @@ def require_file(path: Path, what: str) -> None:
         raise DataFormatError(f"{what} not found: {path}")
 
 
+# Byte-order marks, longest first (the UTF-32 LE mark begins with the UTF-16 LE one).
+_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\xef\xbb\xbf", "utf-8-sig"),
+         (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
+
+
+def csv_text(path: Path, what: str) -> str:
+    """The text of a CSV file: UTF-8, or UTF-8/16/32 with a byte-order mark, or UTF-16 without one.
+
+    Spreadsheet programs save CSVs with a byte-order mark, and Excel's
+    "Unicode Text" is UTF-16; both are read. Anything else is refused with a
+    DataFormatError naming the file and what it seems to be.
+    """
+    raw = path.read_bytes()
+    if raw.startswith(b"PK\x03\x04"):
+        raise DataFormatError(f"{what} {path} is a zip file (an Excel .xlsx workbook?), not a CSV: "
+                              "save it as 'CSV UTF-8'")
+    encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), None)
+    head = raw[:1000]
+    if encoding is None and len(head) >= 4 and head.count(0) >= len(head) // 3:
+        # ASCII text in UTF-16 without a mark: every other byte is zero.
+        encoding = "utf-16-le" if head[1::2].count(0) > head[0::2].count(0) else "utf-16-be"
+    encoding = encoding or "utf-8"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise DataFormatError(
+            f"{what} {path} is not {encoding.upper().replace('-SIG', '')} text: byte {raw[error.start]:#04x} on "
+            f"line {line} cannot be read (save it as 'CSV UTF-8')") from None
+    text = text.lstrip("\ufeff")
+    if "\x00" in text:
+        raise DataFormatError(f"{what} {path} holds NUL bytes: it is binary or in an encoding other than "
+                              "UTF-8/UTF-16 (save it as 'CSV UTF-8')")
+    return text
+
+
+def _delimiter(text: str) -> str:
+    """',' unless the header has none and has tabs (Excel's Unicode Text) or semicolons (Excel in many locales)."""
+    header = text.split("\n", 1)[0]
+    if "," in header:
+        return ","
+    return max(("\t", ";"), key=header.count) if ("\t" in header or ";" in header) else ","
+
+
 def read_csv_table(path: Path, required_columns: Sequence[str], what: str) -> pd.DataFrame:
-    """A CSV as strings; DataFormatError naming the file when it is unreadable or lacks a column."""
+    """A CSV as strings; DataFormatError naming the file when it is unreadable or lacks a column.
+
+    UTF-8 (with or without a byte-order mark) and UTF-16/32 are read; see `csv_text`.
+    """
     require_file(path, what)
+    text = csv_text(path, what)
     try:
         # dtype=str so ids like '0001' keep their zeros and labels are parsed by us.
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=_delimiter(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataFormatError(f"{what} {path} is not a readable CSV: {error}") from error
+    table.columns = [str(column).strip() for column in table.columns]
     missing = [c for c in required_columns if c not in table.columns]
     if missing:
         raise DataFormatError(
@@ -213,18 +263,24 @@ def read_csv_table(path: Path, required_columns: Sequence[str], what: str) -> pd
 
 
 def index_image_files(image_dirs: Iterable[Path]) -> dict[str, Path]:
-    """Map image id (file stem) -> file, over the top level of each folder.
+    """Map image id (file stem) -> image file, over the top level of each folder.
 
-    The first folder that holds an id wins, and within a folder .jpg beats
-    .jpeg beats .png, so the result does not depend on directory listing order.
+    Images are what `image_files.list_image_files` lists (any format Pillow
+    reads). The first folder that holds an id wins, and within a folder .jpg
+    beats .jpeg beats .png beats the other image extensions, so the result does
+    not depend on directory listing order.
     """
     found: dict[str, Path] = {}
     for folder in image_dirs:
         if not folder.is_dir():
             continue
-        files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-        files.sort(key=lambda p: (IMAGE_SUFFIXES.index(p.suffix.lower()), p.name))
-        for file in files:
+        files = list_image_files(folder, recursive=False).images
+
+        def rank(path: Path) -> tuple[int, str]:
+            suffix = path.suffix.lower()
+            return (IMAGE_SUFFIXES.index(suffix) if suffix in IMAGE_SUFFIXES else len(IMAGE_SUFFIXES), path.name)
+
+        for file in sorted(files, key=rank):
             found.setdefault(file.stem, file)
     return found
 

@@ -1,4 +1,8 @@
-"""Class folders: ``root/<class code>/*.jpg|*.jpeg|*.png``, for any images sorted by hand.
+"""Class folders: ``root/<class code>/<images>``, for any images sorted by hand.
+
+An image is any file Pillow reads (JPEG, PNG, BMP, TIFF, WebP...), in the class
+folder or in folders below it: the same listing `dermalens predict` makes of
+the root (`image_files.list_image_files`).
 
 The class set comes from the folders: a folder of five HAM10000 classes
 trains a five-way model, in HAM10000 order. Classes of one's own (``benign/``,
@@ -14,13 +18,14 @@ or ``lesion_ids.csv`` in the root.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from dermalens.classes import CLASS_CODES, ham10000_order, suggest_class, validate_class_set
 
+from ..image_files import ImageListing, ImageListingWarning, list_image_files, suffix_counts
 from .base import (
-    IMAGE_SUFFIXES,
     DataFormatError,
     DataIssue,
     DatasetReader,
@@ -39,7 +44,7 @@ LESION_CSV = "lesion_ids.csv"  # picked up from the root when no lesion_csv is n
 
 def read_class_folders(root: Path, classes: Sequence[str] | None = None,
                        lesion_csv: Path | str | None = None) -> LesionDataset:
-    """Read ``root/<class code>/*.jpg|*.jpeg|*.png`` (e.g. ``root/mel/x.jpg``).
+    """Read ``root/<class code>/<image files>`` (e.g. ``root/mel/x.jpg``, ``root/nv/2019/y.bmp``).
 
     classes: the class codes, in order; None = the HAM10000 codes among the
     folder names (case-insensitive), in HAM10000 order. lesion_csv: a CSV with
@@ -55,8 +60,9 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None,
             f"{root} has no subfolders; expected one folder per class named {', '.join(classes or CLASS_CODES)}"
         )
     vocabulary = validate_class_set(classes, "data.classes") if classes is not None else CLASS_CODES
-    images = {folder: sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-              for folder in folders}
+    listings = {folder: list_image_files(folder) for folder in folders}
+    images = {folder: listing.images for folder, listing in listings.items()}
+    _warn_loose_images(root)
     row_filter = RowFilter()
     class_folders = []
     for folder in folders:
@@ -79,9 +85,11 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None,
     lesion_of = read_lesion_ids(root, lesion_csv)
     rows = []
     for folder in class_folders:
+        listing = listings[folder]
         if not images[folder]:
-            row_filter.issues.append(DataIssue("empty", "", str(folder), f"folder {folder.name} holds no images"))
+            row_filter.issues.append(DataIssue("empty", "", str(folder), _no_images(folder, listing)))
             continue
+        listing.warn(f"class folder {folder.name}", stacklevel=3)
         label = dataset_classes.index(folder.name.lower())
         for file in images[folder]:
             if row_filter.accept_id(file.stem, str(file), f"{folder.name}/{file.name}"):
@@ -95,6 +103,23 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None,
                         unnamed, len(records), root)
     return LesionDataset(name="folder", root=root, records=records, issues=row_filter.issues,
                          classes=dataset_classes or CLASS_CODES)
+
+
+def _no_images(folder: Path, listing: ImageListing) -> str:
+    """Why a class folder gave no image: empty, or what its files were instead."""
+    if not listing.not_images:
+        return f"class folder {folder.name}/ holds no files" + (f" ({'; '.join(listing.problems)})"
+                                                                 if listing.problems else "")
+    seen = len(listing.not_images)
+    return (f"class folder {folder.name}/: {seen} file(s) seen, none of them an image Pillow can read "
+            f"({suffix_counts(listing.not_images)}; e.g. {listing.not_images[0].name}); convert them to JPEG or PNG")
+
+
+def _warn_loose_images(root: Path) -> None:
+    loose = list_image_files(root, recursive=False).images
+    if loose:
+        warnings.warn(f"{len(loose)} image(s) directly in {root} are in no class folder and are left out "
+                      f"(e.g. {loose[0].name})", ImageListingWarning, stacklevel=3)
 
 
 def read_lesion_ids(root: Path, lesion_csv: Path | str | None) -> dict[str, str]:

@@ -90,7 +90,7 @@ def read_ham10000(
     if not restrict_to_available:
         searched = ", ".join(str(d) for d in dirs)
         issues.extend(
-            DataIssue("missing_file", image_id, None, f"no {image_id}.jpg/.jpeg/.png in: {searched}")
+            DataIssue("missing_file", image_id, None, f"no image file named {image_id}.<jpg, png, ...> in: {searched}")
             for image_id in records.loc[~has_file, "image_id"]
         )
     records = records_frame(records.assign(path=paths)[has_file].to_dict("records"))

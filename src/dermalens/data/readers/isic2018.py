@@ -123,7 +123,8 @@ def read_isic2018(root: Path, split: str = "Training") -> LesionDataset:
             continue
         file = files.get(image_id)
         if file is None:
-            issues.append(DataIssue("missing_file", image_id, None, f"no {image_id}.jpg/.jpeg/.png in {input_dir}"))
+            issues.append(DataIssue("missing_file", image_id, None,
+                                    f"no image file named {image_id}.<jpg, png, ...> in {input_dir}"))
             continue
         rows.append(make_record(image_id, lesion_ids.get(image_id, image_id), label_of_column[column],
                             path=str(file), official_split=official_split))
