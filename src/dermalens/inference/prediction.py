@@ -2,13 +2,15 @@
 
 `Prediction` (one image's class probabilities), `read_rgb_image` (the one
 image decoder), `predict_sources` (files or arrays in batches -> Predictions)
-and `predict_files` (many files, decoded on two threads, failures reported):
+and `predict_files` (many files, decoded on worker threads while the model
+runs, each failure reported by file while the others are answered):
 all of it only calls a predictor's `predict_arrays`, so the PyTorch
 `Predictor` and the `OnnxPredictor` share it. No torch here: serving an .onnx
 model must not load PyTorch.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,34 +28,34 @@ from .settings import DEFAULT_BATCH_SIZE
 class Prediction:
     source: str
     probabilities: dict[str, float]      # class code -> probability, in class order
-
-    @property
     # The class the model's decision rule reports (inference.postprocess.DecisionRule, fitted on held-out
     # data and shipped with the model); the most probable class when the model has no fitted rule.
     predicted_class: str | None = None
     melanoma_flag: bool | None = None    # P(mel) at or above the model's melanoma operating point
     decision_rule: str = "raw argmax"
+
+    @property
     def top_class(self) -> str:
+        """The most probable class (which may differ from `predicted_class` under a fitted rule)."""
         return max(self.probabilities, key=self.probabilities.get)
 
-        """The most probable class (which may differ from `predicted_class` under a fitted rule)."""
-    def top_k(self, k: int) -> list[tuple[str, float]]:
-        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
     @property
     def decided_class(self) -> str:
         return self.predicted_class or self.top_class
 
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
 
     def to_dict(self, k: int | None = None) -> dict:
         top = self.top_k(k or len(self.probabilities))
         return {
             "image": self.source,
-            "top_class": self.top_class,
-            "top_class_name": class_name(self.top_class),
             "predicted_class": self.decided_class,
             "predicted_class_name": class_name(self.decided_class),
             "decision_rule": self.decision_rule,
             "melanoma_flag": self.melanoma_flag,
+            "top_class": self.top_class,
+            "top_class_name": class_name(self.top_class),
             "probabilities": self.probabilities,
             "top_k": [{"class": c, "name": class_name(c), "probability": p} for c, p in top],
             "disclaimer": RESEARCH_DISCLAIMER,
@@ -78,15 +80,38 @@ def as_prediction(source: str, probabilities: Sequence[float], classes: Sequence
     return prediction
 
 
-def read_rgb_image(path: str | Path) -> np.ndarray:
+def read_rgb_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
     """Decode an image file upright (EXIF orientation applied) as RGB uint8.
 
     The same decoder as training data; errors are ValueErrors naming the file.
+    min_side: the shorter side the caller needs at least (see `draft_side`);
+    None = full resolution.
     """
     try:
-        return decode_image_file(path)
+        return decode_image_file(path, min_side=min_side)
     except UnreadableImageError as error:
         raise ValueError(str(error)) from None
+
+
+# A JPEG is decoded at reduced scale only while its shorter side stays at least
+# this many times the model's input side: the model's own INTER_AREA resize
+# then still averages several decoded pixels into each input pixel, and
+# benchmarks/decode_throughput.py measures what that changes in the
+# probabilities on the real sample photos.
+DRAFT_MARGIN = 2
+
+
+def draft_side(predictor) -> int | None:
+    """The shorter side a file must keep for this predictor's input, or None (decode in full)."""
+    preprocessing = getattr(predictor, "preprocessing", None)
+    size = getattr(preprocessing, "image_size", None)
+    return int(size) * DRAFT_MARGIN if size else None
+
+
+def _decode_workers() -> int:
+    # Pillow and OpenCV release the GIL while decoding: one thread per core the process may use.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(2, min(8, cores))
 
 
 # `predictor` below is any `base.ImagePredictor` (only its predict_arrays is called);
@@ -112,26 +137,57 @@ def predict_files(predictor, paths: Sequence[str | Path], batch_size: int = DEFA
     """Predictions for many image files, in batches, with a progress bar.
 
     Works with any predictor (`Predictor`, `OnnxPredictor`): it only calls
-    `predict_arrays`. Files are decoded on two threads while the model runs;
-    a file that cannot be read is reported (its name and why) and the others
-    are still answered.
+    `predict_arrays`. The next batch is decoded on worker threads while the
+    model runs on this one; large JPEGs are decoded at reduced scale where the
+    model's input allows (`draft_side`). A file that cannot be read, or that
+    the model cannot take, is reported (its name and why) and the others are
+    still answered.
     """
+    min_side = draft_side(predictor)
+
     def decode(path):
         try:
-            return path, read_rgb_image(path), None
-        except (ValueError, FileNotFoundError, OSError) as error:
+            return path, read_rgb_image(path, min_side), None
+        except Exception as error:  # noqa: BLE001 - whatever one file does, the others are still answered
             return path, None, f"{path}: {error}"
 
+    batches = [list(paths[start:start + batch_size]) for start in range(0, len(paths), batch_size)]
     results: list[Prediction] = []
     failures: list[str] = []
-    with ThreadPoolExecutor(2) as pool, tqdm(total=len(paths), unit="image", desc="predict",
-                                             disable=not progress or len(paths) < 2) as bar:
-        for start in range(0, len(paths), batch_size):
-            decoded = list(pool.map(decode, paths[start:start + batch_size]))
+    with ThreadPoolExecutor(_decode_workers()) as pool, tqdm(total=len(paths), unit="image", desc="predict",
+                                                             disable=not progress or len(paths) < 2) as bar:
+        upcoming = pool.map(decode, batches[0]) if batches else iter(())
+        for index in range(len(batches)):
+            decoded = list(upcoming)
+            if index + 1 < len(batches):
+                upcoming = pool.map(decode, batches[index + 1])   # decoded while the model runs below
             good = [(path, image) for path, image, error in decoded if error is None]
             failures += [error for _, _, error in decoded if error is not None]
-            if good:
-                probs = predictor.predict_arrays([image for _, image in good])
-                results += [as_prediction(str(path), row, predictor.classes) for (path, _), row in zip(good, probs)]
+            answered, refused = _predict_batch(predictor, good)
+            results += answered
+            failures += refused
             bar.update(len(decoded))
     return results, failures
+
+
+def _predict_batch(predictor, good: list[tuple]) -> tuple[list[Prediction], list[str]]:
+    """One `predict_arrays` call; if it fails, image by image, so one bad image costs only its own answer."""
+    if not good:
+        return [], []
+    try:
+        probs = predictor.predict_arrays([image for _, image in good])
+        return [as_prediction(str(path), row, predictor.classes, getattr(predictor, "decision", None))
+                for (path, _), row in zip(good, probs)], []
+    except Exception as batch_error:  # noqa: BLE001 - found out below, image by image
+        if len(good) == 1:
+            return [], [f"{good[0][0]}: {batch_error}"]
+        answered, refused = [], []
+        for path, image in good:
+            try:
+                answered.append(as_prediction(str(path), predictor.predict_arrays([image])[0], predictor.classes,
+                                              getattr(predictor, "decision", None)))
+            except Exception as error:  # noqa: BLE001
+                refused.append(f"{path}: {error}")
+        if not answered:   # no image goes through: the model is broken, not the files
+            raise batch_error
+        return answered, refused
