@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import publish_result  # noqa: E402
 from dermalens.data.image_files import find_image_files  # noqa: E402
-from dermalens.inference.onnx_predictor import load_predictor, onnx_beside  # noqa: E402
+from dermalens.inference.load import load_predictor, onnx_beside  # noqa: E402
 from dermalens.inference.prediction import predict_files  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

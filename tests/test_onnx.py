@@ -22,15 +22,15 @@ from dermalens.data.transforms import build_eval_transform, preprocess_image
 from dermalens.inference import export as export_module
 from dermalens.inference.base import ImagePredictor, InferenceSession
 from dermalens.inference.export import ExportError, check_images, export_checkpoint
+from dermalens.inference.load import load_predictor
 from dermalens.inference.onnx_predictor import (
     OnnxModelError,
     OnnxPredictor,
     create_session,
-    load_predictor,
     read_onnx_metadata,
 )
 from dermalens.inference.predictor import Predictor, read_rgb_image
-from dermalens.models.checkpoint import CheckpointError, load_classifier
+from dermalens.models.checkpoint import CheckpointError, load_classifier, read_calibration
 from dermalens.training.run import train
 
 # ImageNet Lite0 features (an offline weights package, as the demo uses) make
@@ -98,7 +98,10 @@ def test_metadata_round_trip(exported, checkpoint):
     assert onnx_meta["backbone"] == meta["model_config"]["backbone"] == "tf_efficientnet_lite0"
     assert onnx_meta["model_config"] == meta["model_config"]
     assert onnx_meta["val_metrics"] == pytest.approx(meta["val_metrics"])
-    assert onnx_meta["temperature"] == 1.0
+    # Training calibrates on validation; the export carries that temperature, TTA and decision rule.
+    calibration = read_calibration(checkpoint)
+    assert onnx_meta["temperature"] == pytest.approx(calibration["temperature"])
+    assert onnx_meta["decision"] == calibration["decision"] and onnx_meta["tta"] == str(calibration["tta"])
     assert onnx_meta["parity"]["max_abs_diff"] <= 1e-4
     assert onnx_meta["checkpoint"] == "best.ckpt" and len(onnx_meta["checkpoint_sha256"]) == 64
 
@@ -174,7 +177,7 @@ def test_an_onnx_model_predicts_without_importing_torch(exported, sample_dir, tm
     images = [str(p) for p in sorted(sample_dir.glob("ISIC_*.jpg"))[:2]]
     code = f"""
 import sys
-from dermalens.inference.onnx_predictor import load_predictor
+from dermalens.inference.load import load_predictor
 from dermalens.inference.prediction import predict_files
 predictions, failures = predict_files(load_predictor({str(onnx_copy)!r}), {images!r}, progress=False)
 assert len(predictions) == 2 and not failures, failures
@@ -193,21 +196,39 @@ def test_calibration_sidecar_sets_the_temperature(exported, tmp_path, sample_ima
     (tmp_path / "model.calibration.json").write_text(json.dumps({"temperature": 2.0}))
     predictor = OnnxPredictor.from_file(onnx_copy)
     assert predictor.temperature == 2.0
-    plain = OnnxPredictor.from_file(exported.path)
+    plain = OnnxPredictor.from_file(exported.path, tta=False)   # the sidecar above names no TTA
     logits = plain.logits(plain.batch(sample_images[:2]))
     expected = np.exp(logits / 2) / np.exp(logits / 2).sum(1, keepdims=True)
     np.testing.assert_allclose(predictor.predict_arrays(sample_images[:2]), expected, atol=1e-6)
 
 
-def test_load_predictor_picks_the_export_beside_the_checkpoint(exported, checkpoint, run_dir, tmp_path):
+def test_load_predictor_runs_checkpoints_in_onnx_runtime_by_default(exported, checkpoint, run_dir, tmp_path,
+                                                                    monkeypatch, caplog):
+    from dermalens.inference.export_cache import export_cache_dir
+
     assert isinstance(load_predictor(checkpoint), OnnxPredictor)  # best.onnx sits beside best.ckpt
     assert isinstance(load_predictor(exported.path), OnnxPredictor)
-    assert isinstance(load_predictor(run_dir / "checkpoints" / "last.ckpt"), Predictor)  # no last.onnx
+    # No export beside last.ckpt: one is made in the per-user cache, and nothing is written beside the checkpoint.
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    last = load_predictor(run_dir / "checkpoints" / "last.ckpt")
+    assert isinstance(last, OnnxPredictor)
+    assert Path(last.metadata["onnx_model"]).parent == export_cache_dir()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+    # It predicts what the PyTorch model predicts, at the checkpoint's own calibration.
+    images = [np.random.default_rng(i).integers(0, 256, (60, 80, 3), dtype=np.uint8) for i in range(3)]
+    torch_last = load_predictor(run_dir / "checkpoints" / "last.ckpt", runtime="pytorch")
+    assert (last.temperature, last.tta) == (torch_last.temperature, torch_last.tta)
+    np.testing.assert_allclose(last.predict_arrays(images), torch_last.predict_arrays(images), atol=1e-4)
     # An export that does not come from this checkpoint (best.ckpt overwritten later) is not used.
     stale = tmp_path / "best.ckpt"
     shutil.copy(run_dir / "checkpoints" / "last.ckpt", stale)
     shutil.copy(exported.path, tmp_path / "best.onnx")
-    assert isinstance(load_predictor(stale), Predictor)
+    assert Path(load_predictor(stale).metadata["onnx_model"]).parent == export_cache_dir()
+    # Without onnxruntime: PyTorch, said in one line.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with caplog.at_level("WARNING"):
+        assert isinstance(load_predictor(tmp_path / "best.ckpt", runtime="auto"), Predictor)
+    assert "onnxruntime is not installed" in caplog.text and "PyTorch" in caplog.text
 
 
 def test_predict_command_uses_the_export(exported, checkpoint, sample_dir, capsys):
@@ -247,8 +268,8 @@ def test_load_predictor_runtime_choice(exported, checkpoint, run_dir, tmp_path, 
     assert isinstance(load_predictor(checkpoint, runtime="pytorch"), Predictor)  # even with best.onnx beside it
     assert load_predictor(checkpoint, runtime="openvino").runtime == "openvino"
     assert load_predictor(exported.path, runtime="onnxruntime").runtime == "onnxruntime"
-    with pytest.raises(OnnxModelError, match="dermalens export"):  # no last.onnx: says what to run
-        load_predictor(run_dir / "checkpoints" / "last.ckpt", runtime="openvino")
+    # no last.onnx beside the checkpoint: its cached export runs
+    assert load_predictor(run_dir / "checkpoints" / "last.ckpt", runtime="openvino").runtime == "openvino"
     with pytest.raises(ValueError, match="needs a checkpoint"):
         load_predictor(exported.path, runtime="pytorch")
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):

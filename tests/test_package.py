@@ -18,7 +18,8 @@ from conftest import build_mini_ham10000
 from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from dermalens.cli import main
 from dermalens.config import load_config
-from dermalens.inference.onnx_predictor import OnnxPredictor, load_predictor, read_onnx_metadata
+from dermalens.inference.load import load_predictor
+from dermalens.inference.onnx_predictor import OnnxPredictor, read_onnx_metadata
 from dermalens.inference.predictor import Predictor, read_rgb_image
 from dermalens.models.checkpoint import CheckpointError, load_classifier, read_calibration
 from dermalens.models.package import (

@@ -18,8 +18,8 @@ import pandas as pd
 from .. import __version__
 from ..atomic_io import atomic_write_text
 from ..data.prepare import PreparedData, prepare_data
+from ..inference.load import load_predictor, logits_for_images
 from ..inference.postprocess import DecisionRule, calibrated_probabilities
-from ..inference.predictor import predict_logits
 from ..models.checkpoint import calibration_path, load_classifier, read_calibration
 from .medmnist import write_medmnist_result
 from .metrics import compute_classification_metrics, expected_calibration_error
@@ -53,11 +53,12 @@ def split_method(prepared: PreparedData, split: str) -> str:
 
 def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepared: PreparedData | None = None,
                         split: str | None = None, split_dir: Path | None = None, progress: bool = True,
-                        extra_context: dict | None = None) -> dict:
+                        extra_context: dict | None = None, runtime: str = "auto") -> dict:
     """Metrics of `checkpoint` on one split of the config's data, written into `out_dir` only.
 
     split: train | val | test | all (every usable image: an external set scored whole).
-    split_dir: the run folder whose split.csv to use. The temperature and the
+    split_dir: the run folder whose split.csv to use. runtime: as for `load_predictor` (auto: ONNX
+    Runtime on the checkpoint's cached export, PyTorch where that cannot be). The temperature and the
     decision rule come from the model's calibration record (training fits
     them); the headline metrics follow the rule, and the raw argmax's are
     reported beside them.
@@ -85,8 +86,10 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
              checkpoint, prepared.dataset.name, split, len(rows), prepared.split_source,
              calibration_path(checkpoint) if calibration["fitted_on"] else "none (uncalibrated)",
              "flips (4 views)" if ev["tta"] else "none")
-    logits = predict_logits(model, prepared.images[rows], pre, ev["batch_size"], tta=ev["tta"], progress=progress,
-                            description=f"evaluate {split}")
+    predictor = load_predictor(checkpoint, tta=ev["tta"], runtime=runtime)
+    log.info("runtime: %s", predictor.runtime)
+    logits = logits_for_images(predictor, prepared.images[rows], ev["batch_size"], progress=progress,
+                               description=f"evaluate {split}")
     labels = prepared.labels[rows]
     temperature = calibration["temperature"]
     probs = calibrated_probabilities(logits, temperature)
@@ -122,6 +125,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
         "split": f"{split} ({len(labels)} images)",
         "split_method": split_method(prepared, split),
         "tta": "flips (4 views)" if ev["tta"] else "none",
+        "runtime": predictor.runtime,
         "temperature": round(temperature, 4),
         "temperature_source": (f"fitted on {calibration['fitted_on']}"
                                + (" with flip TTA" if calibration["tta"] else " without TTA"))

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..data.preprocess import Preprocessing
+from .postprocess import DecisionRule
 from .prediction import Prediction
 
 
@@ -33,6 +34,11 @@ class ImagePredictor(Protocol):
     runtime: str                   # what runs the model: one of runtimes.RUNTIMES but "auto"
     classes: tuple[str, ...]       # the model's class codes, in output order (saved with the model)
     metadata: dict[str, Any]       # classes, preprocessing, model_config, val_metrics, provenance...
+    decision: DecisionRule         # which class to report (postprocess.py): fitted rule or raw argmax
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """A preprocessed (N, 3, S, S) float32 batch -> logits (N, C), averaged over the TTA views."""
+        ...
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 arrays of any size -> probabilities (N, C), in the order of `classes`."""

@@ -28,7 +28,7 @@ def predict_images(model: str | Path, images: Sequence[str], *, top_k: int = DEF
     tta None: as the model was calibrated.
     """
     from ..data.image_files import find_image_files
-    from .onnx_predictor import load_predictor
+    from .load import load_predictor
     from .prediction import predict_files
 
     if top_k < 1:

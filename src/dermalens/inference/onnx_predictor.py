@@ -22,22 +22,19 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ..atomic_io import file_sha256
 from ..classes import validate_class_set
 from ..data.preprocess import Preprocessing, preprocess_array
-from ..models.calibration_record import CheckpointError, calibration_path, read_calibration
-from .base import ImagePredictor, InferenceSession
+from ..models.calibration_record import calibration_path, read_calibration
+from .base import InferenceSession
 from .openvino_session import OpenVinoSession
 from .postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
 from .prediction import Prediction, predict_sources
-from .runtimes import RUNTIMES, OnnxModelError
-
-if TYPE_CHECKING:   # annotations only: predictor.py imports torch
-    from .predictor import Predictor
+from .runtimes import OnnxModelError
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +221,12 @@ def onnx_beside(checkpoint: str | Path) -> Path:
 
 
 def export_matches_checkpoint(onnx_path: Path, checkpoint: Path) -> bool:
-    """True when the export was made from this very checkpoint (same size and sha256)."""
+    """True when the export was made from this very checkpoint (its metadata records the same size and sha256).
+
+    A file that records no checkpoint hash (exported by another tool, or renamed into place) proves
+    nothing about where it came from, so it is not taken for this checkpoint's export: its name alone
+    could make `auto` serve a different model under this checkpoint's name.
+    """
     try:
         meta = read_onnx_metadata(onnx_path)
     except OnnxModelError as error:
@@ -236,66 +238,3 @@ def export_matches_checkpoint(onnx_path: Path, checkpoint: Path) -> bool:
     if int(meta.get("checkpoint_size", -1)) != checkpoint.stat().st_size:
         return False
     return file_sha256(checkpoint) == expected
-
-
-def pytorch_predictor(path: str | Path, device: str = "cpu", tta: bool | None = None) -> "Predictor":
-    """`Predictor.from_checkpoint`, imported only when it is used: it loads torch."""
-    from .predictor import Predictor
-
-    return Predictor.from_checkpoint(path, device=device, tta=tta)
-
-
-def load_predictor(path: str | Path, tta: bool | None = None, device: str = "cpu", runtime: str = "auto",
-                   threads: int | None = None) -> ImagePredictor:
-    """The predictor for a model file or model package folder.
-
-    runtime "auto": `.onnx` -> OnnxPredictor (ONNX Runtime). `.ckpt` ->
-    OnnxPredictor when `<stem>.onnx` sits beside it and was exported from
-    this checkpoint (a stale export, e.g. after best.ckpt was overwritten, is
-    ignored with a warning), else the PyTorch `Predictor` (always on a
-    non-CPU device). "pytorch" needs a checkpoint; "onnxruntime", "openvino"
-    and "openvino-bf16" need an .onnx file or an up-to-date export beside the
-    checkpoint, and say so when there is none. A model package folder
-    (`dermalens package`) runs its model.onnx ("auto" on a CPU, and the ONNX
-    runtimes) or its model.safetensors ("pytorch"), at the temperature and
-    tta of its config.json, after its SHA256SUMS check. threads: for ONNX
-    Runtime / OpenVINO (default: the cores this process may use); PyTorch
-    keeps torch's setting. An .onnx file is run without importing torch.
-    """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    path = Path(path)
-    if path.is_dir():   # a model package (models.package.is_package); that module imports torch
-        from ..models.package import ONNX_FILE, read_package_config
-
-        onnx_file = path / ONNX_FILE
-        if runtime == "pytorch" or (runtime == "auto" and (device != "cpu" or not onnx_file.is_file())):
-            return pytorch_predictor(path, device=device, tta=tta)
-        config = read_package_config(path)   # SHA256SUMS covers model.onnx too
-        if not onnx_file.is_file():
-            raise OnnxModelError(f"runtime {runtime} needs {onnx_file}, which this package lacks; "
-                                 f"use --runtime pytorch")
-        return OnnxPredictor.from_file(onnx_file, tta=config["tta"] if tta is None else tta, threads=threads,
-                                       temperature=config["temperature"], runtime="onnxruntime"
-                                       if runtime == "auto" else runtime)
-    is_onnx = path.suffix.lower() == ".onnx"
-    if runtime == "pytorch":
-        if is_onnx:
-            raise ValueError(f"runtime pytorch needs a checkpoint (.ckpt), not the exported model {path}")
-        return pytorch_predictor(path, device=device, tta=tta)
-    onnx_runtime = "onnxruntime" if runtime == "auto" else runtime
-    if is_onnx:
-        return OnnxPredictor.from_file(path, tta=tta, threads=threads, runtime=onnx_runtime)
-    if runtime != "auto" and not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    beside = onnx_beside(path)
-    # A GPU device means PyTorch, unless a CPU runtime was asked for by name.
-    if (device == "cpu" or runtime != "auto") and beside.is_file() and path.is_file():
-        if export_matches_checkpoint(beside, path):
-            return OnnxPredictor.from_file(beside, tta=tta, threads=threads, runtime=onnx_runtime)
-        log.warning("%s was not exported from %s (checkpoint changed since); %s. Re-run `dermalens export %s`.",
-                    beside, path, "using PyTorch" if runtime == "auto" else "not using it", path)
-    if runtime != "auto":
-        raise OnnxModelError(f"runtime {runtime} needs an up-to-date export of {path} at {beside}: "
-                             f"run `dermalens export {path}` first")
-    return pytorch_predictor(path, device=device, tta=tta)

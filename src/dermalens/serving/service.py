@@ -85,7 +85,7 @@ class ModelService:
         """A checkpoint (`.ckpt`): predictions through ONNX Runtime when `dermalens export` left
         `<stem>.onnx` beside it (runtime "auto") or the runtime named (`load_predictor`), explanations
         through PyTorch. An exported model (`.onnx`) alone: predictions only, and no PyTorch at all."""
-        from ..inference.onnx_predictor import load_predictor
+        from ..inference.load import load_predictor
 
         fast = load_predictor(path, runtime=runtime, threads=threads)
         if is_onnx_file(path):

@@ -46,8 +46,8 @@ from ..data.datamodule import LesionDataModule
 from ..data.prepare import PreparedData, prepare_data, resolve_cache_dir, resolve_data_path, save_run_data
 from ..evaluation.evaluate import evaluate_checkpoint
 from ..hardware import resolve_precision
-from ..inference.predictor import predict_logits
-from ..models.checkpoint import load_classifier
+from ..inference.load import load_predictor, logits_for_images
+from ..models.checkpoint import CHECKPOINT_KEY, read_checkpoint_metadata
 from .calibrate import calibrate
 from .checkpoint_io import AtomicCheckpointIO
 from .distributed import shared_run_dir
@@ -354,7 +354,7 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
 
 def calibrate_on_validation(config: dict, checkpoint: Path, prepared: PreparedData, progress: bool = True) -> dict:
     """Temperature and decision rule fitted on the run's validation split (with the evaluation's TTA)."""
-    model, meta = load_classifier(checkpoint)
+    meta = read_checkpoint_metadata(checkpoint)[CHECKPOINT_KEY]
     rows = prepared.rows("val")
     if len(rows) == 0:
         log.warning("no validation split: the model is left uncalibrated (temperature 1, raw argmax)")
@@ -362,8 +362,9 @@ def calibrate_on_validation(config: dict, checkpoint: Path, prepared: PreparedDa
                          meta["classes"], {**config["evaluation"], "temperature_scaling": False,
                                            "decision_rule": "raw", "melanoma_specificity": None}, "nothing")
     ev = config["evaluation"]
-    logits = predict_logits(model, prepared.images[rows], meta["preprocessing"], ev["batch_size"], tta=ev["tta"],
-                            progress=progress, description="calibrate on val")
+    predictor = load_predictor(checkpoint, tta=ev["tta"])   # ONNX Runtime where it can: as evaluation runs
+    logits = logits_for_images(predictor, prepared.images[rows], ev["batch_size"], progress=progress,
+                               description="calibrate on val")
     return calibrate(checkpoint, logits, prepared.labels[rows], meta["classes"], ev,
                      f"the validation split ({len(rows)} images)")
 

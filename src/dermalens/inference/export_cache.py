@@ -1,0 +1,69 @@
+"""The ONNX export of a checkpoint, made once and kept in the per-user cache.
+
+ONNX Runtime runs our models about twice as fast as eager PyTorch on a CPU
+(docs/performance.md), so `predict`, `serve`, `evaluate` and the evaluation
+after training use it by default (`load.load_predictor`, runtime "auto").
+The export is written into the per-user cache, never beside the checkpoint
+(evaluation changes nothing in a run folder), under the checkpoint's sha256:
+a changed or retrained checkpoint gets a new export, an unchanged one is
+exported once. Every export is parity-checked against PyTorch before it is
+kept (`export.export_model`). The calibration (temperature, TTA, decision
+rule) is always read from the checkpoint's own record, not from the export.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import warnings
+from pathlib import Path
+
+from .. import __version__
+from ..atomic_io import file_sha256
+from ..config import user_cache_dir
+
+log = logging.getLogger(__name__)
+CACHE_FOLDER = "onnx"
+
+
+def export_cache_dir() -> Path:
+    return user_cache_dir() / CACHE_FOLDER
+
+
+def cached_export_path(checkpoint: Path, digest: str | None = None) -> Path:
+    digest = digest or file_sha256(checkpoint)
+    # By content alone: a copied or renamed checkpoint reuses its export.
+    return export_cache_dir() / f"{digest[:24]}-dermalens{__version__}.onnx"
+
+
+class ExportUnavailable(RuntimeError):
+    """The checkpoint could not be run through ONNX Runtime here; the message says why in one line."""
+
+
+def cached_export(checkpoint: str | Path) -> Path:
+    """The parity-checked ONNX export of `checkpoint`, from the cache or made now (once, under a lock)."""
+    checkpoint = Path(checkpoint)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ExportUnavailable("onnxruntime is not installed") from None
+    path = cached_export_path(checkpoint)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # two processes starting on one checkpoint export it once
+        try:
+            if path.is_file():
+                return path
+            from .export import ExportError, export_checkpoint
+
+            log.info("exporting %s to ONNX for ONNX Runtime (once; kept in %s)", checkpoint, path.parent)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")   # parity on random images when no real ones are at hand
+                    export_checkpoint(checkpoint, path, exporter="torchscript")
+            except (ExportError, RuntimeError, ValueError, OSError) as error:
+                raise ExportUnavailable(f"the ONNX export failed ({str(error).splitlines()[0]})") from None
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return path
