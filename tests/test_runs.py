@@ -50,7 +50,7 @@ def test_same_seed_gives_the_same_numbers(tmp_path):
     assert a["accuracy"] == b["accuracy"] and a["nll"] == b["nll"]
 
 
-def test_sigterm_leaves_a_resumable_run_that_ends_where_an_uninterrupted_one_does(tmp_path):
+def test_sigterm_leaves_a_resumable_run_that_ends_where_an_uninterrupted_one_does(tmp_path, capfd):
     extra = {"training.max_epochs": 6}
     assert train_cli(tmp_path / "whole", **extra) == 0
 
@@ -74,7 +74,10 @@ def test_sigterm_leaves_a_resumable_run_that_ends_where_an_uninterrupted_one_doe
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
     assert not (run_dir / "metrics.json").exists()
 
+    capfd.readouterr()
     assert main(["train", "--resume", str(run_dir)]) == 0
+    # The run's logs are kept and merged: nothing frightening about deleting them is printed.
+    assert "will be deleted" not in capfd.readouterr().err
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     resumed = json.loads((run_dir / "metrics.json").read_text())
@@ -83,6 +86,39 @@ def test_sigterm_leaves_a_resumable_run_that_ends_where_an_uninterrupted_one_doe
     curve_whole, curve_resumed = val_curve(tmp_path / "whole"), val_curve(run_dir)
     np.testing.assert_allclose(curve_resumed["val/loss"].to_numpy()[-3:], curve_whole["val/loss"].to_numpy()[-3:],
                                rtol=1e-5)
+
+
+STOP_DURING_EVALUATION = """
+import os, signal, sys
+import dermalens.training.run as run
+calibrate = run.calibrate_on_validation
+def calibrate_then_stop(*args, **kwargs):
+    result = calibrate(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)     # as a user's kill would, during the evaluation after training
+    return result
+run.calibrate_on_validation = calibrate_then_stop
+from dermalens.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_during_the_final_evaluation_is_recorded_and_resume_only_evaluates(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-c", STOP_DURING_EVALUATION, "train", "--config", "demo_dermamnist",
+               "--run-dir", str(run_dir), *settings(**{"training.max_epochs": 2})]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert f"dermalens train --resume {run_dir}" in done.stderr and "evaluation" in done.stderr
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["stage"] == "evaluation" and status["training_done"]
+    assert not (run_dir / "metrics.json").exists()
+    epochs_before = val_curve(run_dir)["epoch"].tolist()
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "predictions.csv").is_file()
+    assert val_curve(run_dir)["epoch"].tolist() == epochs_before   # it trained no more
 
 
 def val_curve_if_any(run_dir: Path) -> pd.DataFrame:

@@ -7,9 +7,12 @@ from pathlib import Path
 class TrainingInterrupted(RuntimeError):
     """SIGTERM / SIGINT stopped training; the run can be resumed from its last checkpoint."""
 
-    def __init__(self, run_dir: Path, last: Path | None):
+    def __init__(self, run_dir: Path, last: Path | None, during: str = "training"):
         self.run_dir, self.last = run_dir, last
-        if last:
+        if during == "evaluation":
+            message = (f"stopped during the evaluation after training (training had finished). To continue: "
+                       f"dermalens train --resume {run_dir} (it calibrates and evaluates, and trains no more)")
+        elif last:
             message = f"training interrupted; last checkpoint: {last}. Continue with: dermalens train --resume {run_dir}"
         else:
             message = (f"training interrupted in its first epoch, before any checkpoint; nothing to resume "

@@ -9,8 +9,10 @@ behind; a run that fails later says so in status.json.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import tempfile
 import time
 import traceback
@@ -18,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import numpy as np
@@ -306,6 +309,14 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     counts = check_training_classes(prepared)
     # The class set is saved with the run, so a resume or evaluation reads the data the same way.
     config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
+    last = run_dir / CHECKPOINTS / "last.ckpt"
+    status = read_status(run_dir) if resume else {}
+    if status.get("training_done"):
+        # Training had finished; its calibration or evaluation was stopped: do those, train nothing more.
+        log.info("training of %s had finished; calibrating and evaluating %s", run_dir, status["best_checkpoint"])
+        best, seconds = Path(status["best_checkpoint"]), float(status.get("train_seconds", 0.0))
+        return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds), prepared, progress,
+                          calibrate_after_training, is_global_zero=True)
     module = LesionClassifierModule(
         classes=prepared.classes,
         model=config["model"], loss=config["loss"], optimizer=config["optimizer"], scheduler=config["scheduler"],
@@ -319,13 +330,15 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     atomic_write_text(run_dir / "config.yaml", dump_config(config))   # on resume: with what was overridden
     save_run_data(prepared, run_dir)
     write_status(run_dir, "running", resumed=resume)
-    last = run_dir / CHECKPOINTS / "last.ckpt"
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
     resumed_step = AtomicCheckpointIO().load_checkpoint(last)["global_step"] if resume else None  # no unpickling
     trainer, checkpoint = build_trainer(config, run_dir)
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+        with warnings.catch_warnings():
+            # On resume the earlier metrics.csv was set aside above and is merged back below: nothing is lost.
+            warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     except (KeyboardInterrupt, SystemExit) as stop:   # Lightning turns SIGTERM into SIGTERMException(SystemExit)
         write_status(run_dir, "interrupted", last_checkpoint=str(last) if last.is_file() else None)
         raise TrainingInterrupted(run_dir, last if last.is_file() else None) from stop
@@ -341,14 +354,53 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         raise TrainingInterrupted(run_dir, last)
     seconds = time.perf_counter() - started
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    result = TrainResult(run_dir, best, last, seconds)
-    if trainer.is_global_zero and calibrate_after_training:
-        calibrate_on_validation(config, best, prepared, progress)
-    if config["evaluation"]["after_training"] and trainer.is_global_zero:
-        result.metrics = evaluate_checkpoint(config, best, run_dir, prepared=prepared, progress=progress,
-                                             extra_context={"train_seconds": round(seconds, 1)})
-    if trainer.is_global_zero:
-        write_status(run_dir, "finished", best_checkpoint=str(best), train_seconds=round(seconds, 1))
+    return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds), prepared, progress,
+                      calibrate_after_training, trainer.is_global_zero)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM as an exception (Lightning's own handler is gone once fit returns), so a stop is recorded."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:   # not the main thread: signals cannot be caught here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: PreparedData, progress: bool,
+               calibrate_after_training: bool, is_global_zero: bool) -> TrainResult:
+    """After training: calibrate on validation, evaluate on test once; a stop here is recorded and resumable."""
+    if not is_global_zero:
+        return result
+    # "training_done": a resume goes straight to calibration and evaluation.
+    done = {"training_done": True, "best_checkpoint": str(result.best_checkpoint),
+            "train_seconds": round(result.train_seconds, 1)}
+    write_status(run_dir, "evaluating", **done)
+    try:
+        with sigterm_raises():
+            if calibrate_after_training:
+                calibrate_on_validation(config, result.best_checkpoint, prepared, progress)
+            if config["evaluation"]["after_training"]:
+                result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
+                                                     progress=progress,
+                                                     extra_context={"train_seconds": round(result.train_seconds, 1)})
+    except (KeyboardInterrupt, SystemExit) as stop:
+        write_status(run_dir, "interrupted", stage="evaluation", **done)
+        raise TrainingInterrupted(run_dir, result.last_checkpoint, during="evaluation") from stop
+    except Exception as error:
+        write_status(run_dir, "failed", stage="evaluation", error=f"{type(error).__name__}: {error}",
+                     traceback=traceback.format_exc(limit=20), **done)
+        raise
+    write_status(run_dir, "finished", best_checkpoint=str(result.best_checkpoint),
+                 train_seconds=round(result.train_seconds, 1))
     return result
 
 
