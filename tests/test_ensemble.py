@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,19 @@ def test_ensemble_checkpoint_loads_as_one_model(tmp_path: Path):
     with torch.no_grad():
         assert torch.allclose(loaded(x), ensemble(x), atol=1e-6)
     assert build_ensemble(models[0].config, {"members": 2}).shared_trunk_stages == 0
+
+
+def test_grad_cam_of_an_ensemble_is_the_mean_of_its_members_maps():
+    from dermalens.explain.api import explain_image
+
+    models = members(2, shared_stages=3, seed=1)
+    ensemble = LesionEnsemble(models, 3).eval()
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pre = models[0].preprocessing
+    maps = [explain_image(m, image, pre, method="gradcam", target_class="mel").raw_map for m in models]
+    together = explain_image(ensemble, image, pre, method="gradcam", target_class="mel").raw_map
+    # pytorch-grad-cam weighs each member's map by that member's gradients of the ensemble's output, which are
+    # half of the member's own: the mean of the members' raw maps, halved.
+    np.testing.assert_allclose(together, np.mean(maps, axis=0) / 2, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="ensemble"):
+        explain_image(ensemble, image, pre, method="ablationcam", target_class="mel")

@@ -62,6 +62,9 @@ class AblationCamExplainer(CamMethod):
     def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, **settings):
         # Only the head may follow the ablated layer (see HeadAblationCAM): always the
         # final map, whatever cam_layer the explainer was given for Grad-CAM.
+        if hasattr(model, "members"):
+            raise ValueError(f"Ablation-CAM ablates the channels that feed one classifier head; this model is an "
+                             f"ensemble of {len(model.members)} classifiers: use gradcam, gradcam++ or shap")
         super().__init__(model, preprocessing, **{**settings, "cam_layer": "final"})
 
     def build_cam(self) -> BaseCAM:

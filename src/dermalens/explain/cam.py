@@ -29,11 +29,26 @@ class RawMapCapture:
     """
 
     raw_maps: np.ndarray | None = None
+    _raw_layers: list
 
     def get_cam_image(self, *args, **kwargs):
         cam = super().get_cam_image(*args, **kwargs)
-        self.raw_maps = np.asarray(cam, dtype=np.float32)
+        # One call per target layer (an ensemble has one per member, on one grid): their mean, as
+        # pytorch-grad-cam averages the layers' maps itself.
+        layers = getattr(self, "_raw_layers", None)
+        if layers is None or self.raw_maps is None:
+            self._raw_layers = layers = []
+        layers.append(np.asarray(cam, dtype=np.float32))
+        self.raw_maps = np.mean(layers, axis=0)
         return cam
+
+
+def target_layers(model: nn.Module, layer: str = "final") -> list[nn.Module]:
+    """The layers CAMs look at: one per classifier (an ensemble's members each give theirs; their maps are averaged)."""
+    members = getattr(model, "members", None)
+    if isinstance(members, nn.ModuleList):
+        return [target_layer(member, layer) for member in members]
+    return [target_layer(model, layer)]
 
 
 def target_layer(model: nn.Module, layer: str = "final") -> nn.Module:
@@ -67,10 +82,10 @@ class CamMethod(AttributionMethod):
         super().__init__(model, preprocessing, temperature=temperature, cam_layer=cam_layer)
         self.view = private_module_tree(model)
         self.lock = threading.Lock()
-        target_layer(self.view, cam_layer)   # an unknown layer fails here, not at the first request
+        target_layers(self.view, cam_layer)   # an unknown layer fails here, not at the first request
 
     def build_cam(self) -> BaseCAM:
-        return self.cam_class(model=self.view, target_layers=[target_layer(self.view, self.cam_layer)])
+        return self.cam_class(model=self.view, target_layers=target_layers(self.view, self.cam_layer))
 
     def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int, *,
                   max_evals: int | None = None) -> Attribution:
@@ -81,6 +96,7 @@ class CamMethod(AttributionMethod):
             x = input_tensor.detach().clone().requires_grad_(self.uses_gradients)
             try:
                 with self.build_cam() as cam:
+                    cam.raw_maps = None
                     cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
                     raw = cam.raw_maps
             finally:
