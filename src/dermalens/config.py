@@ -69,13 +69,19 @@ class ModelSection:
 
 @dataclass
 class AugmentationSection:
-    """The original design's augmentations: rotation, brightness, zoom, shifts, flips."""
+    """The original design's augmentations (rotation, brightness, zoom, shifts, flips) and colour jitter.
+
+    Colour jitter (hue, saturation, gamma) stands in for other dermatoscopes' lights and colour responses.
+    """
 
     rotate: float = setting(30.0)                       # degrees, +-
     zoom: float = setting(0.1)                          # scale range 1 +- zoom
     shift: float = setting(0.1)                         # fraction of the side, +-
     brightness: float = setting(0.1)                    # +- fraction
     contrast: float = setting(0.1)
+    hue: float = setting(0.0)                           # +- degrees of hue (OpenCV's 0-180 scale x 2)
+    saturation: float = setting(0.0)                    # +- fraction of saturation
+    gamma: float = setting(0.0)                         # gamma in 1 +- gamma
     hflip: bool = setting(True)
     vflip: bool = setting(True)
     probability: float = setting(0.8, fraction=True)   # chance the geometric/photometric group is applied

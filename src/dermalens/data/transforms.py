@@ -59,6 +59,12 @@ def build_train_transform(pre: Preprocessing, aug: AugmentationSection, seed: in
     if aug.brightness or aug.contrast:
         steps.append(A.RandomBrightnessContrast(
             brightness_limit=aug.brightness, contrast_limit=aug.contrast, p=aug.probability))
+    if aug.hue or aug.saturation:
+        # albumentations' limits: hue in OpenCV units (half degrees), saturation on 0-255.
+        steps.append(A.HueSaturationValue(hue_shift_limit=aug.hue / 2, sat_shift_limit=aug.saturation * 255,
+                                          val_shift_limit=0, p=aug.probability))
+    if aug.gamma:
+        steps.append(A.RandomGamma(gamma_limit=(100 * (1 - aug.gamma), 100 * (1 + aug.gamma)), p=aug.probability))
     steps += [A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps, seed=seed)
 

@@ -1,0 +1,150 @@
+"""Does the recipe hold on a clinic and device it never saw? Leave-one-source-out against in-source.
+
+HAM10000's `dataset` column names the source of every image (rosendahl,
+vidir_modern, vidir_molemax, vienna_dias: clinics and dermatoscopes). For
+each source S the same recipe and budget are trained twice over:
+
+- in-source: K-fold cross-validation over ALL images (lesion-grouped, no test
+  split); each image of S is predicted by a fold model that trained on other
+  lesions, S's own included;
+- out-of-source: one model trained on the other sources only (val drawn from
+  them), scored on every image of S (`data.test_sources`).
+
+Both are scored on the same images of S with the argmax of the calibrated
+probabilities, over the classes S has at least MIN_IMAGES images of (a class
+with two images in a source says little). The gap is out-of-source minus
+in-source.
+
+    python scripts/source_generalisation.py --config ham10000_cpu --data $DERMALENS_DATA/ham10000_224 \\
+        --out runs/sources --folds 5 --set training.max_epochs=6
+
+Results: OUT/generalisation.json and OUT/generalisation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from dermalens.atomic_io import atomic_write_json, atomic_write_text
+from dermalens.config import load_config
+from dermalens.config_files import resolve_config_path
+from dermalens.evaluation.calibration import fit_temperature
+from dermalens.evaluation.metrics import sensitivity_at_specificity
+from dermalens.inference.postprocess import calibrated_probabilities
+from dermalens.training.cross_validation import CV_FILE, train_folds
+from dermalens.training.run import train
+
+MIN_IMAGES = 10
+
+
+def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    counts = np.bincount(labels, minlength=len(classes))
+    scored = [k for k in range(len(classes)) if counts[k] >= MIN_IMAGES]
+    keep = np.isin(labels, scored)
+    predicted = probs.argmax(axis=1)
+    out = {"images": int(len(labels)), "classes_scored": [classes[k] for k in scored],
+           "balanced_accuracy": float(balanced_accuracy_score(labels[keep], predicted[keep])) if keep.any() else None,
+           "accuracy": float((predicted == labels).mean())}
+    aucs = [roc_auc_score(labels == k, probs[:, k]) for k in scored if 0 < (labels == k).sum() < len(labels)]
+    out["auc_macro"] = float(np.mean(aucs)) if aucs else None
+    if "mel" in classes and counts[classes.index("mel")] >= MIN_IMAGES:
+        point = sensitivity_at_specificity(probs[:, classes.index("mel")], labels == classes.index("mel"), (0.8,),
+                                           n_bootstrap=0)
+        out["mel_sensitivity_at_80_specificity"] = point["sensitivity_at_80_specificity"]["value"]
+    return out
+
+
+def in_source(config: dict, out: Path, folds: int) -> pd.DataFrame:
+    """Out-of-fold probabilities of every image, from K-fold CV over all sources."""
+    folder = out / "in-source"
+    if not (folder / CV_FILE).is_file():
+        cv_config = json.loads(json.dumps(config))
+        cv_config["data"]["test_fraction"] = 0.0
+        cv_config["training"].update(folds=folds, ensemble=False)
+        train_folds(cv_config, folder, resume=folder.exists(), progress=sys.stderr.isatty())
+    split = pd.read_csv(folder / "split.csv", dtype={"image_id": str})
+    logits = np.load(folder / "out_of_fold_logits.npy")
+    labels = split["label"].to_numpy()
+    probs = calibrated_probabilities(logits, fit_temperature(logits, labels))
+    return split.assign(**{f"p{k}": probs[:, k] for k in range(probs.shape[1])})
+
+
+def out_of_source(config: dict, out: Path, source: str) -> pd.DataFrame:
+    folder = out / f"without-{source}"
+    if not (folder / "predictions.csv").is_file():
+        held_out = json.loads(json.dumps(config))
+        held_out["data"]["test_sources"] = [source]
+        held_out["training"]["folds"] = 1
+        held_out["evaluation"]["n_bootstrap"] = 0
+        train(held_out, folder, resume=(folder / "checkpoints" / "last.ckpt").is_file(),
+              progress=sys.stderr.isatty())
+    return pd.read_csv(folder / "predictions.csv", dtype={"image_id": str})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--data", required=True, help="a data set whose images carry their source (HAM10000)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--folds", type=int, default=5, help="folds of the in-source cross-validation")
+    parser.add_argument("--sources", nargs="*", help="default: every source of the data")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    config = load_config(resolve_config_path(args.config), [f"data.path={args.data}", *args.set,
+                                                           "training.ensemble=false"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    inside = in_source(config, args.out, args.folds)
+    metadata = pd.read_csv(Path(args.data) / "HAM10000_metadata.csv", dtype={"image_id": str})
+    source_of = dict(zip(metadata["image_id"], metadata["dataset"]))
+    inside["source"] = inside["image_id"].map(source_of)
+    classes = list(config["data"]["classes"]) if isinstance(config["data"]["classes"], list) else \
+        ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    rows = []
+    for source in args.sources or sorted(inside["source"].dropna().unique()):
+        outside = out_of_source(config, args.out, source)
+        mine = inside[inside["source"] == source].set_index("image_id").loc[outside["image_id"]]
+        labels = mine["label"].to_numpy()
+        in_probs = mine[[f"p{k}" for k in range(len(classes))]].to_numpy()
+        out_probs = outside[[f"p_{code}" for code in classes]].to_numpy()
+        row = {"source": source, "in_source": scores(in_probs, labels, classes),
+               "out_of_source": scores(out_probs, labels, classes)}
+        a, b = row["in_source"]["balanced_accuracy"], row["out_of_source"]["balanced_accuracy"]
+        row["balanced_accuracy_gap"] = None if a is None or b is None else b - a
+        rows.append(row)
+        atomic_write_json(args.out / "generalisation.json", {"rows": rows, "min_images": MIN_IMAGES,
+                                                              "minutes": round((time.perf_counter() - started) / 60, 1)})
+    atomic_write_text(args.out / "generalisation.md", markdown(rows, argv if argv is not None else sys.argv[1:]))
+    print((args.out / "generalisation.md").read_text())
+    return 0
+
+
+def markdown(rows: list[dict], argv: list[str]) -> str:
+    def cell(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = ["`python scripts/source_generalisation.py " + " ".join(argv) + "`", "",
+             f"Scored on each source's own images, over the classes it has at least {MIN_IMAGES} images of.", "",
+             "| held-out source | images | classes scored | bal. acc. in-source | bal. acc. out-of-source | gap | "
+             "macro AUC in / out | mel sens. @80% spec. in / out |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        a, b = row["in_source"], row["out_of_source"]
+        lines.append(f"| {row['source']} | {a['images']} | {', '.join(a['classes_scored'])} | "
+                     f"{cell(a['balanced_accuracy'])} | {cell(b['balanced_accuracy'])} | "
+                     f"{cell(row['balanced_accuracy_gap'])} | {cell(a['auc_macro'])} / {cell(b['auc_macro'])} | "
+                     f"{cell(a.get('mel_sensitivity_at_80_specificity'))} / "
+                     f"{cell(b.get('mel_sensitivity_at_80_specificity'))} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
