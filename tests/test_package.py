@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,19 +23,20 @@ from dermalens.config import load_config
 from dermalens.inference.load import load_predictor
 from dermalens.inference.onnx_predictor import OnnxPredictor, read_onnx_metadata
 from dermalens.inference.predictor import Predictor, read_rgb_image
-from dermalens.models.checkpoint import CheckpointError, load_classifier, read_calibration
-from dermalens.models.package import (
+from dermalens.models.checkpoint import TRUST_VARIABLE, CheckpointError, load_classifier, read_calibration
+from dermalens.models.hub import push_to_hub
+from dermalens.models.package import write_sums
+from dermalens.models.package_folder import staged_folder
+from dermalens.models.package_loader import from_pretrained, load_package
+from dermalens.models.package_reader import (
     CARD_FILE,
     CONFIG_FILE,
     ONNX_FILE,
+    PACKAGE_FORMAT,
     SUMS_FILE,
     WEIGHTS_FILE,
     PackageError,
-    from_pretrained,
-    load_package,
-    push_to_hub,
-    staged_folder,
-    write_sums,
+    read_package_config,
 )
 from dermalens.training.run import train
 
@@ -43,6 +46,7 @@ TINY_HAM_RUN = ["data.format=ham10000", "training.max_epochs=1", "training.limit
                 "model.image_size=64", "model.pretrained=auto", "evaluation.n_bootstrap=20", "evaluation.tta=false",
                 "training.progress_bar=false", "data.cache_dir=null"]
 PACKAGE_FILES = {CONFIG_FILE, WEIGHTS_FILE, ONNX_FILE, CARD_FILE, SUMS_FILE}
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -214,7 +218,7 @@ def test_model_card_states_licence_disclaimer_split_metrics_and_limits(package, 
     assert RESEARCH_DISCLAIMER in card
     assert "grouped by lesion_id" in card
     low, high = config["test_metrics"]["ci95"]["balanced_accuracy"]
-    assert f"{config['test_metrics']['balanced_accuracy']:.3f} | {low:.3f}-{high:.3f}" in card
+    assert f"{config['test_metrics']['balanced_accuracy']:.3f} | {low:.3f} – {high:.3f}" in card
     assert f"T = {config['temperature']:.3f}" in card and "Expected calibration error" in card
     for limit in ("Dermoscopy images only", "no squamous cell carcinoma", "Vienna", "Queensland",
                   "lighter skin types"):
@@ -267,15 +271,18 @@ def unpickling_warnings(load, *args) -> list[str]:
     return [str(w.message) for w in caught if "unpickling" in str(w.message)]
 
 
-def test_checkpoints_load_weights_only_and_full_unpickling_is_announced_once(checkpoint, tmp_path):
+def test_checkpoints_load_weights_only_and_full_unpickling_needs_the_opt_in(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.delenv(TRUST_VARIABLE, raising=False)
     assert unpickling_warnings(load_classifier, checkpoint) == []   # a dermalens checkpoint is plain data
     older = tmp_path / "older.ckpt"
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
     stored["hyper_parameters"] = argparse.Namespace(lr=1e-3)   # what older Lightning checkpoints held
     torch.save(stored, older)
-    [warning] = unpickling_warnings(load_classifier, older)
+    with pytest.raises(CheckpointError, match=f"argparse.Namespace.*{TRUST_VARIABLE}=1"):
+        load_classifier(older)                                    # refused, not loaded after a warning
+    [warning] = unpickling_warnings(load_classifier, older, "cpu", True)
     assert "argparse.Namespace" in warning and "can run any code" in warning
-    assert unpickling_warnings(load_classifier, older) == []       # once per file
+    assert unpickling_warnings(load_classifier, older, "cpu", True) == []       # once per file
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
 
@@ -336,14 +343,132 @@ def test_push_to_hub_uploads_the_package_with_its_card_as_readme(package, tmp_pa
     assert len(uploads) == 1                           # nothing damaged is published
 
 
+def fake_package(folder: Path, marker: str) -> Path:
+    """A folder that is a dermalens package by its config.json (enough for the swap, not for loading)."""
+    folder.mkdir(parents=True)
+    (folder / CONFIG_FILE).write_text(json.dumps({"format": PACKAGE_FORMAT, "marker": marker}))
+    return folder
+
+
+def marker_of(folder: Path) -> str:
+    return json.loads((folder / CONFIG_FILE).read_text())["marker"]
+
+
 def test_overwrite_replaces_a_package_whole_and_a_failure_keeps_the_old_one(tmp_path):
-    out = tmp_path / "model"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    out = fake_package(tmp_path / "model", "old")
     with pytest.raises(RuntimeError), staged_folder(out, overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
         raise RuntimeError("export failed")
-    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in out.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and marker_of(out) == "old"
     with staged_folder(out, overwrite=True) as staging:
-        (staging / "new.txt").write_text("new")
-    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in out.iterdir()] == ["new.txt"]
+        (staging / CONFIG_FILE).write_text(json.dumps({"format": PACKAGE_FORMAT, "marker": "new"}))
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and marker_of(out) == "new"
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_package(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(PackageError, match="is not a dermalens model package"):
+        with staged_folder(out, overwrite=True):
+            raise AssertionError("never reached: nothing is built for a target that may not be replaced")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and [p.name for p in tmp_path.iterdir()] == ["notes"]
+
+
+def test_package_overwrite_never_deletes_the_run(run_dir, capsys):
+    before = sorted(p.relative_to(run_dir.parent) for p in run_dir.rglob("*"))
+    for out in (run_dir, run_dir.parent, run_dir / "checkpoints"):
+        assert main(["package", str(run_dir), "--out", str(out), "--overwrite"]) == 2
+        error = capsys.readouterr().err
+        assert "--overwrite" in error and ("run folder" in error or "holds" in error or "not a dermalens" in error)
+    assert sorted(p.relative_to(run_dir.parent) for p in run_dir.rglob("*")) == before
+
+
+KILLED_SWAP = """
+import os, sys
+from pathlib import Path
+from dermalens.models import package_folder
+where = sys.argv[2]
+if where == "before the swap":
+    package_folder._exchange = lambda a, b: os._exit(9)
+    package_folder.os.replace = lambda a, b: os._exit(9)
+elif where == "after the swap":
+    package_folder.shutil.rmtree = lambda *a, **k: os._exit(9)
+elif where == "between the renames":   # a system without the atomic swap
+    package_folder._exchange = lambda a, b: False
+    real_replace, calls = os.replace, []
+    def replace(a, b):
+        calls.append(a)
+        if len(calls) == 2:
+            os._exit(9)
+        real_replace(a, b)
+    package_folder.os.replace = replace
+with package_folder.staged_folder(Path(sys.argv[1]), overwrite=True) as staging:
+    (staging / "config.json").write_text('{"format": "dermalens-model-package", "marker": "new"}')
+"""
+
+
+@pytest.mark.parametrize("where", ["before the swap", "after the swap", "between the renames"])
+def test_a_kill_during_the_swap_leaves_a_usable_package(tmp_path, where):
+    out = fake_package(tmp_path / "model", "old")
+    killed = subprocess.run([sys.executable, "-c", KILLED_SWAP, str(out), where], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}, timeout=120)
+    assert killed.returncode == 9, killed.stderr
+    if where == "between the renames":   # no folder until the next `package` puts the old one back
+        assert not out.exists()
+        with staged_folder(out, overwrite=True) as staging:
+            assert marker_of(out) == "old"
+            (staging / CONFIG_FILE).write_text(json.dumps({"format": PACKAGE_FORMAT, "marker": "newer"}))
+        assert marker_of(out) == "newer"
+    else:
+        assert marker_of(out) == ("old" if where == "before the swap" else "new")
+        with staged_folder(out, overwrite=True) as staging:   # the next run clears what the kill left
+            (staging / CONFIG_FILE).write_text(json.dumps({"format": PACKAGE_FORMAT, "marker": "newer"}))
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and marker_of(out) == "newer"
+
+
+def test_staging_folders_of_a_stopped_package_are_removed_and_running_ones_kept(tmp_path, caplog):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone_pid = int(finished.stdout)           # a process that has ended, as a killed `package` has
+    out = tmp_path / "model"
+    stale = tmp_path / f".model.{gone_pid}.0a1b2c.tmp"
+    running = tmp_path / f".model.{os.getpid()}.3d4e5f.tmp"   # this process still runs
+    foreign = tmp_path / ".model.tmp"                          # not our naming: never touched
+    for folder in (stale, running, foreign):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 100)
+    with staged_folder(out) as staging:
+        (staging / CONFIG_FILE).write_text("{}")
+    assert not stale.exists() and running.exists() and foreign.exists() and out.is_dir()
+    assert str(stale) in caplog.text and str(running) in caplog.text   # what was removed, what was left, said
+
+
+def test_sha256sums_must_list_every_file_model_onnx_included(package, tmp_path):
+    copy = tmp_path / "unlisted-onnx"
+    shutil.copytree(package, copy)
+    sums = [line for line in (copy / SUMS_FILE).read_text().splitlines() if not line.endswith(ONNX_FILE)]
+    (copy / SUMS_FILE).write_text("\n".join(sums) + "\n")    # model.onnx may now be anything
+    with pytest.raises(PackageError, match=f"{ONNX_FILE} in .* is not listed in {SUMS_FILE}"):
+        load_predictor(copy)
+    with pytest.raises(PackageError, match="not listed"):
+        read_package_config(copy)
+    (copy / "README.md").write_text("the Hub's copy of the card")   # what a Hub download adds: allowed
+    write_sums(copy)
+    (copy / "README.md").write_text("the Hub's copy of the card")
+    assert read_package_config(copy)["format"] == PACKAGE_FORMAT
+
+
+def test_a_hub_backbone_in_a_package_is_refused_without_asking_timm(package, tmp_path, monkeypatch):
+    import timm
+
+    copy = tmp_path / "hub-backbone"
+    shutil.copytree(package, copy)
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    config["architecture"]["backbone"] = "hf-hub:someone/remote-model"
+    (copy / CONFIG_FILE).write_text(json.dumps(config))
+    write_sums(copy)
+    asked = []
+    monkeypatch.setattr(timm, "create_model", lambda *args, **kwargs: asked.append(args) or 1 / 0)
+    with pytest.raises(PackageError, match="hf-hub:someone/remote-model.*Hugging Face Hub"):
+        load_package(copy)
+    assert asked == []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -10,8 +11,9 @@ import pytest
 import timm
 from huggingface_hub import constants
 
-from dermalens.models import weights
-from dermalens.models.weights import PretrainedWeightsWarning, hub_offline_if_unreachable, load_pretrained_backbone
+from dermalens.models import hub
+from dermalens.models.hub import hub_offline_if_unreachable
+from dermalens.models.weights import PretrainedWeightsWarning, load_pretrained_backbone
 
 # The smallest timm model with weights on the hub: pretrained=True really goes to the hub for it.
 HUB_MODEL = "test_efficientnet.r160_in1k"
@@ -31,7 +33,7 @@ def hub_setting_unset(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.setattr(weights, "_hub_reachable", None)
+    monkeypatch.setattr(hub, "_hub_reachable", None)
     return monkeypatch
 
 
@@ -57,13 +59,13 @@ def _closed_port() -> int:
 def test_unreachable_hub_goes_offline_fast_and_falls_back_to_random_weights(no_network, caplog):
     backbone = timm.create_model(HUB_MODEL, pretrained=False, num_classes=0, global_pool="")
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger=weights.__name__):
+    with caplog.at_level(logging.INFO, logger=hub.__name__):
         with pytest.warns(PretrainedWeightsWarning, match="NO PRETRAINED WEIGHTS"):
             source = load_pretrained_backbone(backbone, HUB_MODEL, "timm")
     elapsed = time.monotonic() - started
     assert source == "random (no pretrained weights available)"
     assert elapsed < 10, f"took {elapsed:.1f} s: the hub was retried instead of skipped"
-    assert weights.os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert constants.HF_HUB_OFFLINE is True and constants.is_offline_mode()
     assert no_network[0] == ("huggingface.co", 443)
     offline_lines = [r for r in caplog.records if r.levelno == logging.INFO and "HF_HUB_OFFLINE=1" in r.getMessage()]
@@ -79,8 +81,8 @@ def test_explicit_hf_hub_offline_0_is_obeyed_without_a_probe(no_network, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert hub_offline_if_unreachable() is False
     assert no_network == []
-    assert weights.os.environ["HF_HUB_OFFLINE"] == "0" and constants.HF_HUB_OFFLINE is False
-    assert weights._hub_reachable is None     # nothing decided, nothing cached
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and constants.HF_HUB_OFFLINE is False
+    assert hub._hub_reachable is None     # nothing decided, nothing cached
 
 
 @pytest.mark.parametrize("variable, value", [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")])
@@ -96,7 +98,7 @@ def test_endpoint_on_a_closed_port_is_offline(hub_setting_unset):
     started = time.monotonic()
     assert hub_offline_if_unreachable() is True
     assert time.monotonic() - started < 3
-    assert weights.os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE is True
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE is True
 
 
 def test_reachable_endpoint_stays_online(hub_setting_unset, caplog):
@@ -104,11 +106,11 @@ def test_reachable_endpoint_stays_online(hub_setting_unset, caplog):
         server.bind(("127.0.0.1", 0))
         server.listen()
         hub_setting_unset.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        with caplog.at_level(logging.INFO, logger=weights.__name__):
+        with caplog.at_level(logging.INFO, logger=hub.__name__):
             assert hub_offline_if_unreachable() is False
-    assert "HF_HUB_OFFLINE" not in weights.os.environ and constants.HF_HUB_OFFLINE is False
+    assert "HF_HUB_OFFLINE" not in os.environ and constants.HF_HUB_OFFLINE is False
     assert not [r for r in caplog.records if "HF_HUB_OFFLINE" in r.getMessage()]
-    assert weights._hub_reachable is True
+    assert hub._hub_reachable is True
 
 
 def test_a_hanging_lookup_is_cut_off_at_the_timeout(hub_setting_unset):
@@ -125,7 +127,7 @@ def test_a_hanging_lookup_is_cut_off_at_the_timeout(hub_setting_unset):
         assert time.monotonic() - started < 2
     finally:
         release.set()
-    assert weights.os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
 def test_the_probe_goes_to_the_proxy_when_one_is_set(no_network, monkeypatch):
@@ -133,4 +135,4 @@ def test_the_probe_goes_to_the_proxy_when_one_is_set(no_network, monkeypatch):
     assert hub_offline_if_unreachable() is True
     assert no_network == [("proxy.example", 3128)]
     monkeypatch.setenv("NO_PROXY", "huggingface.co")
-    assert weights.hub_probe_address() == ("huggingface.co", 443)
+    assert hub.hub_probe_address() == ("huggingface.co", 443)

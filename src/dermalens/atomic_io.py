@@ -7,17 +7,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "to_jsonable"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_sha256", "fsync_directory",
+           "new_temp_file", "to_jsonable"]
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible on Windows.
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename in `directory` durable (POSIX); directories cannot be opened this way on Windows."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -30,23 +31,37 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def new_temp_file(directory: Path, prefix: str, suffix: str = ".tmp") -> tuple[int, Path]:
+    """A new, empty file with a random name in `directory`, opened for writing: (fd, path).
+
+    Unlike mkstemp (always 0600) its mode is 0666 less the user's umask, what
+    a plain open() gives: a report written here is as readable as any other
+    file the user makes, no more (umask 077 keeps it private), no less.
+    """
+    for _ in range(100):
+        path = directory / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {directory}")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder as the target: os.replace is only atomic within a filesystem.
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temp = new_temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; reports are meant to be shared.
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
+        os.replace(temp, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return path
 
 

@@ -30,7 +30,9 @@ def add_subcommand(subparsers) -> None:
 
 def run(args) -> int:
     from ..inference.package_export import onnx_writer
-    from ..models.package import ONNX_FILE, WEIGHTS_FILE, package_run, push_to_hub
+    from ..models.hub import push_to_hub
+    from ..models.package import package_run
+    from ..models.package_reader import ONNX_FILE, WEIGHTS_FILE
 
     folder = package_run(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite,
                          export_onnx=onnx_writer(args.exporter, args.parity_images, args.parity_count))

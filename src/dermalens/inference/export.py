@@ -305,7 +305,8 @@ def default_output(checkpoint: Path, quantize: str | None) -> Path:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, **options) -> ExportResult:
     """Export a dermalens checkpoint or model package folder; options as for `export_model`."""
-    from ..models.package import WEIGHTS_FILE, is_package, load_package
+    from ..models.package_loader import load_package
+    from ..models.package_reader import WEIGHTS_FILE, is_package
 
     checkpoint = Path(checkpoint)
     if is_package(checkpoint):

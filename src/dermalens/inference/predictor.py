@@ -93,7 +93,8 @@ class Predictor:
 
         tta None: as calibrated (the temperature was fitted for one predictor, with or without flips).
         """
-        from ..models.package import is_package, load_package
+        from ..models.package_loader import load_package
+        from ..models.package_reader import is_package
 
         if is_package(path):
             model, meta = load_package(path, device)

