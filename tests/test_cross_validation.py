@@ -104,3 +104,32 @@ def test_the_decision_rule_is_fitted_out_of_fold_and_travels_with_the_model(cros
     for prediction, row in zip(torch_predictor.predict(images), probs):
         expected = torch_predictor.decision.decide(row[None])[0]
         assert prediction.predicted_class == torch_predictor.classes[expected]
+
+
+def test_the_ensemble_and_its_rule_travel_through_the_package_and_the_server(cross_validated_run: Path, tmp_path,
+                                                                              sample_dir: Path):
+    import io
+
+    from dermalens.inference.load import load_predictor
+    from dermalens.serving.app import create_app
+
+    checkpoint = cross_validated_run / "checkpoints" / "best.ckpt"
+    rule = Predictor.from_checkpoint(checkpoint).decision
+    package = tmp_path / "package"
+    assert main(["package", str(cross_validated_run), "--out", str(package)]) == 0
+    config = json.loads((package / "config.json").read_text())
+    assert config["ensemble"]["members"] == 2 and config["decision"]["class_bias"] == rule.class_bias
+    images = [np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8) for i in range(4)]
+    expected = Predictor.from_checkpoint(checkpoint).predict_arrays(images)
+    for runtime in ("pytorch", "onnxruntime"):
+        predictor = load_predictor(package, runtime=runtime)
+        assert predictor.decision.class_bias == rule.class_bias
+        np.testing.assert_allclose(predictor.predict_arrays(images), expected, atol=1e-4)
+
+    # The server answers with the rule's class, the most probable class beside it.
+    photo = sorted(sample_dir.glob("ISIC_*.jpg"))[0]
+    answer = create_app(checkpoint).test_client().post(
+        "/api/predict", data={"image": (io.BytesIO(photo.read_bytes()), "lesion.jpg")}).get_json()
+    probabilities = np.array([answer["probabilities"][code] for code in rule.classes])
+    assert answer["predicted_class"] == rule.classes[rule.decide(probabilities[None])[0]]
+    assert answer["top_class"] == max(answer["probabilities"], key=answer["probabilities"].get)

@@ -191,6 +191,12 @@ def build_config(meta: dict, calibration: dict, checkpoint: Path, run_config: di
         "temperature": float(calibration["temperature"]),
         "tta": bool(calibration["tta"]),
         "calibration_fitted_on": calibration.get("fitted_on"),
+        # The class reported: inference.postprocess.DecisionRule (per-class biases, melanoma operating point).
+        "decision": calibration.get("decision"),
+        # An ensemble of fold models (models/ensemble.py): how many, and whether they share a frozen trunk.
+        "ensemble": ({"members": meta["ensemble"]["members"],
+                      "shared_trunk_stages": meta["ensemble"].get("shared_trunk_stages", 0)}
+                     if meta.get("ensemble") else None),
         "val_metrics": dict(meta.get("val_metrics") or {}),
         "test_metrics": test_metrics,
         "training": {

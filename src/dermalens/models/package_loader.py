@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .classifier import LesionClassifier, ModelConfig, create_classifier
+from .ensemble import build_ensemble
 from .hub import download_package
 from .package_reader import CONFIG_FILE, WEIGHTS_FILE, PackageError, package_metadata, read_package_config
 
@@ -38,7 +39,9 @@ def load_package(folder: str | Path, device: str | torch.device = "cpu") -> tupl
         architecture = ModelConfig(**config["architecture"])
     except (TypeError, KeyError) as error:
         raise PackageError(f"{folder / CONFIG_FILE}: unusable architecture ({error})") from None
-    model = create_classifier(architecture, load_pretrained=False)
+    # An ensemble of fold models is one package too (models/ensemble.py).
+    model = (build_ensemble(architecture, config["ensemble"]) if config.get("ensemble")
+             else create_classifier(architecture, load_pretrained=False))
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
         model.load_state_dict(state, strict=True)

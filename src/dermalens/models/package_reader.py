@@ -147,7 +147,8 @@ def package_metadata(folder: Path, config: dict) -> dict:
         "test_metrics": config.get("test_metrics"),
         "epoch": (config.get("training") or {}).get("epoch"),
         "calibration": {"temperature": float(config.get("temperature", 1.0)), "tta": bool(config.get("tta", False)),
-                        "fitted_on": config.get("calibration_fitted_on")},
+                        "fitted_on": config.get("calibration_fitted_on"), "decision": config.get("decision")},
+        "ensemble": config.get("ensemble"),
         "checkpoint": str(folder),     # what the model was loaded from (shown by serve)
         "package": str(folder),
     }
