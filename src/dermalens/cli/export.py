@@ -19,9 +19,13 @@ def add_subcommand(subparsers) -> None:
         epilog="example: dermalens export runs/x/checkpoints/best.ckpt --quantize int8",
         description="Export a checkpoint to ONNX with its classes and preprocessing as metadata. The export is "
                     "compared with PyTorch on real images and only kept if the probabilities agree.")
-    p.add_argument("checkpoint", help="dermalens checkpoint (.ckpt) or model package folder")
+    p.add_argument("checkpoint", help="dermalens checkpoint (.ckpt), model package folder, or a package on the "
+                                      "Hugging Face Hub: hf-hub:user/repo[@revision]")
     p.add_argument("--out", help="output file (default: <checkpoint stem>.onnx beside it, which `dermalens predict "
                                  "--model <ckpt>` then uses; .int8.onnx with --quantize int8)")
+    p.add_argument("--web", metavar="OUT", help="instead: write a static web page into the folder OUT that runs the "
+                   "model in the browser (ONNX Runtime Web; the photo never leaves the device; open OUT/index.html "
+                   "from disk or put OUT on any static host)")
     p.add_argument("--quantize", choices=["int8"], help="write an int8 model (accuracy changes: measure it)")
     p.add_argument("--quantize-method", choices=QUANTIZE_METHODS, default=DEFAULT_QUANTIZE_METHOD,
                    help="static: activation ranges calibrated on training images (default)")
@@ -41,11 +45,30 @@ def add_subcommand(subparsers) -> None:
 
 def run(args) -> int:
     from ..inference.export_job import describe_export, export_with_calibration
+    from ..models.hub_reference import is_hub_reference, resolve_model_reference
 
+    if is_hub_reference(args.checkpoint) and not args.out:   # never write into the Hugging Face cache
+        args.out = f"{args.checkpoint.partition('@')[0].rsplit('/', 1)[-1]}.onnx"
+    args.checkpoint = resolve_model_reference(args.checkpoint)
+    if args.web:
+        return write_page(args)
     result = export_with_calibration(
         args.checkpoint, args.out, quantize=args.quantize, quantize_method=args.quantize_method,
         calibration_patterns=args.calibration_images, calibration_count=args.calibration_count,
         exporter=args.exporter, opset=args.opset, parity_images=args.parity_images,
         parity_count=args.parity_count, tolerance=args.tolerance)
     print(describe_export(result))
+    return 0
+
+
+def write_page(args) -> int:
+    from ..classes import RESEARCH_DISCLAIMER
+    from ..inference.web_export import write_web_bundle
+
+    bundle = write_web_bundle(args.checkpoint, args.web)
+    print(f"wrote {bundle.path}/index.html: {bundle.record['model']['name']} in the browser "
+          f"({bundle.served_bytes / 1e6:.1f} MB loaded from a static host, {bundle.file_bytes / 1e6:.1f} MB from "
+          f"disk; ONNX Runtime Web {bundle.record['runtime']['version']})")
+    print(f"open it from disk, or serve it: python3 -m http.server --directory {bundle.path} 8000")
+    print(RESEARCH_DISCLAIMER)
     return 0

@@ -22,8 +22,8 @@ def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("predict", help="class probabilities for image files, folders or glob patterns",
                               epilog="example: dermalens predict --model runs/x/checkpoints/best.ckpt photos/ "
                                      "-f isic2018 -o submission.csv")
-    p.add_argument("--model", required=True, help="checkpoint (.ckpt), model package folder (dermalens package) "
-                   "or exported model (.onnx)")
+    p.add_argument("--model", required=True, help="checkpoint (.ckpt), model package folder (dermalens package), "
+                   "exported model (.onnx), or a package on the Hugging Face Hub: hf-hub:user/repo[@revision]")
     p.add_argument("images", nargs="+", help="image files, folders (their images) or glob patterns ('x/*.jpg')")
     p.add_argument("--top-k", type=positive_int, default=DEFAULT_TOP_K,
                    help=f"classes listed per image, most probable first (table, csv, json; default {DEFAULT_TOP_K}; "
@@ -41,7 +41,9 @@ def add_subcommand(subparsers) -> None:
 
 def run(args) -> int:
     from ..inference.batch_predict import predict_images
+    from ..models.hub_reference import resolve_model_reference
 
+    args.model = resolve_model_reference(args.model)
     result = predict_images(args.model, args.images, top_k=args.top_k, output_format=args.output_format,
                             batch_size=args.batch_size, tta=args.tta, runtime=args.runtime,
                             progress=sys.stderr.isatty())

@@ -17,7 +17,8 @@ def add_subcommand(subparsers) -> None:
                               epilog=f"example: dermalens serve --model runs/x/checkpoints/best.ckpt --port {DEFAULT_PORT}")
     p.add_argument("--model", required=True,
                    help="checkpoint (.ckpt; predictions through its ONNX export when one is beside it), or an "
-                        "exported model (.onnx) alone: predictions without PyTorch, no explanations")
+                        "exported model (.onnx) alone: predictions without PyTorch, no explanations; or a model "
+                        "package, also on the Hugging Face Hub: hf-hub:user/repo[@revision]")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
     p.add_argument("--threads", type=int, default=None,
@@ -51,8 +52,10 @@ def add_subcommand(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..models.hub_reference import resolve_model_reference
     from ..serving.launch import serve
 
+    args.model = resolve_model_reference(args.model)
     try:
         limits = Limits(args.predict_slots, args.predict_queue, args.explain_slots, args.explain_queue,
                         args.queue_timeout, args.explain_timeout)
