@@ -51,12 +51,13 @@ from ..evaluation.evaluate import evaluate_checkpoint
 from ..hardware import resolve_precision
 from ..inference.load import load_predictor, logits_for_images
 from ..models.checkpoint import CHECKPOINT_KEY, read_checkpoint_metadata
+from .activation_data import ActivationDataModule
 from .calibrate import calibrate
 from .checkpoint_io import AtomicCheckpointIO
 from .distributed import shared_run_dir
 from .ema import EMAWithWarmup
 from .errors import TrainingInterrupted
-from .frozen_trunk import ActivationDataModule, TrunkActivations, TrunkSpec
+from .frozen_trunk import TrunkActivations, TrunkSpec
 from .module import LesionClassifierModule
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,142 @@
+"""The data of trunk-cached training: samples are (activations of one view, label), not images.
+
+`ActivationDataModule` is `LesionDataModule`'s counterpart for
+`training/frozen_trunk.py`: the same sampling settings (class-balanced with
+the sampler's power, or shuffled), a view drawn per sample from the cached
+ones (`ViewSampler`, seeded by epoch), and validation on the flip views,
+whose logits the module averages (test-time augmentation).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import SamplerSection, TrainingSection
+from ..data.sampler import ClassBalancedSampler
+from .frozen_trunk import FLIP_VIEWS, TrunkActivations
+
+
+class ViewSampler(Sampler[int]):
+    """Draws rows as `rows_sampler` does and a random view for each draw: yields position * views + view."""
+
+    def __init__(self, rows_sampler: Sampler[int], views: int, seed: int):
+        self.rows_sampler = rows_sampler
+        self.views = views
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.rows_sampler, "set_epoch"):
+            self.rows_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows_sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        positions = list(iter(self.rows_sampler))
+        rng = np.random.default_rng([self.seed, 104_729, self.epoch])
+        self.epoch += 1
+        chosen = rng.integers(0, self.views, size=len(positions))
+        return iter((np.asarray(positions, dtype=np.int64) * self.views + chosen).tolist())
+
+
+class ActivationViews(Dataset):
+    """Index position * views + view -> (that view's activations as float32, label)."""
+
+    def __init__(self, activations: TrunkActivations, rows: np.ndarray, labels: np.ndarray):
+        self.activations = activations
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = labels
+        self.views = activations.spec.views
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.views
+
+    def __getitem__(self, index: int):
+        position, view = divmod(int(index), self.views)
+        row = self.rows[position]
+        return torch.from_numpy(np.asarray(self.activations.array[row, view], dtype=np.float32)), int(self.labels[row])
+
+
+class ActivationTTA(Dataset):
+    """Row -> (its `views`' activations stacked, (V, C, H, W) float32, label): the model averages their logits."""
+
+    def __init__(self, activations: TrunkActivations, rows: np.ndarray, labels: np.ndarray, views: Sequence[int]):
+        self.activations = activations
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = labels
+        self.views = list(views)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        row = self.rows[index]
+        stacked = np.asarray(self.activations.array[row][self.views], dtype=np.float32)
+        return torch.from_numpy(stacked), int(self.labels[row])
+
+
+class ActivationDataModule(L.LightningDataModule):
+    """Train / val loaders over trunk activations, with the same sampling settings as `LesionDataModule`."""
+
+    def __init__(self, activations: TrunkActivations, labels: np.ndarray, split: np.ndarray, *,
+                 sampler: SamplerSection, training: TrainingSection, seed: int, tta: bool = True):
+        super().__init__()
+        self.activations = activations
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.split = np.asarray(split)
+        self.sampler_settings = sampler
+        self.training_settings = training
+        self.seed = seed
+        self.eval_views = list(range(FLIP_VIEWS)) if tta else [0]
+        train_rows, val_rows = self.rows("train"), self.rows("val")
+        activations.ensure(train_rows, range(activations.spec.views))
+        activations.ensure(val_rows, self.eval_views)
+
+    def rows(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split == name)
+
+    def reseed_augmentation(self, epoch: int) -> None:
+        """The view drawn for each sample is a function of (seed, epoch), as augmentation is in `LesionDataModule`."""
+        self._epoch = epoch
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self.rows("train")
+        settings = self.sampler_settings
+        if settings.balanced:
+            row_sampler = ClassBalancedSampler(self.labels[rows], settings.samples_per_class, seed=self.seed,
+                                               power=settings.power)
+        else:
+            row_sampler = _Shuffled(len(rows), self.seed)
+        row_sampler.set_epoch(getattr(self, "_epoch", 0))
+        sampler = ViewSampler(row_sampler, self.activations.spec.views, self.seed)
+        sampler.set_epoch(getattr(self, "_epoch", 0))
+        return DataLoader(ActivationViews(self.activations, rows, self.labels), sampler=sampler,
+                          batch_size=self.training_settings.batch_size, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(ActivationTTA(self.activations, self.rows("val"), self.labels, self.eval_views),
+                          batch_size=self.training_settings.eval_batch_size, num_workers=0)
+
+
+class _Shuffled(Sampler[int]):
+    """A seeded permutation per epoch (the natural class mix)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        self.epoch += 1
+        return iter(order.tolist())
