@@ -158,7 +158,9 @@ def web_record(predictor: OnnxPredictor, decision: dict | None, model_sha256: st
         "top_k": top_k,
         "model": {"name": f"{backbone} + CBAM" if model_config.get("cbam") else backbone,
                   "version": meta.get("version"), "epoch": meta.get("epoch"),
-                  "checkpoint": meta.get("checkpoint"), "weights_source": meta.get("weights_source"),
+                  # The file's name only: a page is shared, and a folder of the training machine says nothing.
+                  "checkpoint": Path(meta["checkpoint"]).name if meta.get("checkpoint") else None,
+                  "weights_source": meta.get("weights_source"),
                   "val_metrics": {k.removeprefix("val/"): float(v) for k, v in metrics.items()}},
         "runtime": {"package": "onnxruntime-web", "version": pinned_version(), "wasm": RUNTIME_FILES[2],
                     "glue": RUNTIME_FILES[1]},
