@@ -38,6 +38,7 @@ from dermalens.config import load_config
 from dermalens.config_files import resolve_config_path
 from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import sensitivity_at_specificity
+from dermalens.evaluation.plots import plot_source_generalisation
 from dermalens.inference.postprocess import calibrated_probabilities
 from dermalens.training.cross_validation import CV_FILE, train_folds
 from dermalens.training.run import train
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.out / "generalisation.json", {"rows": rows, "min_images": MIN_IMAGES,
                                                               "minutes": round((time.perf_counter() - started) / 60, 1)})
     atomic_write_text(args.out / "generalisation.md", markdown(rows, argv if argv is not None else sys.argv[1:]))
+    plot_source_generalisation(rows, args.out / "generalisation.png")
     print((args.out / "generalisation.md").read_text())
     return 0
 

@@ -25,6 +25,8 @@ from dermalens.evaluation.metrics import expected_calibration_error, reliability
 
 __all__ = [
     "plot_confusion_matrix",
+    "plot_fold_metrics",
+    "plot_source_generalisation",
     "plot_reliability_diagram",
     "plot_precision_recall_curves",
     "plot_roc_curves",
@@ -251,4 +253,50 @@ def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    return _save(figure, path)
+
+
+def plot_fold_metrics(per_fold: Sequence[dict], pooled: dict, metrics: Sequence[tuple[str, str]],
+                      path: str | os.PathLike, title: str = "Cross-validation") -> Path:
+    """One column per metric: each fold's value (dots), their mean +- sd (bar), the pooled out-of-fold value (x).
+
+    per_fold: dicts with the metric keys; pooled: the same keys over all out-of-fold predictions;
+    metrics: (key, label) pairs. Shows how much a figure moves between folds, which one number hides.
+    """
+    figure = _new_figure(1.6 * len(metrics) + 3.0, 3.6)
+    axes = figure.add_subplot()
+    for column, (key, _) in enumerate(metrics):
+        values = np.array([fold[key] for fold in per_fold if fold.get(key) is not None], dtype=float)
+        if values.size:
+            axes.scatter(np.full(values.size, column) + np.linspace(-0.12, 0.12, values.size), values, s=18,
+                         color="tab:blue", zorder=3, label="fold" if column == 0 else None)
+            axes.errorbar(column + 0.25, values.mean(), yerr=values.std(ddof=1) if values.size > 1 else 0,
+                          fmt="s", color="black", capsize=4, label="mean ± sd" if column == 0 else None)
+        if pooled.get(key) is not None:
+            axes.scatter(column - 0.25, pooled[key], marker="x", s=40, color="tab:red", zorder=3,
+                         label="out-of-fold, pooled" if column == 0 else None)
+    axes.set_xticks(range(len(metrics)), [label for _, label in metrics])
+    axes.set_xlim(-0.6, len(metrics) - 0.4)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_title(title)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    return _save(figure, path)
+
+
+def plot_source_generalisation(rows: Sequence[dict], path: str | os.PathLike,
+                               key: str = "balanced_accuracy", label: str = "balanced accuracy") -> Path:
+    """Per held-out source: the in-source (out-of-fold) figure beside the out-of-source one."""
+    figure = _new_figure(1.4 * len(rows) + 2.0, 3.6)
+    axes = figure.add_subplot()
+    positions = np.arange(len(rows))
+    inside = [row["in_source"].get(key) or 0.0 for row in rows]
+    outside = [row["out_of_source"].get(key) or 0.0 for row in rows]
+    axes.bar(positions - 0.2, inside, width=0.4, label="in-source (trained with other lesions of it)")
+    axes.bar(positions + 0.2, outside, width=0.4, label="out-of-source (never trained on it)")
+    axes.set_xticks(positions, [row["source"] for row in rows])
+    axes.set_ylabel(label)
+    axes.set_ylim(0, 1)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_title(f"Leave-one-source-out: {label}")
+    axes.legend(loc="lower left", fontsize="small")
     return _save(figure, path)

@@ -41,6 +41,7 @@ from ..data.prepare import EXCLUDED, PreparedData, prepare_data, save_run_data
 from ..data.split import lesion_grouped_kfold
 from ..evaluation.evaluate import evaluate_checkpoint
 from ..evaluation.metrics import compute_classification_metrics, sensitivity_at_specificity
+from ..evaluation.plots import plot_fold_metrics
 from ..inference.postprocess import calibrated_probabilities
 from ..inference.predictor import predict_logits
 from ..models.checkpoint import CHECKPOINT_KEY, load_classifier
@@ -59,6 +60,8 @@ from .run import (
 log = logging.getLogger(__name__)
 CV_FILE = "cv.json"
 SUMMARY_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro", "mel_sensitivity_at_80_specificity")
+FIGURE_METRICS = (("balanced_accuracy", "bal. acc."), ("accuracy", "accuracy"), ("macro_f1", "macro F1"),
+                  ("auc_macro", "macro AUC"), ("mel_sensitivity_at_80_specificity", "mel sens.\n@80% spec."))
 
 
 @dataclass
@@ -257,6 +260,8 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                "trunk_seconds": round(activations.seconds_computing, 1) if activations else 0.0,
                "images": int(len(pool))}
     np.save(run_dir / "out_of_fold_logits.npy", oof_logits[pool])
+    plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / "figures" / "cross_validation.png",
+                      title=f"{folds}-fold cross-validation ({len(pool)} images)")
     result = CrossValidationResult(run_dir, fold_dirs, summary, train_seconds=train_seconds)
     if training.ensemble:
         best = build_ensemble_checkpoint(fold_checkpoints, run_dir / CHECKPOINTS / "best.ckpt",
