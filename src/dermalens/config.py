@@ -146,6 +146,9 @@ class TrainingSection:
     # augmentation draws per image, cached, and the rest trains on them (training/frozen_trunk.py); 0: no cache
     cached_views: int = setting(0)
     ema_decay: float | None = setting(None)             # an exponential moving average of the weights is kept
+    # mixup (Zhang et al. 2018) of the training inputs (images, or cached trunk activations: manifold
+    # mixup) with Beta(alpha, alpha) weights; 0: off
+    mixup_alpha: float = setting(0.0)
     # k-fold cross-validation over train + val (lesion-grouped): one model per fold, mean +- sd of the
     # metrics; with ensemble, the fold models are shipped as one model (the mean of their logits)
     folds: int = setting(1, positive=True)

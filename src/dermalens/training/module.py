@@ -6,6 +6,7 @@ import warnings
 from dataclasses import asdict
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAUROC, MulticlassStatScores
@@ -137,7 +138,16 @@ class LesionClassifierModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        loss = self.criterion(self(images), labels)
+        alpha = self.training_settings.mixup_alpha
+        if alpha > 0 and len(labels) > 1:
+            # Each sample mixed with another of the batch; the loss mixed in the same proportion. The
+            # weight comes from numpy's global stream, which ReseedEachEpoch seeds per epoch.
+            weight = float(np.random.beta(alpha, alpha))
+            partner = torch.from_numpy(np.random.permutation(len(labels))).to(labels.device)
+            logits = self(weight * images + (1 - weight) * images[partner])
+            loss = weight * self.criterion(logits, labels) + (1 - weight) * self.criterion(logits, labels[partner])
+        else:
+            loss = self.criterion(self(images), labels)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 

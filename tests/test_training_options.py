@@ -1,0 +1,62 @@
+"""The recipe's training options: cosine schedule with warm-up, EMA warm-up, mixup, precision auto."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dermalens.config import SchedulerSection
+from dermalens.hardware import resolve_precision
+from dermalens.training.ema import ema_with_warmup
+from dermalens.training.module import LesionClassifierModule, cosine_with_warmup
+
+pytestmark = pytest.mark.unit
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_floor_on_the_last_step():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = cosine_with_warmup(optimizer, total_steps=100, steps_per_epoch=10,
+                                  settings=SchedulerSection(name="cosine", warmup_epochs=1, min_lr=1e-5), base_lr=1e-3)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(1e-4)                  # warm-up starts at lr / 10
+    assert max(rates) == pytest.approx(1e-3, rel=1e-6) and int(np.argmax(rates)) == 10
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))   # then only decreases
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)  # the floor, at the end of the budget
+
+
+def test_ema_follows_the_model_closely_at_first_and_slowly_later():
+    update = ema_with_warmup(0.998)
+    average, current = torch.zeros(1), torch.ones(1)
+    assert float(update(average, current, 0)) == pytest.approx(0.9)        # decay (1+0)/(10+0) = 0.1
+    assert float(update(average, current, 10_000)) == pytest.approx(0.002)  # decay capped at 0.998
+
+
+def test_mixup_mixes_inputs_and_losses(monkeypatch):
+    settings = {"backbone": "tf_efficientnet_lite0", "image_size": 32, "pretrained": "none"}
+    module = LesionClassifierModule(settings, {"name": "cross_entropy"}, {}, {}, {"mixup_alpha": 0.4},
+                                    class_counts=[5] * 7, load_pretrained=False)
+    module.log = lambda *args, **kwargs: None
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    seen = []
+    monkeypatch.setattr(module, "forward", lambda x: (seen.append(x), torch.zeros(len(x), 7))[1])
+    np.random.seed(3)
+    loss = module.training_step((images, labels), 0)
+    np.random.seed(3)
+    weight, partner = np.random.beta(0.4, 0.4), np.random.permutation(4)
+    assert torch.allclose(seen[0], weight * images + (1 - weight) * images[partner], atol=1e-6)
+    assert float(loss) == pytest.approx(np.log(7), rel=1e-5)   # uniform logits: the same loss for any label
+
+
+def test_precision_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
+    import dermalens.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu", cuda_available=False) == "32-true"
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu", cuda_available=False) == "bf16-mixed"
+    assert resolve_precision("auto", "auto", cuda_available=True, cuda_bf16=False) == "16-mixed"
+    assert resolve_precision("32-true", "cpu", cuda_available=False) == "32-true"
