@@ -94,6 +94,14 @@
     return ort.InferenceSession.create(model, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
   }
 
+  const BACKGROUND = 128;   // data/readers/images.py ALPHA_BACKGROUND: transparency is shown as mid-grey
+
+  function onGrey(value, alpha) {
+    // Pillow's alpha_composite over an opaque background, in its integer arithmetic (7 fraction bits).
+    const sum = value * alpha * 128 + BACKGROUND * (255 - alpha) * 128 + 0x80 * 128;
+    return (((sum >> 8) + sum) >> 8) >> 7;
+  }
+
   async function decode(file) {
     // Upright (EXIF orientation applied, as Pillow's exif_transpose) and without colour management, as
     // dermalens decodes files; then the RGB bytes of every pixel.
@@ -113,9 +121,10 @@
     const rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
     const rgb = new Uint8Array(canvas.width * canvas.height * 3);
     for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
-      rgb[j] = rgba[i];
-      rgb[j + 1] = rgba[i + 1];
-      rgb[j + 2] = rgba[i + 2];
+      const alpha = rgba[i + 3];
+      for (let c = 0; c < 3; c++) {
+        rgb[j + c] = alpha === 255 ? rgba[i + c] : onGrey(rgba[i + c], alpha);
+      }
     }
     return { rgb, height: canvas.height, width: canvas.width };
   }
