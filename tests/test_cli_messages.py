@@ -156,9 +156,9 @@ def test_redrawn_split_warns_and_verbose_says_what_evaluate_uses(run_without_spl
     captured = capsys.readouterr()
     assert "has no split.csv" in captured.err and "drawing it again (--redraw-split)" in captured.err
     info = caplog.text
-    assert "split: test of a split drawn now (seed 0)" in info
-    assert f"calibration record: none beside {run_without_split / 'checkpoints' / 'best.ckpt'}" in info
-    assert "runtime: pytorch" in info and "TTA: flips (4 views)" in info
+    for said in ("split from drawn now (seed 0)", "calibration record: none (uncalibrated)", "TTA: flips (4 views)",
+                 "runtime: "):
+        assert said in info, info
     # A test split of 8 lesions per class holds one or two images of each: the summary says what they are worth.
     assert "read its numbers as anecdotes, not measurements" in captured.out
     assert "images in all: one image moves accuracy by" in captured.out

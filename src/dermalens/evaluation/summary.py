@@ -46,15 +46,12 @@ def _steps(n: int) -> str:
 def small_sample_warnings(metrics: dict) -> list[str]:
     """Lines naming the classes (and the split) too small for their numbers to mean much, and what they are worth."""
     lines = []
-    ci = metrics.get("ci95", {})
     for code, stats in metrics.get("per_class", {}).items():
         support = stats.get("support") or 0
         if 0 < support < FEW_IMAGES:
-            low_high = ci.get(f"recall_{code}")
-            interval = (f" (95% CI {low_high[0]:.2f}-{low_high[1]:.2f})"
-                        if low_high and None not in low_high else "")
-            lines.append(f"warning: class '{code}' has {support} image(s) in this split: its recall {_steps(support)}"
-                         f"{interval}; read its numbers as anecdotes, not measurements")
+            # Its bootstrap CI is no help here: resampling 2 images that were all missed gives 0-0.
+            lines.append(f"warning: class '{code}' has {support} image(s) in this split: its recall {_steps(support)} "
+                         f"and its CIs mean little; read its numbers as anecdotes, not measurements")
     n = metrics.get("n_samples") or 0
     if 0 < n < FEW_IMAGES * 3:
         lines.append(f"warning: {n} images in all: one image moves accuracy by {100 / n:.0f} points and the 95% CIs "

@@ -8,7 +8,6 @@ the run's own test report or calibration.
 """
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 from ..config import ConfigError, load_config
 from ..config_files import load_named_config
 
-log = logging.getLogger(__name__)
 ISIC2018_SETS = {"train": "Training", "val": "Validation", "test": "Test"}
 DEFAULT_CHECKPOINT = "best"
 RUN_CHECKPOINTS = ("best", "last")
@@ -132,33 +130,11 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
     return EvaluationTarget(resolved, checkpoint, out_dir, chosen, split_dir)
 
 
-def log_target(target: EvaluationTarget) -> None:
-    """What -v shows before scoring: the split file, the calibration record, the runtime and the TTA."""
-    from ..models.calibration_record import calibration_path, read_calibration
-
-    if target.split == "all":
-        log.info("split: none, every image of %s is scored", target.config["data"]["path"])
-    elif target.split_dir is not None and (target.split_dir / SPLIT_FILE).is_file():
-        log.info("split: %s of %s", target.split, target.split_dir / SPLIT_FILE)
-    else:
-        log.info("split: %s of a split drawn now (seed %d)", target.split, target.config["seed"])
-    record = calibration_path(target.checkpoint)
-    calibration = read_calibration(target.checkpoint)
-    if record.is_file():
-        log.info("calibration record: %s (temperature %.4f, fitted with TTA %s)", record,
-                 calibration["temperature"], "on" if calibration["tta"] else "off")
-    else:
-        log.info("calibration record: none beside %s (temperature 1, uncalibrated)", target.checkpoint)
-    log.info("runtime: pytorch (evaluation runs the checkpoint itself, never an ONNX export beside it)")
-    log.info("TTA: %s", "flips (4 views)" if target.config["evaluation"]["tta"] else "none")
-
-
 def evaluate_target(**options) -> tuple[dict, Path]:
     """Resolve the target (`resolve_target` options) and score it: (metrics, output folder)."""
     from .evaluate import evaluate_checkpoint
 
     target = resolve_target(**options)
-    log_target(target)
     metrics = evaluate_checkpoint(target.config, target.checkpoint, target.out_dir, split=target.split,
                                   split_dir=target.split_dir)
     return metrics, target.out_dir
