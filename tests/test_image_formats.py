@@ -270,3 +270,20 @@ def test_ham10000_finds_images_of_any_format_by_id(mini_ham10000, photo):
     assert path == str(images / f"{first.stem}.TIFF")
     np.testing.assert_array_equal(dataset.load_image(int(np.flatnonzero(dataset.records["path"] == path)[0])),
                                   rgb_of(photo))
+
+
+def test_training_cache_decodes_in_full_whatever_predict_does(tmp_path, sample_dir):
+    from dermalens.data.cache import build_image_cache
+    from dermalens.data.geometry import fit_to_square
+
+    photos = sample_photos(sample_dir, 4)
+    (tmp_path / "nv").mkdir()
+    for photo in photos:
+        (tmp_path / "nv" / photo.name).symlink_to(photo)
+    dataset = read_class_folders(tmp_path)
+    cached, issues = build_image_cache(dataset, 32, None, progress=False)
+    full = np.stack([fit_to_square(decode_image_file(p), 32, "center_square") for p in dataset.records["path"]])
+    drafted = np.stack([fit_to_square(decode_image_file(p, min_side=64), 32, "center_square")
+                        for p in dataset.records["path"]])
+    assert issues == [] and np.array_equal(cached, full)
+    assert not np.array_equal(drafted, full)     # a reduced decode would have changed the training pixels
