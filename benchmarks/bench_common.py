@@ -136,7 +136,7 @@ def benchmark_image(path: str | Path | None = None) -> tuple[np.ndarray, str]:
     """The image the latency benchmarks time: `path`, else the first HAM10000 sample image, else a random
     600x450 one (the size of a HAM10000 JPEG). Returns (RGB uint8 array, what it is)."""
     from dermalens.inference.export import default_sample_images
-    from dermalens.inference.predictor import read_rgb_image
+    from dermalens.inference.prediction import read_rgb_image
 
     if path is None:
         samples = default_sample_images()

@@ -35,7 +35,7 @@ from bench_common import format_table, machine_info, write_result  # noqa: E402
 from dermalens.explain.api import METHODS, Explainer  # noqa: E402
 from dermalens.explain.cam import target_layer  # noqa: E402
 from dermalens.explain.names import DEFAULT_SHAP_MAX_EVALS  # noqa: E402
-from dermalens.inference.predictor import read_rgb_image  # noqa: E402
+from dermalens.inference.prediction import read_rgb_image  # noqa: E402
 from dermalens.models.classifier import create_classifier  # noqa: E402
 
 SETUPS = {

@@ -39,7 +39,8 @@ from dermalens.classes import CLASS_CODES  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.inference.export import checkpoint_metadata, default_sample_images, export_model  # noqa: E402
 from dermalens.inference.onnx_predictor import INPUT_NAME, LOGITS_NAME, OnnxPredictor, available_cores, create_session  # noqa: E402
-from dermalens.inference.predictor import Predictor, read_rgb_image  # noqa: E402
+from dermalens.inference.prediction import read_rgb_image  # noqa: E402
+from dermalens.inference.predictor import Predictor  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
 from dermalens.models.classifier import ModelConfig, create_classifier  # noqa: E402
 

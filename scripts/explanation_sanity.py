@@ -45,7 +45,7 @@ from dermalens.explain import metrics
 from dermalens.explain.api import METHODS, Explainer
 from dermalens.explain.names import CAM_LAYERS
 from dermalens.explain.overlay import heatmap_at_size
-from dermalens.inference.predictor import read_rgb_image
+from dermalens.inference.prediction import read_rgb_image
 
 SAMPLE_DIR = "ham10000_sample"
 BLOB_GRID = 4

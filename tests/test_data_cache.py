@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import dermalens.data.readers.base as sources
-from dermalens.data.cache import build_image_cache, cache_key, resize_image
+from dermalens.data.cache import build_image_cache, cache_key
+from dermalens.data.geometry import resize_image
 from dermalens.data.readers import make_synthetic_dataset, read_ham10000
 
 

@@ -11,7 +11,6 @@ from dermalens.classes import CLASS_CODES, NUM_CLASSES, class_index
 from dermalens.evaluation.calibration import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
-    apply_temperature,
     fit_temperature,
 )
 from dermalens.evaluation.metrics import (
@@ -21,6 +20,7 @@ from dermalens.evaluation.metrics import (
     expected_calibration_error,
     reliability_bins,
 )
+from dermalens.inference.postprocess import calibrated_probabilities
 
 MEL, DF = class_index("mel"), class_index("df")
 REQUIRED_KEYS = {
@@ -43,7 +43,7 @@ def noisy_classifier(n, seed=0, signal=2.0):
     labels = rng.choice(NUM_CLASSES, size=n, p=[0.04, 0.06, 0.11, 0.03, 0.11, 0.62, 0.03])
     logits = rng.normal(scale=1.5, size=(n, NUM_CLASSES))
     logits[np.arange(n), labels] += signal
-    return apply_temperature(logits, 1.0), labels
+    return calibrated_probabilities(logits, 1.0), labels
 
 
 # Tiny example: classes akiec(0), bcc(1), mel(4), nv(5) present; bkl, df, vasc absent.
@@ -210,7 +210,7 @@ def test_fit_temperature_recovers_known_temperature():
     true_temperature = 2.5
     logits = rng.normal(scale=4.0, size=(20_000, NUM_CLASSES))
     # Labels drawn from softmax(z / T_true): the NLL-optimal temperature is T_true.
-    cumulative = apply_temperature(logits, true_temperature).cumsum(axis=1)
+    cumulative = calibrated_probabilities(logits, true_temperature).cumsum(axis=1)
     labels = np.minimum((rng.random((len(logits), 1)) > cumulative).sum(axis=1), NUM_CLASSES - 1)
     fitted = fit_temperature(logits, labels)
     assert fitted == pytest.approx(true_temperature, rel=0.1)
@@ -230,14 +230,14 @@ def test_fit_temperature_stays_in_bounds_on_degenerate_data():
 def test_apply_temperature_is_stable_and_keeps_argmax():
     logits = np.array([[1000.0, 0.0, -1000.0, 5, 5, 5, 5], [-3.0, 2.0, 0.5, 0, 0, 0, 0]])
     for temperature in (0.05, 1.0, 2.5, 20.0):
-        probs = apply_temperature(logits, temperature)
+        probs = calibrated_probabilities(logits, temperature)
         assert np.all(np.isfinite(probs))
         np.testing.assert_allclose(probs.sum(axis=1), 1.0)
         assert probs.argmax(axis=1).tolist() == [0, 1]
     # Higher temperature -> less confident.
-    assert apply_temperature(logits, 4.0)[1].max() < apply_temperature(logits, 1.0)[1].max()
+    assert calibrated_probabilities(logits, 4.0)[1].max() < calibrated_probabilities(logits, 1.0)[1].max()
     with pytest.raises(ValueError):
-        apply_temperature(logits, 0.0)
+        calibrated_probabilities(logits, 0.0)
 
 
 def test_per_class_ci_uses_only_resamples_holding_the_class():

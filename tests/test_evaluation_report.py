@@ -10,7 +10,6 @@ import pytest
 
 from dermalens.classes import CLASS_CODES, NUM_CLASSES, RESEARCH_DISCLAIMER
 from dermalens.evaluation import report as report_module
-from dermalens.evaluation.calibration import apply_temperature
 from dermalens.evaluation.metrics import compute_classification_metrics
 from dermalens.evaluation.plots import (
     plot_confusion_matrix,
@@ -24,6 +23,7 @@ from dermalens.evaluation.report import (
     atomic_write_text,
     write_evaluation_report,
 )
+from dermalens.inference.postprocess import calibrated_probabilities
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("confusion_matrix", "roc_curves", "precision_recall_curves", "reliability_diagram", "training_curves")
@@ -57,7 +57,7 @@ def evaluation():
     labels = np.concatenate([np.arange(NUM_CLASSES), rng.integers(0, NUM_CLASSES, 293)])
     logits = rng.normal(scale=1.5, size=(len(labels), NUM_CLASSES))
     logits[np.arange(len(labels)), labels] += 2.0
-    probs = apply_temperature(logits, 1.0)
+    probs = calibrated_probabilities(logits, 1.0)
     metrics = compute_classification_metrics(probs, labels, n_bootstrap=100)
     return probs, labels, metrics
 
@@ -129,7 +129,7 @@ def test_report_writes_every_file(tmp_path, evaluation, metrics_csv):
 
 def test_report_flags_synthetic_data_and_missing_classes(tmp_path):
     labels = np.array([0, 1, 4, 5] * 10)  # bkl, df, vasc absent
-    probs = apply_temperature(np.eye(NUM_CLASSES)[labels] * 2.0, 1.0)
+    probs = calibrated_probabilities(np.eye(NUM_CLASSES)[labels] * 2.0, 1.0)
     metrics = compute_classification_metrics(probs, labels, n_bootstrap=20)
     written = write_evaluation_report(
         tmp_path, metrics, probs, labels, title="Smoke run",

@@ -29,7 +29,8 @@ from dermalens.inference.onnx_predictor import (
     create_session,
     read_onnx_metadata,
 )
-from dermalens.inference.predictor import Predictor, read_rgb_image
+from dermalens.inference.prediction import read_rgb_image
+from dermalens.inference.predictor import Predictor
 from dermalens.models.checkpoint import CheckpointError, load_classifier, read_calibration
 from dermalens.training.run import train
 

@@ -22,7 +22,8 @@ from dermalens.cli import main
 from dermalens.config import load_config
 from dermalens.inference.load import load_predictor
 from dermalens.inference.onnx_predictor import OnnxPredictor, read_onnx_metadata
-from dermalens.inference.predictor import Predictor, read_rgb_image
+from dermalens.inference.prediction import read_rgb_image
+from dermalens.inference.predictor import Predictor
 from dermalens.models.checkpoint import TRUST_VARIABLE, CheckpointError, load_classifier, read_calibration
 from dermalens.models.hub import push_to_hub
 from dermalens.models.package import write_sums

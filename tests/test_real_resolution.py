@@ -13,7 +13,7 @@ import pytest
 from dermalens.classes import CLASS_CODES
 from dermalens.cli import main
 from dermalens.data.geometry import resize_image
-from dermalens.inference.predictor import read_rgb_image
+from dermalens.inference.prediction import read_rgb_image
 
 PER_CLASS = 8
 # In the 50-image full-size sample AND in ham10000_224 (its centre square at 224 px).

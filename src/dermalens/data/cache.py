@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dermalens.atomic_io import atomic_write_text
-from dermalens.data.geometry import CENTER_SQUARE, check_geometry, fit_to_square, resize_image  # noqa: F401 (re-export)
+from dermalens.data.geometry import CENTER_SQUARE, check_geometry, fit_to_square
 from dermalens.data.readers import DataIssue, LesionDataset
 
 # Bump whenever fit_to_square changes its output, so old caches are not reused.

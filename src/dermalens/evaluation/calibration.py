@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 from scipy.optimize import minimize_scalar  # scipy ships with scikit-learn
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
-__all__ = ["MAX_TEMPERATURE", "MIN_TEMPERATURE", "apply_temperature", "fit_temperature"]
+__all__ = ["MAX_TEMPERATURE", "MIN_TEMPERATURE", "fit_temperature"]
 
 # Bounds keep the fit sane on degenerate validation sets: perfectly separated
 # logits push T towards 0, constant or uninformative ones towards infinity.
@@ -55,11 +55,3 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     )
     temperature = math.exp(result.x) if np.isfinite(result.x) else 1.0
     return float(np.clip(temperature, MIN_TEMPERATURE, MAX_TEMPERATURE))
-
-
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities softmax(logits / T); stable for very large logits."""
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive finite number; got {temperature}")
-    # scipy's softmax subtracts the row maximum before exponentiating.
-    return softmax(_validated_logits(logits) / temperature, axis=1)

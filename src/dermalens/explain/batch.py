@@ -73,7 +73,7 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
     from ..atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from ..evaluation.evaluate import git_commit
     from ..inference.model_files import check_model_path
-    from ..inference.predictor import read_rgb_image
+    from ..inference.prediction import read_rgb_image
     from .api import Explainer, save_overlay_png
 
     explainer = Explainer.from_checkpoint(check_model_path(model, needs_pytorch=True), cam_layer=layer)

@@ -40,7 +40,8 @@ from .onnx_predictor import (
     encode_metadata,
     file_sha256,
 )
-from .predictor import Predictor, read_rgb_image
+from .prediction import read_rgb_image
+from .predictor import Predictor
 from .settings import DEFAULT_OPSET, DEFAULT_PARITY_COUNT, EXPORTERS, PARITY_TOLERANCE
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ def calibration_images(checkpoint: Path, patterns: Sequence[str] | None,
     import numpy as np
 
     from .export import expand_image_paths
-    from .predictor import read_rgb_image
+    from .prediction import read_rgb_image
 
     if patterns:
         paths = expand_image_paths(patterns)[:count]

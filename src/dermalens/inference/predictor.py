@@ -20,9 +20,9 @@ from ..data.preprocess import Preprocessing, preprocess_array
 from ..hardware import cpu_has_fast_bf16
 from ..models.checkpoint import load_classifier, read_calibration
 from .postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
-from .prediction import Prediction, predict_files, predict_sources, read_rgb_image
+from .prediction import Prediction, predict_sources
 
-__all__ = ["Prediction", "Predictor", "predict_files", "predict_logits", "read_rgb_image"]
+__all__ = ["Predictor", "model_logits", "predict_logits", "tta_logits"]
 
 
 # Views per forward pass: a batch of 32 images with flip TTA is 128 inputs in one call.
