@@ -1,8 +1,9 @@
 """What every explanation method shares: the model view it works on and what it returns.
 
-Each method lives in its own file (`gradcam.py`, `gradcam_plusplus.py`,
-`ablation_cam.py`, `shap_partition.py`) and differs from the others only
-where it truly differs, as in pytorch-grad-cam. `names.REGISTRY` lists them;
+A method with maths of its own lives in its own file (`ablation_cam.py`,
+`shap_partition.py`); Grad-CAM and Grad-CAM++, whose maths is
+pytorch-grad-cam's, are bindings in `cam.py`. Each differs from the others
+only where it truly differs, as in pytorch-grad-cam. `names.REGISTRY` lists them;
 `api.Explainer` builds and calls every one of them the same way.
 """
 from __future__ import annotations

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -105,3 +106,30 @@ class CamMethod(AttributionMethod):
         if raw is None:
             raise RuntimeError(f"{self.name}: pytorch-grad-cam produced no map")
         return Attribution(raw_map=raw[0])
+
+
+# Grad-CAM and Grad-CAM++ differ from each other only in pytorch-grad-cam's maths, which is theirs: here
+# each is a binding of its class to the shared base (no file of its own holds maths of ours).
+class _GradCAM(RawMapCapture, GradCAM):
+    pass
+
+
+class _GradCAMPlusPlus(RawMapCapture, GradCAMPlusPlus):
+    pass
+
+
+class GradCamExplainer(CamMethod):
+    """Grad-CAM (Selvaraju et al., ICCV 2017): channels weighted by their mean gradient."""
+
+    name = "gradcam"
+    uses_gradients = True
+    cam_class = _GradCAM
+
+
+class GradCamPlusPlusExplainer(CamMethod):
+    """Grad-CAM++ (Chattopadhyay et al., WACV 2018): second-order gradient weights, better when several
+    regions of the image support the class."""
+
+    name = "gradcam++"
+    uses_gradients = True
+    cam_class = _GradCAMPlusPlus

@@ -1,8 +1,10 @@
 """The explanation methods by name: what the command line, the API and the web app offer.
 
 `REGISTRY` is the one list of methods, as pytorch-grad-cam dispatches through
-one dict: adding a method is one file in this package (a subclass of
-`base.AttributionMethod`) and one `MethodEntry` line below; `Explainer`
+one dict: adding a method is a subclass of `base.AttributionMethod` (in a file
+of its own when it holds maths of its own, as Ablation-CAM and SHAP do; in
+cam.py when it only binds a pytorch-grad-cam class) and one `MethodEntry`
+line below; `Explainer`
 builds any registered method the same way, and the command line, the web
 app and the tests that are parametrised over `METHODS` pick it up.
 
@@ -35,8 +37,8 @@ class MethodEntry:
 
 
 REGISTRY: dict[str, MethodEntry] = {entry.name: entry for entry in (
-    MethodEntry("gradcam", "Grad-CAM", "gradcam:GradCamExplainer"),
-    MethodEntry("gradcam++", "Grad-CAM++", "gradcam_plusplus:GradCamPlusPlusExplainer"),
+    MethodEntry("gradcam", "Grad-CAM", "cam:GradCamExplainer"),
+    MethodEntry("gradcam++", "Grad-CAM++", "cam:GradCamPlusPlusExplainer"),
     MethodEntry("ablationcam", "Ablation-CAM (gradient-free)", "ablation_cam:AblationCamExplainer"),
     MethodEntry("shap", "SHAP (partition, blur masker)", "shap_partition:ShapPartitionExplainer"),
 )}
