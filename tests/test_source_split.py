@@ -54,3 +54,25 @@ def test_test_sources_is_a_config_key_taking_one_name_or_a_list():
     assert load_config(None, ["data.test_sources=[a, b]"])["data"]["test_sources"] == ["a", "b"]
     with pytest.raises(ConfigError):
         load_config(None, ["data.test_sources=3"])
+
+
+def test_a_class_folder_carries_sources_from_its_lesion_csv(tmp_path, shared_data: Path):
+    from dermalens.data.prepare import prepare_data
+
+    metadata = pd.read_csv(shared_data / "ham10000_224" / "HAM10000_metadata.csv")
+    chosen = metadata[metadata["dx"].isin(["mel", "nv"])].groupby(["dx", "dataset"]).head(6)
+    chosen = chosen[chosen["dataset"].isin(["rosendahl", "vidir_modern"])]
+    for row in chosen.itertuples():
+        folder = tmp_path / "photos" / row.dx
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{row.image_id}.jpg").symlink_to(shared_data / "ham10000_224" / "HAM10000_images_224"
+                                                      / f"{row.image_id}.jpg")
+    chosen.rename(columns={"dataset": "source"})[["image_id", "lesion_id", "source"]].to_csv(
+        tmp_path / "photos" / "lesion_ids.csv", index=False)
+    config = load_config(None, [f"data.path={tmp_path / 'photos'}", "data.format=folder", "model.image_size=32",
+                                "data.cache_dir=null", "data.test_sources=rosendahl", "data.val_fraction=0.25"])
+    prepared = prepare_data(config, progress=False)
+    sources = prepared.dataset.records["source"]
+    assert set(sources) == {"rosendahl", "vidir_modern"}
+    assert set(sources[prepared.split == "test"]) == {"rosendahl"}
+    assert "rosendahl" not in set(sources[prepared.split != "test"])

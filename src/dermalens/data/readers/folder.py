@@ -13,7 +13,8 @@ class), not one per file.
 
 Folders hold no lesion ids, so each image is its own lesion unless a CSV
 (``image_id,lesion_id``) says which photos show one lesion: ``lesion_csv``,
-or ``lesion_ids.csv`` in the root.
+or ``lesion_ids.csv`` in the root. An optional ``source`` column in it names
+each image's clinic or device, for a split by source (`data.test_sources`).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None,
             f"folder {folder.name!r} ({len(images[folder])} images) is not a class"
             + (f": did you mean {hint!r}?" if hint else "") + f" Classes: {', '.join(vocabulary)}; {fix}"))
     dataset_classes = tuple(vocabulary) if classes is not None else ham10000_order(f.name for f in class_folders)
-    lesion_of = read_lesion_ids(root, lesion_csv)
+    lesion_of, source_of = read_lesion_ids(root, lesion_csv)
     rows = []
     for folder in class_folders:
         listing = listings[folder]
@@ -93,7 +94,8 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None,
         label = dataset_classes.index(folder.name.lower())
         for file in images[folder]:
             if row_filter.accept_id(file.stem, str(file), f"{folder.name}/{file.name}"):
-                rows.append(make_record(file.stem, lesion_of.get(file.stem, file.stem), label, path=str(file)))
+                rows.append(make_record(file.stem, lesion_of.get(file.stem, file.stem), label, path=str(file),
+                                        source=source_of.get(file.stem)))
     records = records_frame(rows)
     flag_if_empty(records, row_filter.issues, root)
     if lesion_of:
@@ -122,11 +124,12 @@ def _warn_loose_images(root: Path) -> None:
                       f"(e.g. {loose[0].name})", ImageListingWarning, stacklevel=3)
 
 
-def read_lesion_ids(root: Path, lesion_csv: Path | str | None) -> dict[str, str]:
-    """image_id -> lesion_id from the lesion CSV (named, or ``root/lesion_ids.csv``); {} when there is none."""
+def read_lesion_ids(root: Path, lesion_csv: Path | str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """image_id -> lesion_id, and image_id -> source where the CSV has a ``source`` column (the clinic or
+    device, for a split by source), from the lesion CSV (named, or ``root/lesion_ids.csv``); ({}, {}) without one."""
     if lesion_csv is None:
         if not (root / LESION_CSV).is_file():
-            return {}
+            return {}, {}
         lesion_csv = root / LESION_CSV
     table = read_csv_table(Path(lesion_csv), ("image_id", "lesion_id"), "lesion-id CSV")
     blank = [str(i + 2) for i, (image, lesion) in enumerate(zip(table["image_id"], table["lesion_id"]))
@@ -135,8 +138,11 @@ def read_lesion_ids(root: Path, lesion_csv: Path | str | None) -> dict[str, str]
         raise DataFormatError(f"lesion-id CSV {lesion_csv}: empty image_id or lesion_id on line(s) "
                               f"{', '.join(blank[:10])}")
     ids = {str(image).strip(): str(lesion).strip() for image, lesion in zip(table["image_id"], table["lesion_id"])}
-    log.info("lesion ids for %d images from %s", len(ids), lesion_csv)
-    return ids
+    sources = ({str(image).strip(): str(source).strip() for image, source in zip(table["image_id"], table["source"])
+                if not is_blank(source)} if "source" in table.columns else {})
+    log.info("lesion ids for %d images from %s%s", len(ids), lesion_csv,
+             f" (and the source of {len(sources)})" if sources else "")
+    return ids, sources
 
 
 def looks_like_class_folders(path: Path) -> bool:
