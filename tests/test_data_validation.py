@@ -69,6 +69,19 @@ def test_decode_check_finds_truncated_text_and_empty_files(bad_ham10000):
     assert Path(by_id[bad["text"]].path).name == f"{bad['text']}.jpg"
     assert "truncated" in by_id[bad["truncated"]].detail
     assert "0 bytes" in by_id[bad["zero_bytes"]].detail
+    assert "is not an image" in by_id[bad["text"]].detail
+
+
+def test_decode_check_applies_the_pixel_limit_of_training_and_evaluation(bad_ham10000):
+    from image_samples import png_claiming_size
+
+    root, bad, good = bad_ham10000
+    image = root / "HAM10000_images_part_1" / f"{good[1]}.jpg"
+    image.unlink()
+    png_claiming_size(image, 12_000, 10_000)   # under Pillow's own refusal (179 MP), over dermalens' 100 MP
+    dataset = read_ham10000(root)
+    issues = {i.image_id: i.detail for i in find_unreadable_images(dataset, progress=False)}
+    assert "ImageTooLargeError" in issues[good[1]] and "12000 x 10000 pixels" in issues[good[1]]
 
 
 def test_decode_check_is_strict_even_if_truncated_loading_was_enabled(bad_ham10000):

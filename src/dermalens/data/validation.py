@@ -20,7 +20,7 @@ from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
 from dermalens.atomic_io import atomic_write_text
-from dermalens.data.readers import DataIssue, LesionDataset
+from dermalens.data.readers import DataIssue, LesionDataset, decode_image_file
 
 BAD_DATA_POLICIES = ("error", "skip")
 MAX_LISTED_ISSUES = 50
@@ -70,8 +70,8 @@ def _decode_problem(path: str) -> str | None:
     try:
         if os.path.getsize(path) == 0:
             return "file is empty (0 bytes)"
-        with Image.open(path) as image:
-            image.load()
+        # The decoder training and evaluation use: the same formats, size limit and messages.
+        decode_image_file(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return f"{type(error).__name__}: {error}"
     return None
