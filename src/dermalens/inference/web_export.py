@@ -234,7 +234,7 @@ def _write_files(folder: Path, record: dict, onnx_file: Path, runtime: Path, sou
 
 def _replace_folder(staging: Path, out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise WebExportError(f"{out} already exists; choose another folder or overwrite it")
+        raise WebExportError(f"{out} already exists; give another folder, or remove this one first")
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
@@ -255,7 +255,7 @@ def write_web_bundle(model_path: str | Path, out_dir: str | Path, *, overwrite: 
     """
     model_path, out = Path(model_path).expanduser(), Path(out_dir).expanduser()
     if out.exists() and not overwrite:
-        raise WebExportError(f"{out} already exists; choose another folder or overwrite it")
+        raise WebExportError(f"{out} already exists; give another folder, or remove this one first")
     if top_k is not None and top_k < 1:
         raise WebExportError(f"top_k must be at least 1, got {top_k}")
     runtime = ensure_runtime(install=install_runtime)
