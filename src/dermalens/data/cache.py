@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +32,8 @@ from tqdm.auto import tqdm
 from dermalens.atomic_io import atomic_write_text
 from dermalens.data.geometry import CENTER_SQUARE, check_geometry, fit_to_square
 from dermalens.data.readers import DataIssue, LesionDataset
+
+log = logging.getLogger(__name__)
 
 # Bump whenever fit_to_square changes its output, so old caches are not reused.
 RESIZE_VERSION = "area-down-cubic-up-v2"
@@ -91,6 +96,29 @@ def _load_cached(array_path: Path, issues_path: Path, expected_shape: tuple) -> 
     return images, issues
 
 
+# mkstemp's names for an array being written: ".<name>-<size>px-<geometry>-<sha256>-<random>.npy.tmp".
+_TEMP_NAME = re.compile(r"\..+-\d+px-[a-z_]+-[0-9a-f]{64}-[A-Za-z0-9_]+\.npy\.tmp")
+STALE_TEMP_S = 3600.0   # no cache is written for an hour without its temp file growing
+
+
+def remove_stale_temp_files(cache_dir: Path, older_than: float = STALE_TEMP_S) -> list[Path]:
+    """Delete the temp arrays a killed run left in `cache_dir` (ours by name, untouched for an hour:
+    a younger one may be written right now by another run); each is said in the log."""
+    removed = []
+    now = time.time()
+    for path in Path(cache_dir).glob(".*.npy.tmp"):
+        try:
+            if not _TEMP_NAME.fullmatch(path.name) or now - path.stat().st_mtime < older_than:
+                continue
+            size = path.stat().st_size
+            path.unlink()
+        except OSError:   # gone meanwhile, or not ours to delete
+            continue
+        removed.append(path)
+        log.warning("removed %s (%.0f MB), an image cache a stopped run never finished", path, size / 1e6)
+    return removed
+
+
 def build_image_cache(
     dataset: LesionDataset, size: int, cache_dir: Path | None, progress: bool = True,
     geometry: str = CENTER_SQUARE,
@@ -110,6 +138,7 @@ def build_image_cache(
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(cache_dir)
     stem = f"{dataset.name}-{size}px-{geometry}-{cache_key(dataset, size, check_geometry(geometry))}"
     array_path, issues_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.issues.json"
     cached = _load_cached(array_path, issues_path, shape)

@@ -234,7 +234,10 @@ def export_matches_checkpoint(onnx_path: Path, checkpoint: Path) -> bool:
         return False
     expected = meta.get("checkpoint_sha256")
     if expected is None:
-        return True  # exported by hand without provenance: trust the name
+        log.warning("ignoring %s beside %s: it records no checkpoint hash, so nothing shows it was exported from "
+                    "this checkpoint (re-export it with `dermalens export %s`)", onnx_path.name, checkpoint.name,
+                    checkpoint)
+        return False
     if int(meta.get("checkpoint_size", -1)) != checkpoint.stat().st_size:
         return False
     return file_sha256(checkpoint) == expected

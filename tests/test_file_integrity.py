@@ -1,0 +1,112 @@
+"""Small integrity guards: names that look like missing values, files that follow the user's umask, temp
+files a killed run left behind, an ONNX file beside a checkpoint that proves nothing, one way to write a
+metric with its CI. No training, no data."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dermalens.atomic_io import atomic_write_bytes, file_sha256
+from dermalens.data.cache import remove_stale_temp_files
+from dermalens.data.preprocess import Preprocessing
+from dermalens.data.split import read_split_csv
+from dermalens.reporting import format_interval, format_metric_ci, format_value
+
+
+def test_image_ids_that_look_like_missing_values_stay_names(tmp_path):
+    path = tmp_path / "split.csv"
+    path.write_text("image_id,lesion_id,label,split\nNA,NA,mel,train\nnull,L2,nv,val\nISIC_1,nan,bcc,test\n")
+    split = read_split_csv(path)
+    assert list(split.index) == ["NA", "null", "ISIC_1"]
+    assert list(split) == ["train", "val", "test"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        private = atomic_write_bytes(tmp_path / "private.json", b"{}")
+        os.umask(0o022)
+        shared = atomic_write_bytes(tmp_path / "shared.json", b"{}")
+    finally:
+        os.umask(previous)
+    assert private.stat().st_mode & 0o777 == 0o600      # 0644 was forced over a private umask
+    assert shared.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private.json", "shared.json"]   # no temp left
+
+
+def test_stale_image_cache_temp_files_are_removed_on_the_next_run(tmp_path, caplog):
+    key = "0" * 64
+    stale = tmp_path / f".ham10000-224px-center_square-{key}-a1b2c3d4.npy.tmp"
+    fresh = tmp_path / f".ham10000-224px-center_square-{key}-e5f6g7h8.npy.tmp"
+    foreign = tmp_path / ".notes.npy.tmp"
+    for path in (stale, fresh, foreign):
+        path.write_bytes(b"\0" * 1000)
+    hours_ago = time.time() - 7200
+    for path in (stale, foreign):
+        os.utime(path, (hours_ago, hours_ago))
+    assert remove_stale_temp_files(tmp_path) == [stale]
+    assert not stale.exists() and fresh.exists() and foreign.exists()   # a young one may be written now
+    assert stale.name in caplog.text
+
+
+def onnx_with_metadata(path: Path, **extra) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dermalens.inference.onnx_predictor import encode_metadata
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    metadata = {"classes": ["a", "b"], "preprocessing": Preprocessing(32, (0.5,) * 3, (0.5,) * 3), **extra}
+    for key, value in encode_metadata(metadata).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_onnx_file_without_the_checkpoints_hash_is_not_taken_for_its_export(tmp_path):
+    from dermalens.inference.onnx_predictor import export_matches_checkpoint
+
+    checkpoint = tmp_path / "best.ckpt"
+    checkpoint.write_bytes(b"checkpoint bytes")
+    anonymous = onnx_with_metadata(tmp_path / "best.onnx")
+    assert export_matches_checkpoint(anonymous, checkpoint) is False
+    recorded = onnx_with_metadata(tmp_path / "recorded.onnx", checkpoint_sha256=file_sha256(checkpoint),
+                                  checkpoint_size=checkpoint.stat().st_size)
+    assert export_matches_checkpoint(recorded, checkpoint) is True
+    checkpoint.write_bytes(b"another checkpoint")
+    assert export_matches_checkpoint(recorded, checkpoint) is False
+
+
+def test_one_way_to_write_a_metric_with_its_interval():
+    assert format_metric_ci(0.81234, (0.79, 0.845)) == "0.812 (95% CI 0.790 – 0.845)"
+    assert format_metric_ci(np.float32(0.5), None) == "0.500"
+    assert format_metric_ci(None, (0.1, 0.2)) == "n/a"
+    assert format_interval((0.1, None)) == "n/a" and format_interval((-0.1, -0.05)) == "-0.100 – -0.050"
+    assert format_value(float("nan")) == "n/a" and format_value(2, digits=1) == "2.0"
+
+
+def test_installed_lite_weights_are_checked_by_sha256_before_loading(tmp_path, monkeypatch):
+    import torch
+
+    from dermalens.models import weights
+
+    real = weights.lite_weights_file("tf_efficientnet_lite0")
+    if real is None:
+        pytest.skip("the [weights] extra is not installed")
+    weights.check_lite_weights("tf_efficientnet_lite0", real)   # the release's own file passes
+    swapped = tmp_path / real.name
+    data = real.read_bytes()
+    swapped.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))     # same name, one byte changed
+    loaded = []
+    monkeypatch.setattr(weights, "lite_weights_file", lambda name: swapped)
+    monkeypatch.setattr(weights.torch, "load", lambda *args, **kwargs: loaded.append(args))
+    with pytest.raises(weights.WeightsIntegrityError, match="sha256"):
+        weights.load_pretrained_backbone(torch.nn.Linear(1, 1), "tf_efficientnet_lite0", "auto")
+    assert loaded == []                                           # torch.load never saw the file
