@@ -42,7 +42,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def run_variant(config_name: str, data: str, base_overrides: list[str], name: str, overrides: list[str],
-                folds: int, out: Path) -> dict:
+                folds: int, out: Path, first_folds: int | None = None) -> dict:
     folder = out / name.replace(" ", "_").replace("/", "-")
     if (folder / CV_FILE).is_file():
         summary = json.loads((folder / CV_FILE).read_text())
@@ -51,21 +51,24 @@ def run_variant(config_name: str, data: str, base_overrides: list[str], name: st
                              [f"data.path={data}", *base_overrides, f"training.folds={folds}",
                               "training.ensemble=false", *overrides])
         started = time.perf_counter()
-        summary = train_folds(config, folder, resume=folder.exists(), progress=sys.stderr.isatty()).summary
+        summary = train_folds(config, folder, resume=folder.exists(), progress=sys.stderr.isatty(),
+                              first_folds=first_folds).summary
         summary["wall_seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_json(folder / CV_FILE, summary)
-    return {"variant": name, "overrides": overrides, "folds": folds, "out_of_fold": summary["out_of_fold"],
+    return {"variant": name, "overrides": overrides, "folds": folds,
+            "folds_trained": summary.get("folds_trained", folds), "out_of_fold": summary["out_of_fold"],
             "mean_sd": summary["mean_sd"], "train_seconds": summary["train_seconds"],
             "trunk_seconds": summary.get("trunk_seconds", 0.0), "folder": str(folder)}
 
 
 def markdown(rows: list[dict], command: str) -> str:
-    header = ["variant", "overrides", *[label for _, label in COLUMNS], "bal. acc. per fold (mean ± sd)",
-              "minutes (trunk cache)"]
+    header = ["variant", "overrides", "folds trained", *[label for _, label in COLUMNS],
+              "bal. acc. per fold (mean ± sd)", "minutes (trunk cache)"]
     lines = [f"`{command}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         oof, spread = row["out_of_fold"], row["mean_sd"].get("balanced_accuracy", {})
-        cells = [row["variant"], ", ".join(f"`{o}`" for o in row["overrides"]) or "-"]
+        cells = [row["variant"], ", ".join(f"`{o}`" for o in row["overrides"]) or "-",
+                 f"{row.get('folds_trained', row['folds'])} of {row['folds']}"]
         cells += [f"{oof[key]:.3f}" if oof.get(key) is not None else "n/a" for key, _ in COLUMNS]
         cells.append(f"{spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}")
         cells.append(f"{row['train_seconds'] / 60:.1f} ({row['trunk_seconds'] / 60:.1f})")
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="the data set (its split's test part is never used)")
     parser.add_argument("--out", required=True, type=Path, help="one folder per variant, and the table")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--first-folds", type=int, help="train only the first N folds of each variant (cheaper, "
+                        "noisier: the table says how many)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant")
     parser.add_argument("--variant", action="append", required=True, metavar="'NAME: KEY=VALUE, ...'")
     args = parser.parse_args(argv)
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for text in args.variant:
         name, overrides = parse_variant(text)
-        rows.append(run_variant(args.config, args.data, args.set, name, overrides, args.folds, args.out))
+        rows.append(run_variant(args.config, args.data, args.set, name, overrides, args.folds, args.out,
+                                args.first_folds))
         atomic_write_json(args.out / "comparison.json", rows)
         command = "python scripts/compare_recipes.py " + " ".join(
             f"'{a}'" if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))

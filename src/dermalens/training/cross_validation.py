@@ -184,13 +184,20 @@ def build_ensemble_checkpoint(fold_checkpoints: list[Path], out: Path, shared_tr
 
 
 def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
-                progress: bool = True) -> CrossValidationResult:
-    """Train one model per fold; summarise; with training.ensemble, ship them as one calibrated, tested model."""
+                progress: bool = True, first_folds: int | None = None) -> CrossValidationResult:
+    """Train one model per fold; summarise; with training.ensemble, ship them as one calibrated, tested model.
+
+    first_folds: train only the first N folds (a cheaper comparison of recipes: their out-of-fold figures
+    cover those folds' images; no ensemble is built).
+    """
     config = with_absolute_paths(config)
     training = section(TrainingSection, config["training"])
     folds = training.folds
     if folds < 2:
         raise ConfigError(f"cross-validation needs training.folds >= 2, got {folds}")
+    trained_folds = folds if first_folds is None else max(1, min(folds, first_folds))
+    if trained_folds < folds and training.ensemble:
+        raise ConfigError("an ensemble needs every fold's model: train all folds, or set training.ensemble=false")
     run_dir = Path(run_dir) if run_dir else new_run_dir(config)
     run_dir = run_dir.expanduser().resolve()
     if not resume and (run_dir / CV_FILE).exists():
@@ -216,12 +223,11 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                                                                          config["seed"]),
                                        section(AugmentationSection, config["augmentation"]),
                                        cache_dir=trunk_cache_dir(config), progress=progress)
-        pool = np.flatnonzero(assignment >= 0)
-        activations.ensure(pool, range(activations.spec.views))
+        activations.ensure(np.flatnonzero(assignment >= 0), range(activations.spec.views))
 
     fold_dirs, per_fold, fold_checkpoints = [], [], []
     oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
-    for fold in range(folds):
+    for fold in range(trained_folds):
         fold_dir = run_dir / f"fold-{fold + 1}"
         fold_dirs.append(fold_dir)
         fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold),
@@ -232,7 +238,7 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
         fold_config["training"]["folds"] = 1
         if budget is not None:
             remaining = budget - (time.perf_counter() - started)
-            fold_config["training"]["max_time"] = format_duration(remaining / (folds - fold))
+            fold_config["training"]["max_time"] = format_duration(remaining / (trained_folds - fold))
         status = _read_status(fold_dir)
         if status.get("state") == "finished":
             best = Path(status["best_checkpoint"])
@@ -249,7 +255,7 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                          **summarise(fold_probs, prepared.labels[rows], prepared.classes)})
     train_seconds = time.perf_counter() - started
 
-    pool = np.flatnonzero(assignment >= 0)
+    pool = np.flatnonzero((assignment >= 0) & (assignment < trained_folds))
     from ..evaluation.calibration import fit_temperature
 
     temperature = fit_temperature(oof_logits[pool], prepared.labels[pool])
@@ -260,8 +266,9 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                "trunk_seconds": round(activations.seconds_computing, 1) if activations else 0.0,
                "images": int(len(pool))}
     np.save(run_dir / "out_of_fold_logits.npy", oof_logits[pool])
+    summary["folds_trained"] = trained_folds
     plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / "figures" / "cross_validation.png",
-                      title=f"{folds}-fold cross-validation ({len(pool)} images)")
+                      title=f"{folds}-fold cross-validation, {trained_folds} fold(s) trained ({len(pool)} images)")
     result = CrossValidationResult(run_dir, fold_dirs, summary, train_seconds=train_seconds)
     if training.ensemble:
         best = build_ensemble_checkpoint(fold_checkpoints, run_dir / CHECKPOINTS / "best.ckpt",
