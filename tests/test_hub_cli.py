@@ -158,3 +158,19 @@ def test_every_command_that_takes_a_model_resolves_the_reference(package, offlin
     if command[:2] == ["export", "{ref}"] and len(command) == 2:
         # An export of a Hub model is written here, never into the Hugging Face cache.
         assert received["args"][0] == "lesions-tiny.onnx"
+
+
+def test_evaluate_takes_a_hub_model_and_writes_nothing_into_the_cache(package, offline_hub, tmp_path, monkeypatch,
+                                                                       sample_dir, sample_metadata):
+    publish(package, offline_hub)
+    folder = tmp_path / "photos"
+    for row in sample_metadata.itertuples():
+        (folder / row.dx).mkdir(parents=True, exist_ok=True)
+        (folder / row.dx / f"{row.image_id}.jpg").symlink_to(sample_dir / f"{row.image_id}.jpg")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(offline_hub) for p in offline_hub.rglob("*"))
+    assert main(["evaluate", "--checkpoint", f"hf-hub:{REPO_ID}@{TAG}", "--data", str(folder), "--format", "folder",
+                 "--set", "evaluation.n_bootstrap=20", "--set", "data.cache_dir=null"]) == 0
+    metrics = json.loads((tmp_path / "eval-photos-all" / "metrics.json").read_text())
+    assert metrics["n_samples"] == 50 and metrics["context"]["runtime"] == "onnxruntime"
+    assert sorted(p.relative_to(offline_hub) for p in offline_hub.rglob("*")) == before

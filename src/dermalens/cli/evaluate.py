@@ -10,7 +10,8 @@ def add_subcommand(subparsers) -> None:
                               epilog="examples: dermalens evaluate --run runs/x   |   dermalens evaluate --checkpoint "
                                      "runs/x/checkpoints/best.ckpt --data ISIC2018 --format isic2018 --split test")
     p.add_argument("--run", help="run folder (uses its config, split and best checkpoint)")
-    p.add_argument("--checkpoint", help="best | last | path to a .ckpt")
+    p.add_argument("--checkpoint", help="best | last (of --run), a .ckpt, a model package folder, or "
+                   "hf-hub:user/repo[@revision]")
     p.add_argument("--config", help="config for an external data set (with --checkpoint and --data)")
     add_data_options(p)
     p.add_argument("--split", default=None, choices=setting_choices(EvaluationSection, "split"),
@@ -31,6 +32,10 @@ def run(args) -> int:
 
     if not args.run and not (args.checkpoint and args.data):
         raise SystemExit("error: give --run RUN_DIR, or --checkpoint FILE with --data PATH")
+    if args.checkpoint and not args.run:
+        from ..models.hub_reference import resolve_model_reference
+
+        args.checkpoint = resolve_model_reference(args.checkpoint)
     metrics, out_dir = evaluate_target(run=args.run, checkpoint=args.checkpoint, config=args.config, data=args.data,
                                        data_format=args.format, split=args.split, out=args.out, tta=not args.no_tta,
                                        overrides=args.set, redraw_split=args.redraw_split)

@@ -18,9 +18,9 @@ import pandas as pd
 from .. import __version__
 from ..atomic_io import atomic_write_text
 from ..data.prepare import PreparedData, prepare_data
-from ..inference.load import load_predictor, logits_for_images
+from ..inference.load import load_predictor, logits_for_images, model_record
 from ..inference.postprocess import DecisionRule, calibrated_probabilities
-from ..models.checkpoint import calibration_path, load_classifier, read_calibration
+from ..models.calibration_record import calibration_path
 from .medmnist import write_medmnist_result
 from .metrics import compute_classification_metrics, expected_calibration_error
 from .report import write_evaluation_report
@@ -54,7 +54,8 @@ def split_method(prepared: PreparedData, split: str) -> str:
 def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepared: PreparedData | None = None,
                         split: str | None = None, split_dir: Path | None = None, progress: bool = True,
                         extra_context: dict | None = None, runtime: str = "auto") -> dict:
-    """Metrics of `checkpoint` on one split of the config's data, written into `out_dir` only.
+    """Metrics of `checkpoint` (a .ckpt or a model package folder) on one split of the config's data,
+    written into `out_dir` only.
 
     split: train | val | test | all (every usable image: an external set scored whole).
     split_dir: the run folder whose split.csv to use. runtime: as for `load_predictor` (auto: ONNX
@@ -67,7 +68,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     split = split or ev["split"]
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    model, meta = load_classifier(checkpoint)
+    meta, calibration = model_record(checkpoint)   # a checkpoint or a model package folder
     # The data is labelled by the model's own class set (images of other classes are bad data items).
     prepared = prepared or prepare_data(config, split_dir, progress, classes=meta["classes"],
                                         split_needed=split != "all")
@@ -81,10 +82,10 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     if len(rows) == 0:
         raise ValueError(f"split '{split}' of {prepared.dataset.root} is empty; nothing to evaluate"
                          + ("" if split == "all" else " (use --split all to score every image)"))
-    calibration = read_calibration(checkpoint)
     log.info("evaluating %s on %s split %s (%d images; split from %s); calibration record: %s; TTA: %s",
              checkpoint, prepared.dataset.name, split, len(rows), prepared.split_source,
-             calibration_path(checkpoint) if calibration["fitted_on"] else "none (uncalibrated)",
+             (checkpoint if Path(checkpoint).is_dir() else calibration_path(checkpoint))
+             if calibration["fitted_on"] else "none (uncalibrated)",
              "flips (4 views)" if ev["tta"] else "none")
     predictor = load_predictor(checkpoint, tta=ev["tta"], runtime=runtime)
     log.info("runtime: %s", predictor.runtime)

@@ -65,6 +65,14 @@ def run_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
     return Path(run_dir) / "checkpoints" / f"{name}.ckpt" if name in RUN_CHECKPOINTS else Path(name)
 
 
+def _in_hub_cache(path: Path) -> bool:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return Path(constants.HF_HUB_CACHE).resolve() in Path(path).resolve().parents
+
+
 def _isic2018_set_or_warn(config: dict, split: str) -> str:
     """An official ISIC 2018 set is read as such and scored whole; another split of foreign data is a slice."""
     from ..data.readers import detect_format
@@ -90,7 +98,7 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
 
     config: a config file or shipped name for external data (the model section comes from the checkpoint).
     """
-    from ..models.checkpoint import read_checkpoint_metadata
+    from ..inference.load import model_record
 
     overrides = list(overrides or [])
     split_dir = None
@@ -105,12 +113,15 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
         if not checkpoint or not data:
             raise ConfigError("give --run RUN_DIR, or --checkpoint FILE with --data PATH")
         checkpoint = Path(checkpoint)
-        meta = read_checkpoint_metadata(checkpoint)["dermalens"]
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        meta, _ = model_record(checkpoint)   # a .ckpt or a model package folder
         resolved = load_named_config(config, overrides)
         resolved["model"].update(meta["model_config"])
         own_data = False
-        out_root = checkpoint.parent
-    if not checkpoint.is_file():
+        # Beside the model, unless it is a download in the Hugging Face cache: never write there.
+        out_root = Path.cwd() if _in_hub_cache(checkpoint) else checkpoint.parent
+    if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if data:
         if not Path(data).exists():

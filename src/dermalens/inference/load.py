@@ -102,6 +102,28 @@ def load_predictor(path: str | Path, tta: bool | None = None, device: str = "cpu
         return pytorch_predictor(path, device=device, tta=tta)
 
 
+def model_record(path: str | Path) -> tuple[dict, dict]:
+    """(metadata, calibration) of a checkpoint or a model package folder, without building the model.
+
+    metadata as `load_classifier` gives it (classes, preprocessing as a `Preprocessing`, model_config,
+    epoch, weights_source, ensemble...); calibration as `read_calibration` (temperature, tta, fitted_on,
+    decision). What evaluation needs to label, score and report a model it runs through `load_predictor`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        from ..models.package_reader import package_metadata, read_package_config
+
+        meta = package_metadata(path, read_package_config(path))
+        return meta, meta["calibration"]
+    from ..data.preprocess import Preprocessing
+    from ..models.checkpoint import CHECKPOINT_KEY, read_checkpoint_metadata
+
+    meta = dict(read_checkpoint_metadata(path)[CHECKPOINT_KEY])
+    meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"])
+    meta["checkpoint"] = str(path)
+    return meta, read_calibration(path)
+
+
 def logits_for_images(predictor: ImagePredictor, images, batch_size: int = 64, progress: bool = False,
                       description: str = "predict"):
     """Logits (N, C) of uint8 images already at the model's size, through any predictor's `logits`
