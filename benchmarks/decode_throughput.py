@@ -4,24 +4,22 @@
     python benchmarks/decode_throughput.py --data ../shared/data --model runs/x/checkpoints/best.ckpt
 
 For each set of real photos, milliseconds per image to decode a file and fit it to
-the model's square input (`geometry.fit_to_square`, the model's centre-square policy),
-three ways:
+the model's square input (`geometry.fit_to_square`, the model's centre-square policy):
 
-- full: `decode_image_file(path)`, every pixel (what training's image cache always does);
-- draft x2: `min_side` = 2 x the input side, the rule `dermalens predict` uses
-  (`inference.prediction.DRAFT_MARGIN`): a JPEG is decoded at 1/2, 1/4 or 1/8 scale
-  only while its shorter side keeps twice the model's input;
-- draft x1: `min_side` = the input side, the most a reduced decode could save (not used).
+- full: `decode_image_file(path)`, every pixel: what `dermalens predict`, the web app
+  and training's image cache do;
+- draft xM: `min_side` = M x the input side: a JPEG is decoded at 1/2, 1/4 or 1/8
+  scale only while its shorter side keeps M times the model's input
+  (`predict_files(reduced_decode=M)`; off by default).
 
 Sets: the 50 HAM10000 sample photos (600 x 450), 224-px HAM10000 training images
-(nothing to reduce: the cost of the check), and the sample photos enlarged to a
-camera's 2400 x 1800 (cubic, re-encoded at quality 92) as a stand-in for full-size
+(nothing to reduce: the cost of asking), and the sample photos enlarged to a camera's
+2400 x 1800 (cubic, re-encoded at quality 92) as a stand-in for full-size
 dermatoscope/phone photos, which the shared data does not hold.
 
 Fidelity: the mean and largest difference of the model's uint8 input against the full
-decode; with --model, the largest change of any class probability over the set (the
-model as `dermalens predict` runs it, PyTorch runtime) and the model's own time per
-image for scale.
+decode; with --model, the largest and mean change of any class probability over the set
+(PyTorch runtime, the model's own TTA setting) and the model's own time per image for scale.
 """
 from __future__ import annotations
 
@@ -39,10 +37,10 @@ from bench_common import interleaved_timings, publish_result  # noqa: E402
 from dermalens.data.geometry import fit_to_square  # noqa: E402
 from dermalens.data.image_files import find_image_files  # noqa: E402
 from dermalens.data.readers.images import decode_image_file  # noqa: E402
-from dermalens.inference.prediction import DRAFT_MARGIN  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LARGE_SIZE = (2400, 1800)
+MARGINS = (4, 2, 1)
 
 
 def photo_sets(data: Path, n_224: int, workdir: Path) -> dict[str, list[Path]]:
@@ -64,7 +62,7 @@ def fitted(paths: list[Path], size: int, geometry: str, min_side: int | None) ->
 
 def set_rows(name: str, paths: list[Path], size: int, geometry: str, repeats: int, predictor,
              model_ms: float | None) -> list[dict]:
-    variants = {"full": None, f"draft x{DRAFT_MARGIN} (used)": DRAFT_MARGIN * size, "draft x1 (not used)": size}
+    variants = {"full": None, **{f"draft x{margin}": margin * size for margin in MARGINS}}
     decoded_shape = {label: decode_image_file(paths[0], min_side=side).shape[:2] for label, side in variants.items()}
     timings = interleaved_timings({label: (lambda side=side: fitted(paths, size, geometry, side))
                                    for label, side in variants.items()}, calls=repeats, warmup=1, block=1,
@@ -132,12 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [row for name, paths in sets.items()
                 for row in set_rows(name, paths, size, geometry, args.repeats, predictor, model_ms)]
     notes = [f"model input {size} px, {geometry}; median of {args.repeats} interleaved passes per set, one thread",
+             "draft xM: decoded at reduced scale while the shorter side keeps M x the input side; 'full' is what "
+             "predict, the web app and training do",
              "decode_ms: decoding alone; decode_fit_ms: decoding and fitting to the model's square input",
              "max_abs_dp: the largest change of any class probability against the full decode "
              f"({'PyTorch, ' + str(args.model) if args.model else 'no --model given: not measured'})",
              "training's image cache always decodes in full (min_side=None), so its pixels do not change"]
     settings = {"image_size": size, "geometry": geometry, "repeats": args.repeats, "n_224": args.n_224,
-                "draft_margin": DRAFT_MARGIN, "model": str(args.model) if args.model else None}
+                "draft_margins": list(MARGINS), "model": str(args.model) if args.model else None}
     return publish_result("decode_throughput", rows, settings, notes, args.out)
 
 

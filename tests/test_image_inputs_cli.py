@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dermalens.cli import main
 from dermalens.data.readers import read_class_folders
+from dermalens.inference.prediction import predict_files
 from image_samples import FORMATS, png_claiming_size, sample_photos, truncated_copy, write_format
 
 TINY = {
@@ -123,3 +126,37 @@ def test_a_40000_pixel_square_is_refused_before_decoding_in_predict_and_evaluate
                  "--split", "all", "--out", str(tmp_path / "eval"), *EVALUATE]) == 2
     err = capsys.readouterr().err
     assert "unreadable_image: huge (huge.png)" in err and "1600 megapixels" in err
+
+
+class RecordingPredictor:
+    """Any predictor as predict_files sees it: records the image sizes it is given; refuses 1-pixel-high images."""
+
+    classes = ("mel", "nv")
+    preprocessing = SimpleNamespace(image_size=32)
+
+    def __init__(self):
+        self.shapes = []
+
+    def predict_arrays(self, images):
+        if any(image.shape[0] == 1 for image in images):
+            raise ValueError("an image one pixel high")
+        self.shapes += [image.shape for image in images]
+        return np.full((len(images), 2), 0.5)
+
+
+def test_predict_files_decodes_in_full_unless_reduced_decoding_is_asked(sample_dir):
+    photos = sample_photos(sample_dir, 3)
+    full, reduced = RecordingPredictor(), RecordingPredictor()
+    predict_files(full, photos, progress=False)
+    predict_files(reduced, photos, progress=False, reduced_decode=2)    # keep >= 2 x 32 px
+    assert full.shapes == [(450, 600, 3)] * 3
+    assert reduced.shapes == [(113, 150, 3)] * 3                          # 1/4 scale: 113 >= 64
+
+
+def test_an_image_the_model_refuses_costs_only_its_own_answer(sample_dir, tmp_path):
+    photos = sample_photos(sample_dir, 5)
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (300, 1)).save(thin)
+    predictions, failures = predict_files(RecordingPredictor(), [*photos[:2], thin, *photos[2:]], progress=False)
+    assert [p.source for p in predictions] == list(map(str, photos))
+    assert failures == [f"{thin}: an image one pixel high"]

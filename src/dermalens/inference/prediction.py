@@ -93,19 +93,24 @@ def read_rgb_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
         raise ValueError(str(error)) from None
 
 
-# A JPEG is decoded at reduced scale only while its shorter side stays at least
-# this many times the model's input side: the model's own INTER_AREA resize
-# then still averages several decoded pixels into each input pixel, and
-# benchmarks/decode_throughput.py measures what that changes in the
-# probabilities on the real sample photos.
+# When reduced decoding is asked for: the decoded shorter side stays at least this many times the input side.
 DRAFT_MARGIN = 2
 
 
-def draft_side(predictor) -> int | None:
-    """The shorter side a file must keep for this predictor's input, or None (decode in full)."""
+def draft_side(predictor, margin: int | None = DRAFT_MARGIN) -> int | None:
+    """The shorter side a file must keep to be decoded at reduced scale for this predictor, or None (in full).
+
+    margin: the decoded shorter side is kept at least `margin` x the model's
+    input side (so the model's own INTER_AREA resize still averages margin x
+    margin decoded pixels into each input pixel). Reduced-scale JPEG decoding
+    is several times faster on camera-sized photos, but it is not the pixels
+    the model was trained on: benchmarks/decode_throughput.py measured the
+    recipe model's probabilities moving by up to 0.04 (margin 4) and 0.07
+    (margin 2) on enlarged sample photos, so it is off unless asked for.
+    """
     preprocessing = getattr(predictor, "preprocessing", None)
     size = getattr(preprocessing, "image_size", None)
-    return int(size) * DRAFT_MARGIN if size else None
+    return int(size) * int(margin) if size and margin else None
 
 
 def _decode_workers() -> int:
@@ -133,17 +138,19 @@ def predict_sources(predictor, sources: Iterable[str | Path | np.ndarray],
 
 
 def predict_files(predictor, paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE,
-                  progress: bool = True) -> tuple[list[Prediction], list[str]]:
+                  progress: bool = True, reduced_decode: int | None = None) -> tuple[list[Prediction], list[str]]:
     """Predictions for many image files, in batches, with a progress bar.
 
     Works with any predictor (`Predictor`, `OnnxPredictor`): it only calls
     `predict_arrays`. The next batch is decoded on worker threads while the
-    model runs on this one; large JPEGs are decoded at reduced scale where the
-    model's input allows (`draft_side`). A file that cannot be read, or that
-    the model cannot take, is reported (its name and why) and the others are
-    still answered.
+    model runs on this one. A file that cannot be read, or that the model
+    cannot take, is reported (its name and why) and the others are still
+    answered. reduced_decode: decode large JPEGs at reduced scale, keeping
+    their shorter side at least this many times the model's input (e.g.
+    `DRAFT_MARGIN`; faster on camera-sized photos, not the same pixels: see
+    `draft_side`); None = every pixel, as the web app and training decode.
     """
-    min_side = draft_side(predictor)
+    min_side = draft_side(predictor, reduced_decode)
 
     def decode(path):
         try:
