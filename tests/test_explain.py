@@ -10,8 +10,10 @@ the head on cached features takes seconds on a 2-core CPU.
 """
 from __future__ import annotations
 
+import io
 import json
 import threading
+import tracemalloc
 from dataclasses import asdict
 
 import numpy as np
@@ -19,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
+from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_name
 from dermalens.data.transforms import preprocess_image
 from dermalens.explain import metrics
 from dermalens.explain.api import (
@@ -32,8 +34,10 @@ from dermalens.explain.api import (
     save_overlay_png,
 )
 from dermalens.explain.base import Attribution, AttributionMethod
+from dermalens.explain.display import DISPLAY_MAX_SIDE, ImageShapeError
 from dermalens.explain.names import REGISTRY, MethodEntry
 from dermalens.explain.overlay import MIN_OVERLAY_WIDTH, heatmap_at_size
+from dermalens.inference.predictor import Predictor
 from dermalens.models import create_classifier
 from dermalens.models.checkpoint import CHECKPOINT_KEY
 
@@ -405,3 +409,87 @@ def test_cli_writes_overlays_raw_maps_and_a_summary_and_reports_bad_images(small
     code = main(["explain", "--model", str(checkpoint), str(folder / "lesion_a.jpg"), "--method", "shap",
                  "--shap-max-evals", str(FAST_SHAP), "--out", str(out)])
     assert code == 0 and np.load(out / "lesion_a_shap.npy").shape == (64, 64)
+
+
+# --- bounded pictures, one answer per image --------------------------------------------------
+
+def decoded_png(width: int, height: int) -> np.ndarray:
+    """An image as an upload arrives: a PNG file, decoded."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 150, 120)).save(buffer, format="PNG")
+    with Image.open(io.BytesIO(buffer.getvalue())) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def peak_bytes(work) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("width, height", [(1, 1000), (1, 3000)])
+def test_a_thin_strip_is_refused_naming_its_size_at_no_cost(small_explainer, width, height):
+    """A 92-byte 1 x 1000 PNG was enlarged to a 360 x 360,084 overlay (+1 GB); 1 x 3000 took 3.7 GB."""
+    strip = decoded_png(width, height)
+
+    def explain():
+        with pytest.raises(ImageShapeError, match=f"{width} x {height} pixels"):
+            small_explainer.explain(strip, "gradcam")
+
+    assert peak_bytes(explain) < 20e6
+
+
+def test_overlays_are_bounded_by_the_display_size_not_the_upload(small_explainer):
+    narrow = small_explainer.explain(decoded_png(30, 290), "gradcam")   # 9.7:1, just within the limit
+    assert narrow.overlay.shape[1] == MIN_OVERLAY_WIDTH                    # the caption's width, not 30 x 12
+    assert narrow.overlay.shape[0] <= DISPLAY_MAX_SIDE + 200
+    photo = decoded_png(4000, 3000)                                         # a 12-megapixel camera photo
+    peak = peak_bytes(lambda: small_explainer.explain(photo, "gradcam"))
+    large = small_explainer.explain(photo, "gradcam")
+    assert large.heatmap.shape == (768, 1024) and large.image_size == (3000, 4000)
+    assert large.overlay.shape[1] == 1024 and large.overlay.shape[0] < 1024
+    assert large.summary()["image_width"] == 4000 and large.summary()["heatmap_shape"] == [768, 1024]
+    assert peak < 120e6   # full-size float copies of the photo alone are 144 MB each
+
+
+@pytest.fixture
+def calibrated_predictor(small_model):
+    """What `dermalens predict` and the web app use: four flipped views, a fitted temperature."""
+    return Predictor(small_model, {"preprocessing": small_model.preprocessing, "classes": list(CLASS_CODES)},
+                     temperature=1.7, tta=True)
+
+
+def test_an_explanation_reports_the_predictors_probabilities(calibrated_predictor, photo, monkeypatch):
+    from dermalens.explain import api
+
+    captions = []
+    monkeypatch.setattr(api, "caption_lines", lambda *args: captions.append(caption_lines(*args)) or captions[-1])
+    explainer = Explainer.from_predictor(calibrated_predictor)
+    explanation = explainer.explain(photo, "gradcam")
+    served = calibrated_predictor.predict_arrays([photo])[0]
+    assert [explanation.probabilities[c] for c in CLASS_CODES] == pytest.approx(list(served), abs=1e-6)
+    one_view = explainer.probabilities(preprocess_image(photo, calibrated_predictor.preprocessing)[None])
+    assert np.abs(one_view - served).max() > 1e-4         # what the caption used to show: one view, not the answer
+    top = explanation.predicted_class
+    assert f"{top} ({class_name(top)}) {served[CLASS_CODES.index(top)]:.1%}" in captions[0][0]
+    assert "mean of 4 flipped views" in captions[0][0] and "unflipped image only" in captions[0][1]
+    assert explanation.summary()["tta"] is True and explanation.summary()["temperature"] == 1.7
+    given = {code: (1.0 if code == "df" else 0.0) for code in CLASS_CODES}   # what a server answered
+    assert explainer.explain(photo, "gradcam", probabilities=given).predicted_class == "df"
+
+
+def test_dermalens_explain_reports_the_calibrated_tta_probabilities(small_model, tmp_path):
+    from dermalens.cli import main
+    from dermalens.models.checkpoint import write_calibration
+
+    checkpoint = write_checkpoint(small_model, tmp_path / "model.ckpt")
+    write_calibration(checkpoint, temperature=1.7, tta=True, n_images=10)
+    image = tmp_path / "lesion.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image)
+    assert main(["explain", "--model", str(checkpoint), str(image), "--out", str(tmp_path / "out")]) == 0
+    [row] = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
+    served = Predictor.from_checkpoint(checkpoint).predict([image])[0]
+    assert served.probabilities[row["predicted_class"]] == pytest.approx(row["predicted_probability"], abs=1e-6)

@@ -30,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dermalens.classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_index
+from dermalens.classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_index, class_name
 from dermalens.serving.app import create_app
 from dermalens.serving.client import post_image, request
 from dermalens.serving.server import ServerThread
@@ -83,12 +83,13 @@ def fake_explain_api() -> SimpleNamespace:
         def from_predictor(cls, predictor):
             return cls(predictor.model, predictor.preprocessing)
 
-        def explain(self, image, method="gradcam", target_class=None):
+        def explain(self, image, method="gradcam", target_class=None, probabilities=None):
             if method not in methods:
                 raise ValueError(f"unknown method {method!r}; known: {', '.join(methods)}")
-            with torch.no_grad():
-                logits = self.model(preprocess_image(image, self.preprocessing)[None])
-            probabilities = dict(zip(CLASS_CODES, torch.softmax(logits, 1)[0].tolist()))   # as Explanation has them
+            if probabilities is None:   # the served predictor's, when the server hands them in
+                with torch.no_grad():
+                    logits = self.model(preprocess_image(image, self.preprocessing)[None])
+                probabilities = dict(zip(CLASS_CODES, torch.softmax(logits, 1)[0].tolist()))
             target = CLASS_CODES[class_index(target_class)] if target_class else max(probabilities, key=probabilities.get)
             height, width = image.shape[:2]
             yy, xx = np.mgrid[0:height, 0:width]
@@ -388,8 +389,9 @@ def test_explain_png_and_json(fake_explain_server, sample_jpeg):
     assert response.status == 200, response.body[:300]
     body = response.json()
     assert body["method"] == "shap" and body["target_class"] == "mel" and body["target_class_name"] == "Melanoma"
-    heatmap = np.array(body["heatmap"])
-    assert heatmap.shape == (450, 600) == tuple(body["heatmap_shape"]) and 0 <= heatmap.min() <= heatmap.max() <= 1
+    heatmap = np.array(body["heatmap"])   # at the model's resolution (64 px here), over the whole 600 x 450 image
+    assert heatmap.shape == (48, 64) == tuple(body["heatmap_shape"]) and 0 <= heatmap.min() <= heatmap.max() <= 1
+    assert body["image_size"] == [600, 450]
     assert set(body["probabilities"]) == set(CLASS_CODES) and body["disclaimer"] == RESEARCH_DISCLAIMER
     import base64
     assert Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"]))).size == (600, 450)
@@ -414,6 +416,44 @@ def test_gradcam_with_the_real_explainer(server, sample_jpeg):
     assert response.status == 200, response.body[:500]
     heatmap = np.array(response.json()["heatmap"])
     assert heatmap.ndim == 2 and 0 <= heatmap.min() <= heatmap.max() <= 1
+
+
+@pytest.mark.skipif(not REAL_EXPLAINER, reason="dermalens.explain.api is not there yet")
+def test_one_answer_per_upload_on_the_page_the_caption_and_the_report(serving_checkpoint, sample_jpeg, tmp_path,
+                                                                       monkeypatch):
+    """The caption and the downloaded report show the served predictor's probabilities (its flip TTA and
+    temperature), not those of the one view the map is computed on."""
+    import shutil
+
+    from dermalens.explain import api
+    from dermalens.models.checkpoint import write_calibration
+    from dermalens.serving import routes
+
+    checkpoint = tmp_path / "calibrated.ckpt"
+    shutil.copy(serving_checkpoint, checkpoint)
+    write_calibration(checkpoint, temperature=1.7, tta=True, n_images=10)
+    captions, reported = [], []
+    real_caption, real_report = api.caption_lines, routes.report_png
+    monkeypatch.setattr(api, "caption_lines", lambda *args: captions.append(real_caption(*args)) or captions[-1])
+    monkeypatch.setattr(routes, "report_png", lambda image, probabilities, *rest: reported.append(probabilities)
+                        or real_report(image, probabilities, *rest))
+    client = create_app(checkpoint, runtime="pytorch").test_client()
+    predicted = client.post("/api/predict", data={"image": (io.BytesIO(sample_jpeg), "a.jpg")}).get_json()
+    explained = client.post("/api/explain", data={"image": (io.BytesIO(sample_jpeg), "a.jpg"), "format": "json"})
+    assert explained.status_code == 200, explained.data[:300]
+    assert explained.get_json()["probabilities"] == pytest.approx(predicted["probabilities"], abs=1e-6)
+    top, p_top = predicted["predicted_class"], predicted["probabilities"][predicted["predicted_class"]]
+    assert f"{top} ({class_name(top)}) {p_top:.1%}" in captions[-1][0] and "mean of 4 flipped views" in captions[-1][0]
+    report = client.post("/api/report", data={"image": (io.BytesIO(sample_jpeg), "a.jpg")})
+    assert report.status_code == 200 and reported[-1] == pytest.approx(predicted["probabilities"], abs=1e-6)
+    # The single view the map is computed on answers otherwise: the numbers above are not it.
+    from dermalens.explain.api import Explainer
+    from dermalens.inference.predictor import Predictor
+
+    one_view = Explainer.from_predictor(Predictor.from_checkpoint(checkpoint, tta=False))
+    rgb = np.asarray(Image.open(io.BytesIO(sample_jpeg)).convert("RGB"))
+    single = one_view.predict(rgb)
+    assert max(abs(single[c] - predicted["probabilities"][c]) for c in CLASS_CODES) > 1e-5
 
 
 # --- the downloadable report ------------------------------------------------------

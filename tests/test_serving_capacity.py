@@ -69,7 +69,7 @@ def stand_in_explain_api(gate: Gate) -> SimpleNamespace:
         def from_predictor(cls, predictor):
             return cls()
 
-        def explain(self, image, method="gradcam", target_class=None):
+        def explain(self, image, method="gradcam", target_class=None, probabilities=None):
             if method == "slow":
                 gate.pass_through()
             height, width = image.shape[:2]
@@ -77,12 +77,16 @@ def stand_in_explain_api(gate: Gate) -> SimpleNamespace:
             return SimpleNamespace(heatmap=np.ones((height, width), np.float32), overlay=image, method=method,
                                    target_class=target_class or "nv", probabilities=probabilities)
 
+    encoded_in: list[str] = []   # the threads that encoded an overlay
+
     def overlay_png_bytes(explanation) -> bytes:
+        encoded_in.append(threading.current_thread().name)
         buffer = io.BytesIO()
         Image.fromarray(explanation.overlay).save(buffer, format="PNG")
         return buffer.getvalue()
 
-    return SimpleNamespace(Explainer=Explainer, METHODS=("gradcam", "slow"), overlay_png_bytes=overlay_png_bytes)
+    return SimpleNamespace(Explainer=Explainer, METHODS=("gradcam", "slow"), overlay_png_bytes=overlay_png_bytes,
+                           encoded_in=encoded_in)
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +219,84 @@ def test_worker_pool_cancels_a_job_that_never_started():
     assert started == []
 
 
+# --- memory: nothing is decoded or drawn outside a slot ---------------------------------------
+class CountingOpen:
+    """Image.open, counted; while `gate` is closed each call waits in it (a decode that takes long)."""
+
+    def __init__(self, real, gate: Gate | None = None):
+        self.real, self.gate, self.calls, self.inside, self.most_inside = real, gate, 0, 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            self.calls += 1
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            if self.gate is not None:
+                self.gate.pass_through()
+            return self.real(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+def wait_until(condition) -> bool:
+    deadline = time.monotonic() + WAIT
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_full_server_refuses_a_prediction_before_decoding_it(png, monkeypatch):
+    server, predict_gate, _ = serve(predict_slots=1, predict_queue=0, queue_timeout=WAIT)
+    predict_gate.closed = True
+    opened = CountingOpen(Image.open)
+    monkeypatch.setattr(Image, "open", opened)
+    with server as url, ThreadPoolExecutor(1) as pool:
+        running = start(pool, url + "/api/predict", png)
+        assert predict_gate.entered.wait(WAIT) and opened.calls == 1
+        assert_busy(post_image(url + "/api/predict", png, "x.png", timeout=WAIT), 503, "prediction slot")
+        assert opened.calls == 1          # the refused upload was never decoded
+        predict_gate.opened.set()
+        assert running.result(WAIT).status == 200
+
+
+def test_uploads_are_decoded_a_few_at_a_time(png, monkeypatch):
+    server, _, _ = serve(decode_slots=1, predict_slots=2)
+    decode_gate = Gate()
+    decode_gate.closed = True
+    opened = CountingOpen(Image.open, decode_gate)
+    monkeypatch.setattr(Image, "open", opened)
+    service = server.app.extensions["dermalens"]
+    with server as url, ThreadPoolExecutor(2) as pool:
+        answers = [start(pool, url + "/api/predict", png) for _ in range(2)]
+        assert decode_gate.entered.wait(WAIT)
+        assert wait_until(lambda: service.decoding.admitted == 2)   # one decoding, one waiting for the slot
+        assert opened.inside == 1
+        decode_gate.opened.set()
+        assert [answer.result(WAIT).status for answer in answers] == [200, 200]
+    assert opened.most_inside == 1 and opened.calls == 2
+
+
+def test_overlays_and_reports_are_made_on_the_explanation_worker(png, monkeypatch):
+    from dermalens.serving import routes
+
+    predictor, api = StandInPredictor(), stand_in_explain_api(Gate())
+    app = create_app(predictor, max_upload_mb=1, explain_module=api)
+    drawn_in = []
+    real_report = routes.report_png
+    monkeypatch.setattr(routes, "report_png", lambda *a: drawn_in.append(threading.current_thread().name)
+                        or real_report(*a))
+    client = app.test_client()
+    for fields in ({}, {"format": "json"}):
+        answer = client.post("/api/explain", data={"image": (io.BytesIO(png), "x.png"), **fields})
+        assert answer.status_code == 200, answer.data[:300]
+    assert client.post("/api/report", data={"image": (io.BytesIO(png), "x.png")}).status_code == 200
+    assert len(api.encoded_in) == 2 and len(drawn_in) == 1
+    assert all(name.startswith("dermalens-explanation") for name in api.encoded_in + drawn_in), api.encoded_in
+
+
 # --- every error is JSON ----------------------------------------------------------------
 def test_body_far_over_the_limit_is_a_json_413_from_waitress(png):
     """Over waitress's own cap (twice the upload limit + 1 MB) the request never reaches Flask;
@@ -302,7 +384,7 @@ def test_model_info_reports_the_limits():
     with server as url:
         info = request(url + "/api/model").json()
     assert info["limits"] == {"predict_slots": 3, "predict_queue": 5, "explain_slots": 2, "explain_queue": 1,
-                              "queue_timeout": 7, "explain_timeout": 9}
+                              "queue_timeout": 7, "explain_timeout": 9, "decode_slots": 2}
     assert server.app.config["SERVER_THREADS"] == 3 + 5 + 2 + 1
 
 

@@ -6,6 +6,12 @@
 
 Every picture it draws carries the research-tool disclaimer: a heatmap shows
 where the model looked, not where a lesion is or what it is.
+
+One answer per image: the probabilities an explanation reports (and its
+caption shows) are the predictor's, with its calibrated temperature and its
+flip TTA, exactly what `dermalens predict` and the web app's prediction say;
+a caller that already has them (the web app) hands them in. The map itself is
+computed on one view (the unflipped image), and the caption says so.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,13 +27,15 @@ import torch
 from ..atomic_io import atomic_write_bytes
 from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER, class_index, class_name, validate_class_set
 from ..data.geometry import fit_to_square
+from ..data.preprocess import Preprocessing
 from ..data.transforms import preprocess_image
+from ..inference.postprocess import DecisionRule
 from ..inference.predictor import Predictor
 from .base import AttributionMethod, model_device, private_module_tree
+from .display import check_aspect_ratio
 from .metrics import centre_mask, energy_share
 from .names import DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS, REGISTRY, check_method, method_label
-from ..data.preprocess import Preprocessing
-from .overlay import heatmap_at_size, png_bytes, render_overlay
+from .overlay import display_image, heatmap_at_size, png_bytes, render_overlay
 
 __all__ = ["METHODS", "METHOD_LABELS", "Explanation", "Explainer", "explain_image", "overlay_png_bytes",
            "save_overlay_png", "check_method"]
@@ -44,13 +52,18 @@ def check_image(image: np.ndarray) -> np.ndarray:
 class Explanation:
     """One explained image.
 
-    heatmap: float32 (H, W) in [0, 1] at the original image size (SHAP: the
-    positive attribution of the target class, normalised). raw_map: float32,
-    signed, at the method's own resolution before upsampling: the target
-    layer's grid for CAMs (before ReLU), the model's input grid for SHAP.
-    overlay: RGB uint8, the heatmap over the image with a caption band BELOW
-    it (predicted class, probability, research-tool note); its top H rows are
-    the image (times a whole factor when W < 360 px, to keep the caption legible).
+    heatmap: float32 (h, w) in [0, 1] over the image at its display size: the
+    original size, shrunk to at most 1024 px on the longest side
+    (`display.DISPLAY_MAX_SIDE`; SHAP: the positive attribution of the target
+    class, normalised). image_size: the original (height, width). raw_map:
+    float32, signed, at the method's own resolution before upsampling: the
+    target layer's grid for CAMs (before ReLU), the model's input grid for
+    SHAP. overlay: RGB uint8, the heatmap over the image with a caption band
+    BELOW it (the predictor's class and probability, the map's class, the
+    research-tool note); its top rows are the display image (times a whole
+    factor when it is narrower than 360 px, never past 1024 px).
+    probabilities: the predictor's (temperature, and flip TTA when `tta`);
+    the map comes from the unflipped view alone.
     """
 
     method: str
@@ -61,11 +74,16 @@ class Explanation:
     overlay: np.ndarray
     class_maps: dict[str, np.ndarray] | None = None   # SHAP: every class's signed map
     seconds: float = 0.0
+    image_size: tuple[int, int] | None = None          # the original (height, width); None: the heatmap's
+    tta: bool = False
+    temperature: float = 1.0
+    decided_class: str | None = None    # the class the model's decision rule reports (None: the most probable)
     disclaimer: str = field(default=RESEARCH_DISCLAIMER, repr=False)
 
     @property
     def predicted_class(self) -> str:
-        return max(self.probabilities, key=self.probabilities.get)
+        """The class the predictor reports: its decision rule's, else the most probable."""
+        return self.decided_class or max(self.probabilities, key=self.probabilities.get)
 
     @property
     def centre_energy_share(self) -> float:
@@ -75,6 +93,7 @@ class Explanation:
     def summary(self) -> dict:
         """JSON-ready facts about the explanation (no arrays)."""
         height, width = self.heatmap.shape
+        image_height, image_width = self.image_size or (height, width)
         mass = self.heatmap.astype(np.float64)
         total = mass.sum() or 1.0
         centroid_y = float((mass.sum(axis=1) * (np.arange(height) + 0.5)).sum() / total / height)
@@ -89,9 +108,13 @@ class Explanation:
             "centre_energy_share": self.centre_energy_share,
             "centroid_x": centroid_x,   # the heatmap's centre of mass, as a fraction of width / height
             "centroid_y": centroid_y,
-            "image_height": height,
-            "image_width": width,
+            "image_height": image_height,
+            "image_width": image_width,
+            "heatmap_shape": [height, width],
             "raw_map_shape": list(self.raw_map.shape),
+            "tta": self.tta,                    # the probabilities: the predictor's views and temperature
+            "temperature": self.temperature,
+            "map_view": "unflipped image",      # the map: one view
             "seconds": self.seconds,
             "disclaimer": self.disclaimer,
         }
@@ -105,8 +128,10 @@ class Explainer:
     method runs one image at a time under its own lock. Methods come from
     `names.REGISTRY`: each is built on first use from the same settings
     (model, preprocessing, temperature, cam_layer) and called the same way.
-    `temperature` (from `evaluate`'s calibration) only rescales the reported
-    probabilities, so they match what `Predictor` reports. `shap_max_evals` is
+    `temperature` (from training's calibration) and `tta` (average four
+    flipped views) make the reported probabilities those `Predictor` reports
+    (they are computed by one, on a private view of the model); the maps are
+    computed on the unflipped view. `shap_max_evals` is
     the budget (`max_evals`; only SHAP spends one) used when `explain` is not
     given one: SHAP costs about max_evals forward passes (EfficientNet-B3 at
     300 px: ~0.2 s each on one CPU core, so 300 evaluations take over a
@@ -115,7 +140,7 @@ class Explainer:
 
     def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, temperature: float = 1.0,
                  shap_max_evals: int = DEFAULT_SHAP_MAX_EVALS, cam_layer: str = "final",
-                 classes: Sequence[str] | None = None):
+                 classes: Sequence[str] | None = None, tta: bool = False, decision: DecisionRule | None = None):
         self.model = model
         self.preprocessing = preprocessing
         # The model's class codes, in output order (default HAM10000's 7), checked against its head.
@@ -123,9 +148,14 @@ class Explainer:
         self.classes = validate_class_set(CLASS_CODES if classes is None else classes, "the model's classes",
                                           num_outputs=num_outputs)
         self.temperature = float(temperature)
+        self.tta = bool(tta)
+        self.decision = decision   # the predictor's rule for which class to report (None: the most probable)
         self.shap_max_evals = int(shap_max_evals)
         self.cam_layer = cam_layer   # Grad-CAM / Grad-CAM++: "final" (the pooled map) or "stride16"
         self._inference_view = private_module_tree(model)   # never carries hooks
+        # The probabilities: the predictor's own code (views, temperature), on the hook-free view.
+        self._predictor = Predictor(self._inference_view, {"preprocessing": preprocessing, "classes": self.classes},
+                                    temperature=self.temperature, tta=self.tta)
         self._methods: dict[str, AttributionMethod] = {}
         self._methods_lock = threading.Lock()
 
@@ -136,9 +166,10 @@ class Explainer:
 
     @classmethod
     def from_predictor(cls, predictor, **kwargs) -> "Explainer":
-        """Shares the predictor's model (no copy of the weights) and its calibration temperature."""
+        """Shares the predictor's model (no copy of the weights), its temperature and its TTA."""
         return cls(predictor.model, predictor.preprocessing, temperature=predictor.temperature,
-                   classes=predictor.classes, **kwargs)
+                   classes=predictor.classes, tta=predictor.tta, decision=getattr(predictor, "decision", None),
+                   **kwargs)
 
     def method(self, name: str) -> AttributionMethod:
         """The registered method (names.REGISTRY), built on first use and kept."""
@@ -152,36 +183,69 @@ class Explainer:
 
     @torch.inference_mode()
     def probabilities(self, input_tensor: torch.Tensor) -> np.ndarray:
+        """Single-view probabilities of a preprocessed batch of one (no TTA), at the temperature."""
         logits = self._inference_view(input_tensor.to(model_device(self._inference_view))).float()
         return torch.softmax(logits / self.temperature, dim=1)[0].cpu().numpy()
 
+    def predict(self, image: np.ndarray) -> dict[str, float]:
+        """The predictor's probabilities for one image: temperature and, when `tta`, four flipped views."""
+        return {code: float(p) for code, p in zip(self.classes, self._predictor.predict_arrays([image])[0])}
+
+    def _served(self, probabilities: Mapping[str, float] | Sequence[float]) -> dict[str, float]:
+        if isinstance(probabilities, Mapping):
+            if set(probabilities) != set(self.classes):
+                raise ValueError(f"probabilities name the classes {sorted(probabilities)}; this model's are "
+                                 f"{', '.join(self.classes)}")
+            return {code: float(probabilities[code]) for code in self.classes}
+        values = np.asarray(probabilities, dtype=np.float64).ravel()
+        if values.shape != (len(self.classes),):
+            raise ValueError(f"expected {len(self.classes)} probabilities, got {values.shape[0]}")
+        return {code: float(p) for code, p in zip(self.classes, values)}
+
     def explain(self, image: np.ndarray, method: str = "gradcam", target_class: str | None = None, *,
-                shap_max_evals: int | None = None) -> Explanation:
-        """Explain one RGB uint8 image of any size for `target_class` (default: the predicted class)."""
+                shap_max_evals: int | None = None,
+                probabilities: Mapping[str, float] | Sequence[float] | None = None) -> Explanation:
+        """Explain one RGB uint8 image of any size for `target_class` (default: the predicted class).
+
+        probabilities: what the predictor serving this image answered (class code -> p, or in class
+        order); None: computed here by the same predictor code (`predict`). Images thinner than
+        10:1 are refused (`display.ImageShapeError`, a ValueError naming the size).
+        """
         method = check_method(method)
         image = check_image(image)
+        check_aspect_ratio(*image.shape[:2])
         target_index = class_index(target_class, self.classes) if target_class is not None else None
         started = time.perf_counter()
-        input_tensor = preprocess_image(image, self.preprocessing)[None]
-        probabilities = self.probabilities(input_tensor)
+        probs = self.predict(image) if probabilities is None else self._served(probabilities)
+        decided = self.decided_class(probs)
         if target_index is None:
-            target_index = int(np.argmax(probabilities))
+            target_index = self.classes.index(decided)
         explainer = self.method(method)
         pre = self.preprocessing
+        input_tensor = preprocess_image(image, pre)[None]
         model_image = fit_to_square(image, pre.image_size, pre.geometry)   # the pixels the model saw
         attribution = explainer.attribute(model_image, input_tensor, target_index,
                                           max_evals=shap_max_evals or self.shap_max_evals)
-        heatmap = heatmap_at_size(attribution.raw_map, *image.shape[:2], geometry=pre.geometry)
-        probs = {code: float(p) for code, p in zip(self.classes, probabilities)}
+        shown = display_image(image)   # heatmap and overlay at display size, whatever the upload's size
+        heatmap = heatmap_at_size(attribution.raw_map, *shown.shape[:2], geometry=pre.geometry)
         target = self.classes[target_index]
-        overlay = render_overlay(image, heatmap, caption_lines(method, target, probs))
+        overlay = render_overlay(shown, heatmap, caption_lines(method, target, probs, self.tta, self.temperature,
+                                                               decided))
         return Explanation(
             method=method, target_class=target, probabilities=probs, heatmap=heatmap,
             raw_map=np.asarray(attribution.raw_map, dtype=np.float32), overlay=overlay,
             class_maps=({self.classes[k]: m for k, m in attribution.class_maps.items()}
                         if attribution.class_maps is not None else None),
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - started, image_size=(int(image.shape[0]), int(image.shape[1])),
+            tta=self.tta, temperature=self.temperature, decided_class=decided,
         )
+
+    def decided_class(self, probabilities: dict[str, float]) -> str:
+        """The class the predictor reports for these probabilities (its decision rule, else the argmax)."""
+        if self.decision is None:
+            return max(probabilities, key=probabilities.get)
+        row = np.array([[probabilities[code] for code in self.classes]])
+        return self.classes[int(self.decision.decide(row)[0])]
 
     def warm_up(self, methods: tuple[str, ...] = METHODS) -> None:
         """Run each method once on a grey image, so that the first real request does not
@@ -192,11 +256,20 @@ class Explainer:
             self.explain(grey, name, shap_max_evals=20)
 
 
-def caption_lines(method: str, target: str, probabilities: dict[str, float]) -> list[str]:
-    predicted = max(probabilities, key=probabilities.get)
+def predictor_description(tta: bool, temperature: float) -> str:
+    views = "mean of 4 flipped views" if tta else "one view"
+    return f"{views}, temperature {temperature:.2f}" if temperature != 1.0 else views
+
+
+def caption_lines(method: str, target: str, probabilities: dict[str, float], tta: bool = False,
+                  temperature: float = 1.0, predicted: str | None = None) -> list[str]:
+    """The overlay's caption: the predictor's answer (how it was computed), the map's class and view."""
+    predicted = predicted or max(probabilities, key=probabilities.get)
     return [
-        f"Model output: {predicted} ({class_name(predicted)}) {probabilities[predicted]:.1%}",
-        f"{method_label(method)} map for: {target} ({class_name(target)}) {probabilities[target]:.1%}",
+        f"Model output: {predicted} ({class_name(predicted)}) {probabilities[predicted]:.1%} "
+        f"({predictor_description(tta, temperature)})",
+        f"{method_label(method)} map for: {target} ({class_name(target)}) {probabilities[target]:.1%}; "
+        f"map from the unflipped image only",
         RESEARCH_DISCLAIMER,
     ]
 

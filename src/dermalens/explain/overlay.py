@@ -1,8 +1,11 @@
-"""Maps to pictures: upsampling to the image, colouring, the caption band, PNG encoding."""
+"""Maps to pictures: upsampling to the displayed image, colouring, the caption band, PNG encoding.
+
+Everything here works at the display size of `display.py` (at most
+DISPLAY_MAX_SIDE on the longest side), whatever the size of the upload.
+"""
 from __future__ import annotations
 
 import io
-import math
 
 import cv2
 import numpy as np
@@ -11,8 +14,9 @@ from PIL.PngImagePlugin import PngInfo
 from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 
 from ..data.geometry import SQUASH, map_to_image
+from .display import MIN_CAPTION_WIDTH, check_aspect_ratio, display_shape, enlargement
 
-MIN_OVERLAY_WIDTH = 360   # smaller images are enlarged so that the caption can be read
+MIN_OVERLAY_WIDTH = MIN_CAPTION_WIDTH   # the caption band is at least this wide
 IMAGE_WEIGHT = 0.5        # share of the photograph in the blended overlay
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -30,6 +34,14 @@ def heatmap_at_size(raw_map: np.ndarray, height: int, width: int, geometry: str 
         return np.zeros((height, width), dtype=np.float32)
     scaled = scale_cam_image(positive[None])[0]    # min-max to [0, 1] at the map's own size
     return np.clip(map_to_image(scaled, height, width, geometry), 0.0, 1.0).astype(np.float32)
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """The image at its display size (`display.display_shape`): shrunk by area averaging, never enlarged."""
+    height, width = display_shape(*image.shape[:2])
+    if (height, width) == image.shape[:2]:
+        return image
+    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_AREA)
 
 
 def _wrap(text: str, max_width: int, scale: float, thickness: int) -> list[str]:
@@ -65,15 +77,28 @@ def caption_band(lines: list[str], width: int) -> np.ndarray:
 def render_overlay(image: np.ndarray, heatmap: np.ndarray, caption: list[str]) -> np.ndarray:
     """The heatmap (jet) blended over the image, with a caption band below it.
 
-    Images narrower than MIN_OVERLAY_WIDTH are enlarged by a whole factor
-    (nearest neighbour, so no pixel is invented) before the caption is drawn.
+    `image` and `heatmap` are at the display size (`display_image`). A narrow
+    image is enlarged by a whole factor (nearest neighbour, so no pixel is
+    invented) towards the caption's minimum width, never past
+    DISPLAY_MAX_SIDE; where it is still narrower, it sits centred above a
+    caption band of MIN_OVERLAY_WIDTH. Images thinner than MAX_ASPECT_RATIO
+    are refused (ValueError naming the size).
     """
+    check_aspect_ratio(*image.shape[:2])
+    if heatmap.shape != image.shape[:2]:
+        raise ValueError(f"heatmap {heatmap.shape} and image {image.shape[:2]} differ in size")
     blended = show_cam_on_image(image.astype(np.float32) / 255.0, heatmap, use_rgb=True,
                                 colormap=cv2.COLORMAP_JET, image_weight=IMAGE_WEIGHT)
-    factor = math.ceil(MIN_OVERLAY_WIDTH / blended.shape[1])
+    factor = enlargement(*blended.shape[:2])
     if factor > 1:
         blended = cv2.resize(blended, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
-    return np.ascontiguousarray(np.vstack([blended, caption_band(caption, blended.shape[1])]))
+    width = max(blended.shape[1], MIN_OVERLAY_WIDTH)
+    if blended.shape[1] < width:   # centred on a dark canvas as wide as the caption
+        canvas = np.full((blended.shape[0], width, 3), 32, dtype=np.uint8)
+        left = (width - blended.shape[1]) // 2
+        canvas[:, left:left + blended.shape[1]] = blended
+        blended = canvas
+    return np.ascontiguousarray(np.vstack([blended, caption_band(caption, width)]))
 
 
 def png_bytes(rgb: np.ndarray, text: dict[str, str] | None = None) -> bytes:

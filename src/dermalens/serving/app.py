@@ -33,15 +33,20 @@ def create_app(model, max_upload_mb: float = 10.0, max_image_pixels: int = DEFAU
                threads: int | None = None, *, predict_slots: int = Limits.predict_slots,
                predict_queue: int = Limits.predict_queue, explain_slots: int = Limits.explain_slots,
                explain_queue: int = Limits.explain_queue, queue_timeout: float = Limits.queue_timeout,
-               explain_timeout: float = Limits.explain_timeout) -> Flask:
+               explain_timeout: float = Limits.explain_timeout, decode_slots: int = Limits.decode_slots,
+               loopback_only: bool = True) -> Flask:
     """The Flask app around one model: a checkpoint or .onnx path, a Predictor, or a ModelService.
 
     runtime, threads: what predicts for a path, on how many threads (`load_predictor`); an .onnx
     file alone serves predictions without PyTorch, and no explanations. A Predictor or ModelService
     is used as given (a ModelService keeps its own limits). predict_slots, predict_queue,
-    explain_slots, explain_queue, queue_timeout, explain_timeout: see capacity.Limits.
+    explain_slots, explain_queue, queue_timeout, explain_timeout, decode_slots: see capacity.Limits.
+    loopback_only: answer only requests addressed to this machine by a loopback name, with no
+    foreign Origin (no page of another site can use the server through the user's browser, DNS
+    rebinding included); `server.make_server` turns it off when it listens on another address.
     """
-    limits = Limits(predict_slots, predict_queue, explain_slots, explain_queue, queue_timeout, explain_timeout)
+    limits = Limits(predict_slots, predict_queue, explain_slots, explain_queue, queue_timeout, explain_timeout,
+                    decode_slots)
     if isinstance(model, ModelService):
         service = model
     elif isinstance(model, (str, Path)):
@@ -57,6 +62,7 @@ def create_app(model, max_upload_mb: float = 10.0, max_image_pixels: int = DEFAU
         MAX_IMAGE_PIXELS=int(max_image_pixels),
         TEMPLATES_AUTO_RELOAD=False,
         SERVER_THREADS=service.limits.server_threads,   # what make_server uses unless told otherwise
+        LOOPBACK_ONLY=bool(loopback_only),
     )
     app.json.sort_keys = False
     app.extensions["dermalens"] = service

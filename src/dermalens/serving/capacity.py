@@ -41,9 +41,13 @@ class Limits:
     explain_queue: int = 2          # explanations that may wait for a slot (seconds each: a short line is long)
     queue_timeout: float = 30.0     # seconds a prediction waits for a slot
     explain_timeout: float = 120.0  # seconds a request waits for its explanation (queue included)
+    # Uploads decoded at once, whatever the route: a 25-megapixel image takes a few hundred MB while Pillow
+    # decodes it, so a burst of large uploads must not decode on every server thread at the same time.
+    decode_slots: int = 2
 
     def __post_init__(self):
-        if self.predict_slots < 1 or self.explain_slots < 1 or self.predict_queue < 0 or self.explain_queue < 0:
+        if min(self.predict_slots, self.explain_slots, self.decode_slots) < 1 or self.predict_queue < 0 \
+                or self.explain_queue < 0:
             raise ValueError(f"slots must be at least 1 and queues at least 0: {self}")
         if self.queue_timeout <= 0 or self.explain_timeout <= 0:
             raise ValueError(f"time limits must be positive: {self}")

@@ -15,6 +15,7 @@ from flask import Flask, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from ..classes import RESEARCH_DISCLAIMER
+from .access import printable
 from .capacity import Overloaded, TimeLimitExceeded
 from .routes import JSON_PATHS
 from .service import ExplainUnavailable
@@ -43,7 +44,7 @@ def api_endpoints(app: Flask) -> set[str]:
 
 
 def bad_upload(error: UploadError):
-    log.info("%s rejected upload: %s", g.get("request_id"), error)
+    log.info("%s rejected upload: %s", g.get("request_id"), printable(str(error), 500))
     return error_response(error.status, str(error))
 
 
@@ -53,7 +54,7 @@ def explain_unavailable(error: ExplainUnavailable):
 
 def busy(error: Overloaded | TimeLimitExceeded):
     status = 504 if isinstance(error, TimeLimitExceeded) else 503
-    log.warning("%s %s %s: %s", g.get("request_id"), request.method, request.path, error)
+    log.warning("%s %s %s: %s", g.get("request_id"), request.method, printable(request.path), error)
     return error_response(status, str(error), {"Retry-After": str(error.retry_after)})
 
 
@@ -73,7 +74,7 @@ def http_error(error: HTTPException):
 
 
 def unexpected_error(error: Exception):
-    log.exception("%s %s %s failed", g.get("request_id"), request.method, request.path)
+    log.exception("%s %s %s failed", g.get("request_id"), request.method, printable(request.path))
     return error_response(500, f"internal server error (request id {g.get('request_id')}); "
                                "the details are in the server log")
 

@@ -41,7 +41,9 @@ def class_code_schema(classes: list[str]) -> dict:
 def upload_errors(limit_mb: float, busy: str) -> dict:
     """The error answers every upload route shares, by status."""
     return {
-        "400": _json("Error", "bad request: no image field, an unreadable or truncated image, an unknown name"),
+        "400": _json("Error", "bad request: no image field, an unreadable or truncated image, an unknown name, "
+                              "an image too thin to explain (over 10:1)"),
+        "403": _json("Error", "a server on a loopback address: a Host that is not a loopback name, or a foreign Origin"),
         "413": _json("Error", f"upload over {limit_mb:g} MB, or an image over the pixel limit"),
         "415": _json("Error", "the file is not an image this server reads (JPEG, PNG, TIFF, BMP, WebP)"),
         "500": _json("Error", "unexpected failure; the body carries only a request id, the server log the rest"),
@@ -142,9 +144,11 @@ def schemas(classes: list[str]) -> dict:
             "image": {"type": "string"}, "method": {"type": "string"},
             "target_class": class_code_schema(classes), "target_class_name": {"type": "string"},
             "probabilities": probabilities_schema(classes),
+            "image_size": {"type": "array", "items": {"type": "integer"}, "description": "[width, height] in pixels"},
             "heatmap_shape": {"type": "array", "items": {"type": "integer"}, "description": "[height, width]"},
             "heatmap": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
-                        "description": "rows of values in [0, 1] at the image's size"},
+                        "description": "rows of values in [0, 1] over the whole image, at the model's resolution "
+                                       "(longest side: the input size); resize to image_size to overlay it"},
             "overlay_png_base64": {"type": "string", "format": "byte"},
             "disclaimer": {"type": "string"}}},
         "ModelInfo": {"type": "object", "required": ["name", "classes", "disclaimer"], "properties": {

@@ -28,9 +28,21 @@ def thin(array: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
     return array[::step, ::step]
 
 
+def matching(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The image at the heatmap's size (an explanation's heatmap is at display size, not the upload's)."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(image), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
 def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.ndarray, method: str,
                target_class: str, model_name: str, source: str) -> bytes:
-    """image: RGB uint8 (H, W, 3); heatmap: float (H, W) in [0, 1]; probabilities: class code -> p."""
+    """image: RGB uint8 (H, W, 3); heatmap: float (h, w) in [0, 1] over the whole image, at any size;
+    probabilities: class code -> p, the served predictor's (the map comes from one view)."""
+    heatmap = thin(np.asarray(heatmap, dtype=np.float32))
+    shown = matching(image, heatmap.shape)
     ranked = sorted(probabilities.items(), key=lambda item: item[1])   # barh draws bottom-up: top class last
     top = ranked[-1][0]
     label = METHOD_LABELS.get(method, method)
@@ -39,7 +51,6 @@ def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.n
         figure = Figure(figsize=(16, 6.4), dpi=110, layout="constrained")
         FigureCanvasAgg(figure)
         grid = figure.add_gridspec(1, 3, width_ratios=[1, 1, 0.9])
-        shown = thin(image)
         photo = figure.add_subplot(grid[0])
         photo.imshow(shown)
         photo.set_title(f"Uploaded image: {source}\n{image.shape[1]} x {image.shape[0]} px", fontsize=11)
@@ -47,8 +58,9 @@ def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.n
 
         heat = figure.add_subplot(grid[1])
         heat.imshow(shown)
-        layer = heat.imshow(thin(np.asarray(heatmap, dtype=np.float32)), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        heat.set_title(f"{label} map for {target_class} ({class_name(target_class)})", fontsize=11)
+        layer = heat.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        heat.set_title(f"{label} map for {target_class} ({class_name(target_class)}), from the unflipped image",
+                       fontsize=11)
         heat.axis("off")
         figure.colorbar(layer, ax=heat, fraction=0.035, pad=0.02, label="relative evidence")
 

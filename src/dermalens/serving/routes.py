@@ -2,10 +2,17 @@
 
 Every request gets an id (X-Request-ID, also in error bodies and the log) and
 the same security headers; the page needs nothing from outside this server.
+A server on a loopback address answers only requests addressed to it by a
+loopback name and sent from its own page (access.py).
+
+An upload is decoded only after the request is admitted (a free place for
+its kind of work), in one of a few decode slots; an explanation's map, its
+PNG and its JSON are made on the explanation worker, inside its slot.
 """
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import time
@@ -16,11 +23,13 @@ import numpy as np
 from flask import Blueprint, current_app, g, jsonify, render_template, request
 
 from ..classes import RESEARCH_DISCLAIMER, class_name
+from ..explain.display import ImageShapeError, check_aspect_ratio
 from ..explain.names import METHOD_LABELS, METHODS
+from .access import check_host_and_origin, printable
 from .openapi import EXPLAIN_FORMATS, openapi_document
 from .report import report_png
 from .service import ExplainUnavailable, ModelService
-from .uploads import DecodedImage, UploadError, decode_upload
+from .uploads import DecodedImage, UploadError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dermalens", __name__)
@@ -41,6 +50,8 @@ def max_upload_mb() -> float:
 def start_request():
     g.request_id = uuid.uuid4().hex[:12]
     g.started = time.perf_counter()
+    if current_app.config.get("LOOPBACK_ONLY"):
+        check_host_and_origin(request)
 
 
 @bp.after_app_request
@@ -56,7 +67,7 @@ def finish_request(response):
     if request.path.startswith(JSON_PATHS):
         response.headers["Cache-Control"] = "no-store"
     elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1e3
-    log.info("%s %s %s %d %.0fms", g.get("request_id", "-"), request.method, request.path,
+    log.info("%s %s %s %d %.0fms", g.get("request_id", "-"), request.method, printable(request.path),
              response.status_code, elapsed)
     return response
 
@@ -111,8 +122,9 @@ def openapi():
 
 @bp.post("/api/predict")
 def predict():
-    image = read_uploaded_image()
     model = service()
+    model.predictions.check_room()   # a busy server refuses before decoding the upload
+    image = read_uploaded_image()
     result = model.predict(image.rgb, source=image.filename).to_dict()
     result.update(image_size=list(image.size), model={
         "name": model.info["name"], "version": model.info["version"],
@@ -126,27 +138,49 @@ def explain():
     if output not in EXPLAIN_FORMATS:
         raise UploadError(f"unknown format '{output}'; allowed: {', '.join(EXPLAIN_FORMATS)}")
     method, target = read_method_and_class()
-    image = read_uploaded_image()
-    explanation = run_explanation(image, method, target)
-    target_code = explanation.target_class
-    png = service().overlay_png(explanation)
+    image = read_explainable_image()
+    model = service()
+    prediction = model.predict(image.rgb, source=image.filename)   # the probabilities shown: the served ones
     if output == "png":
-        response = current_app.response_class(png, mimetype="image/png")
-        response.headers.update({"X-Explanation-Method": method, "X-Target-Class": target_code,
+        png = run_explanation(image, method, target, prediction.probabilities,
+                              lambda explanation: (model.overlay_png(explanation), explanation.target_class))
+        response = current_app.response_class(png[0], mimetype="image/png")
+        response.headers.update({"X-Explanation-Method": method, "X-Target-Class": png[1],
                                  "X-Disclaimer": RESEARCH_DISCLAIMER})
         return response
-    heatmap = np.asarray(explanation.heatmap, dtype=np.float32)
-    return jsonify({
-        "image": image.filename,
-        "method": method,
-        "target_class": target_code,
-        "target_class_name": class_name(target_code),
-        "probabilities": dict(explanation.probabilities),
-        "heatmap_shape": list(heatmap.shape),
-        "heatmap": np.round(heatmap, 3).tolist(),
-        "overlay_png_base64": base64.b64encode(png).decode("ascii"),
-        "disclaimer": RESEARCH_DISCLAIMER,
-    })
+    input_size = int(model.info["input_size"])
+    filename = image.filename
+
+    def json_body(explanation) -> bytes:   # runs on the explanation worker, inside its slot
+        heatmap = at_model_resolution(np.asarray(explanation.heatmap, dtype=np.float32), input_size)
+        return json.dumps({
+            "image": filename,
+            "image_size": list(image.size),
+            "method": method,
+            "target_class": explanation.target_class,
+            "target_class_name": class_name(explanation.target_class),
+            "probabilities": dict(prediction.probabilities),
+            "heatmap_shape": list(heatmap.shape),
+            "heatmap": np.round(heatmap, 3).tolist(),
+            "overlay_png_base64": base64.b64encode(model.overlay_png(explanation)).decode("ascii"),
+            "disclaimer": RESEARCH_DISCLAIMER,
+        }).encode("utf-8")
+
+    body = run_explanation(image, method, target, prediction.probabilities, json_body)
+    return current_app.response_class(body, mimetype="application/json")
+
+
+def at_model_resolution(heatmap: np.ndarray, input_size: int) -> np.ndarray:
+    """The heatmap shrunk (area average) so its longest side is the model's input size: it holds no
+    finer detail than that, and a full-resolution one of a 9-megapixel photo was a 155 MB answer."""
+    import cv2
+
+    height, width = heatmap.shape
+    scale = min(1.0, input_size / max(height, width))
+    if scale >= 1.0:
+        return heatmap
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(heatmap, size, interpolation=cv2.INTER_AREA)
 
 
 @bp.post("/api/report")
@@ -154,12 +188,16 @@ def report():
     """The page's "download result": the prediction as /api/predict gives it, and the heatmap of the
     class asked for (default: the predicted one), drawn into one PNG with the research note."""
     method, target = read_method_and_class()
-    image = read_uploaded_image()
+    image = read_explainable_image()
     model = service()
     prediction = model.predict(image.rgb, source=image.filename)
-    explanation = run_explanation(image, method, target or prediction.top_class)
-    png = report_png(image.rgb, prediction.probabilities, explanation.heatmap, method,
-                     explanation.target_class, model.info["name"], image.filename)
+    name = model.info["name"]
+
+    def draw(explanation) -> bytes:   # runs on the explanation worker, inside its slot
+        return report_png(image.rgb, prediction.probabilities, explanation.heatmap, method,
+                          explanation.target_class, name, image.filename)
+
+    png = run_explanation(image, method, target or prediction.decided_class, prediction.probabilities, draw)
     response = current_app.response_class(png, mimetype="image/png")
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", image.filename.rsplit(".", 1)[0])[:60] or "upload"  # a header value
     response.headers["Content-Disposition"] = f'attachment; filename="dermalens-{method_slot(method)}-{stem}.png"'
@@ -182,11 +220,22 @@ def read_method_and_class() -> tuple[str, str | None]:
     return method, target
 
 
-def run_explanation(image: DecodedImage, method: str, target: str | None):
+def run_explanation(image: DecodedImage, method: str, target: str | None, probabilities, render):
     try:
-        return service().explain(image.rgb, method=method, target_class=target)
-    except ValueError as error:  # the explainer's own check of a method or class name
+        return service().explain(image.rgb, method=method, target_class=target, probabilities=probabilities,
+                                 render=render)
+    except ValueError as error:  # the explainer's own check of a method, class name or image shape
         raise UploadError(str(error)) from None
+
+
+def read_explainable_image() -> DecodedImage:
+    """The upload, decoded, and refused (400, naming its size) when it is too thin to explain."""
+    image = read_uploaded_image()
+    try:
+        check_aspect_ratio(*image.rgb.shape[:2])
+    except ImageShapeError as error:
+        raise UploadError(f"'{image.filename}': {error}") from None
+    return image
 
 
 def read_uploaded_image() -> DecodedImage:
@@ -203,4 +252,4 @@ def read_uploaded_image() -> DecodedImage:
     if not upload.filename:
         raise UploadError(f"no image selected: the '{UPLOAD_FIELD}' field holds no file")
     data = upload.stream.read()
-    return decode_upload(data, upload.filename, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+    return service().decode(data, upload.filename, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])

@@ -15,7 +15,6 @@ instead, as with any server that refuses early.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import threading
@@ -26,20 +25,12 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
+from .access import is_loopback
 from .errors import upload_too_large_message
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 DEFAULT_THREADS = 4
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class JsonErrorTask(ErrorTask):
@@ -77,6 +68,8 @@ def make_server(app: Flask, host: str = LOOPBACK, port: int = 8000, threads: int
     if not is_loopback(host):
         log.warning("listening on %s: anyone who can reach this address can upload images "
                     "(there is no authentication)", host)
+        # Its public names are not known here: the loopback-only Host/Origin check cannot apply.
+        app.config["LOOPBACK_ONLY"] = False
     socket_map = {} if socket_map is None else socket_map
     server = create_server(
         app, map=socket_map, host=host, port=port, threads=threads or app.config.get("SERVER_THREADS", DEFAULT_THREADS),

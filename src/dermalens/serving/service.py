@@ -18,6 +18,14 @@ No lock is held around the model, because none is needed:
   predictor's forward passes; each method serialises its own work with its
   own lock (`explain.cam.CamMethod.lock`, the SHAP explainer's lock).
 
+Uploads are decoded a few at a time (`decoding`, Limits.decode_slots), and
+only once the request has been admitted: a busy server refuses before it
+spends memory on pixels. Everything an explanation costs, the map, its
+overlay and its PNG or JSON encoding, runs on the explanation worker, inside
+the explanation's slot and time limit. The probabilities an explanation
+shows are the ones `predict` answered for the same upload (one answer per
+upload); the map is computed on one view.
+
 Serving an .onnx file alone (no checkpoint) predicts without PyTorch and
 answers explanations with 503: they need the PyTorch model's gradients.
 This module imports neither torch nor the explanation code at import time.
@@ -30,19 +38,21 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
 import numpy as np
 
 from .. import __version__
 from ..classes import RESEARCH_DISCLAIMER, class_index, class_name
 from .capacity import Capacity, Limits, WorkerPool
+from .uploads import DEFAULT_MAX_PIXELS, DecodedImage, decode_upload
 
 if TYPE_CHECKING:  # imported for annotations only: predictor.py imports torch
     from ..inference.prediction import Prediction
     from ..inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 EXPLAIN_MODULE = "dermalens.explain.api"
 
 
@@ -69,6 +79,9 @@ class ModelService:
                                     wait_seconds=self.limits.queue_timeout)
         self.explanations = WorkerPool("explanation", self.limits.explain_slots, self.limits.explain_queue,
                                        time_limit=self.limits.explain_timeout)
+        # Every request that may decode can wait for a decode slot (bounded by the server's threads).
+        self.decoding = Capacity("image decoding", self.limits.decode_slots, self.limits.server_threads,
+                                 wait_seconds=self.limits.queue_timeout)
         self._import_lock = threading.Lock()   # one import of the explanation module, one Explainer
         self._explain_module = explain_module
         self._explain_api: ModuleType | None = None
@@ -109,9 +122,13 @@ class ModelService:
             return None
         return self.classes[class_index(code, self.classes)]
 
+    def decode(self, data: bytes, filename: str | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+        """`uploads.decode_upload` in one of the few decode slots (Overloaded when none frees in time)."""
+        with self.decoding.slot():
+            return decode_upload(data, filename, max_pixels=max_pixels)
+
     def predict(self, image: np.ndarray, source: str) -> "Prediction":
         from ..inference.prediction import as_prediction  # torch-free, unlike inference.predictor
-
 
         with self.predictions.slot():
             started = time.perf_counter()
@@ -153,19 +170,25 @@ class ModelService:
                 self._explainer = make_explainer(api, self.predictor)
             return self._explainer
 
-    def explain(self, image: np.ndarray, method: str, target_class: str | None):
+    def explain(self, image: np.ndarray, method: str, target_class: str | None,
+                probabilities: Mapping[str, float] | None = None, render: Callable[..., T] | None = None):
         """An explanation (heatmap, overlay, ...) from the explanation API, on an explanation worker.
 
+        probabilities: what `predict` answered for this image; the explanation (and its caption)
+        reports these. render(explanation): what is made of it (a PNG, a JSON body, a report), run
+        on the same worker inside the same slot and time limit; its result is returned instead.
         ValueError for bad names; Overloaded when every explanation slot and queue place is taken;
         TimeLimitExceeded when it is not ready within `limits.explain_timeout` (see capacity.py).
         """
         explainer = self.explainer()
+        options = {"probabilities": dict(probabilities)} if probabilities is not None else {}
 
         def work():
             started = time.perf_counter()
-            explanation = explainer.explain(image, method=method, target_class=target_class)
+            explanation = explainer.explain(image, method=method, target_class=target_class, **options)
+            result = render(explanation) if render is not None else explanation
             log.info("%s explanation in %.0f ms", method, (time.perf_counter() - started) * 1e3)
-            return explanation
+            return result
 
         return self.explanations.run(work)
 

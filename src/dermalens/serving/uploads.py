@@ -21,7 +21,10 @@ from ..data.readers.images import pil_to_rgb
 # (EPS, PSD, ...) are attack surface with no use here. JPEG includes MPO
 # (multi-picture JPEGs from phones).
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
-DEFAULT_MAX_PIXELS = 40_000_000
+# 25 MP: a 6000 x 4000 camera photo fits; Pillow needs a few hundred MB while it decodes one that large, and a
+# queued request holds its decoded image, so the limit bounds the server's memory (`dermalens serve
+# --max-megapixels` raises it).
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 class UploadError(ValueError):
