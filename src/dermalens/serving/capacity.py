@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
+# The largest upload decoded, in pixels (`dermalens serve --max-megapixels`). 25 MP: a 6000 x 4000 camera photo
+# fits; Pillow needs a few hundred MB while it decodes one that large, and a queued request holds its decoded
+# image, so this bounds the server's memory as the slots bound its work.
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..classes import RESEARCH_DISCLAIMER
-from .capacity import Limits
+from .capacity import DEFAULT_MAX_PIXELS, Limits
 
 DEFAULT_HOST = "127.0.0.1"   # this machine only (server.LOOPBACK; not imported: it loads waitress)
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 10.0
-DEFAULT_MAX_MEGAPIXELS = 40.0
+DEFAULT_MAX_MEGAPIXELS = DEFAULT_MAX_PIXELS / 1e6
 
 
 def default_torch_threads() -> int:

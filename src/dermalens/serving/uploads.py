@@ -16,15 +16,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.readers.images import pil_to_rgb
+from .capacity import DEFAULT_MAX_PIXELS
 
 # Formats a dermoscopy image plausibly comes in; Pillow's other decoders
 # (EPS, PSD, ...) are attack surface with no use here. JPEG includes MPO
 # (multi-picture JPEGs from phones).
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
-# 25 MP: a 6000 x 4000 camera photo fits; Pillow needs a few hundred MB while it decodes one that large, and a
-# queued request holds its decoded image, so the limit bounds the server's memory (`dermalens serve
-# --max-megapixels` raises it).
-DEFAULT_MAX_PIXELS = 25_000_000
 
 
 class UploadError(ValueError):
