@@ -28,7 +28,8 @@ from pathlib import Path
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import load_config
 from dermalens.config_files import resolve_config_path
-from dermalens.training.cross_validation import CV_FILE, train_folds
+from dermalens.run_folder import CV_FILE
+from dermalens.training.cross_validation import train_folds
 
 COLUMNS = (("balanced_accuracy", "OOF bal. acc."), ("accuracy", "OOF acc."), ("auc_macro", "OOF macro AUC"),
            ("mel_sensitivity_at_80_specificity", "OOF mel sens. @80% spec."))

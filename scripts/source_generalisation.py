@@ -40,7 +40,8 @@ from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import sensitivity_at_specificity
 from dermalens.evaluation.plots import plot_source_generalisation
 from dermalens.inference.postprocess import calibrated_probabilities
-from dermalens.training.cross_validation import CV_FILE, train_folds
+from dermalens.run_folder import CV_FILE
+from dermalens.training.cross_validation import train_folds
 from dermalens.training.run import train
 
 MIN_IMAGES = 10

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import ConfigError, user_cache_dir
+from ..run_folder import RunFolder
 from .cache import build_image_cache
 from .readers import LesionDataset, make_synthetic_dataset, open_dataset
 from .split import (
@@ -36,8 +37,6 @@ from .validation import apply_bad_data_policy, write_issues_csv
 log = logging.getLogger(__name__)
 EXCLUDED = "excluded"  # split value of rows dropped as bad data
 WHOLE = "all"          # split value of every row when the data is scored whole, never split
-SPLIT_FILE = "split.csv"
-ISSUES_FILE = "data_issues.csv"
 
 
 @dataclass
@@ -138,7 +137,7 @@ def prepare_data(config: dict, run_dir: Path | None = None, progress: bool = Tru
         kept = dataset.records["image_id"].isin(usable.records["image_id"]).to_numpy()
         images, dataset = (images if kept.all() else images[kept]), usable
 
-    split_file = Path(run_dir) / SPLIT_FILE if run_dir is not None else None
+    split_file = RunFolder(run_dir).split_file if run_dir is not None else None
     if not split_needed:
         split = np.full(len(dataset.records), WHOLE, dtype=object)
         source = "not split (every image)"
@@ -172,8 +171,8 @@ def save_run_data(prepared: PreparedData, run_dir: Path) -> None:
     """The run's split.csv (written once, never replaced) and its list of bad data items."""
     run_dir = Path(run_dir)
     if prepared.issues:
-        write_issues_csv(prepared.issues, run_dir / ISSUES_FILE)
-    split_file = run_dir / SPLIT_FILE
+        write_issues_csv(prepared.issues, RunFolder(run_dir).issues_file)
+    split_file = RunFolder(run_dir).split_file
     if not split_file.is_file():
         split = pd.Series(prepared.split, index=prepared.dataset.records.index)
         usable = split != EXCLUDED

@@ -21,6 +21,7 @@ from ..data.prepare import PreparedData, prepare_data
 from ..inference.load import load_predictor, logits_for_images, model_record
 from ..inference.postprocess import DecisionRule, calibrated_probabilities
 from ..models.calibration_record import calibration_path
+from ..run_folder import RunFolder
 from .medmnist import write_medmnist_result
 from .metrics import compute_classification_metrics, expected_calibration_error
 from .report import write_evaluation_report
@@ -150,7 +151,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
             out_dir, split, source_size, probs, metrics["auc_macro"], metrics["accuracy"], config["name"]).name
     write_predictions_csv(out_dir / PREDICTIONS_FILE, records, labels, probs, probs.argmax(axis=1), decided,
                           meta["classes"], flags)
-    metrics_csv = out_dir / "logs" / "metrics.csv"
+    metrics_csv = RunFolder(out_dir).metrics_log   # training curves, when out_dir is the run itself
     write_evaluation_report(out_dir, metrics, probs, labels, title=f"dermalens evaluation: {config['name']}",
                             context=context, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
     return {**metrics, "context": context}

@@ -12,13 +12,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError
 from ..config_files import load_named_config
+from ..run_folder import RunFolder
 
 ISIC2018_SETS = {"train": "Training", "val": "Validation", "test": "Test"}
 DEFAULT_CHECKPOINT = "best"
-RUN_CHECKPOINTS = ("best", "last")
-SPLIT_FILE = "split.csv"       # data.prepare.SPLIT_FILE (not imported here: that module loads the data stack)
 
 
 class MissingSplitError(ConfigError):
@@ -31,13 +30,14 @@ class RedrawnSplitWarning(UserWarning):
 
 def check_run_split(run_dir: Path, split: str, redraw: bool) -> None:
     """Refuse (or, with `redraw`, warn) when the run's split.csv is gone and a split of its data is asked for."""
-    if split == "all" or (run_dir / SPLIT_FILE).is_file():
+    split_file = RunFolder(run_dir).split_file
+    if split == "all" or split_file.is_file():
         return
-    risk = (f"{run_dir} has no {SPLIT_FILE}, the record of which images the run trained on. A split drawn "
+    risk = (f"{run_dir} has no {split_file.name}, the record of which images the run trained on. A split drawn "
             f"again from the config's seed is the same only if the seed, the data and the code are unchanged "
             f"since training; otherwise some '{split}' images were training images and the scores are too good")
     if not redraw:
-        raise MissingSplitError(f"{risk}. Restore {run_dir / SPLIT_FILE}, score other data (--data PATH "
+        raise MissingSplitError(f"{risk}. Restore {split_file}, score other data (--data PATH "
                                 f"--split all), or accept the risk with --redraw-split")
     warnings.warn(f"{risk}: drawing it again (--redraw-split)", RedrawnSplitWarning, stacklevel=3)
 
@@ -49,20 +49,6 @@ class EvaluationTarget:
     out_dir: Path
     split: str
     split_dir: Path | None      # the run folder whose split.csv is used (None: not the run's own data)
-
-
-def run_config(run_dir: Path, overrides: list[str] | None = None) -> dict:
-    """The run's saved config.yaml with `overrides` (read here, not through training: evaluation sits below it)."""
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"no run folder at {run_dir} (no config.yaml)" if not run_dir.is_dir()
-                          else f"{run_dir} is not a run folder (no config.yaml)")
-    return load_config(run_dir / "config.yaml", overrides)
-
-
-def run_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
-    """best | last (of the run's checkpoints/) or a path to a .ckpt."""
-    name = checkpoint or DEFAULT_CHECKPOINT
-    return Path(run_dir) / "checkpoints" / f"{name}.ckpt" if name in RUN_CHECKPOINTS else Path(name)
 
 
 def _in_hub_cache(path: Path) -> bool:
@@ -104,8 +90,8 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
     split_dir = None
     if run:
         run_dir = Path(run)
-        resolved = run_config(run_dir, overrides)
-        checkpoint = run_checkpoint(run_dir, checkpoint)
+        resolved = RunFolder(run_dir).read_config(overrides)
+        checkpoint = RunFolder(run_dir).checkpoint(checkpoint or DEFAULT_CHECKPOINT)
         own_data = not data
         split_dir = run_dir if own_data else None
         out_root = run_dir

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..classes import RESEARCH_DISCLAIMER
+from ..run_folder import RunFolder
 from .settings import DEFAULT_CALIBRATION_COUNT, DEFAULT_QUANTIZE_METHOD
 
 
@@ -23,14 +24,14 @@ def calibration_images(checkpoint: Path, patterns: Sequence[str] | None,
     if patterns:
         paths = expand_image_paths(patterns)[:count]
         return [read_rgb_image(p) for p in paths]
-    run_dir = Path(checkpoint).resolve().parent.parent
-    if not (run_dir / "config.yaml").is_file():
+    run = RunFolder(Path(checkpoint).resolve().parent.parent)   # RUN/checkpoints/<name>.ckpt
+    if not run.is_run():
         return None
-    from ..config import load_config
     from ..data.prepare import prepare_data
 
+    run_dir = run.path
     try:
-        prepared = prepare_data(load_config(run_dir / "config.yaml"), run_dir, progress=False)
+        prepared = prepare_data(run.read_config(), run_dir, progress=False)
     except (ValueError, OSError) as error:  # data moved, relative path from elsewhere, ...
         warnings.warn(f"cannot read the training data of {run_dir} for int8 calibration ({error}); "
                       f"give --calibration-images", stacklevel=2)

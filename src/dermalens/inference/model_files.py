@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RUN_CHECKPOINT = Path("checkpoints") / "best.ckpt"   # a run folder's best model (training.run's layout)
+from ..run_folder import RunFolder
 
 
 class WrongModelFile(ValueError):
@@ -11,7 +11,7 @@ class WrongModelFile(ValueError):
 
 
 def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
+    return path.is_dir() and RunFolder(path).is_run() and RunFolder(path).checkpoints.is_dir()
 
 
 def check_model_path(path: str | Path, *, needs_pytorch: bool = False) -> Path:
@@ -19,7 +19,7 @@ def check_model_path(path: str | Path, *, needs_pytorch: bool = False) -> Path:
     path = Path(path)
     if is_run_folder(path):
         raise WrongModelFile(f"{path} is a run folder, not a model: give its checkpoint, --model "
-                             f"{path / RUN_CHECKPOINT} (or package it with `dermalens package {path}` and give "
+                             f"{RunFolder(path).checkpoint('best')} (or package it with `dermalens package {path}` and give "
                              f"the package folder)")
     if needs_pytorch and path.suffix.lower() == ".onnx":
         raise WrongModelFile(f"{path} is an ONNX export: explanations need the PyTorch model, a checkpoint (.ckpt) "

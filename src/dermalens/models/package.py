@@ -26,6 +26,7 @@ import yaml
 from .. import __version__
 from ..atomic_io import file_sha256, to_jsonable
 from ..classes import RESEARCH_DISCLAIMER, class_name
+from ..run_folder import RunFolder
 from .checkpoint import load_classifier, read_calibration
 from .model_card import render_model_card
 from .package_folder import staged_folder
@@ -139,22 +140,15 @@ def write_sums(folder: Path) -> Path:
 
 # --------------------------------------------------------------------------- writing
 
-def run_checkpoint(run_dir: Path, checkpoint: str | Path = "best") -> Path:
-    """best | last | a path -> the checkpoint file of a run."""
-    if str(checkpoint) in ("best", "last"):
-        return run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    return Path(checkpoint)
-
-
 def read_run_config(run_dir: Path) -> dict:
     """The run's merged settings (config.yaml), as training wrote them; {} when there are none."""
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config_file
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def read_test_metrics(run_dir: Path, checkpoint: Path, epoch: int | None) -> dict | None:
     """RUN/metrics.json when it was computed for this very checkpoint (same file name and epoch)."""
-    path = run_dir / "metrics.json"
+    path = RunFolder(run_dir).metrics_file
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
@@ -236,7 +230,7 @@ def package_run(run_dir: str | Path, out: str | Path | None = None, *, checkpoin
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PackageError(f"run folder not found: {run_dir}")
-    checkpoint_path = run_checkpoint(run_dir, checkpoint)
+    checkpoint_path = RunFolder(run_dir).checkpoint(checkpoint)
     model, meta = load_classifier(checkpoint_path)     # CheckpointError names a missing or foreign file
     calibration = read_calibration(checkpoint_path)
     run_config = read_run_config(run_dir)

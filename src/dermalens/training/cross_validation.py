@@ -46,19 +46,12 @@ from ..inference.postprocess import calibrated_probabilities
 from ..inference.predictor import predict_logits
 from ..models.checkpoint import CHECKPOINT_KEY, load_classifier
 from ..models.ensemble import LesionEnsemble, trunks_identical
+from ..run_folder import FIGURES, OUT_OF_FOLD_LOGITS, RunFolder
 from .calibrate import calibrate
 from .frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
-from .run import (
-    CHECKPOINTS,
-    new_run_dir,
-    train,
-    trunk_cache_dir,
-    with_absolute_paths,
-    write_status,
-)
+from .run import new_run_dir, train, trunk_cache_dir, with_absolute_paths
 
 log = logging.getLogger(__name__)
-CV_FILE = "cv.json"
 SUMMARY_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro", "mel_sensitivity_at_80_specificity")
 FIGURE_METRICS = (("balanced_accuracy", "bal. acc."), ("accuracy", "accuracy"), ("macro_f1", "macro F1"),
                   ("auc_macro", "macro AUC"), ("mel_sensitivity_at_80_specificity", "mel sens.\n@80% spec."))
@@ -111,14 +104,14 @@ def fold_split(prepared: PreparedData, assignment: np.ndarray, fold: int) -> np.
     return split
 
 
-def write_fold_split_csv(prepared: PreparedData, assignment: np.ndarray, run_dir: Path) -> None:
+def write_fold_split_csv(prepared: PreparedData, assignment: np.ndarray, path: Path) -> None:
     """The run's split.csv: pool rows are 'train' with their fold (1..K); test rows 'test'."""
     usable = prepared.split != EXCLUDED
     records = prepared.dataset.records[usable]
     split = np.where(assignment[usable] >= 0, "train", prepared.split[usable])
     table = records[["image_id", "lesion_id", "label"]].assign(
         split=split, fold=np.where(assignment[usable] >= 0, assignment[usable] + 1, 0))
-    atomic_write_text(run_dir / "split.csv", table.to_csv(index=False))
+    atomic_write_text(path, table.to_csv(index=False))
 
 
 def out_of_fold_logits(config: dict, checkpoint: Path, prepared: PreparedData, rows: np.ndarray,
@@ -200,7 +193,7 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
         raise ConfigError("an ensemble needs every fold's model: train all folds, or set training.ensemble=false")
     run_dir = Path(run_dir) if run_dir else new_run_dir(config)
     run_dir = run_dir.expanduser().resolve()
-    if not resume and (run_dir / CV_FILE).exists():
+    if not resume and RunFolder(run_dir).cv_file.exists():
         raise ConfigError(f"run folder {run_dir} already holds a cross-validated run; use --resume {run_dir}")
     started = time.perf_counter()
     budget = parse_duration(training.max_time)
@@ -208,10 +201,10 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     assignment = assign_folds(prepared, folds, config["seed"])
     config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    atomic_write_text(RunFolder(run_dir).config_file, dump_config(config))
     save_run_data(dataclasses.replace(prepared, split=np.where(assignment >= 0, "train", prepared.split)), run_dir)
-    write_fold_split_csv(prepared, assignment, run_dir)
-    write_status(run_dir, "running", folds=folds)
+    write_fold_split_csv(prepared, assignment, RunFolder(run_dir).split_file)
+    RunFolder(run_dir).write_status("running", folds=folds)
 
     activations = None
     if training.freeze_stages and training.cached_views:
@@ -228,10 +221,10 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     fold_dirs, per_fold, fold_checkpoints = [], [], []
     oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
     for fold in range(trained_folds):
-        fold_dir = run_dir / f"fold-{fold + 1}"
+        fold_dir = RunFolder(run_dir).fold(fold + 1).path
         fold_dirs.append(fold_dir)
         fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold),
-                                            split_source=f"fold {fold + 1} of {folds} ({run_dir / 'split.csv'})")
+                                            split_source=f"fold {fold + 1} of {folds} ({RunFolder(run_dir).split_file})")
         fold_config = json.loads(json.dumps(config))
         fold_config["name"] = f"{config['name']}-fold{fold + 1}"
         fold_config["evaluation"]["after_training"] = False
@@ -239,11 +232,11 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
         if budget is not None:
             remaining = budget - (time.perf_counter() - started)
             fold_config["training"]["max_time"] = format_duration(remaining / (trained_folds - fold))
-        status = _read_status(fold_dir)
+        status = RunFolder(fold_dir).read_status()
         if status.get("state") == "finished":
             best = Path(status["best_checkpoint"])
         else:
-            can_resume = resume and (fold_dir / CHECKPOINTS / "last.ckpt").is_file()
+            can_resume = resume and RunFolder(fold_dir).checkpoint("last").is_file()
             log.info("fold %d of %d: %s", fold + 1, folds, "resuming" if can_resume else "training")
             best = train(fold_config, fold_dir, resume=can_resume, progress=progress, prepared=fold_prepared,
                          calibrate_after_training=False).best_checkpoint
@@ -265,34 +258,26 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                "out_of_fold_temperature": float(temperature), "train_seconds": round(train_seconds, 1),
                "trunk_seconds": round(activations.seconds_computing, 1) if activations else 0.0,
                "images": int(len(pool))}
-    np.save(run_dir / "out_of_fold_logits.npy", oof_logits[pool])
+    np.save(run_dir / OUT_OF_FOLD_LOGITS, oof_logits[pool])
     summary["folds_trained"] = trained_folds
-    plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / "figures" / "cross_validation.png",
+    plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / FIGURES / "cross_validation.png",
                       title=f"{folds}-fold cross-validation, {trained_folds} fold(s) trained ({len(pool)} images)")
     result = CrossValidationResult(run_dir, fold_dirs, summary, train_seconds=train_seconds)
     if training.ensemble:
-        best = build_ensemble_checkpoint(fold_checkpoints, run_dir / CHECKPOINTS / "best.ckpt",
+        best = build_ensemble_checkpoint(fold_checkpoints, RunFolder(run_dir).checkpoint("best"),
                                          training.freeze_stages)
         summary["calibration"] = calibrate(best, oof_logits[pool], prepared.labels[pool], prepared.classes,
                                            config["evaluation"], f"out-of-fold predictions ({len(pool)} images)")
         result.best_checkpoint = best
-    atomic_write_json(run_dir / CV_FILE, summary)
+    atomic_write_json(RunFolder(run_dir).cv_file, summary)
     if result.best_checkpoint and config["evaluation"]["after_training"] and len(prepared.rows("test")):
         result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
                                              progress=progress, extra_context={
                                                  "train_seconds": round(train_seconds, 1),
                                                  "cross_validation": f"{folds} folds (cv.json)"})
-    write_status(run_dir, "finished", best_checkpoint=str(result.best_checkpoint) if result.best_checkpoint else None,
+    RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint) if result.best_checkpoint else None,
                  train_seconds=round(train_seconds, 1))
     return result
-
-
-def _read_status(run_dir: Path) -> dict:
-    path = run_dir / "status.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def folds_table(summary: dict) -> pd.DataFrame:

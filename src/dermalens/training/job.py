@@ -3,22 +3,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cross_validation import CV_FILE, CrossValidationResult, format_cross_validation, train_folds
-from .run import TrainResult, check_resumable, load_run_config, train
+from ..run_folder import RunFolder
+from .cross_validation import CrossValidationResult, format_cross_validation, train_folds
+from .run import TrainResult, train
 
 
 def run_training(config: dict | None = None, run_dir: Path | None = None, resume: bool = False,
                  overrides: list[str] | None = None, progress: bool = True) -> TrainResult | CrossValidationResult:
     """A new run from `config`, or (resume) the run in `run_dir` from its saved config plus `overrides`."""
     if resume:
-        run_dir = Path(run_dir)
-        config = load_run_config(run_dir, overrides)
+        folder = RunFolder(run_dir)
+        config = folder.read_config(overrides)
         if config["training"]["folds"] > 1:
-            return train_folds(config, run_dir, resume=True, progress=progress)
-        return train(config, check_resumable(run_dir), resume=True, progress=progress)
+            return train_folds(config, folder.path, resume=True, progress=progress)
+        return train(config, folder.check_resumable(), resume=True, progress=progress)
     if config["training"]["folds"] > 1:
         return train_folds(config, run_dir, progress=progress)
     return train(config, run_dir, progress=progress)
 
 
-__all__ = ["CV_FILE", "format_cross_validation", "run_training"]
+__all__ = ["format_cross_validation", "run_training"]

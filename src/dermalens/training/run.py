@@ -10,7 +10,6 @@ behind; a run that fails later says so in status.json.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import tempfile
@@ -18,7 +17,7 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -35,14 +34,13 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ..atomic_io import atomic_write_json, atomic_write_text
+from ..atomic_io import atomic_write_text
 from ..config import (
     AugmentationSection,
     ConfigError,
     SamplerSection,
     TrainingSection,
     dump_config,
-    load_config,
     section,
 )
 from ..data.datamodule import LesionDataModule
@@ -51,6 +49,7 @@ from ..evaluation.evaluate import evaluate_checkpoint
 from ..hardware import resolve_precision
 from ..inference.load import load_predictor, logits_for_images
 from ..models.checkpoint import CHECKPOINT_KEY, read_checkpoint_metadata
+from ..run_folder import LOGS, RunFolder
 from .activation_data import ActivationDataModule
 from .calibrate import calibrate
 from .checkpoint_io import AtomicCheckpointIO
@@ -61,8 +60,6 @@ from .frozen_trunk import TrunkActivations, TrunkSpec
 from .module import LesionClassifierModule
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = "checkpoints"
-STATUS_FILE = "status.json"
 
 
 def new_run_dir(config: dict) -> Path:
@@ -160,7 +157,7 @@ class RunFolderCheckpoint(ModelCheckpoint):
 
 def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
     t = config["training"]
-    folder = run_dir / CHECKPOINTS
+    folder = RunFolder(run_dir).checkpoints
     # Fixed names, never "-v1": a resumed or moved run keeps writing best.ckpt / last.ckpt.
     best = RunFolderCheckpoint(dirpath=folder, filename="best", monitor=t["monitor"], mode=t["monitor_mode"],
                                save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
@@ -178,8 +175,8 @@ def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoi
         callbacks.insert(0, EMAWithWarmup(t["ema_decay"]))
     if t["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    loggers = [CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=10),
-               TensorBoardLogger(run_dir, name="logs", version="tensorboard")]
+    loggers = [CSVLogger(run_dir, name=LOGS, version="", flush_logs_every_n_steps=10),
+               TensorBoardLogger(run_dir, name=LOGS, version="tensorboard")]
     trainer = L.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"], strategy=t["strategy"],
         precision=resolve_precision(t["precision"], t["accelerator"], torch.cuda.is_available(),
@@ -198,10 +195,10 @@ def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoi
 
 def set_aside_metrics_log(run_dir: Path) -> Path | None:
     """Lightning's CSVLogger deletes an existing metrics.csv; keep it to merge after resuming."""
-    log_file = run_dir / "logs" / "metrics.csv"
+    log_file = RunFolder(run_dir).metrics_log
     if not log_file.is_file():
         return None
-    kept = run_dir / "logs" / "metrics.before-resume.csv"
+    kept = log_file.with_name("metrics.before-resume.csv")
     if kept.is_file():  # an earlier resume was interrupted too: fold it in first
         merge_metrics_logs(kept, log_file, resumed_step=None)
     log_file.replace(kept)
@@ -219,12 +216,6 @@ def merge_metrics_logs(earlier: Path, current: Path, resumed_step: int | None) -
     earlier.unlink()
 
 
-def write_status(run_dir: Path, state: str, **details) -> None:
-    atomic_write_json(run_dir / STATUS_FILE, {
-        "state": state, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "logs": str(run_dir / "logs"), **details})
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -232,20 +223,6 @@ class TrainResult:
     last_checkpoint: Path
     train_seconds: float
     metrics: dict | None = None
-
-
-def check_resumable(run_dir: Path | None) -> Path:
-    if run_dir is None:
-        raise ConfigError("--resume needs a run folder")
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"cannot resume: no run folder at {run_dir}")
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"cannot resume: {run_dir} is not a run folder (no config.yaml)")
-    if not (run_dir / CHECKPOINTS / "last.ckpt").is_file():
-        raise ConfigError(f"cannot resume: {run_dir} has no {CHECKPOINTS}/last.ckpt (it stopped before its "
-                          f"first epoch ended); start it again")
-    return run_dir.resolve()
 
 
 def check_training_classes(prepared: PreparedData) -> list[int]:
@@ -296,11 +273,13 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     L.seed_everything(config["seed"], workers=True, verbose=False)
     config = with_absolute_paths(config)
     if resume:
-        run_dir = check_resumable(run_dir)
+        if run_dir is None:
+            raise ConfigError("--resume needs a run folder")
+        run_dir = RunFolder(run_dir).check_resumable()
     else:
         run_dir = Path(run_dir) if run_dir else shared_run_dir(config, new_run_dir)  # one folder for all DDP ranks
         run_dir = run_dir.expanduser().resolve()
-        if (run_dir / CHECKPOINTS).is_dir() and any((run_dir / CHECKPOINTS).iterdir()):
+        if RunFolder(run_dir).has_checkpoints():
             # Never overwrite a trained model: continuing is an explicit choice.
             raise ConfigError(f"run folder {run_dir} already holds checkpoints; use --resume {run_dir} "
                               f"or choose another --run-dir")
@@ -310,8 +289,8 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     counts = check_training_classes(prepared)
     # The class set is saved with the run, so a resume or evaluation reads the data the same way.
     config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
-    last = run_dir / CHECKPOINTS / "last.ckpt"
-    status = read_status(run_dir) if resume else {}
+    last = RunFolder(run_dir).checkpoint("last")
+    status = RunFolder(run_dir).read_status() if resume else {}
     if status.get("training_done"):
         # Training had finished; its calibration or evaluation was stopped: do those, train nothing more.
         log.info("training of %s had finished; calibrating and evaluating %s", run_dir, status["best_checkpoint"])
@@ -328,9 +307,9 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     datamodule = build_datamodule(config, prepared, module, progress)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))   # on resume: with what was overridden
+    atomic_write_text(RunFolder(run_dir).config_file, dump_config(config))   # on resume: with what was overridden
     save_run_data(prepared, run_dir)
-    write_status(run_dir, "running", resumed=resume)
+    RunFolder(run_dir).write_status("running", resumed=resume)
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
     resumed_step = AtomicCheckpointIO().load_checkpoint(last)["global_step"] if resume else None  # no unpickling
     trainer, checkpoint = build_trainer(config, run_dir)
@@ -341,17 +320,17 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
             warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted")
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     except (KeyboardInterrupt, SystemExit) as stop:   # Lightning turns SIGTERM into SIGTERMException(SystemExit)
-        write_status(run_dir, "interrupted", last_checkpoint=str(last) if last.is_file() else None)
+        RunFolder(run_dir).write_status("interrupted", last_checkpoint=str(last) if last.is_file() else None)
         raise TrainingInterrupted(run_dir, last if last.is_file() else None) from stop
     except Exception as error:
-        write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}",
+        RunFolder(run_dir).write_status("failed", error=f"{type(error).__name__}: {error}",
                      traceback=traceback.format_exc(limit=20))
         raise
     finally:
         if earlier_log is not None and trainer.is_global_zero:
-            merge_metrics_logs(earlier_log, run_dir / "logs" / "metrics.csv", resumed_step=resumed_step)
+            merge_metrics_logs(earlier_log, RunFolder(run_dir).metrics_log, resumed_step=resumed_step)
     if trainer.received_sigterm:
-        write_status(run_dir, "interrupted", last_checkpoint=str(last))
+        RunFolder(run_dir).write_status("interrupted", last_checkpoint=str(last))
         raise TrainingInterrupted(run_dir, last)
     seconds = time.perf_counter() - started
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
@@ -384,7 +363,7 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
     # "training_done": a resume goes straight to calibration and evaluation.
     done = {"training_done": True, "best_checkpoint": str(result.best_checkpoint),
             "train_seconds": round(result.train_seconds, 1)}
-    write_status(run_dir, "evaluating", **done)
+    RunFolder(run_dir).write_status("evaluating", **done)
     try:
         with sigterm_raises():
             if calibrate_after_training:
@@ -394,13 +373,13 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
                                                      progress=progress,
                                                      extra_context={"train_seconds": round(result.train_seconds, 1)})
     except (KeyboardInterrupt, SystemExit) as stop:
-        write_status(run_dir, "interrupted", stage="evaluation", **done)
+        RunFolder(run_dir).write_status("interrupted", stage="evaluation", **done)
         raise TrainingInterrupted(run_dir, result.last_checkpoint, during="evaluation") from stop
     except Exception as error:
-        write_status(run_dir, "failed", stage="evaluation", error=f"{type(error).__name__}: {error}",
+        RunFolder(run_dir).write_status("failed", stage="evaluation", error=f"{type(error).__name__}: {error}",
                      traceback=traceback.format_exc(limit=20), **done)
         raise
-    write_status(run_dir, "finished", best_checkpoint=str(result.best_checkpoint),
+    RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint),
                  train_seconds=round(result.train_seconds, 1))
     return result
 
@@ -420,16 +399,3 @@ def calibrate_on_validation(config: dict, checkpoint: Path, prepared: PreparedDa
                                description="calibrate on val")
     return calibrate(checkpoint, logits, prepared.labels[rows], meta["classes"], ev,
                      f"the validation split ({len(rows)} images)")
-
-
-def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> dict:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"no run folder at {run_dir} (no config.yaml)" if not run_dir.is_dir()
-                          else f"{run_dir} is not a run folder (no config.yaml)")
-    return load_config(run_dir / "config.yaml", overrides)
-
-
-def read_status(run_dir: Path) -> dict:
-    path = Path(run_dir) / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
