@@ -27,7 +27,8 @@ from dermalens.data.prepare import prepare_data  # noqa: E402
 from dermalens.data.transforms import preprocess_image  # noqa: E402
 from dermalens.evaluation.metrics import compute_classification_metrics  # noqa: E402
 from dermalens.inference.export import checkpoint_metadata, export_model  # noqa: E402
-from dermalens.inference.onnx_predictor import OnnxPredictor, available_cores, create_session, softmax  # noqa: E402
+from dermalens.inference.onnx_predictor import OnnxPredictor, available_cores, create_session  # noqa: E402
+from dermalens.inference.postprocess import calibrated_probabilities  # noqa: E402
 from dermalens.inference.predictor import predict_logits  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="dermalens-quant-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logits = predict_logits(model, images, pre, batch_size=128, progress=False)
-        probs["pytorch"] = softmax(logits, temperature)
+        probs["pytorch"] = calibrated_probabilities(logits, temperature)
         fp32 = export_model(model, export_meta, Path(tmp) / "fp32.onnx", exporter=args.exporter, parity_count=8)
         sessions["onnx_fp32"] = create_session(fp32.path, threads)
         for method in args.methods:

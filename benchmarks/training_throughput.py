@@ -125,7 +125,7 @@ def measure_fp32_eager(name: str, config: dict, prepared, counts: list[int], ste
     fp32 = {**config, "training": {**config["training"], "precision": "32-true", "channels_last": False}}
     module = build_module(fp32, counts, device)
     step = training_step(module, module.configure_optimizers(), "32-true", device)
-    stream = endless(build_datamodule(fp32, prepared, module.model.preprocessing).train_dataloader())
+    stream = endless(build_datamodule(fp32, prepared, module, progress=False).train_dataloader())
     for _ in range(warmup):
         step(*next(stream))
     in_memory = [(x.to(device), y.to(device)) for x, y in (next(stream) for _ in range(min(steps, 8)))]
@@ -146,7 +146,7 @@ def measure_setup(name: str, config: dict, workers: list[int], steps: int, warmu
     rows = []
     for num_workers in workers:
         config["training"]["num_workers"] = num_workers
-        datamodule = build_datamodule(config, prepared, module.model.preprocessing)
+        datamodule = build_datamodule(config, prepared, module, progress=False)
         loader = datamodule.train_dataloader()
         stream = endless(loader)
         for _ in range(warmup):

@@ -117,7 +117,9 @@ def test_split_csv_round_trip(tmp_path, mini_ham10000):
         split = lesion_grouped_split(dataset.records, 0.2, 0.2, seed=0)
     path = write_split_csv(dataset.records, split, tmp_path / "splits" / "split.csv")
     table = pd.read_csv(path)
-    assert table.columns.tolist() == ["image_id", "lesion_id", "label", "split"]
+    # HAM10000 names each image's clinic and device (its `dataset` column): the split file keeps it.
+    assert table.columns.tolist() == ["image_id", "lesion_id", "label", "split", "source"]
+    assert table["source"].notna().all()
     saved = read_split_csv(path)
     assert saved.index.name == "image_id"
     shuffled = dataset.records.sample(frac=1.0, random_state=0)

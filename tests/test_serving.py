@@ -254,7 +254,8 @@ def test_other_image_modes_are_converted_to_rgb(server, sample_rgb, kind):
         "grayscale": lambda: encode(grey, "PNG"),
         "cmyk": lambda: encode(rgb.convert("CMYK"), "JPEG", quality=95),
         "16-bit": lambda: encode(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257), "PNG"),
-        "rgba": lambda: encode(Image.fromarray(np.dstack([np.asarray(rgb), np.full((72, 96), 128, np.uint8)])), "PNG"),
+        # Opaque alpha: the RGB pixels (half transparency is composited on grey, tests/test_image_formats.py).
+        "rgba": lambda: encode(Image.fromarray(np.dstack([np.asarray(rgb), np.full((72, 96), 255, np.uint8)])), "PNG"),
         "palette": lambda: encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
         "tiff": lambda: encode(rgb, "TIFF"),
         "bmp": lambda: encode(rgb, "BMP"),
@@ -622,9 +623,10 @@ def test_dermalens_serve_command(serving_checkpoint, sample_jpeg, tmp_path):
     assert "Traceback" not in log_file.read_text()
 
 
-def test_service_predicts_through_onnx_runtime_when_exported(serving_checkpoint, sample_rgb, sample_jpeg, tmp_path):
-    """With `<stem>.onnx` beside the checkpoint the app predicts through ONNX Runtime
-    (same probabilities), while explanations keep the PyTorch model."""
+def test_service_predicts_through_onnx_runtime_by_default(serving_checkpoint, sample_rgb, sample_jpeg, tmp_path):
+    """A checkpoint alone is served through ONNX Runtime (exported once into the per-user cache, nothing
+    written beside the checkpoint), an export beside it is used as it is, with the PyTorch answer's
+    probabilities, while explanations keep the PyTorch model."""
     import shutil
 
     from dermalens.inference.export import export_checkpoint
@@ -632,16 +634,20 @@ def test_service_predicts_through_onnx_runtime_when_exported(serving_checkpoint,
 
     checkpoint = tmp_path / serving_checkpoint.name
     shutil.copy(serving_checkpoint, checkpoint)
-    plain = ModelService.from_checkpoint(checkpoint)
+    cached = ModelService.from_model_file(checkpoint)
+    assert cached.info["inference_engine"] == "onnxruntime"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.name]   # nothing beside the checkpoint
+    plain = ModelService.from_model_file(checkpoint, runtime="pytorch")
     assert plain.info["inference_engine"] == "pytorch"
     export_checkpoint(checkpoint)
     assert checkpoint.with_suffix(".onnx").is_file()
-    fast = ModelService.from_checkpoint(checkpoint)
+    fast = ModelService.from_model_file(checkpoint)
     assert fast.info["inference_engine"] == "onnxruntime"
     assert hasattr(fast.predictor, "model")  # Grad-CAM still has the PyTorch model
-    p_fast = fast.predict(sample_rgb, "sample").probabilities
     p_plain = plain.predict(sample_rgb, "sample").probabilities
-    assert max(abs(p_fast[c] - p_plain[c]) for c in CLASS_CODES) <= 1e-4
+    for service in (cached, fast):
+        p_fast = service.predict(sample_rgb, "sample").probabilities
+        assert max(abs(p_fast[c] - p_plain[c]) for c in CLASS_CODES) <= 1e-4
     # runtime "pytorch" ignores the export; the app says what predicted in every answer.
     app = create_app(checkpoint, runtime="pytorch")
     assert app.extensions["dermalens"].info["inference_engine"] == "pytorch"
@@ -659,9 +665,9 @@ def test_service_predicts_through_openvino_when_asked(serving_checkpoint, sample
 
     checkpoint = tmp_path / serving_checkpoint.name
     shutil.copy(serving_checkpoint, checkpoint)
-    plain = ModelService.from_checkpoint(checkpoint)
+    plain = ModelService.from_model_file(checkpoint)
     export_checkpoint(checkpoint)
-    openvino = ModelService.from_checkpoint(checkpoint, runtime="openvino", threads=1)
+    openvino = ModelService.from_model_file(checkpoint, runtime="openvino", threads=1)
     assert openvino.info["inference_engine"] == "openvino" and hasattr(openvino.predictor, "model")
     p_openvino = openvino.predict(sample_rgb, "sample").probabilities
     p_plain = plain.predict(sample_rgb, "sample").probabilities

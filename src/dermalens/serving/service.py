@@ -95,9 +95,9 @@ class ModelService:
     @classmethod
     def from_model_file(cls, path: str | Path, runtime: str = "auto", threads: int | None = None,
                         **kwargs) -> "ModelService":
-        """A checkpoint (`.ckpt`): predictions through ONNX Runtime when `dermalens export` left
-        `<stem>.onnx` beside it (runtime "auto") or the runtime named (`load_predictor`), explanations
-        through PyTorch. An exported model (`.onnx`) alone: predictions only, and no PyTorch at all."""
+        """A checkpoint (`.ckpt`): predictions through the runtime `load_predictor` picks (for "auto":
+        ONNX Runtime on the export beside it or on one cached per user), explanations through PyTorch.
+        An exported model (`.onnx`) alone: predictions only, and no PyTorch at all."""
         from ..inference.load import load_predictor
 
         fast = load_predictor(path, runtime=runtime, threads=threads)
@@ -108,8 +108,6 @@ class ModelService:
         from ..inference.predictor import Predictor
 
         return cls(Predictor.from_checkpoint(path), fast_predictor=fast, **kwargs)
-
-    from_checkpoint = from_model_file  # the name callers used before .onnx files could be served
 
     @property
     def classes(self) -> tuple[str, ...]:
