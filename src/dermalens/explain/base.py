@@ -9,7 +9,6 @@ only where it truly differs, as in pytorch-grad-cam. `names.REGISTRY` lists them
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +69,16 @@ def private_module_tree(model: nn.Module) -> nn.Module:
     that runs the original model at the same time (a web server's predictor)
     never passes through our hooks, and our `eval()` call leaves the original
     model's train/eval state alone. No weights are copied.
+
+    The view's parameters are frozen aliases of the model's (the same
+    storage, `requires_grad=False`): Grad-CAM's backward pass then stops at
+    the activations and never accumulates into the shared `.grad` fields.
+    Two threads explaining at once through two views would otherwise write
+    the same gradient tensors concurrently (and one free them while the
+    other accumulates), a race inside autograd that can crash the process.
     """
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    shared: dict[int, torch.Tensor] = {id(b): b for b in model.buffers()}
+    shared.update({id(p): nn.Parameter(p.detach(), requires_grad=False) for p in model.parameters()})
     # Tensors kept as plain attributes (CBAM's last spatial map) are shared too:
     # a non-leaf one could not be deep-copied at all.
     for module in model.modules():
