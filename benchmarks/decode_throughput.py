@@ -1,7 +1,7 @@
 """Decoding for prediction: full JPEG decode vs reduced-scale (draft, DCT scaling) decode, and what it changes.
 
-    python benchmarks/decode_throughput.py --data ../shared/data
-    python benchmarks/decode_throughput.py --data ../shared/data --model runs/x/checkpoints/best.ckpt
+    python benchmarks/decode_throughput.py --data $DERMALENS_DATA
+    python benchmarks/decode_throughput.py --data $DERMALENS_DATA --model runs/x/checkpoints/best.ckpt
 
 For each set of real photos, milliseconds per image to decode a file and fit it to
 the model's square input (`geometry.fit_to_square`, the model's centre-square policy):

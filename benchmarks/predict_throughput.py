@@ -1,7 +1,7 @@
 """`dermalens predict` on a folder of real images: img/s per runtime, and what a server costs to start.
 
     python benchmarks/predict_throughput.py --model runs/ham10000_cpu/checkpoints/best.ckpt
-    python benchmarks/predict_throughput.py --model best.ckpt --folder ../shared/data/ham10000_sample --no-startup
+    python benchmarks/predict_throughput.py --model best.ckpt --folder $DERMALENS_DATA/ham10000_sample --no-startup
 
 Predict: the batched path `dermalens predict` takes (`inference.prediction.predict_files`:
 decode on two threads, batches of --batch-size, the model's geometry and calibration) over

@@ -1,6 +1,6 @@
 """What int8 costs in accuracy and gains in speed: fp32 vs int8 ONNX on the DermaMNIST test split.
 
-    python benchmarks/quantization_accuracy.py --model runs/demo-.../checkpoints/best.ckpt --data /work/shared/data
+    python benchmarks/quantization_accuracy.py --model runs/demo-.../checkpoints/best.ckpt --data $DERMALENS_DATA
 
 The checkpoint is exported to fp32 ONNX (checked against PyTorch) and to
 int8 (static: activation ranges calibrated on training-split images;

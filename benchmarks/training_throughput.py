@@ -1,6 +1,6 @@
 """Is the data pipeline the bottleneck? Training img/s through the real loader vs pre-made tensors.
 
-    python benchmarks/training_throughput.py --data /work/shared/data
+    python benchmarks/training_throughput.py --data $DERMALENS_DATA
     python benchmarks/training_throughput.py --setups dermamnist --workers 0 1 2
 
 For each setup, the same model and training step (forward, focal loss,

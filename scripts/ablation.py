@@ -4,7 +4,7 @@ Each variant is the base config with one change, trained with the same
 seed and budget, and scored on the validation split (the test split is
 never touched here). Prints a markdown table and writes it with a JSON.
 
-    python scripts/ablation.py --config dermamnist_cpu --data ../shared/data \
+    python scripts/ablation.py --config dermamnist_cpu --data $DERMALENS_DATA \
         --set training.max_epochs=4 --out runs/ablation
 """
 from __future__ import annotations

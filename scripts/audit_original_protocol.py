@@ -1,6 +1,6 @@
 """How much does "augment first, split later" inflate the numbers? The original design's protocol, audited.
 
-    python scripts/audit_original_protocol.py --data ../shared/data/ham10000_224 --minutes 10 --out runs/audit
+    python scripts/audit_original_protocol.py --data $DERMALENS_DATA/ham10000_224 --minutes 10 --out runs/audit
 
 The design this project follows reported 84% accuracy, macro F1 0.77, melanoma
 F1 0.91 and dermatofibroma F1 0.96 after augmenting every class to 3,500

@@ -1,6 +1,6 @@
 """Do the explanation maps mean something? Three checks on the 50 HAM10000 sample images.
 
-    python scripts/explanation_sanity.py --model runs/x/checkpoints/best.ckpt --data ../shared/data
+    python scripts/explanation_sanity.py --model runs/x/checkpoints/best.ckpt --data $DERMALENS_DATA
 
 1. Model randomisation (Adebayo et al., NeurIPS 2018): the maps of the trained
    model vs the maps of the same architecture with random weights, for the
@@ -240,8 +240,8 @@ def example_figure(examples: list[dict], methods: list[str], path: Path) -> None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint (.ckpt)")
-    parser.add_argument("--data", default=os.environ.get("DERMALENS_DATA", "../shared/data"),
-                        help=f"folder holding {SAMPLE_DIR}/ (default: $DERMALENS_DATA or ../shared/data)")
+    parser.add_argument("--data", default=os.environ.get("DERMALENS_DATA"), required=not os.environ.get("DERMALENS_DATA"),
+                        help=f"folder holding {SAMPLE_DIR}/ (default: $DERMALENS_DATA)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--shap-max-evals", type=int, default=300)
     parser.add_argument("--limit", type=int, help="only the first N images")

@@ -19,7 +19,6 @@ from dermalens.config import load_config
 from dermalens.data.geometry import fit_to_square
 from dermalens.data.preprocess import Preprocessing, preprocess_array
 from dermalens.data.transforms import build_eval_transform, preprocess_image
-from dermalens.inference import export as export_module
 from dermalens.inference.base import ImagePredictor, InferenceSession
 from dermalens.inference.export import ExportError, check_images, export_checkpoint
 from dermalens.inference.load import load_predictor
@@ -375,7 +374,6 @@ def test_onnx_predictor_refuses_a_foreign_onnx_file(tmp_path):
 
 def test_parity_check_falls_back_to_random_images_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("DERMALENS_DATA", str(tmp_path))
-    monkeypatch.setattr(export_module, "_REPO_SHARED_DATA", tmp_path)
     with pytest.warns(UserWarning, match="random images"):
         images, source = check_images(None, 16)
     assert source == "random" and 0 < len(images) <= 4 and images[0].dtype == np.uint8

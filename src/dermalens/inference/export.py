@@ -47,8 +47,6 @@ from .settings import DEFAULT_OPSET, DEFAULT_PARITY_COUNT, EXPORTERS, PARITY_TOL
 log = logging.getLogger(__name__)
 
 SAMPLE_GLOB = "ham10000_sample/ISIC_*.jpg"
-# Without $DERMALENS_DATA, a source checkout looks in the Makefile's default data folder (as tests/conftest.py does).
-_REPO_SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 class ExportError(ValueError):
@@ -96,9 +94,8 @@ def expand_image_paths(patterns: Sequence[str | Path]) -> list[Path]:
 
 
 def default_sample_images() -> list[Path]:
-    """The real HAM10000 sample images under $DERMALENS_DATA (else the Makefile's default data folder)."""
+    """The real HAM10000 sample images under $DERMALENS_DATA (the Makefile sets it for `make demo`/`make test`)."""
     roots = [Path(os.environ["DERMALENS_DATA"])] if os.environ.get("DERMALENS_DATA") else []
-    roots.append(_REPO_SHARED_DATA)
     for root in roots:
         found = sorted(root.glob(SAMPLE_GLOB))
         if found:
