@@ -5,8 +5,13 @@ models (`training.folds`, no ensemble, no test evaluation) on the train + val
 pool of the config's split, and scored on its out-of-fold predictions: every
 pool image predicted once by a model that never saw its lesion. The table
 gives those figures, the mean and sd of the folds' balanced accuracy, and
-the wall time. A variant whose folder already holds cv.json is not rerun,
-so an interrupted comparison continues where it stopped.
+the wall time, and what the decision rule shipped with a model adds: per-class
+biases cross-fitted over the folds (fitted on the other folds' out-of-fold
+predictions, applied to this fold's), so the rule too is scored on
+predictions it was not fitted on. A variant whose folder already holds
+cv.json is not rerun, so an interrupted comparison continues where it
+stopped; `--existing-only` renders the table from the variants already
+trained and trains nothing.
 
     python scripts/compare_recipes.py --config ham10000_cpu --data $DERMALENS_DATA/ham10000_224 \\
         --out runs/compare --folds 3 \\
@@ -25,10 +30,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import load_config
 from dermalens.config_files import resolve_config_path
-from dermalens.run_folder import CV_FILE
+from dermalens.evaluation.calibration import fit_temperature
+from dermalens.evaluation.decision import cross_fitted_decisions
+from dermalens.inference.postprocess import calibrated_probabilities
+from dermalens.run_folder import CV_FILE, OUT_OF_FOLD_LOGITS
 from dermalens.training.cross_validation import train_folds
 
 COLUMNS = (("balanced_accuracy", "OOF bal. acc."), ("accuracy", "OOF acc."), ("auc_macro", "OOF macro AUC"),
@@ -42,11 +54,27 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name.strip(), overrides
 
 
+def rule_figures(folder: Path, classes: list[str]) -> dict:
+    """Balanced accuracy and accuracy of the out-of-fold predictions under the cross-fitted decision rule."""
+    split = pd.read_csv(folder / "split.csv", dtype={"image_id": str})
+    pool = split[split["fold"] > 0]            # the rows the out-of-fold logits were saved for, in order
+    logits = np.load(folder / OUT_OF_FOLD_LOGITS)
+    labels, folds = pool["label"].to_numpy(), pool["fold"].to_numpy()
+    if len(logits) != len(labels) or len(np.unique(folds)) < 2:
+        return {}
+    probabilities = calibrated_probabilities(logits, fit_temperature(logits, labels))
+    decided = cross_fitted_decisions(probabilities, labels, folds, classes)
+    return {"balanced_accuracy": float(balanced_accuracy_score(labels, decided)),
+            "accuracy": float(accuracy_score(labels, decided))}
+
+
 def run_variant(config_name: str, data: str, base_overrides: list[str], name: str, overrides: list[str],
-                folds: int, out: Path, first_folds: int | None = None) -> dict:
+                folds: int, out: Path, first_folds: int | None = None, existing_only: bool = False) -> dict | None:
     folder = out / name.replace(" ", "_").replace("/", "-")
     if (folder / CV_FILE).is_file():
         summary = json.loads((folder / CV_FILE).read_text())
+    elif existing_only:
+        return None
     else:
         config = load_config(resolve_config_path(config_name),
                              [f"data.path={data}", *base_overrides, f"training.folds={folds}",
@@ -56,15 +84,19 @@ def run_variant(config_name: str, data: str, base_overrides: list[str], name: st
                               first_folds=first_folds).summary
         summary["wall_seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_json(folder / CV_FILE, summary)
+    classes = list(summary["out_of_fold"].get("recall", {})) or \
+        ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     return {"variant": name, "overrides": overrides, "folds": folds,
             "folds_trained": summary.get("folds_trained", folds), "out_of_fold": summary["out_of_fold"],
+            "with_rule": rule_figures(folder, classes),
             "mean_sd": summary["mean_sd"], "train_seconds": summary["train_seconds"],
             "trunk_seconds": summary.get("trunk_seconds", 0.0), "folder": str(folder)}
 
 
 def markdown(rows: list[dict], command: str) -> str:
     header = ["variant", "overrides", "folds trained", *[label for _, label in COLUMNS],
-              "bal. acc. per fold (mean ± sd)", "minutes (trunk cache)"]
+              "bal. acc. per fold (mean ± sd)", "bal. acc. / acc. with the rule (cross-fitted)",
+              "minutes (trunk cache)"]
     lines = [f"`{command}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         oof, spread = row["out_of_fold"], row["mean_sd"].get("balanced_accuracy", {})
@@ -72,6 +104,8 @@ def markdown(rows: list[dict], command: str) -> str:
                  f"{row.get('folds_trained', row['folds'])} of {row['folds']}"]
         cells += [f"{oof[key]:.3f}" if oof.get(key) is not None else "n/a" for key, _ in COLUMNS]
         cells.append(f"{spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}")
+        rule = row.get("with_rule") or {}
+        cells.append(f"{rule['balanced_accuracy']:.3f} / {rule['accuracy']:.3f}" if rule else "n/a")
         cells.append(f"{row['train_seconds'] / 60:.1f} ({row['trunk_seconds'] / 60:.1f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -87,14 +121,20 @@ def main(argv: list[str] | None = None) -> int:
                         "noisier: the table says how many)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant")
     parser.add_argument("--variant", action="append", required=True, metavar="'NAME: KEY=VALUE, ...'")
+    parser.add_argument("--existing-only", action="store_true",
+                        help="train nothing: the table of the variants OUT already holds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for text in args.variant:
         name, overrides = parse_variant(text)
-        rows.append(run_variant(args.config, args.data, args.set, name, overrides, args.folds, args.out,
-                                args.first_folds))
+        row = run_variant(args.config, args.data, args.set, name, overrides, args.folds, args.out,
+                          args.first_folds, args.existing_only)
+        if row is None:
+            print(f"{name}: not trained yet, left out (--existing-only)", flush=True)
+            continue
+        rows.append(row)
         atomic_write_json(args.out / "comparison.json", rows)
         command = "python scripts/compare_recipes.py " + " ".join(
             f"'{a}'" if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))

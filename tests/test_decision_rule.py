@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from dermalens.evaluation.decision import fit_class_biases, fit_decision_rule, fit_melanoma_operating_point
+from dermalens.evaluation.decision import (
+    cross_fitted_decisions,
+    fit_class_biases,
+    fit_decision_rule,
+    fit_melanoma_operating_point,
+)
 from dermalens.inference.postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
 
 pytestmark = pytest.mark.unit
@@ -33,6 +38,20 @@ def test_fitted_biases_raise_balanced_accuracy_without_lowering_accuracy():
     assert accuracy_score(labels, decided) >= accuracy_score(labels, raw)
     assert summary["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decided))
     assert bias["nv"] == 0.0   # the most frequent class is the reference
+
+
+def test_cross_fitted_decisions_use_only_the_other_folds_biases():
+    probs, labels = imbalanced_predictions(seed=1)
+    folds = np.arange(len(labels)) % 3
+    decided = cross_fitted_decisions(probs, labels, folds, CLASSES)
+    for fold in range(3):
+        bias, _ = fit_class_biases(probs[folds != fold], labels[folds != fold], CLASSES)
+        expected = DecisionRule(CLASSES, bias).decide(probs[folds == fold])
+        np.testing.assert_array_equal(decided[folds == fold], expected)
+    # Fitted elsewhere, the rule still helps here (the predictions share one bias towards nv).
+    assert balanced_accuracy_score(labels, decided) > balanced_accuracy_score(labels, probs.argmax(1)) + 0.03
+    with pytest.raises(ValueError, match="at least two folds"):
+        cross_fitted_decisions(probs, labels, np.zeros(len(labels)), CLASSES)
 
 
 def test_rule_changes_decisions_as_its_biases_say():

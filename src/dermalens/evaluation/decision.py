@@ -104,6 +104,26 @@ def fit_melanoma_operating_point(probabilities: np.ndarray, labels: np.ndarray, 
     return MelanomaOperatingPoint(threshold, float(specificity), sensitivity, fitted_on)
 
 
+def cross_fitted_decisions(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray,
+                           classes: Sequence[str]) -> np.ndarray:
+    """Each fold's decisions under biases fitted on the other folds' predictions.
+
+    What the rule is worth on predictions it was not fitted on: a recipe
+    comparison scores the rule this way, so fitting it cannot flatter it.
+    """
+    probabilities, labels, folds = np.asarray(probabilities), np.asarray(labels), np.asarray(folds)
+    if not len(probabilities) == len(labels) == len(folds):
+        raise ValueError(f"{len(probabilities)} predictions, {len(labels)} labels and {len(folds)} fold numbers")
+    if len(np.unique(folds)) < 2:
+        raise ValueError("cross-fitting needs at least two folds")
+    decided = np.empty(len(labels), dtype=np.int64)
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        bias, _ = fit_class_biases(probabilities[~held_out], labels[~held_out], classes)
+        decided[held_out] = DecisionRule(tuple(classes), bias).decide(probabilities[held_out])
+    return decided
+
+
 def fit_decision_rule(probabilities: np.ndarray, labels: np.ndarray, classes: Sequence[str], *, fitted_on: str,
                       objective: str = "balanced", melanoma_specificity: float | None = 0.8) -> tuple[DecisionRule, dict]:
     """The rule for a model from its held-out calibrated probabilities; objective 'raw' keeps the argmax."""
