@@ -49,7 +49,8 @@ from ..models.ensemble import LesionEnsemble, trunks_identical
 from ..run_folder import FIGURES, OUT_OF_FOLD_LOGITS, RunFolder
 from .calibrate import calibrate
 from .frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
-from .run import new_run_dir, train, trunk_cache_dir, with_absolute_paths
+from .run import new_run_dir, sigterm_raises, train, trunk_cache_dir, with_absolute_paths
+from .errors import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 SUMMARY_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro", "mel_sensitivity_at_80_specificity")
@@ -216,7 +217,12 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                                                                          config["seed"]),
                                        section(AugmentationSection, config["augmentation"]),
                                        cache_dir=trunk_cache_dir(config), progress=progress)
-        activations.ensure(np.flatnonzero(assignment >= 0), range(activations.spec.views))
+        try:
+            with sigterm_raises():
+                activations.ensure(np.flatnonzero(assignment >= 0), range(activations.spec.views))
+        except (KeyboardInterrupt, SystemExit) as stop:   # a stop is recorded, as one during training is
+            RunFolder(run_dir).write_status("interrupted", stage="trunk cache", folds=folds)
+            raise TrainingInterrupted(run_dir, None, during="trunk cache") from stop
 
     fold_dirs, per_fold, fold_checkpoints = [], [], []
     oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)

@@ -9,7 +9,10 @@ class TrainingInterrupted(RuntimeError):
 
     def __init__(self, run_dir: Path, last: Path | None, during: str = "training"):
         self.run_dir, self.last = run_dir, last
-        if during == "evaluation":
+        if during == "trunk cache":
+            message = (f"stopped while caching the frozen trunk's activations (what was computed is kept). "
+                       f"To continue: dermalens train --resume {run_dir}")
+        elif during == "evaluation":
             message = (f"stopped during the evaluation after training (training had finished). To continue: "
                        f"dermalens train --resume {run_dir} (it calibrates and evaluates, and trains no more)")
         elif last:

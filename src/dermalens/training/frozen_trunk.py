@@ -179,10 +179,18 @@ class TrunkActivations:
         self.progress = progress
         model.check_trunk_stages(spec.stages)
         size = self.preprocessing.image_size
-        with torch.inference_mode():
-            probe = model.forward_trunk(torch.zeros(1, 3, size, size), spec.stages)
+        trunk = trunk_identity(model, spec.stages)
+        # The shape probe runs in eval mode: in train mode its forward pass would move the trunk's
+        # batch-norm statistics (by a zero image, through random drop-path), so each model that built
+        # a cache would hold, and cache, a slightly different trunk.
+        was_training = model.training
+        try:
+            with torch.inference_mode():
+                probe = model.eval().forward_trunk(torch.zeros(1, 3, size, size), spec.stages)
+        finally:
+            model.train(was_training)
         self.shape = (len(images), spec.views, *probe.shape[1:])
-        key = {"images": images_identity(images), "trunk": trunk_identity(model, spec.stages),
+        key = {"images": images_identity(images), "trunk": trunk,
                "backbone": model.config.backbone, "spec": asdict(spec), "preprocessing": self.preprocessing.to_dict(),
                "augmentation": asdict(augmentation), "shape": list(self.shape), "version": 1}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]

@@ -1,0 +1,74 @@
+"""The frozen trunk's activation cache: what it holds, and that building it leaves the model alone.
+
+Training on cached activations is only right if the cache holds what the
+trained model's own trunk computes in eval mode, the trunk the checkpoint
+ships: a cache made from a trunk whose batch-norm statistics moved (a
+train-mode forward pass) would train the head on features no deployed
+model computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dermalens.config import AugmentationSection
+from dermalens.data.preprocess import preprocess_array
+from dermalens.models.classifier import create_classifier
+from dermalens.training.frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec, trunk_identity
+
+pytestmark = pytest.mark.unit
+SETTINGS = {"backbone": "tf_efficientnet_lite0", "image_size": 64, "cbam": True, "drop_path_rate": 0.2}
+AUGMENTATION = AugmentationSection(rotate=90, zoom=0.1, shift=0.1, brightness=0.1, contrast=0.1, hflip=True,
+                                   vflip=True, probability=0.8)
+STAGES = 3
+
+
+def model(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_classifier(load_pretrained=False, **SETTINGS)   # in train mode, as a fresh training module's is
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+
+
+def test_building_a_cache_leaves_the_model_in_its_mode_with_its_statistics(images, tmp_path):
+    trained = model()
+    before = trunk_identity(trained, STAGES)
+    TrunkActivations(trained, images, TrunkSpec(STAGES, 2, seed=0), AUGMENTATION, cache_dir=tmp_path, progress=False)
+    assert trained.training
+    assert trunk_identity(trained, STAGES) == before
+
+
+def test_two_models_with_one_trunk_share_one_cache(images, tmp_path):
+    """Cross-validation builds the pool's cache, then each fold's training module asks again: one file."""
+    first, second = model(), model()
+    torch.manual_seed(123)      # other random draws (drop-path) before the second build
+    caches = [TrunkActivations(m, images, TrunkSpec(STAGES, 2, seed=0), AUGMENTATION, cache_dir=tmp_path,
+                               progress=False) for m in (first, second)]
+    assert caches[0].array_path == caches[1].array_path
+    caches[0].ensure(range(len(images)), range(caches[0].spec.views))
+    caches[1].ensure(range(len(images)), range(caches[1].spec.views))
+    assert caches[1].seconds_computing == 0.0          # found, not computed again
+    assert len(list(tmp_path.glob("*.npy"))) == 2      # the activations and their done-table
+
+
+def test_cached_flip_views_are_the_trunks_eval_forward_and_augmented_views_are_seeded(images, tmp_path):
+    trained = model()
+    spec = TrunkSpec(STAGES, 2, seed=0)
+    cache = TrunkActivations(trained, images, spec, AUGMENTATION, cache_dir=tmp_path, progress=False)
+    cache.ensure(range(len(images)), range(spec.views))
+    trained.eval()
+    flips = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]]
+    for row in (0, 3):
+        for view in range(FLIP_VIEWS):
+            x = torch.from_numpy(preprocess_array(np.ascontiguousarray(flips[view](images[row])),
+                                                  trained.preprocessing))[None]
+            with torch.inference_mode():
+                expected = trained.forward_trunk(x, STAGES)[0].numpy()
+            np.testing.assert_allclose(cache.array[row, view].astype(np.float32), expected, rtol=1e-2, atol=2e-2)
+    # Augmented views: a draw of their own per (seed, image, view), the same in another cache of the same key.
+    assert not np.array_equal(cache.array[0, FLIP_VIEWS], cache.array[0, FLIP_VIEWS + 1])
+    np.testing.assert_array_equal(cache.view_input(2, FLIP_VIEWS), cache.view_input(2, FLIP_VIEWS))
