@@ -18,6 +18,12 @@ in-source.
     python scripts/source_generalisation.py --config ham10000_cpu --data $DERMALENS_DATA/ham10000_224 \\
         --out runs/sources --folds 5 --set training.max_epochs=6
 
+The in-source side may come from a finished `dermalens train --folds K` run of
+the same config instead (`--in-source-run RUN`: its out-of-fold predictions
+of the train + val pool; its test images are then left out on both sides),
+which saves the K trainings. Each out-of-source model trains with the
+config's per-model budget, as each fold model of the run did.
+
 Results: OUT/generalisation.json and OUT/generalisation.md.
 """
 from __future__ import annotations
@@ -64,16 +70,23 @@ def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
     return out
 
 
-def in_source(config: dict, out: Path, folds: int) -> pd.DataFrame:
-    """Out-of-fold probabilities of every image, from K-fold CV over all sources."""
-    folder = out / "in-source"
-    if not (folder / CV_FILE).is_file():
+def in_source(config: dict, out: Path, folds: int, run: Path | None = None) -> pd.DataFrame:
+    """Out-of-fold probabilities of every image, from K-fold CV over all sources (or over `run`'s pool)."""
+    folder = run if run is not None else out / "in-source"
+    if run is None and not (folder / CV_FILE).is_file():
         cv_config = json.loads(json.dumps(config))
         cv_config["data"]["test_fraction"] = 0.0
         cv_config["training"].update(folds=folds, ensemble=False)
         train_folds(cv_config, folder, resume=folder.exists(), progress=sys.stderr.isatty())
+    if not (folder / CV_FILE).is_file():
+        raise SystemExit(f"error: {folder} holds no finished cross-validation ({CV_FILE} missing)")
     split = pd.read_csv(folder / "split.csv", dtype={"image_id": str})
+    if "fold" in split:
+        split = split[split["fold"] > 0].reset_index(drop=True)   # the pool, in the order its logits were saved
     logits = np.load(folder / "out_of_fold_logits.npy")
+    if len(logits) != len(split):
+        raise SystemExit(f"error: {folder}: {len(logits)} out-of-fold predictions for {len(split)} pool images "
+                         "(were all its folds trained?)")
     labels = split["label"].to_numpy()
     probs = calibrated_probabilities(logits, fit_temperature(logits, labels))
     return split.assign(**{f"p{k}": probs[:, k] for k in range(probs.shape[1])})
@@ -98,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--folds", type=int, default=5, help="folds of the in-source cross-validation")
     parser.add_argument("--sources", nargs="*", help="default: every source of the data")
+    parser.add_argument("--in-source-run", type=Path, help="a finished `train --folds K` run of the same config: "
+                        "its out-of-fold predictions are the in-source side")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -105,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(resolve_config_path(args.config), [f"data.path={args.data}", *args.set,
                                                            "training.ensemble=false"])
     args.out.mkdir(parents=True, exist_ok=True)
-    inside = in_source(config, args.out, args.folds)
+    inside = in_source(config, args.out, args.folds, args.in_source_run)
     metadata = pd.read_csv(Path(args.data) / "HAM10000_metadata.csv", dtype={"image_id": str})
     source_of = dict(zip(metadata["image_id"], metadata["dataset"]))
     inside["source"] = inside["image_id"].map(source_of)
@@ -114,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for source in args.sources or sorted(inside["source"].dropna().unique()):
         outside = out_of_source(config, args.out, source)
-        mine = inside[inside["source"] == source].set_index("image_id").loc[outside["image_id"]]
+        # The same images on both sides: with --in-source-run, the run's test images have no in-source prediction.
+        mine = inside[inside["source"] == source].set_index("image_id")
+        outside = outside[outside["image_id"].isin(mine.index)]
+        mine = mine.loc[outside["image_id"]]
         labels = mine["label"].to_numpy()
         in_probs = mine[[f"p{k}" for k in range(len(classes))]].to_numpy()
         out_probs = outside[[f"p_{code}" for code in classes]].to_numpy()
