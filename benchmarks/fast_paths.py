@@ -42,7 +42,8 @@ from dermalens.data.readers.images import decode_image_file  # noqa: E402
 from dermalens.inference.load import load_predictor, logits_for_images  # noqa: E402
 from dermalens.inference.postprocess import calibrated_probabilities  # noqa: E402
 from dermalens.inference.prediction import draft_side, predict_files  # noqa: E402
-from dermalens.models.checkpoint import load_classifier, read_calibration  # noqa: E402
+from dermalens.models.calibration_record import read_calibration  # noqa: E402
+from dermalens.models.checkpoint import load_classifier  # noqa: E402
 
 
 class LegacyPredictor:

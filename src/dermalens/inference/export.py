@@ -30,7 +30,8 @@ from torch import nn
 from .. import __version__
 from ..classes import RESEARCH_DISCLAIMER, validate_class_set
 from ..data.image_files import NoImagesFound, find_image_files
-from ..models.checkpoint import load_classifier, read_calibration
+from ..models.calibration_record import read_calibration
+from ..models.checkpoint import load_classifier
 from .onnx_predictor import (
     INPUT_NAME,
     LOGITS_NAME,

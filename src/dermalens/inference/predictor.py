@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..data.preprocess import Preprocessing, preprocess_array
 from ..hardware import cpu_has_fast_bf16
-from ..models.checkpoint import load_classifier, read_calibration
+from ..models.calibration_record import read_calibration
+from ..models.checkpoint import load_classifier
 from .postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
 from .prediction import Prediction, predict_sources
 

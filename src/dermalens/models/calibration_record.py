@@ -6,8 +6,7 @@ the predictor that is served (`tta`); any later evaluation reads it and
 changes nothing. <stem>.ckpt and <stem>.onnx share it.
 
 Kept free of torch (as is `CheckpointError`, which it raises), so that the
-ONNX predictor can read it without loading PyTorch; `checkpoint.py`
-re-exports all of it.
+ONNX predictor can read it without loading PyTorch.
 """
 from __future__ import annotations
 

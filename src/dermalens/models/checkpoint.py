@@ -13,14 +13,12 @@ import torch
 
 from ..classes import validate_class_set
 from ..data.preprocess import Preprocessing
-from .calibration_record import CheckpointError, calibration_path, read_calibration, write_calibration
+from .calibration_record import CheckpointError
 from .classifier import LesionClassifier, ModelConfig, create_classifier
 from .ensemble import build_ensemble
 
-# The calibration record and CheckpointError live in a torch-free module (the ONNX
-# predictor reads them without PyTorch); they are imported from here as before.
-__all__ = ["CHECKPOINT_KEY", "TRUST_VARIABLE", "CheckpointError", "calibration_path", "load_checkpoint_dict",
-           "load_classifier", "read_calibration", "read_checkpoint_metadata", "trusts_checkpoints", "write_calibration"]
+__all__ = ["CHECKPOINT_KEY", "TRUST_VARIABLE", "load_checkpoint_dict", "load_classifier", "read_checkpoint_metadata",
+           "trusts_checkpoints"]
 
 CHECKPOINT_KEY = "dermalens"
 

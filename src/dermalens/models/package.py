@@ -27,7 +27,8 @@ from .. import __version__
 from ..atomic_io import file_sha256, to_jsonable
 from ..classes import RESEARCH_DISCLAIMER, class_name
 from ..run_folder import RunFolder
-from .checkpoint import load_classifier, read_calibration
+from .calibration_record import read_calibration
+from .checkpoint import load_classifier
 from .model_card import render_model_card
 from .package_folder import staged_folder
 from .package_reader import (
