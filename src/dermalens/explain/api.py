@@ -247,14 +247,6 @@ class Explainer:
         row = np.array([[probabilities[code] for code in self.classes]])
         return self.classes[int(self.decision.decide(row)[0])]
 
-    def warm_up(self, methods: tuple[str, ...] = METHODS) -> None:
-        """Run each method once on a grey image, so that the first real request does not
-        pay for imports and compilation (SHAP's first call costs about 10 s)."""
-        size = self.preprocessing.image_size
-        grey = np.full((size, size, 3), 128, dtype=np.uint8)
-        for name in methods:
-            self.explain(grey, name, shap_max_evals=20)
-
 
 def predictor_description(tta: bool, temperature: float) -> str:
     views = "mean of 4 flipped views" if tta else "one view"
