@@ -6,20 +6,40 @@
     python benchmarks/load_test.py --model runs/demo/checkpoints/best.ckpt --image lesion.jpg
     # do predictions stay fast while SHAP explanations run? (200 predictions, 8 at a time, 2 SHAP clients)
     python benchmarks/load_test.py --model runs/demo/checkpoints/best.ckpt --shap-clients 2
+    # the server under real load: 200 x 8 alone, then 10 minutes of 8 prediction clients while one
+    # client asks for SHAP and one for Grad-CAM all the time, the server's memory sampled throughout
+    python benchmarks/load_test.py --model runs/ham10000_cpu/checkpoints/best.ckpt --requests 200 \
+        --concurrency 8 --shap-clients 2 --explain-methods shap gradcam --duration-minutes 10 \
+        --output benchmarks/results/load_test_recipe.json
 
-Reports how many answers were 2xx/4xx/5xx (and connection errors) and the
-p50/p95/p99/max latency; exits 1 on any 5xx, connection error, or request
-not sent before --max-seconds. Bounded: at most --requests requests, each
-with a --timeout, the whole run within --max-seconds. Research tool, not a
-diagnosis: this measures plumbing, not medical performance.
+Reports how many answers were 2xx/4xx/5xx (and connection errors), the
+exact status codes (503: the server's queue was full) and the p50/p95/p99/max
+latency; exits 1 on any 5xx, connection error, or request not sent before
+--max-seconds. Bounded: at most --requests requests, each with a --timeout,
+the whole run within --max-seconds. Research tool, not a diagnosis: this
+measures plumbing, not medical performance.
 
-With --shap-clients N the predictions run twice: alone, then while N
-clients keep asking for SHAP explanations (each waits for its answer, and
-after a 503/504 for the Retry-After it was given, as a well-behaved client
-does). The explanation clients' answers are counted apart: 503 and 504
-(server busy, time limit) are the server protecting itself and allowed;
-any other 5xx, and any 5xx for a prediction, fails the run. It reports the
-prediction p50/p95 of both runs and the p95 ratio (the target: at most 3x).
+With --shap-clients N (alias --explain-clients) the predictions run twice:
+alone, then while N clients keep asking for explanations (each waits for its
+answer, and after a 503/504 for the Retry-After it was given, as a
+well-behaved client does). Client i asks for --explain-methods[i % len], e.g.
+`--explain-methods shap gradcam` (default shap; --explain-method is the same
+option). Their answers are counted apart, per method, with the p50/p95/max
+latency of the completed explanations: 503 and 504 (server busy, time limit)
+are the server protecting itself and allowed; any other 5xx, and any 5xx for
+a prediction, fails the run. It reports the prediction p50/p95 of both runs
+and the p95 ratio (the target: at most 3x).
+
+With --duration-minutes X the second run (or the only one, without
+explanation clients) is a soak: the C prediction clients keep sending for X
+minutes instead of --requests in all (which still sizes the run alone). It
+reports the requests, requests/s, p50/p95/p99 over the whole soak and per
+minute. With --model (or --server-pid for a running server) the server's
+resident memory, its children included, is sampled every --rss-interval
+seconds from the warm-up to the end: start, max and end RSS in MB, and the
+least-squares slope in MB/min over the second half of the soak (the first
+half is warm-up); memory counts as flat below 1 MB/min
+(process_memory.FLAT_SLOPE_MB_PER_MIN). Memory is reported, not a failure.
 """
 from __future__ import annotations
 
@@ -32,25 +52,20 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # runs from a plain checkout too
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # its sibling modules, as a script
 
 from dermalens.atomic_io import atomic_write_json  # noqa: E402
 from dermalens.inference.runtimes import RUNTIME_HELP, RUNTIMES  # noqa: E402
 from dermalens.serving.client import post_image, request  # noqa: E402
 from dermalens.serving.server import is_loopback  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+from load_clients import ExplainClients, run_load  # noqa: E402
+from process_memory import RssSampler  # noqa: E402
 
 
 def default_image() -> Path | None:
@@ -111,94 +126,6 @@ class ServeProcess:
         return self.process.returncode
 
 
-class ExplainClients:
-    """N threads that keep asking for explanations until stopped; counts every answer by status."""
-
-    def __init__(self, url: str, image: bytes, filename: str, clients: int, method: str, timeout: float):
-        self.timeout = timeout
-        self.counts: dict[str, int] = {}
-        self.seconds: list[float] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._counting = True
-        fields = {"method": method, "format": "png"}
-
-        def client():
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    answer = post_image(url + "/api/explain", image, filename, fields=fields, timeout=timeout)
-                    outcome = str(answer.status)
-                    if answer.status in (503, 504) and "retry-after" not in answer.headers:
-                        outcome += " without Retry-After"
-                except OSError as error:
-                    answer, outcome = None, f"error: {type(error).__name__}"
-                with self._lock:
-                    if not self._counting:
-                        return
-                    self.counts[outcome] = self.counts.get(outcome, 0) + 1
-                    if answer is not None and answer.status == 200:
-                        self.seconds.append(time.perf_counter() - started)
-                if answer is not None and answer.status in (503, 504):  # come back when told to
-                    self._stop.wait(min(10.0, float(answer.headers.get("retry-after") or 1)))
-
-        self._threads = [threading.Thread(target=client, daemon=True, name=f"explain-client-{i}")
-                         for i in range(clients)]
-
-    def __enter__(self) -> "ExplainClients":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        deadline = time.monotonic() + self.timeout
-        for thread in self._threads:  # an explanation in flight is waited for, up to the request timeout
-            thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:   # what came back before the server is stopped; later answers are not counted
-            self._counting = False
-
-    def failures(self) -> int:
-        """Answers that are not 2xx, 503 or 504 with Retry-After: errors of the server or the connection."""
-        return sum(n for outcome, n in self.counts.items() if outcome not in ("200", "503", "504"))
-
-
-def run_load(url: str, image: bytes, filename: str, requests: int, concurrency: int, timeout: float,
-             max_seconds: float) -> dict:
-    deadline = time.monotonic() + max_seconds
-    results: list[tuple[str, float]] = []   # (status class, seconds)
-    lock = threading.Lock()
-
-    def one(_):
-        if time.monotonic() > deadline:
-            outcome, seconds = "not sent", 0.0
-        else:
-            started = time.perf_counter()
-            try:
-                status = post_image(url + "/api/predict", image, filename, timeout=timeout).status
-                outcome = f"{status // 100}xx"
-            except OSError as error:  # refused, reset, timed out
-                outcome = f"error: {type(error).__name__}"
-            seconds = time.perf_counter() - started
-        with lock:
-            results.append((outcome, seconds))
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(one, range(requests)))
-    wall = time.perf_counter() - started
-    counts: dict[str, int] = {}
-    for outcome, _ in results:
-        counts[outcome] = counts.get(outcome, 0) + 1
-    answered = [seconds * 1e3 for outcome, seconds in results if outcome[0].isdigit()]
-    latency = {f"p{q}": round(percentile(answered, q), 1) for q in (50, 95, 99)} if answered else {}
-    if answered:
-        latency["max"] = round(max(answered), 1)
-        latency["mean"] = round(sum(answered) / len(answered), 1)
-    return {"counts": counts, "latency_ms": latency, "wall_seconds": round(wall, 2),
-            "requests_per_second": round(len(answered) / wall, 2) if wall else None}
-
-
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -216,14 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="number of prediction requests (default 200)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
-    parser.add_argument("--max-seconds", type=float, default=300.0, help="bound on the whole run (default 300)")
+    parser.add_argument("--max-seconds", type=float, default=300.0,
+                        help="bound on a run of --requests (default 300; a soak lasts --duration-minutes)")
+    parser.add_argument("--duration-minutes", type=float,
+                        help="soak: the prediction clients keep sending for this long (with explanation clients: "
+                             "the run beside them; the run alone still sends --requests)")
+    parser.add_argument("--start-timeout", type=float, default=120.0,
+                        help="with --model: seconds the server may take to start (default 120)")
     parser.add_argument("--threads", type=int, help="with --model: waitress threads (default: the server's)")
     parser.add_argument("--torch-threads", type=int, help="with --model: torch threads (default: the server's)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="with --model: " + RUNTIME_HELP)
-    parser.add_argument("--shap-clients", type=int, default=0,
+    parser.add_argument("--shap-clients", "--explain-clients", dest="shap_clients", type=int, default=0,
                         help="also run the predictions while this many clients keep asking for explanations "
                              "(default 0: predictions only)")
-    parser.add_argument("--explain-method", default="shap", help="what those clients ask for (default shap)")
+    parser.add_argument("--explain-methods", "--explain-method", dest="explain_methods", nargs="+",
+                        metavar="METHOD",
+                        help="what those clients ask for: client i asks for METHOD[i %% count] (default shap)")
+    parser.add_argument("--rss-interval", type=float, default=5.0,
+                        help="seconds between samples of the server's memory (default 5)")
+    parser.add_argument("--server-pid", type=int, help="with --url: the server's process id, to sample its memory")
     for option, what in (("predict-slots", "predictions computed at once"),
                          ("explain-slots", "explanations computed at once"),
                          ("predict-queue", "predictions that may wait for a slot"),
@@ -236,16 +174,33 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256 or not 0 <= args.shap_clients <= 64:
         parser.error("--requests must be 1..100000, --concurrency 1..256 and --shap-clients 0..64")
+    if args.duration_minutes is not None and not 0 < args.duration_minutes <= 24 * 60:
+        parser.error(f"--duration-minutes must be above 0 and at most 1440, not {args.duration_minutes}")
+    if not 0.1 <= args.rss_interval <= 600:
+        parser.error(f"--rss-interval must be 0.1..600 seconds, not {args.rss_interval}")
+    if args.start_timeout <= 0:
+        parser.error(f"--start-timeout must be positive, not {args.start_timeout}")
+    if args.explain_methods and not args.shap_clients:
+        parser.error("--explain-methods needs --shap-clients N: the clients that ask for them")
+    args.explain_methods = args.explain_methods or ["shap"]
+    if len(args.explain_methods) > max(1, args.shap_clients):   # a method after the last client is never asked
+        parser.error(f"--explain-methods names {len(args.explain_methods)} methods but only {args.shap_clients} "
+                     "explanation clients would ask: give --shap-clients at least as many")
     if args.image is None or not args.image.is_file():
         parser.error(f"image not found: {args.image} (give --image PATH)")
     if args.url and not is_loopback(urlparse(args.url).hostname or ""):
         parser.error(f"{args.url} is not on this machine: the load test only runs against loopback addresses")
+    if args.server_pid and args.model:
+        parser.error("--server-pid is for --url: with --model the load test knows the server it starts")
 
     options = {key: getattr(args, key) for key in ("predict_slots", "predict_queue", "explain_slots", "explain_queue",
                                                   "explain_timeout")}
-    server = ServeProcess(args.model, args.threads, args.torch_threads, runtime=args.runtime,
+    server = ServeProcess(args.model, args.threads, args.torch_threads, args.start_timeout, runtime=args.runtime,
                           options=options) if args.model else None
-    explain_clients = None
+    pid = server.process.pid if server else args.server_pid
+    soak_s = args.duration_minutes * 60 if args.duration_minutes else None
+    explain_clients = sampler = None
+    window = None   # (start, end) of the soak on time.monotonic(): where the memory slope is measured
     try:
         url = (server.url if server else args.url).rstrip("/")
         try:
@@ -255,36 +210,52 @@ def main(argv: list[str] | None = None) -> int:
         if health.status != 200:
             raise SystemExit(f"error: {url}/health answered {health.status}: {health.body[:200]!r}")
         model = request(url + "/api/model", timeout=args.timeout).json()
+        offered = model.get("explain_methods", [])
+        if args.shap_clients and (unknown := [m for m in args.explain_methods if m not in offered]):
+            raise SystemExit(f"error: {url} does not explain with {', '.join(unknown)}; it offers: "
+                             + (", ".join(offered) or "no explanations (an ONNX model alone)"))
         image = args.image.read_bytes()
         post_image(url + "/api/predict", image, args.image.name, timeout=args.timeout)  # warm-up, not counted
-        print(f"load test: {args.requests} x POST {url}/api/predict, {args.concurrency} at a time, "
+        sampler = RssSampler(pid, args.rss_interval).start() if pid else None
+        alone_soak = soak_s if not args.shap_clients else None
+        print(f"load test: POST {url}/api/predict "
+              f"{f'for {args.duration_minutes} min' if alone_soak else f'{args.requests} times'}, "
+              f"{args.concurrency} at a time, "
               f"image {args.image.name} ({len(image) / 1024:.0f} KB), model {model['name']} "
               f"{model['input_size']} px, predicted by {model.get('inference_engine', '?')}")
+        started = time.monotonic()
         result = run_load(url, image, args.image.name, args.requests, args.concurrency, args.timeout,
-                          args.max_seconds)
+                          args.max_seconds, alone_soak)
+        window = (started, time.monotonic()) if alone_soak else None
         report("predictions alone" if args.shap_clients else "predictions", result)
         if args.shap_clients:
-            print(f"again, while {args.shap_clients} clients keep asking for {args.explain_method} explanations")
+            methods = " and ".join(dict.fromkeys(args.explain_methods))
+            print(f"again{f' for {args.duration_minutes} min' if soak_s else ''}, while {args.shap_clients} "
+                  f"clients keep asking for {methods} explanations")
             # A client waits longer than the server's own explanation time limit, so it gets the 504.
             explain_timeout = max(args.timeout, float(model.get("limits", {}).get("explain_timeout", 0)) + 30)
-            with ExplainClients(url, image, args.image.name, args.shap_clients, args.explain_method,
+            with ExplainClients(url, image, args.image.name, args.shap_clients, args.explain_methods,
                                 explain_timeout) as explain_clients:
+                started = time.monotonic()
                 result["with_explanations"] = run_load(url, image, args.image.name, args.requests,
-                                                       args.concurrency, args.timeout, args.max_seconds)
-            report(f"predictions with {args.shap_clients} {args.explain_method} clients",
-                   result["with_explanations"])
-            result["explain_clients"] = {"counts": explain_clients.counts,
-                                         "completed_seconds": [round(x, 2) for x in explain_clients.seconds]}
-            print("explanation answers: " + ", ".join(f"{k} {v}" for k, v in sorted(explain_clients.counts.items()))
-                  + " (503/504 with Retry-After: the server protecting its capacity)")
+                                                       args.concurrency, args.timeout, args.max_seconds, soak_s)
+                window = (started, time.monotonic()) if soak_s else None
+            report(f"predictions with {args.shap_clients} {methods} clients", result["with_explanations"])
+            result["explain_clients"] = explain_clients.summary()
+            report_explanations(result["explain_clients"])
             alone, loaded = result["latency_ms"].get("p95"), result["with_explanations"]["latency_ms"].get("p95")
             if alone and loaded:
                 result["p95_ratio"] = round(loaded / alone, 2)
                 print(f"prediction p95 with explanations / alone: {result['p95_ratio']}x "
                       f"(target <= 3x: {'met' if result['p95_ratio'] <= 3 else 'missed'})")
     finally:
+        if sampler:
+            sampler.stop()
         if server:
             server.stop()
+    if sampler:
+        result["rss"] = sampler.summary(window)
+        report_memory(result["rss"], soak=window is not None)
 
     failures = prediction_failures(result["counts"])
     if "with_explanations" in result:
@@ -316,11 +287,38 @@ def prediction_failures(counts: dict[str, int]) -> int:
 def report(title: str, result: dict) -> None:
     counts, latency = result["counts"], result["latency_ms"]
     print(f"{title}: " + ", ".join(f"{outcome} {counts.get(outcome, 0)}" for outcome in ("2xx", "4xx", "5xx"))
-          + "".join(f", {outcome} {n}" for outcome, n in sorted(counts.items()) if not outcome[0].isdigit()))
+          + "".join(f", {outcome} {n}" for outcome, n in sorted(counts.items()) if not outcome[0].isdigit())
+          + f" (503: {result.get('status_codes', {}).get('503', 0)})")
     if latency:
         print(f"  latency ms: p50 {latency['p50']}  p95 {latency['p95']}  p99 {latency['p99']}  max {latency['max']}"
               f"  (mean {latency['mean']})")
-    print(f"  throughput: {result['requests_per_second']} requests/s over {result['wall_seconds']} s")
+    print(f"  throughput: {result['requests_per_second']} requests/s, {result['requests']} requests "
+          f"over {result['wall_seconds']} s")
+    for minute in result.get("per_minute", []):
+        print(f"  minute {minute['minute']}: {minute['requests']} requests, p50 {minute.get('p50')}  "
+              f"p95 {minute.get('p95')}  p99 {minute.get('p99')} ms")
+
+
+def report_explanations(summary: dict) -> None:
+    print("explanation answers: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items()))
+          + " (503/504 with Retry-After: the server protecting its capacity)")
+    for method, record in summary["by_method"].items():
+        latency = record["latency_ms"]
+        print(f"  {method} ({record['clients']} client{'s' * (record['clients'] != 1)}): {record['completed']} "
+              f"completed, 503 {record['503']}, 504 {record['504']}"
+              + (f"; ms p50 {latency['p50']}  p95 {latency['p95']}  max {latency['max']}" if latency else ""))
+
+
+def report_memory(rss: dict, soak: bool) -> None:
+    if not rss["samples"]:
+        print(f"server memory: {rss['note']}")
+        return
+    slope, where = rss["slope_mb_per_min"], "the soak's" if soak else "the run's"
+    verdict = ("too few samples to judge" if slope is None else
+               f"{'flat' if rss['flat'] else 'NOT flat'} (threshold {rss['flat_threshold_mb_per_min']} MB/min)")
+    print(f"server memory (RSS, pid {rss['pid']} and children, {len(rss['samples'])} samples every "
+          f"{rss['interval_s']} s): start {rss['start_mb']} MB, max {rss['max_mb']}, end {rss['end_mb']}; "
+          f"slope over {where} second half {slope} MB/min: {verdict}")
 
 
 if __name__ == "__main__":

@@ -18,17 +18,42 @@ from bench_common import RESULTS_DIR, format_table  # noqa: E402
 
 
 def load_test_section(document: dict) -> list[str]:
-    """load_test.py writes settings/result rather than rows: one row per run."""
+    """load_test.py writes settings/result rather than rows: one row per run (alone, and beside the
+    explanation clients), then the explanation latency per method and the server's memory."""
     settings, result = document["settings"], document["result"]
-    latency = result.get("latency_ms", {})
-    row = {"target": settings.get("model") or settings.get("url"),
-           "runtime": document.get("model", {}).get("inference_engine"),
-           "requests": settings.get("requests"), "concurrency": settings.get("concurrency"),
-           **{f"{key}_ms": latency.get(key) for key in ("p50", "p95", "p99", "max")},
-           "requests_per_s": result.get("requests_per_second"),
-           "answers": ", ".join(f"{code} {n}" for code, n in result.get("counts", {}).items())}
-    return ["## load_test", "", f"Run {document.get('finished', '?')}, image {Path(str(settings.get('image'))).name}.",
-            "", format_table([row]), ""]
+    runs = [("alone" if "with_explanations" in result else "predictions", result)]
+    if "with_explanations" in result:
+        clients = settings.get("shap_clients")
+        methods = "/".join(dict.fromkeys(settings.get("explain_methods") or [settings.get("explain_method", "?")]))
+        runs.append((f"with {clients} {methods} clients", result["with_explanations"]))
+    rows = []
+    for name, run in runs:
+        latency = run.get("latency_ms", {})
+        soak = f", {run['duration_minutes']} min soak" if run.get("duration_minutes") else ""
+        rows.append({"target": settings.get("model") or settings.get("url"),
+                     "runtime": document.get("model", {}).get("inference_engine"),
+                     "requests": run.get("requests", settings.get("requests")),
+                     "concurrency": settings.get("concurrency"),
+                     **{f"{key}_ms": latency.get(key) for key in ("p50", "p95", "p99", "max")},
+                     "requests_per_s": run.get("requests_per_second"),
+                     "answers": ", ".join(f"{code} {n}" for code, n in run.get("counts", {}).items()),
+                     "run": name + soak})
+    lines = ["## load_test", "", f"Run {document.get('finished', '?')}, image {Path(str(settings.get('image'))).name}.",
+             "", format_table(rows), ""]
+    for name, run in runs:
+        if run.get("per_minute"):
+            lines.append(f"- {name}, p95 ms per minute: " + ", ".join(str(m.get("p95")) for m in run["per_minute"]))
+    for method, record in result.get("explain_clients", {}).get("by_method", {}).items():
+        latency = record.get("latency_ms", {})
+        lines.append(f"- {method} explanations ({record.get('clients')} clients): {record.get('completed')} completed, "
+                     f"503 {record.get('503')}, 504 {record.get('504')}, ms p50 {latency.get('p50')} "
+                     f"p95 {latency.get('p95')} max {latency.get('max')}")
+    rss = result.get("rss")
+    if rss and rss.get("samples"):
+        lines.append(f"- server RSS: start {rss['start_mb']} MB, max {rss['max_mb']}, end {rss['end_mb']}, "
+                     f"slope over the second half {rss['slope_mb_per_min']} MB/min "
+                     f"(flat below {rss['flat_threshold_mb_per_min']}: {rss['flat']}), {len(rss['samples'])} samples")
+    return lines + [""]
 
 
 def summarize(results: Path) -> str:

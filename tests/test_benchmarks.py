@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import threading
 import warnings
 from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -153,10 +156,93 @@ def test_load_test_serves_and_records_the_runtime(tmp_path, sample_dir):
     status = load_script("load_test").main([
         "--model", str(checkpoint), "--image", str(sorted(sample_dir.glob("ISIC_*.jpg"))[0]), "--requests", "6",
         "--concurrency", "2", "--threads", "2", "--torch-threads", "1", "--runtime", "pytorch",
-        "--output", str(out)])
+        "--start-timeout", "600", "--output", str(out)])
     record = json.loads(out.read_text())
     assert status == 0 and record["result"]["counts"] == {"2xx": 6}
     assert record["model"]["inference_engine"] == "pytorch" and record["settings"]["runtime"] == "pytorch"
+
+
+def test_load_test_soaks_beside_explanation_clients_and_samples_the_servers_memory(tmp_path, sample_dir):
+    """A short soak while one client asks for Grad-CAM and one for SHAP: answers per method, RSS samples, no 5xx."""
+    checkpoint = write_tiny_checkpoint(tmp_path / "model" / "best.ckpt")
+    out = tmp_path / "results" / "load_test.json"
+    status = load_script("load_test").main([
+        "--model", str(checkpoint), "--image", str(sorted(sample_dir.glob("ISIC_*.jpg"))[0]), "--requests", "4",
+        "--concurrency", "2", "--torch-threads", "1", "--runtime", "pytorch", "--shap-clients", "2",
+        "--explain-methods", "gradcam", "shap", "--duration-minutes", "0.1", "--rss-interval", "1",
+        "--explain-timeout", "60", "--start-timeout", "600", "--output", str(out)])   # 600: a busy shared machine
+    result = json.loads(out.read_text())["result"]
+    assert status == 0 and result["counts"] == {"2xx": 4}   # the run alone still sends --requests
+    soak = result["with_explanations"]
+    assert soak["duration_minutes"] == 0.1 and set(soak["counts"]) == {"2xx"} and soak["requests"] >= 1
+    assert sum(minute["requests"] for minute in soak["per_minute"]) == soak["counts"]["2xx"]
+    assert soak["latency_ms"]["p50"] <= soak["latency_ms"]["p95"] <= soak["latency_ms"]["p99"]
+    by_method = result["explain_clients"]["by_method"]
+    assert set(by_method) == {"gradcam", "shap"} and all(m["clients"] == 1 for m in by_method.values())
+    for record in by_method.values():   # only answers the server may give under load: done, busy, too slow
+        assert sum(record["counts"].values()) >= 1 and set(record["counts"]) <= {"200", "503", "504"}
+        assert record["completed"] == record["counts"].get("200", 0)
+        if record["completed"]:   # a busy machine may answer only 504s within the time limit
+            assert 0 < record["latency_ms"]["p50"] <= record["latency_ms"]["p95"] <= record["latency_ms"]["max"]
+    rss = result["rss"]
+    assert len(rss["samples"]) >= 2 and all(mb > 0 for _, mb in rss["samples"])
+    assert rss["start_mb"] <= rss["max_mb"] and "slope_mb_per_min" in rss and rss["flat_threshold_mb_per_min"] > 0
+    summary = load_script("summarize").main(["--results", str(out.parent)]).read_text()
+    assert "with 2 gradcam/shap clients, 0.1 min soak" in summary and "- shap explanations (1 clients)" in summary
+    assert "- server RSS: start" in summary
+
+
+class FakeServer(BaseHTTPRequestHandler):
+    """Predictions answer 200; Grad-CAM answers 200, SHAP 503 with a short Retry-After: known answers per method."""
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        busy = self.path == "/api/explain" and b"\r\n\r\nshap\r\n" in body
+        self.send_response(503 if busy else 200)
+        if busy:
+            self.send_header("Retry-After", "0.05")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_load_clients_cycle_the_methods_and_count_each_apart():
+    load_clients = load_script("load_clients")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with load_clients.ExplainClients(url, b"x", "x.jpg", 3, ["gradcam", "shap"], timeout=10) as clients:
+            soak = load_clients.run_load(url, b"x", "x.jpg", 1, 2, 10, 10, duration_s=0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    by_method = clients.summary()["by_method"]
+    assert by_method["gradcam"]["clients"] == 2 and by_method["shap"]["clients"] == 1   # client i: methods[i % 2]
+    gradcam, shap = by_method["gradcam"], by_method["shap"]
+    assert set(gradcam["counts"]) == {"200"} and gradcam["completed"] == gradcam["counts"]["200"] >= 2
+    assert gradcam["503"] == 0 and gradcam["latency_ms"]["p50"] <= gradcam["latency_ms"]["max"]
+    assert set(shap["counts"]) == {"503"} and shap["503"] == shap["counts"]["503"] >= 1
+    assert shap["completed"] == 0 and shap["latency_ms"] == {} and clients.failures() == 0
+    # The soak ran on the clock (not the one --requests) and every answer falls in its first minute.
+    assert soak["requests"] == soak["counts"]["2xx"] == soak["per_minute"][0]["requests"] > 1
+    assert soak["status_codes"] == {"200": soak["requests"]} and soak["duration_minutes"] == round(0.5 / 60, 3)
+
+
+def test_memory_slope_ignores_the_first_half_of_the_window():
+    """Growth while warming up, then flat: the slope over the second half says flat; steady growth does not."""
+    process_memory = load_script("process_memory")
+    sampler = process_memory.RssSampler(pid=1, interval=10.0)
+    sampler.samples = [(t, 100.0 + min(t, 290) / 10) for t in range(0, 600, 10)]   # +1 MB/min, then flat
+    summary = sampler.summary(window=(0.0, 590.0))
+    assert summary["slope_mb_per_min"] == 0 and summary["flat"] is True and summary["start_mb"] == 100.0
+    assert summary["max_mb"] == summary["end_mb"] == 129.0 and summary["slope_samples"] == 30
+    sampler.samples = [(t, 100.0 + 2 * t / 60) for t in range(0, 600, 10)]            # a leak of 2 MB/min
+    assert sampler.summary()["slope_mb_per_min"] == pytest.approx(2.0) and sampler.summary()["flat"] is False
+    # The process running this test has resident memory, read from /proc.
+    assert process_memory.process_tree_rss_mb(os.getpid()) > 1
 
 
 def test_summary_collects_results(tmp_path):
