@@ -21,6 +21,7 @@ from dermalens.evaluation.report import (
     SYNTHETIC_DATA_WARNING,
     atomic_write_json,
     atomic_write_text,
+    render_report_markdown,
     write_evaluation_report,
 )
 from dermalens.inference.postprocess import calibrated_probabilities
@@ -208,3 +209,26 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
 def test_report_module_exposes_atomic_writers():
     assert report_module.atomic_write_text is atomic_write_text
     assert report_module.atomic_write_json is atomic_write_json
+
+
+def test_report_shows_the_decision_rule_against_the_raw_argmax(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, NUM_CLASSES, 200)
+    probs = calibrated_probabilities(np.eye(NUM_CLASSES)[labels] * 1.5 + rng.normal(0, 1, (200, NUM_CLASSES)), 1.0)
+    raw = compute_classification_metrics(probs, labels, n_bootstrap=20)
+    decided = np.where(probs[:, 3] > 0.1, 3, probs.argmax(1))   # a rule that calls df more often
+    metrics = compute_classification_metrics(probs, labels, n_bootstrap=20, predictions=decided)
+    metrics["raw_argmax"] = {k: raw[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "ci95")}
+    metrics["decision_rule"] = {"objective": "balanced accuracy, accuracy kept", "fitted_on": "out-of-fold predictions",
+                                "class_bias": {"df": 0.7, "nv": 0.0}}
+    metrics["melanoma_flag"] = {"threshold": 0.2, "target_specificity": 0.8, "sensitivity": 0.9, "specificity": 0.75,
+                                "flagged": 61}
+    text = render_report_markdown(metrics, title="t", context={}, figures={})
+    section = text[text.index("## Decision rule against the raw argmax"):]
+    assert "df +0.7" in section and "nv" not in section.split("\n\n")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| Balanced accuracy |"))
+    assert f"{raw['balanced_accuracy']:.3f}" in row.split("|")[2]
+    assert f"{metrics['balanced_accuracy']:.3f}" in row.split("|")[4]
+    assert "sensitivity 0.900, specificity 0.750, 61 images flagged" in section
+    # Without a rule (raw argmax shipped) there is no such section.
+    assert "Decision rule against" not in render_report_markdown(raw, title="t", context={}, figures={})

@@ -93,6 +93,33 @@ def _display_name(code: str) -> str:
     return "" if name == code else name   # a class of one's own has no long name
 
 
+def _decision_rule_section(metrics: Mapping) -> list[str]:
+    """The shipped decision rule against the raw argmax on this split, and the melanoma flag's numbers."""
+    raw, rule, flag = metrics.get("raw_argmax"), metrics.get("decision_rule") or {}, metrics.get("melanoma_flag")
+    if not raw and not flag:
+        return []
+    lines = ["## Decision rule against the raw argmax", ""]
+    if raw:
+        bias = rule.get("class_bias") or {}
+        lines += [f"The class reported above is decided by the rule shipped with the model "
+                  f"({rule.get('objective', 'fitted')}, fitted on {rule.get('fitted_on', 'held-out predictions')}; "
+                  "per-class biases on the log-probabilities: "
+                  + (", ".join(f"{code} {value:+.1f}" for code, value in bias.items() if value) or "none")
+                  + "). The raw argmax of the same probabilities, for comparison:", ""]
+        ci95, raw_ci95 = metrics.get("ci95", {}), raw.get("ci95", {})
+        rows = [[label, _cell(raw.get(key)), _interval(raw_ci95, key), _cell(metrics.get(key)), _interval(ci95, key)]
+                for label, key in (("Accuracy", "accuracy"), ("Balanced accuracy", "balanced_accuracy"),
+                                   ("Macro F1", "macro_f1"))]
+        lines += _table(["Metric", "Raw argmax", "95% CI", "Decision rule", "95% CI"], rows)
+        lines.append("")
+    if flag:
+        lines += [f"Melanoma flag (P(mel) >= {flag['threshold']:.3f}, the threshold fitted for "
+                  f"{flag['target_specificity']:.0%} specificity on held-out predictions): on this split "
+                  f"sensitivity {_cell(flag.get('sensitivity'))}, specificity {_cell(flag.get('specificity'))}, "
+                  f"{flag['flagged']} images flagged.", ""]
+    return lines
+
+
 def render_report_markdown(
     metrics: Mapping,
     *,
@@ -145,6 +172,8 @@ def render_report_markdown(
     lines += ["", "n/a: the class has no images in this split (or no interval: too few resamples hold it). "
               "Per-class CIs use only the resamples where the statistic is defined"
               + (f"; resamples used where fewer than all: {', '.join(partial)}." if partial else "."), ""]
+
+    lines += _decision_rule_section(metrics)
 
     operating = metrics.get("melanoma_operating_points") or {}
     if operating:
