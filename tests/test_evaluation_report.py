@@ -26,6 +26,7 @@ from dermalens.evaluation.report import (
 )
 from dermalens.inference.postprocess import calibrated_probabilities
 
+pytestmark = pytest.mark.unit
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("confusion_matrix", "roc_curves", "precision_recall_curves", "reliability_diagram", "training_curves")
 
