@@ -30,10 +30,12 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from ..atomic_io import atomic_write_json, atomic_write_text
 from ..config import AugmentationSection, ConfigError, TrainingSection, dump_config, section
@@ -48,9 +50,9 @@ from ..models.checkpoint import CHECKPOINT_KEY, load_classifier
 from ..models.ensemble import LesionEnsemble, trunks_identical
 from ..run_folder import FIGURES, OUT_OF_FOLD_LOGITS, RunFolder
 from .calibrate import calibrate
+from .errors import TrainingInterrupted
 from .frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
 from .run import new_run_dir, sigterm_raises, train, trunk_cache_dir, with_absolute_paths
-from .errors import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 SUMMARY_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro", "mel_sensitivity_at_80_specificity")
@@ -178,11 +180,14 @@ def build_ensemble_checkpoint(fold_checkpoints: list[Path], out: Path, shared_tr
 
 
 def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
-                progress: bool = True, first_folds: int | None = None) -> CrossValidationResult:
+                progress: bool = True, first_folds: int | None = None,
+                fold_callbacks: Callable[[int], Sequence[Callback]] | None = None) -> CrossValidationResult:
     """Train one model per fold; summarise; with training.ensemble, ship them as one calibrated, tested model.
 
     first_folds: train only the first N folds (a cheaper comparison of recipes: their out-of-fold figures
     cover those folds' images; no ensemble is built).
+    fold_callbacks: fold number (1..K) -> Lightning callbacks added to that fold's training (e.g. a tuner's
+    pruning callback on fold 1 only); none by default.
     """
     config = with_absolute_paths(config)
     training = section(TrainingSection, config["training"])
@@ -245,7 +250,8 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
             can_resume = resume and RunFolder(fold_dir).checkpoint("last").is_file()
             log.info("fold %d of %d: %s", fold + 1, folds, "resuming" if can_resume else "training")
             best = train(fold_config, fold_dir, resume=can_resume, progress=progress, prepared=fold_prepared,
-                         calibrate_after_training=False).best_checkpoint
+                         calibrate_after_training=False,
+                         callbacks=fold_callbacks(fold + 1) if fold_callbacks else ()).best_checkpoint
         fold_checkpoints.append(best)
         rows = np.flatnonzero(assignment == fold)
         oof_logits[rows] = out_of_fold_logits(config, best, prepared, rows, activations, progress)

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -155,7 +155,8 @@ class RunFolderCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
-def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(config: dict, run_dir: Path,
+                  extra_callbacks: Sequence[Callback] = ()) -> tuple[L.Trainer, ModelCheckpoint]:
     t = config["training"]
     folder = RunFolder(run_dir).checkpoints
     # Fixed names, never "-v1": a resumed or moved run keeps writing best.ckpt / last.ckpt.
@@ -175,6 +176,7 @@ def build_trainer(config: dict, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoi
         callbacks.insert(0, EMAWithWarmup(t["ema_decay"]))
     if t["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
+    callbacks += list(extra_callbacks)   # the caller's own (a tuner's pruning callback), after the run's
     loggers = [CSVLogger(run_dir, name=LOGS, version="", flush_logs_every_n_steps=10),
                TensorBoardLogger(run_dir, name=LOGS, version="tensorboard")]
     trainer = L.Trainer(
@@ -263,11 +265,13 @@ def lightning_logs_through_root() -> None:
 
 
 def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-          prepared: PreparedData | None = None, calibrate_after_training: bool = True) -> TrainResult:
+          prepared: PreparedData | None = None, calibrate_after_training: bool = True,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train (or resume) one run; calibrate on validation; evaluate the best checkpoint on the test split once.
 
     prepared: the data with its split already decided (a cross-validation fold); else read here.
     calibrate_after_training False: a fold of a cross-validated run, calibrated with the others.
+    callbacks: Lightning callbacks added to the run's own (none by default).
     """
     lightning_logs_through_root()
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -312,7 +316,7 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     RunFolder(run_dir).write_status("running", resumed=resume)
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
     resumed_step = AtomicCheckpointIO().load_checkpoint(last)["global_step"] if resume else None  # no unpickling
-    trainer, checkpoint = build_trainer(config, run_dir)
+    trainer, checkpoint = build_trainer(config, run_dir, callbacks)
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():
