@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,10 +16,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("DERMALENS_CACHE", os.path.join(tempfile.gettempdir(), "dermalens-test-cache"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Let the tests run from a plain checkout, without `pip install -e .`.
-if str(REPO_ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "src"))
-
 SAMPLE_DIR_NAME = "ham10000_sample"
 METADATA_NAME = "HAM10000_metadata.csv"
 
