@@ -1,4 +1,8 @@
-"""Shared test fixtures: where the real data lives, and miniature dataset layouts."""
+"""Shared test fixtures: where the real data lives, miniature dataset layouts, and the tiny trained models that
+several test files use (trained once a session).
+
+Builders the fixtures call live in tests/support/ (a helper package, not tests).
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -9,6 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from support.browser import chromium
+from support.datasets import METADATA_NAME, build_mini_ham10000
+from support.tiny_serving_model import train_tiny_checkpoint
+from support.tiny_web_model import package_tiny_run, train_tiny_run
+
 # Tests never wait on a model hub that cannot be reached, and never open a window.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -17,7 +26,6 @@ os.environ.setdefault("DERMALENS_CACHE", os.path.join(tempfile.gettempdir(), "de
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR_NAME = "ham10000_sample"
-METADATA_NAME = "HAM10000_metadata.csv"
 
 
 def resolve_shared_data() -> Path:
@@ -65,19 +73,34 @@ def sample_metadata(shared_data: Path, sample_dir: Path) -> pd.DataFrame:
     return rows
 
 
-def build_mini_ham10000(root: Path, sample_dir: Path, sample_metadata: pd.DataFrame) -> Path:
-    """A HAM10000 layout in miniature: metadata of the 50 samples + symlinked images."""
-    images = root / "HAM10000_images_part_1"
-    images.mkdir(parents=True)
-    for image_id in sample_metadata["image_id"]:
-        (images / f"{image_id}.jpg").symlink_to(sample_dir / f"{image_id}.jpg")
-    sample_metadata.to_csv(root / METADATA_NAME, index=False)
-    return root
-
-
 @pytest.fixture
 def mini_ham10000(tmp_path: Path, sample_dir: Path, sample_metadata: pd.DataFrame) -> Path:
     return build_mini_ham10000(tmp_path / "ham", sample_dir, sample_metadata)
+
+
+@pytest.fixture(scope="session")
+def serving_checkpoint(tmp_path_factory) -> Path:
+    """The web-app tests' tiny checkpoint (64 px, two batches, no pretrained weights)."""
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("serving-tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The browser-page and Hub tests' tiny run, its best.ckpt calibrated with everything on. Read-only."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny-web-model") / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_run: Path, sample_dir: Path) -> Path:
+    """`dermalens package` of tiny_run, beside it: the folder a Hub repository holds."""
+    return package_tiny_run(tiny_run, tiny_run.parent / "package", sample_dir)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, launched once per test file that asks for it."""
+    with chromium() as launched:
+        yield launched
 
 
 # Markers by file, in one place (`make test-fast` runs -m unit): files that train,

@@ -5,8 +5,8 @@ see seven sorted probability bars, the Grad-CAM overlay, SHAP on request,
 the model's facts and the research-tool note, and download the result as
 one PNG; a bad file shows a visible error. A screenshot is kept (tmp_path, and $DERMALENS_SCREENSHOT_DIR if set).
 
-Chromium comes from `scripts/install_browser.sh`. Locally the test skips
-without it; under CI its absence is a broken setup and the test fails.
+Chromium comes from `scripts/install_browser.sh` (tests/support/browser.py). Locally
+the test skips without it; under CI its absence is a broken setup and the test fails.
 """
 from __future__ import annotations
 
@@ -20,40 +20,13 @@ from dermalens.classes import RESEARCH_DISCLAIMER
 from dermalens.serving.app import create_app
 from dermalens.serving.server import ServerThread
 from dermalens.serving.service import EXPLAIN_MODULE
-from test_serving import REAL_EXPLAINER, fake_explain_api, sample_images, tiny_checkpoint
-
-CHROMIUM = Path(os.environ.get("DERMALENS_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 60_000
-
-
-def missing(message: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI must run the browser test: run scripts/install_browser.sh)")
-    pytest.skip(message)
+from support.browser import TIMEOUT_MS
+from support.tiny_serving_model import sample_images
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        missing(f"no Chromium at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("the playwright Python package is not installed")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-                                             timeout=TIMEOUT_MS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def page_url(tmp_path_factory):
-    # The real explanation module when it is there; otherwise a stand-in with the same contract.
-    explain = EXPLAIN_MODULE if REAL_EXPLAINER else fake_explain_api()
-    app = create_app(tiny_checkpoint(tmp_path_factory), explain_module=explain)
+def page_url(serving_checkpoint):
+    app = create_app(serving_checkpoint, explain_module=EXPLAIN_MODULE)
     with ServerThread(app, threads=4) as url:
         yield url + "/"
 

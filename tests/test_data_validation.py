@@ -73,7 +73,7 @@ def test_decode_check_finds_truncated_text_and_empty_files(bad_ham10000):
 
 
 def test_decode_check_applies_the_pixel_limit_of_training_and_evaluation(bad_ham10000):
-    from image_samples import png_claiming_size
+    from support.image_samples import png_claiming_size
 
     root, bad, good = bad_ham10000
     image = root / "HAM10000_images_part_1" / f"{good[1]}.jpg"

@@ -28,7 +28,6 @@ from dermalens.models.hub_reference import (
     parse_hub_reference,
     resolve_model_reference,
 )
-from tiny_web_model import tiny_package
 
 REPO_ID = "skin-lab/lesions-tiny"
 TAG = "v1"
@@ -71,8 +70,8 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory, sample_dir) -> Path:
-    return tiny_package(tmp_path_factory, sample_dir)
+def package(tiny_package) -> Path:
+    return tiny_package
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from dermalens.data.readers.images import (
     pil_to_rgb,
 )
 from dermalens.data.validation import describe_issues
-from image_samples import (
+from support.image_samples import (
     FORMATS,
     cmyk_profile_cyan_prints_red,
     png_claiming_size,

@@ -17,7 +17,7 @@ from PIL import Image
 from dermalens.cli import main
 from dermalens.data.readers import read_class_folders
 from dermalens.inference.prediction import predict_files
-from image_samples import FORMATS, png_claiming_size, sample_photos, truncated_copy, write_format
+from support.image_samples import FORMATS, png_claiming_size, sample_photos, truncated_copy, write_format
 
 TINY = {
     "data.format": "synthetic", "data.synthetic_per_class": 8, "model.image_size": 32, "model.pretrained": "none",

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_mini_ham10000
 from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from dermalens.cli import main
 from dermalens.config import load_config
@@ -40,6 +39,7 @@ from dermalens.models.package_reader import (
     read_package_config,
 )
 from dermalens.training.run import train
+from support.datasets import build_mini_ham10000
 
 # A tiny model trained on the 50 real HAM10000 sample images (HAM10000 layout, lesion ids, the real
 # licence), evaluated once after training, so the run has metrics.json and a fitted temperature.

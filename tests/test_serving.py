@@ -2,12 +2,12 @@
 explanations, the downloadable report, every kind of bad upload, a concurrent
 burst, an exported model served alone, and `dermalens serve`.
 
-The model is a tiny checkpoint trained here for one short epoch on generated
-images: its numbers mean nothing, the plumbing around it is what is tested.
+The model is a tiny checkpoint trained for one short epoch on generated images
+(once a session, tests/conftest.py): its numbers mean nothing, the plumbing
+around it is what is tested.
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import os
@@ -21,105 +21,23 @@ import threading
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from dermalens.classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_index, class_name
+from dermalens.classes import CLASS_CODES, LESION_CLASSES, RESEARCH_DISCLAIMER, class_name
 from dermalens.serving.app import create_app
 from dermalens.serving.client import post_image, request
 from dermalens.serving.server import ServerThread
+from support.tiny_serving_model import fake_explain_api, sample_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL_OVERRIDES = [
-    "data.format=synthetic", "data.synthetic_per_class=10", "training.max_epochs=1",
-    "training.limit_train_batches=2", "training.batch_size=8", "model.image_size=64", "model.pretrained=none",
-    "evaluation.after_training=false", "training.progress_bar=false", "data.cache_dir=null",
-]
 UPLOAD_LIMIT_MB = 1
-REAL_EXPLAINER = importlib.util.find_spec("dermalens.explain") is not None and \
-    importlib.util.find_spec("dermalens.explain.api") is not None
-
-
-# --- shared with test_browser.py ------------------------------------------
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A 64-px checkpoint trained for two batches; made once per test session (kept in its base temp)."""
-    run_dir = tmp_path_factory.getbasetemp() / "serving-tiny-model"
-    for name in ("best.ckpt", "last.ckpt"):
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
-    from dermalens.config import load_config
-    from dermalens.training.run import train
-
-    result = train(load_config(REPO_ROOT / "configs" / "demo.yaml", TINY_MODEL_OVERRIDES), run_dir, progress=False)
-    return result.best_checkpoint if result.best_checkpoint.is_file() else result.last_checkpoint
-
-
-@dataclass
-class FakeExplanation:
-    heatmap: np.ndarray
-    overlay: np.ndarray
-    target_class: str
-    probabilities: dict[str, float]
-    method: str
-
-
-def fake_explain_api() -> SimpleNamespace:
-    """Stands in for dermalens.explain.api, same contract, where the server's side of it is under test."""
-    from dermalens.data.transforms import preprocess_image
-
-    methods = ("gradcam", "gradcam++", "occlusion", "shap")
-
-    class Explainer:
-        def __init__(self, model, preprocessing):
-            self.model, self.preprocessing = model, preprocessing
-
-        @classmethod
-        def from_predictor(cls, predictor):
-            return cls(predictor.model, predictor.preprocessing)
-
-        def explain(self, image, method="gradcam", target_class=None, probabilities=None):
-            if method not in methods:
-                raise ValueError(f"unknown method {method!r}; known: {', '.join(methods)}")
-            if probabilities is None:   # the served predictor's, when the server hands them in
-                with torch.no_grad():
-                    logits = self.model(preprocess_image(image, self.preprocessing)[None])
-                probabilities = dict(zip(CLASS_CODES, torch.softmax(logits, 1)[0].tolist()))
-            target = CLASS_CODES[class_index(target_class)] if target_class else max(probabilities, key=probabilities.get)
-            height, width = image.shape[:2]
-            yy, xx = np.mgrid[0:height, 0:width]
-            heatmap = np.exp(-(((yy - height / 2) / height) ** 2 + ((xx - width / 2) / width) ** 2) * 8)
-            heatmap = heatmap.astype(np.float32)
-            red = np.zeros_like(image)
-            red[..., 0] = 255
-            overlay = (image * (1 - 0.5 * heatmap[..., None]) + red * 0.5 * heatmap[..., None]).astype(np.uint8)
-            return FakeExplanation(heatmap, overlay, target, probabilities, method)
-
-    def overlay_png_bytes(explanation) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(explanation.overlay).save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    return SimpleNamespace(Explainer=Explainer, METHODS=methods, overlay_png_bytes=overlay_png_bytes)
-
-
-def sample_images(sample_dir: Path) -> list[Path]:
-    images = sorted(sample_dir.glob("ISIC_*.jpg"))
-    assert images, f"no ISIC_*.jpg sample images in {sample_dir}"
-    return images
 
 
 # --- fixtures ---------------------------------------------------------------
-@pytest.fixture(scope="session")
-def serving_checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def server(serving_checkpoint):
     """The app with the real explanation module (or its absence), under waitress on a free port."""
@@ -214,7 +132,6 @@ def test_page_needs_nothing_from_the_internet(server):
         assert request(server + asset).status == 200
 
 
-@pytest.mark.skipif(not REAL_EXPLAINER, reason="dermalens.explain.api is not there yet")
 def test_page_offers_every_explanation_method_and_the_download(server):
     from dermalens.explain.names import METHOD_LABELS, METHODS
 
@@ -408,7 +325,6 @@ def test_explain_without_the_explanation_module_is_503(serving_checkpoint, sampl
         assert post_image(url + "/api/predict", sample_jpeg).status == 200
 
 
-@pytest.mark.skipif(not REAL_EXPLAINER, reason="dermalens.explain.api is not there yet")
 def test_gradcam_with_the_real_explainer(server, sample_jpeg):
     response = post_image(server + "/api/explain", sample_jpeg, "lesion.jpg", fields={"class": "nv"})
     assert response.status == 200 and response.content_type == "image/png", response.body[:500]
@@ -419,7 +335,6 @@ def test_gradcam_with_the_real_explainer(server, sample_jpeg):
     assert heatmap.ndim == 2 and 0 <= heatmap.min() <= heatmap.max() <= 1
 
 
-@pytest.mark.skipif(not REAL_EXPLAINER, reason="dermalens.explain.api is not there yet")
 def test_one_answer_per_upload_on_the_page_the_caption_and_the_report(serving_checkpoint, sample_jpeg, tmp_path,
                                                                        monkeypatch):
     """The caption and the downloaded report show the served predictor's probabilities (its flip TTA and
@@ -482,7 +397,6 @@ def test_report_png_through_http(fake_explain_server, sample_jpeg):
     assert_error(post_image(url, b"not an image", "x.jpg"), 415, "not an image")
 
 
-@pytest.mark.skipif(not REAL_EXPLAINER, reason="dermalens.explain.api is not there yet")
 def test_report_png_with_the_real_explainer(server, sample_jpeg):
     response = post_image(server + "/api/report", sample_jpeg, "ISIC lesion.jpg", fields={"method": "gradcam"})
     assert_report(response, sample_jpeg)

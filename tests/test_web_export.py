@@ -1,6 +1,6 @@
 """`dermalens export --web`: the static page that runs the model in the browser, in real headless Chromium.
 
-A tiny model (tiny_web_model.py) with a calibration record that turns
+A tiny model (tests/support/tiny_web_model.py) with a calibration record that turns
 everything on: temperature, flip TTA, class biases and a melanoma operating
 point. The page is opened from a local static server and from disk
 (file://); the shared sample photos are uploaded through its file input, and
@@ -10,7 +10,7 @@ which a browser cannot: see PREDICT_DRAFT_TOLERANCE); the decision rule must
 pick the same class and raise the same melanoma flag. Nothing may be requested
 from outside the page's own folder or server.
 
-Chromium and Playwright as in test_browser.py; ONNX Runtime Web from
+Chromium and Playwright as in test_browser.py (tests/support/browser.py); ONNX Runtime Web from
 `make install-dev` (installed here on first use when npm can reach the registry).
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ from dermalens.cli import main
 from dermalens.inference.web_export import MODEL_FILE, RECORD_FILE, WebExportError, write_web_bundle
 from dermalens.inference.web_runtime import RUNTIME_FILES, WebRuntimeError, ensure_runtime
 from dermalens.models.calibration_record import read_calibration
-from test_browser import TIMEOUT_MS, browser  # noqa: F401  (the module's Chromium, launched once)
-from tiny_web_model import CLASS_BIAS, tiny_run
+from support.browser import TIMEOUT_MS
+from support.tiny_web_model import CLASS_BIAS
 
 TOLERANCE = 1e-3
 # `dermalens predict` decodes a JPEG at least four times the model's input side at half (or smaller) scale
@@ -53,9 +53,9 @@ def runtime():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tiny_run) -> Path:
     """A tiny model whose calibration record has a temperature, flips and a fitted decision rule."""
-    return tiny_run(tmp_path_factory) / "checkpoints" / "best.ckpt"
+    return tiny_run / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def served(bundle):
     thread.join()
 
 
-def open_page(browser, url: str):  # noqa: F811
+def open_page(browser, url: str):
     from playwright.sync_api import expect
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -177,7 +177,7 @@ def test_the_bundle_holds_page_model_record_and_runtime(bundle, checkpoint):
                                                   "serving" / "static" / "app.css").read_bytes()
 
 
-def test_served_page_predicts_what_dermalens_predict_does_for_every_sample(browser, served, photos, expected,  # noqa: F811
+def test_served_page_predicts_what_dermalens_predict_does_for_every_sample(browser, served, photos, expected,
                                                                              decoded_in_full, tmp_path):
     context, page = open_page(browser, served)
     try:
@@ -197,7 +197,7 @@ def test_served_page_predicts_what_dermalens_predict_does_for_every_sample(brows
         context.close()
 
 
-def test_page_opened_from_disk_predicts_the_same(browser, bundle, photos, expected, decoded_in_full):  # noqa: F811
+def test_page_opened_from_disk_predicts_the_same(browser, bundle, photos, expected, decoded_in_full):
     context, page = open_page(browser, (bundle.path / "index.html").as_uri())
     try:
         check_against_predict(page, photos[:FROM_DISK], decoded_in_full, expected)
@@ -209,7 +209,7 @@ def test_page_opened_from_disk_predicts_the_same(browser, bundle, photos, expect
         context.close()
 
 
-def test_a_small_photo_grows_as_in_python(browser, served, checkpoint, sample_dir, tmp_path):  # noqa: F811
+def test_a_small_photo_grows_as_in_python(browser, served, checkpoint, sample_dir, tmp_path):
     """A photo smaller than the model's input: the cubic path (and a PNG, decoded by the browser)."""
     from PIL import Image
 
@@ -226,7 +226,7 @@ def test_a_small_photo_grows_as_in_python(browser, served, checkpoint, sample_di
         context.close()
 
 
-def test_a_file_that_is_no_image_shows_an_error(browser, served, tmp_path):  # noqa: F811
+def test_a_file_that_is_no_image_shows_an_error(browser, served, tmp_path):
     context, page = open_page(browser, served)
     try:
         page.set_input_files("#file-input", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",

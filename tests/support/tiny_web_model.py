@@ -1,4 +1,4 @@
-"""One tiny trained model for the browser-page and Hub tests, made once per test session (in its base temp).
+"""The tiny trained model of the browser-page and Hub tests (tests/conftest.py trains it once a session).
 
 Two training batches at 64 px on generated images, with ImageNet Lite0
 features (an offline weights package) so that its probabilities depend on
@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_RUN = ["data.format=synthetic", "data.synthetic_per_class=10", "training.max_epochs=1",
             "training.limit_train_batches=2", "model.image_size=64", "model.pretrained=auto",
             "evaluation.after_training=false", "training.progress_bar=false", "data.cache_dir=null",
@@ -22,29 +22,24 @@ DECISION = {"objective": "balanced_accuracy", "class_bias": CLASS_BIAS, "fitted_
 TEMPERATURE = 1.7
 
 
-def tiny_run(tmp_path_factory) -> Path:
+def train_tiny_run(run_dir: Path) -> Path:
     """The run folder (config.yaml, split.csv, checkpoints/best.ckpt with its calibration record)."""
     from dermalens.config import load_config
     from dermalens.models.calibration_record import write_calibration
     from dermalens.training.run import train
 
-    run_dir = tmp_path_factory.getbasetemp() / "tiny-web-model" / "run"
-    checkpoint = run_dir / "checkpoints" / "best.ckpt"
-    if not checkpoint.is_file():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            train(load_config(REPO_ROOT / "configs" / "demo.yaml", TINY_RUN), run_dir, progress=False)
-        write_calibration(checkpoint, temperature=TEMPERATURE, tta=True, n_images=10, decision=DECISION)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(load_config(REPO_ROOT / "configs" / "demo.yaml", TINY_RUN), run_dir, progress=False)
+    write_calibration(run_dir / "checkpoints" / "best.ckpt", temperature=TEMPERATURE, tta=True, n_images=10,
+                      decision=DECISION)
     return run_dir
 
 
-def tiny_package(tmp_path_factory, sample_dir: Path) -> Path:
+def package_tiny_run(run_dir: Path, out: Path, sample_dir: Path) -> Path:
     """`dermalens package` of the tiny run: the folder a Hub repository holds."""
     from dermalens.cli import main
 
-    run_dir = tiny_run(tmp_path_factory)
-    out = run_dir.parent / "package"
-    if not (out / "SHA256SUMS").is_file():
-        assert main(["package", str(run_dir), "--out", str(out), "--parity-images", str(sample_dir / "ISIC_*.jpg"),
-                     "--parity-count", "4"]) == 0
+    assert main(["package", str(run_dir), "--out", str(out), "--parity-images", str(sample_dir / "ISIC_*.jpg"),
+                 "--parity-count", "4"]) == 0
     return out
