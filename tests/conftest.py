@@ -1,5 +1,5 @@
-"""Shared test fixtures: where the real data lives, miniature dataset layouts, and the tiny trained models that
-several test files use (trained once a session).
+"""Shared test fixtures: where the real data lives, miniature dataset layouts, the tiny trained models that
+several test files use (trained once a session), and the check that every test file names its tier.
 
 Builders the fixtures call live in tests/support/ (a helper package, not tests).
 """
@@ -26,6 +26,8 @@ os.environ.setdefault("DERMALENS_CACHE", os.path.join(tempfile.gettempdir(), "de
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR_NAME = "ham10000_sample"
+# The tiers `-m` selects (`make test-fast` runs -m unit); pyproject.toml declares them.
+TIERS = ("unit", "e2e", "ddp", "browser", "bench")
 
 
 def resolve_shared_data() -> Path:
@@ -103,17 +105,27 @@ def browser():
         yield launched
 
 
-# Markers by file, in one place (`make test-fast` runs -m unit): files that train,
-# serve or export are end to end; the rest test one module at a time.
-_MARKER_OF_FILE = {
-    "test_browser.py": "browser", "test_ddp.py": "ddp", "test_benchmarks.py": "bench",
-    "test_training_e2e.py": "e2e", "test_real_resolution.py": "e2e", "test_runs.py": "e2e",
-    "test_serving.py": "e2e", "test_onnx.py": "e2e", "test_explain.py": "e2e", "test_package.py": "e2e",
-    "test_wheel.py": "e2e", "test_class_sets.py": "e2e", "test_web_export.py": "browser", "test_hub_cli.py": "e2e",
-    "test_weights_offline.py": "unit",
-}
+def tiers_of(marks) -> list[str]:
+    marks = marks if isinstance(marks, (list, tuple)) else [marks]
+    return [mark.name for mark in marks if mark.name in TIERS]
 
 
+@pytest.hookimpl(tryfirst=True)   # before `-m` deselects: a file without a tier would vanish from every run
 def pytest_collection_modifyitems(config, items):
+    """Every test file names its one tier, so that a new file that trains cannot pass for a unit test."""
+    wrong = {}
     for item in items:
-        item.add_marker(getattr(pytest.mark, _MARKER_OF_FILE.get(Path(str(item.fspath)).name, "unit")))
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        declared = tiers_of(getattr(module, "pytestmark", []))
+        if len(declared) != 1:
+            wrong[item.path] = f"declares {len(declared)} tiers ({', '.join(declared) or 'none'})"
+        elif {mark.name for mark in item.iter_markers() if mark.name in TIERS} != set(declared):
+            wrong.setdefault(item.path, f"{item.name} adds another tier to the file's {declared[0]}")
+    if wrong:
+        lines = "\n".join(f"  {os.path.relpath(path, config.rootpath)}: {why}" for path, why in sorted(wrong.items()))
+        raise pytest.UsageError(
+            f"every test file needs exactly one tier marker, `pytestmark = pytest.mark.<tier>` after its imports, "
+            f"with <tier> one of {', '.join(TIERS)} (unit: one module, no training; e2e: trains, serves or "
+            f"exports):\n{lines}")

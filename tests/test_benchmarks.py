@@ -22,6 +22,7 @@ from dermalens.classes import CLASS_CODES
 from dermalens.models.checkpoint import CHECKPOINT_KEY
 from dermalens.models.classifier import ModelConfig, create_classifier
 
+pytestmark = pytest.mark.bench
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # timm's efficientnet_lite0 (no TF "same" padding) at 32 px: the cheapest real backbone. One
 # thread: on a shared machine several threads per process mostly wait for each other.

@@ -23,6 +23,8 @@ from dermalens.serving.service import EXPLAIN_MODULE
 from support.browser import TIMEOUT_MS
 from support.tiny_serving_model import sample_images
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.fixture(scope="module")
 def page_url(serving_checkpoint):

@@ -18,6 +18,7 @@ from dermalens.training import checkpoint_io
 from dermalens.training.checkpoint_io import TEMP_SUFFIX, AtomicCheckpointIO
 from dermalens.training.run import build_trainer
 
+pytestmark = pytest.mark.unit
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ["data.format=synthetic", "data.synthetic_per_class=10", "model.image_size=32", "model.pretrained=none",
              "training.progress_bar=false", "data.cache_dir=null", "evaluation.after_training=false"]

@@ -22,6 +22,7 @@ from dermalens.data.prepare import prepare_data
 from dermalens.models.checkpoint import load_classifier
 from dermalens.serving.app import create_app
 
+pytestmark = pytest.mark.e2e
 FIVE = ("akiec", "bcc", "bkl", "mel", "nv")
 PER_CLASS = 14
 TINY = {

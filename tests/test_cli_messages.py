@@ -21,6 +21,7 @@ from dermalens.config import dump_config, load_config
 from dermalens.models import create_classifier
 from dermalens.models.checkpoint import CHECKPOINT_KEY
 
+pytestmark = pytest.mark.unit
 IMAGE_SIZE = 64   # the smallest input the tiny model takes: every test here runs in seconds
 
 

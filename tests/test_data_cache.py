@@ -14,6 +14,8 @@ from dermalens.data.cache import build_image_cache, cache_key
 from dermalens.data.geometry import resize_image
 from dermalens.data.readers import make_synthetic_dataset, read_ham10000
 
+pytestmark = pytest.mark.unit
+
 
 def _count_decodes(monkeypatch) -> list[str]:
     """Route decoding through a recorder; returns the list of decoded paths."""

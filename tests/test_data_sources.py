@@ -26,6 +26,7 @@ from dermalens.data.readers import (
     read_isic2018,
 )
 
+pytestmark = pytest.mark.unit
 HAM10000_CLASS_COUNTS = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142}
 
 

@@ -24,6 +24,7 @@ from dermalens.data.split import (
     write_split_csv,
 )
 
+pytestmark = pytest.mark.unit
 TARGETS = {"train": 0.70, "val": 0.15, "test": 0.15}
 
 

@@ -19,6 +19,8 @@ from dermalens.data.validation import (
     write_issues_csv,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def bad_ham10000(tmp_path: Path, sample_dir: Path, sample_metadata: pd.DataFrame):

@@ -26,6 +26,7 @@ from dermalens.inference.predictor import predict_logits
 from dermalens.models.checkpoint import load_classifier
 from dermalens.training.module import validation_metrics
 
+pytestmark = pytest.mark.ddp
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 OVERRIDES = [

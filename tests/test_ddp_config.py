@@ -15,6 +15,7 @@ from dermalens.training import distributed
 from dermalens.training.distributed import RUN_DIR_ENV, may_launch_processes, shared_run_dir
 from dermalens.training.module import LesionClassifierModule
 
+pytestmark = pytest.mark.unit
 LAUNCH_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", RUN_DIR_ENV)
 
 

@@ -22,6 +22,8 @@ from dermalens.evaluation.metrics import (
 )
 from dermalens.inference.postprocess import calibrated_probabilities
 
+pytestmark = pytest.mark.unit
+
 MEL, DF = class_index("mel"), class_index("df")
 REQUIRED_KEYS = {
     "accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "brier", "nll",

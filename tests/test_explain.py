@@ -41,6 +41,7 @@ from dermalens.inference.predictor import Predictor
 from dermalens.models import create_classifier
 from dermalens.models.checkpoint import CHECKPOINT_KEY
 
+pytestmark = pytest.mark.e2e
 SQUARE_SIZE = 192      # input size of the planted-square model (6x6 feature map)
 SQUARE_SIDE = 40       # side of the planted square, always inside one quadrant
 HAS_SQUARE, NO_SQUARE = CLASS_CODES.index("mel"), CLASS_CODES.index("nv")

@@ -16,6 +16,8 @@ from dermalens.data.preprocess import Preprocessing
 from dermalens.data.split import read_split_csv
 from dermalens.reporting import format_interval, format_metric_ci, format_value
 
+pytestmark = pytest.mark.unit
+
 
 def test_image_ids_that_look_like_missing_values_stay_names(tmp_path):
     path = tmp_path / "split.csv"

@@ -8,6 +8,8 @@ from dermalens.data.geometry import CENTER_SQUARE, SQUASH, crop_box, fit_to_squa
 from dermalens.data.preprocess import Preprocessing
 from dermalens.explain.overlay import heatmap_at_size
 
+pytestmark = pytest.mark.unit
+
 
 def test_center_square_keeps_the_middle_of_a_landscape_photo():
     image = np.zeros((450, 600, 3), dtype=np.uint8)

@@ -29,6 +29,7 @@ from dermalens.models.hub_reference import (
     resolve_model_reference,
 )
 
+pytestmark = pytest.mark.e2e
 REPO_ID = "skin-lab/lesions-tiny"
 TAG = "v1"
 

@@ -38,6 +38,8 @@ from support.image_samples import (
     write_format,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def photo(sample_dir) -> Path:

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from dermalens.config import LossSection
 from dermalens.training.losses import FocalLoss, build_loss, class_weights_from_counts
 
+pytestmark = pytest.mark.unit
+
 
 def test_focal_loss_matches_hand_computed_values():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])

@@ -5,6 +5,8 @@ from dermalens.models import CBAM, create_classifier
 from dermalens.models.cbam import ChannelAttention, SpatialAttention
 from dermalens.models.weights import PretrainedWeightsWarning, lite_weights_file, load_weights_file
 
+pytestmark = pytest.mark.unit
+
 
 def test_cbam_keeps_shape_and_changes_features():
     torch.manual_seed(0)

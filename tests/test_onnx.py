@@ -33,6 +33,8 @@ from dermalens.inference.predictor import Predictor
 from dermalens.models.checkpoint import CheckpointError, load_classifier, read_calibration
 from dermalens.training.run import train
 
+pytestmark = pytest.mark.e2e
+
 # ImageNet Lite0 features (an offline weights package, as the demo uses) make
 # the tiny model's top class depend on the image, so int8 agreement means
 # something; the export checks themselves do not depend on it.

@@ -41,6 +41,8 @@ from dermalens.models.package_reader import (
 from dermalens.training.run import train
 from support.datasets import build_mini_ham10000
 
+pytestmark = pytest.mark.e2e
+
 # A tiny model trained on the 50 real HAM10000 sample images (HAM10000 layout, lesion ids, the real
 # licence), evaluated once after training, so the run has metrics.json and a fitted temperature.
 TINY_HAM_RUN = ["data.format=ham10000", "training.max_epochs=1", "training.limit_train_batches=2",

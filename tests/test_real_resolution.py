@@ -15,6 +15,7 @@ from dermalens.cli import main
 from dermalens.data.geometry import resize_image
 from dermalens.inference.prediction import read_rgb_image
 
+pytestmark = pytest.mark.e2e
 PER_CLASS = 8
 # In the 50-image full-size sample AND in ham10000_224 (its centre square at 224 px).
 PARITY_IMAGE = "ISIC_0024306"

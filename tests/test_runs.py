@@ -20,6 +20,7 @@ import pytest
 
 from dermalens.cli import main
 
+pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data.format": "synthetic", "data.synthetic_per_class": 12, "model.image_size": 32, "model.pretrained": "none",

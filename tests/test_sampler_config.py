@@ -4,6 +4,8 @@ import pytest
 from dermalens.config import ConfigError, load_config, parse_override
 from dermalens.data.sampler import ClassBalancedSampler
 
+pytestmark = pytest.mark.unit
+
 
 def test_balanced_sampler_draws_n_per_class_and_changes_each_epoch():
     labels = np.array([5] * 500 + [3] * 7 + [0] * 40)

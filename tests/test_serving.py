@@ -33,6 +33,7 @@ from dermalens.serving.client import post_image, request
 from dermalens.serving.server import ServerThread
 from support.tiny_serving_model import fake_explain_api, sample_images
 
+pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UPLOAD_LIMIT_MB = 1
 

@@ -19,6 +19,8 @@ from dermalens.serving.client import post_image, request
 from dermalens.serving.server import ServerThread
 from dermalens.serving.uploads import DEFAULT_MAX_PIXELS
 
+pytestmark = pytest.mark.unit
+
 
 class StandInPredictor:
     runtime = "stand-in"

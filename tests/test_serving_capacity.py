@@ -27,6 +27,7 @@ from dermalens.serving.capacity import Capacity, Overloaded, TimeLimitExceeded, 
 from dermalens.serving.client import post_image, request
 from dermalens.serving.server import ServerThread
 
+pytestmark = pytest.mark.unit
 WAIT = 30.0   # seconds any test waits for an event before giving up: a hang fails, it never passes
 
 

@@ -13,6 +13,7 @@ from dermalens.classes import CLASS_CODES
 from dermalens.cli import main
 from dermalens.data.split import read_split_csv
 
+pytestmark = pytest.mark.e2e
 REQUIRED_METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "brier",
                         "confusion_matrix", "classes", "per_class", "ci95"}
 

@@ -34,6 +34,7 @@ from dermalens.models.calibration_record import read_calibration
 from support.browser import TIMEOUT_MS
 from support.tiny_web_model import CLASS_BIAS
 
+pytestmark = pytest.mark.browser
 TOLERANCE = 1e-3
 # `dermalens predict` decodes a JPEG at least four times the model's input side at half (or smaller) scale
 # (libjpeg's DCT scaling, inference/prediction.py draft_side); a browser cannot, and decodes in full. For

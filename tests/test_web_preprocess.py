@@ -25,6 +25,7 @@ from dermalens.data.preprocess import Preprocessing, normalisation_tables, prepr
 from dermalens.inference import web_runtime
 from dermalens.inference.prediction import read_rgb_image
 
+pytestmark = pytest.mark.unit
 PREPROCESS_JS = Path(__file__).resolve().parents[1] / "src" / "dermalens" / "web" / "preprocess.js"
 RUNNER = """
 const P = require(process.argv[1]);

@@ -15,6 +15,8 @@ from dermalens.models import hub
 from dermalens.models.hub import hub_offline_if_unreachable
 from dermalens.models.weights import PretrainedWeightsWarning, load_pretrained_backbone
 
+pytestmark = pytest.mark.unit
+
 # The smallest timm model with weights on the hub: pretrained=True really goes to the hub for it.
 HUB_MODEL = "test_efficientnet.r160_in1k"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",

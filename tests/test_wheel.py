@@ -13,6 +13,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("demo", "demo_dermamnist", "dermamnist_cpu", "ham10000_b3_cbam", "ham10000_cpu")
 
