@@ -1,7 +1,7 @@
 """Seconds per image for each explanation method, on CPU.
 
     python benchmarks/explain_cost.py                      # B3+CBAM at 300 px and Lite0+CBAM at 64 px
-    python benchmarks/explain_cost.py --setups lite0-64 --threads 1
+    python benchmarks/explain_cost.py --setups lite0-cbam-224 --no-reference   # one member of the CPU recipe
 
 Random weights cost the same time as trained ones. Each method is called once
 cold (lazy set-up: pytorch-grad-cam objects, shap's numba compilation, which
@@ -41,6 +41,7 @@ from dermalens.models.classifier import create_classifier  # noqa: E402
 SETUPS = {
     "b3-cbam-300": dict(backbone="efficientnet_b3", image_size=300, cbam=True),
     "lite0-cbam-64": dict(backbone="tf_efficientnet_lite0", image_size=64, cbam=True),
+    "lite0-cbam-224": dict(backbone="tf_efficientnet_lite0", image_size=224, cbam=True),   # one member of the recipe
 }
 
 
@@ -115,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-reference", action="store_true", help="skip the EigenCAM/ScoreCAM/AblationCAM rows")
     parser.add_argument("--full-reference", action="store_true", help="run ScoreCAM and AblationCAM (minutes)")
-    parser.add_argument("--data", default=os.environ.get("DERMALENS_DATA", str(Path(__file__).resolve().parents[2]
-                                                                          / "shared" / "data")))
+    parser.add_argument("--data", default=os.environ.get("DERMALENS_DATA"),
+                        help="the data folder holding ham10000_sample/ (default: $DERMALENS_DATA; else a random image)")
     parser.add_argument("--out", help="result JSON (default benchmarks/results/explain_cost.json)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    image, image_name = sample_image(Path(args.data))
+    image, image_name = sample_image(Path(args.data or "."))
     methods = [m for m in args.methods.split(",") if m]
     shap_budgets = [int(b) for b in args.shap_budgets.split(",") if b]
     machine = machine_info()

@@ -13,7 +13,8 @@ import torch
 
 from dermalens.cli import main
 from dermalens.config import dump_config, load_config
-from dermalens.models.checkpoint import TRUST_VARIABLE, CheckpointError, load_checkpoint_dict, load_classifier
+from dermalens.models.calibration_record import CheckpointError
+from dermalens.models.checkpoint import TRUST_VARIABLE, load_checkpoint_dict, load_classifier
 from dermalens.training import checkpoint_io
 from dermalens.training.checkpoint_io import TEMP_SUFFIX, AtomicCheckpointIO
 from dermalens.training.run import build_trainer

@@ -484,7 +484,7 @@ def test_an_explanation_reports_the_predictors_probabilities(calibrated_predicto
 
 def test_dermalens_explain_reports_the_calibrated_tta_probabilities(small_model, tmp_path):
     from dermalens.cli import main
-    from dermalens.models.checkpoint import write_calibration
+    from dermalens.models.calibration_record import write_calibration
 
     checkpoint = write_checkpoint(small_model, tmp_path / "model.ckpt")
     write_calibration(checkpoint, temperature=1.7, tta=True, n_images=10)

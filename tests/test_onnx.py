@@ -30,7 +30,8 @@ from dermalens.inference.onnx_predictor import (
 )
 from dermalens.inference.prediction import read_rgb_image
 from dermalens.inference.predictor import Predictor
-from dermalens.models.checkpoint import CheckpointError, load_classifier, read_calibration
+from dermalens.models.calibration_record import CheckpointError, read_calibration
+from dermalens.models.checkpoint import load_classifier
 from dermalens.training.run import train
 
 pytestmark = pytest.mark.e2e

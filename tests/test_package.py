@@ -23,7 +23,8 @@ from dermalens.inference.load import load_predictor
 from dermalens.inference.onnx_predictor import OnnxPredictor, read_onnx_metadata
 from dermalens.inference.prediction import read_rgb_image
 from dermalens.inference.predictor import Predictor
-from dermalens.models.checkpoint import TRUST_VARIABLE, CheckpointError, load_classifier, read_calibration
+from dermalens.models.calibration_record import CheckpointError, read_calibration
+from dermalens.models.checkpoint import TRUST_VARIABLE, load_classifier
 from dermalens.models.hub import push_to_hub
 from dermalens.models.package import write_sums
 from dermalens.models.package_folder import staged_folder

@@ -48,7 +48,10 @@ def server(serving_checkpoint):
 
 @pytest.fixture(scope="module")
 def fake_explain_server(serving_checkpoint):
-    app = create_app(serving_checkpoint, max_upload_mb=UPLOAD_LIMIT_MB, explain_module=fake_explain_api())
+    # Room for every explanation of the concurrent burst below (4 of 24): with the default queue of 2, a
+    # slow machine answers the fourth with the designed 503, which that test is not about.
+    app = create_app(serving_checkpoint, max_upload_mb=UPLOAD_LIMIT_MB, explain_module=fake_explain_api(),
+                     explain_queue=4)
     with ServerThread(app, threads=4) as url:
         yield url
 
@@ -343,7 +346,7 @@ def test_one_answer_per_upload_on_the_page_the_caption_and_the_report(serving_ch
     import shutil
 
     from dermalens.explain import api
-    from dermalens.models.checkpoint import write_calibration
+    from dermalens.models.calibration_record import write_calibration
     from dermalens.serving import routes
 
     checkpoint = tmp_path / "calibrated.ckpt"
