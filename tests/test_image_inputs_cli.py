@@ -19,7 +19,7 @@ from dermalens.data.readers import read_class_folders
 from dermalens.inference.prediction import predict_files
 from support.image_samples import FORMATS, png_claiming_size, sample_photos, truncated_copy, write_format
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.e2e   # trains a tiny model for the commands it drives
 TINY = {
     "data.format": "synthetic", "data.synthetic_per_class": 8, "model.image_size": 32, "model.pretrained": "none",
     "training.batch_size": 16, "sampler.samples_per_class": 8, "training.max_epochs": 1,
