@@ -192,10 +192,12 @@ def open_study(args, settings: dict) -> optuna.Study:
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=args.prune_warmup)
                   if args.prune else optuna.pruners.NopPruner())
         study = optuna.create_study(storage=storage, study_name=args.study_name, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=args.seed), pruner=pruner,
-                                    load_if_exists=True)
+                                    pruner=pruner, load_if_exists=True)
     except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as error:   # no driver, bad URL, no server
         raise ValueError(f"--storage {shown(args.storage)}: cannot open it ({type(error).__name__}: {error})") from None
+    # A sampler's random stream starts afresh in each process: offset by the trials already there, or a
+    # rerun with the same --seed would draw the earlier run's first values again.
+    study.sampler = optuna.samplers.TPESampler(seed=None if args.seed is None else args.seed + len(study.trials))
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", settings)
@@ -258,7 +260,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
              "epochs_reported": len(t.intermediate_values), **t.params,
              "retry_of": RetryHeartbeatStaleTrialCallback.retried_trial_number(t), "folder": t.user_attrs.get("folder")}
             for t in study.get_trials(deepcopy=False)]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"retry_of": "Int64"}) if rows else pd.DataFrame(rows)   # 2, not 2.0
 
 
 def override_value(value) -> str:
@@ -362,7 +364,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Dimensi
     parser.add_argument("--no-prune", dest="prune", action="store_false", help="report, but never prune")
     parser.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
                         help="a running trial's sign of life (default 60)")
-    parser.add_argument("--seed", type=int, help="the sampler's seed (default random; one per machine)")
+    parser.add_argument("--seed", type=int, help="the sampler's seed, offset by the trials already in the study "
+                        "(default random; a different one per machine)")
     args = parser.parse_args(argv)
     if args.folds < 2 or (args.first_folds is not None and not 1 <= args.first_folds <= args.folds):
         parser.error(f"need --folds >= 2 and 1 <= --first-folds <= --folds, got {args.folds} and {args.first_folds}")

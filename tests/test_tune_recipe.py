@@ -131,6 +131,8 @@ def test_a_rerun_continues_the_study(tuned: Path, tmp_path: Path):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert [(t.params, t.value) for t in trials[:2]] == [(t.params, t.value) for t in before]
     assert 0.0 <= trials[2].value <= 1.0 and (out / "trial-0002" / "cv.json").is_file()
+    # The same --seed in a new process does not draw the first run's values again.
+    assert trials[2].params["optimizer.lr"] not in [t.params["optimizer.lr"] for t in before]
     assert list(pd.read_csv(out / "trials.csv")["number"]) == [0, 1, 2]
 
 
