@@ -85,6 +85,14 @@ def test_upload_shows_sorted_probabilities_and_explanations(page, page_url, samp
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-3)
     assert all(rows.nth(i).is_visible() for i in range(7))
     assert rows.first.get_attribute("data-class") in page.locator("#top-class").inner_text()
+    # The class the model's decision rule picks is the API's, on the page beside the most probable one.
+    answer = page.request.post(page_url + "api/predict", multipart={
+        "image": {"name": image.name, "mimeType": "image/jpeg", "buffer": image.read_bytes()}}).json()
+    decision = page.locator("#decision")
+    assert decision.is_visible() == bool(answer["decision_rule"])
+    if answer["decision_rule"]:
+        assert decision.get_attribute("data-class") == answer["predicted_class"]
+        assert answer["predicted_class_name"] in decision.inner_text()
     image_loaded(page, "#preview")
 
     image_loaded(page, "#gradcam-image")     # Grad-CAM follows every prediction

@@ -132,7 +132,9 @@ class ModelService:
             started = time.perf_counter()
             probabilities = self.fast_predictor.predict_arrays([image])[0]
         log.debug("predicted %s in %.1f ms", source, (time.perf_counter() - started) * 1e3)
-        return as_prediction(source, probabilities, self.classes)
+        # The class answered is the model's decision rule's (fitted biases, melanoma operating point), as in
+        # `dermalens predict`; the most probable class goes beside it.
+        return as_prediction(source, probabilities, self.classes, decision=getattr(self.fast_predictor, "decision", None))
 
     # --- explanations -------------------------------------------------
     def explain_api(self) -> ModuleType:

@@ -73,6 +73,18 @@
     const strong = document.createElement("strong");
     strong.textContent = result.top_class_name + " (" + result.top_class + ", " + percent(result.top_k[0].probability) + ")";
     top.append(strong);
+    // The model's decision rule (fitted class biases, melanoma operating point) may pick another class.
+    const decision = $("decision");
+    decision.hidden = !result.decision_rule;
+    if (result.decision_rule) {
+      let text = "Decision rule (" + result.decision_rule + "): " + result.predicted_class_name + " (" +
+        result.predicted_class + ").";
+      if (result.melanoma_flag !== null && result.melanoma_flag !== undefined) {
+        text += " Melanoma flag " + (result.melanoma_flag ? "RAISED" : "not raised") + " at the model's operating point.";
+      }
+      decision.textContent = text;
+      decision.dataset.class = result.predicted_class;
+    }
   }
 
   const methods = config.explainMethods;           // [{name, label, slot}], empty when explanations are off
@@ -86,6 +98,7 @@
   function resetResults() {
     $("bars").replaceChildren();
     $("top-class").textContent = "Upload an image to see the model's probabilities for each class.";
+    $("decision").hidden = true;
     for (const m of methods) {
       $(m.slot + "-figure").hidden = true;
     }
