@@ -72,3 +72,22 @@ def test_cached_flip_views_are_the_trunks_eval_forward_and_augmented_views_are_s
     # Augmented views: a draw of their own per (seed, image, view), the same in another cache of the same key.
     assert not np.array_equal(cache.array[0, FLIP_VIEWS], cache.array[0, FLIP_VIEWS + 1])
     np.testing.assert_array_equal(cache.view_input(2, FLIP_VIEWS), cache.view_input(2, FLIP_VIEWS))
+
+
+def test_validation_during_training_reads_one_view_per_image_and_computes_no_other(images, tmp_path):
+    """Each epoch validates on the identity view (as image training validates on the image): the flip
+    views the run is scored with come after training, and the epoch does not pay for them."""
+    from dermalens.config import SamplerSection, TrainingSection
+    from dermalens.training.activation_data import ActivationDataModule
+
+    cache = TrunkActivations(model(), images, TrunkSpec(STAGES, 2, seed=0), AUGMENTATION, cache_dir=tmp_path,
+                             progress=False)
+    split = np.array(["train", "train", "val", "train", "val"])
+    data = ActivationDataModule(cache, np.array([0, 1, 0, 1, 1]), split, sampler=SamplerSection(balanced=False),
+                                training=TrainingSection(eval_batch_size=8), seed=0)
+    done = cache._done()
+    assert done[[0, 1, 3]].all()                                         # training rows: every view
+    assert done[[2, 4], 0].all() and not done[[2, 4], 1:].any()          # validation rows: the identity view only
+    (batch, labels), = list(data.val_dataloader())
+    assert batch.shape == (2, *cache.array.shape[2:]) and labels.tolist() == [0, 1]
+    np.testing.assert_array_equal(batch.numpy(), cache.array[[2, 4], 0].astype(np.float32))

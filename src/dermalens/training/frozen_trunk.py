@@ -14,8 +14,9 @@ export and explanations see an ordinary model.
 Views per image: 0-3 are the flips (identity, horizontal, vertical, both),
 the evaluation and test-time-augmentation views; 4.. are draws of the
 training augmentation, each seeded by (seed, image, view), so an entry is the
-same whichever run computes it first. Training draws a view per sample;
-validation averages the logits of the flip views, as evaluation with TTA does.
+same whichever run computes it first. Training draws a view per sample; each
+epoch validates on the identity view; out-of-fold logits and evaluation average
+the logits of the flip views (test-time augmentation).
 
 The activations are computed where they are missing and kept: cross-validation
 folds, later runs and leave-one-source-out runs of the same trunk reuse them.
@@ -50,6 +51,7 @@ from ..models.classifier import LesionClassifier
 log = logging.getLogger(__name__)
 
 FLIP_VIEWS = 4                      # views 0-3: identity, horizontal, vertical, both flips
+IDENTITY_VIEW = 0
 PARITY_TOLERANCE = 1e-3             # ONNX Runtime vs PyTorch trunk activations, max |difference|
 _BATCH = 32
 

@@ -93,7 +93,7 @@ def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassif
                                        cache_dir=trunk_cache_dir(config), progress=progress)
         return ActivationDataModule(activations, prepared.labels, prepared.split,
                                     sampler=section(SamplerSection, config["sampler"]), training=training,
-                                    seed=config["seed"], tta=config["evaluation"]["tta"])
+                                    seed=config["seed"])
     return LesionDataModule(
         prepared.images, prepared.labels, prepared.split, preprocessing,
         augmentation=section(AugmentationSection, config["augmentation"]),
