@@ -36,10 +36,12 @@ minutes instead of --requests in all (which still sizes the run alone). It
 reports the requests, requests/s, p50/p95/p99 over the whole soak and per
 minute. With --model (or --server-pid for a running server) the server's
 resident memory, its children included, is sampled every --rss-interval
-seconds from the warm-up to the end: start, max and end RSS in MB, and the
-least-squares slope in MB/min over the second half of the soak (the first
-half is warm-up); memory counts as flat below 1 MB/min
-(process_memory.FLAT_SLOPE_MB_PER_MIN). Memory is reported, not a failure.
+seconds from the warm-up to the end: start, max and end RSS in MB, and
+least-squares slopes in MB/min over the second half of the soak (the first
+half is warm-up): of the floor (the lowest sample of each 30 s, what the
+server comes back to between requests) and of every sample; memory counts
+as flat when the floor's slope is below 1 MB/min (process_memory.py says
+why the floor). Memory is reported, not a failure.
 """
 from __future__ import annotations
 
@@ -313,12 +315,13 @@ def report_memory(rss: dict, soak: bool) -> None:
     if not rss["samples"]:
         print(f"server memory: {rss['note']}")
         return
-    slope, where = rss["slope_mb_per_min"], "the soak's" if soak else "the run's"
-    verdict = ("too few samples to judge" if slope is None else
+    floor, where = rss["floor_slope_mb_per_min"], "the soak's" if soak else "the run's"
+    verdict = ("too few samples to judge" if floor is None else
                f"{'flat' if rss['flat'] else 'NOT flat'} (threshold {rss['flat_threshold_mb_per_min']} MB/min)")
     print(f"server memory (RSS, pid {rss['pid']} and children, {len(rss['samples'])} samples every "
-          f"{rss['interval_s']} s): start {rss['start_mb']} MB, max {rss['max_mb']}, end {rss['end_mb']}; "
-          f"slope over {where} second half {slope} MB/min: {verdict}")
+          f"{rss['interval_s']} s): start {rss['start_mb']} MB, max {rss['max_mb']}, end {rss['end_mb']}; over "
+          f"{where} second half: floor {rss['floor_mb']} MB, its slope {floor} MB/min ({verdict}), slope of every "
+          f"sample {rss['slope_mb_per_min']} MB/min")
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ def load_test_section(document: dict) -> list[str]:
                      f"p95 {latency.get('p95')} max {latency.get('max')}")
     rss = result.get("rss")
     if rss and rss.get("samples"):
-        lines.append(f"- server RSS: start {rss['start_mb']} MB, max {rss['max_mb']}, end {rss['end_mb']}, "
-                     f"slope over the second half {rss['slope_mb_per_min']} MB/min "
-                     f"(flat below {rss['flat_threshold_mb_per_min']}: {rss['flat']}), {len(rss['samples'])} samples")
+        lines.append(f"- server RSS: start {rss['start_mb']} MB, max {rss['max_mb']}, end {rss['end_mb']}; over the "
+                     f"second half the floor's slope {rss.get('floor_slope_mb_per_min')} MB/min (flat below "
+                     f"{rss['flat_threshold_mb_per_min']}: {rss['flat']}), every sample's "
+                     f"{rss['slope_mb_per_min']} MB/min; {len(rss['samples'])} samples")
     return lines + [""]
 
 

@@ -232,7 +232,7 @@ def test_load_clients_cycle_the_methods_and_count_each_apart():
     assert soak["status_codes"] == {"200": soak["requests"]} and soak["duration_minutes"] == round(0.5 / 60, 3)
 
 
-def test_memory_slope_ignores_the_first_half_of_the_window():
+def test_memory_slope_ignores_the_first_half_of_the_window_and_transient_peaks():
     """Growth while warming up, then flat: the slope over the second half says flat; steady growth does not."""
     process_memory = load_script("process_memory")
     sampler = process_memory.RssSampler(pid=1, interval=10.0)
@@ -242,6 +242,18 @@ def test_memory_slope_ignores_the_first_half_of_the_window():
     assert summary["max_mb"] == summary["end_mb"] == 129.0 and summary["slope_samples"] == 30
     sampler.samples = [(t, 100.0 + 2 * t / 60) for t in range(0, 600, 10)]            # a leak of 2 MB/min
     assert sampler.summary()["slope_mb_per_min"] == pytest.approx(2.0) and sampler.summary()["flat"] is False
+    assert sampler.summary()["floor_slope_mb_per_min"] == pytest.approx(2.0, abs=0.1)
+    # Explanations' working memory: +700 MB for a few samples, later ones sampled more often; the floor
+    # the process comes back to stays put, so it is flat although every sample's slope rises.
+    sampler.samples = [(t, 2117.0 + (700.0 if t % 70 == 0 or (t > 450 and t % 30 == 0) else 0.0))
+                       for t in range(0, 600, 5)]
+    summary = sampler.summary(window=(0.0, 595.0))
+    assert summary["slope_mb_per_min"] > 1 and summary["floor_slope_mb_per_min"] == 0 and summary["flat"] is True
+    assert summary["floor_mb"] == [2117.0, 2117.0] and summary["floor_bins"] == 10
+    # ... and a leak under the same spikes is not.
+    sampler.samples = [(t, mb + 3 * t / 60) for t, mb in sampler.samples]
+    summary = sampler.summary(window=(0.0, 595.0))
+    assert summary["floor_slope_mb_per_min"] == pytest.approx(3.0, abs=0.3) and summary["flat"] is False
     # The process running this test has resident memory, read from /proc.
     assert process_memory.process_tree_rss_mb(os.getpid()) > 1
 
