@@ -8,6 +8,8 @@ model computes.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,11 @@ def test_two_models_with_one_trunk_share_one_cache(images, tmp_path):
     caches[1].ensure(range(len(images)), range(caches[1].spec.views))
     assert caches[1].seconds_computing == 0.0          # found, not computed again
     assert len(list(tmp_path.glob("*.npy"))) == 2      # the activations and their done-table
+    # ... read through one mapping: a mapping per fold would count the file once per fold in the RSS.
+    assert caches[0].array is caches[1].array
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines()
+              if line.endswith(str(caches[0].array_path))]
+    assert len(mapped) == 1
 
 
 def test_cached_flip_views_are_the_trunks_eval_forward_and_augmented_views_are_seeded(images, tmp_path):
