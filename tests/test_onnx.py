@@ -9,6 +9,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from dermalens.inference.onnx_predictor import (
     create_session,
     read_onnx_metadata,
 )
+from dermalens.inference.postprocess import merge_views, tta_views
 from dermalens.inference.prediction import read_rgb_image
 from dermalens.inference.predictor import Predictor
 from dermalens.models.calibration_record import CheckpointError, read_calibration
@@ -119,6 +121,23 @@ def test_dynamic_batch(exported, sample_images):
     assert ones.shape == (5, len(CLASS_CODES))
     np.testing.assert_allclose(ones, logits5, atol=1e-5)
     np.testing.assert_allclose(probs5.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_large_batch_runs_in_bounded_forward_passes_with_the_same_numbers(exported, sample_images, monkeypatch):
+    """However many images a caller batches, each session run gets at most MAX_FORWARD_BATCH views (one
+    run of 512 views held 14 GB), and the chunked runs give the numbers of one run."""
+    from dermalens.inference import onnx_predictor as onnx_module
+
+    predictor = OnnxPredictor.from_file(exported.path, tta=True)
+    batch = predictor.batch(sample_images[:5])
+    whole = merge_views(predictor.session.run(["logits"], {"image": tta_views(batch, True)})[0], len(batch))
+    sizes = []
+    real_run = predictor.session.run
+    monkeypatch.setattr(predictor, "session", SimpleNamespace(run=lambda names, feed: sizes.append(
+        len(feed["image"])) or real_run(names, feed)))
+    monkeypatch.setattr(onnx_module, "MAX_FORWARD_BATCH", 6)
+    np.testing.assert_allclose(predictor.logits(batch), whole, atol=1e-5)
+    assert sizes == [6, 6, 6, 2]                       # 5 images x 4 flips
 
 
 @pytest.mark.parametrize("tta", [False, True])

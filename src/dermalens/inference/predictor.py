@@ -20,14 +20,11 @@ from ..data.preprocess import Preprocessing, preprocess_array
 from ..hardware import cpu_has_fast_bf16
 from ..models.calibration_record import read_calibration
 from ..models.checkpoint import load_classifier
-from .postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
+from .postprocess import MAX_FORWARD_BATCH, DecisionRule, calibrated_probabilities, merge_views, tta_views
 from .prediction import Prediction, predict_sources
 
 __all__ = ["Predictor", "model_logits", "predict_logits", "tta_logits"]
 
-
-# Views per forward pass: a batch of 32 images with flip TTA is 128 inputs in one call.
-MAX_FORWARD_BATCH = 128
 
 
 def use_fast_bf16(device: torch.device) -> bool:
