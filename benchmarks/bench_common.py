@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -168,14 +169,42 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> 
     return "\n".join(lines)
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def portable(value):
+    """Paths in a result made readable on any machine: under $DERMALENS_DATA -> "$DERMALENS_DATA/...",
+    under this repository -> relative to it, under the home folder -> "~/...". Results are committed,
+    and the machine they ran on is recorded by `machine_info`, not by its folder names."""
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item) for item in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or "/" not in value:
+        return value
+    prefixes = [(os.environ.get("DERMALENS_DATA"), "$DERMALENS_DATA"), (str(REPOSITORY), ""),
+                (str(REPOSITORY.parent), ".."), (str(Path.home()), "~")]
+    for prefix, replacement in prefixes:
+        if not prefix:
+            continue
+        prefix = str(Path(prefix).resolve()) if Path(prefix).exists() else prefix.rstrip("/")
+        # The prefix as a whole path or folder of one, wherever it stands in the string ("data.path=/...").
+        value = re.sub(re.escape(prefix) + r"(/|(?=$|[\s\"',;:)]))",
+                       lambda m, r=replacement: (r + "/" if r else "") if m.group(1) == "/" else (r or "."), value)
+    return value
+
+
 def write_result(name: str, rows: list[dict], settings: dict, notes: Sequence[str] = (),
                  out: str | Path | None = None) -> Path:
-    """Write results/<name>.json (or `out`) atomically; returns the path."""
+    """Write results/<name>.json (or `out`) atomically, paths made `portable`; returns the path."""
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"
     document = {"benchmark": name, "machine": machine_info(), "settings": settings, "rows": rows,
                 "notes": list(notes)}
     # default=str: settings may hold paths and other plain objects.
-    return atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
+    document = portable(json.loads(json.dumps(document, default=str)))
+    return atomic_write_text(path, json.dumps(document, indent=2) + "\n")
 
 
 def publish_result(name: str, rows: list[dict], settings: dict, notes: Sequence[str] = (),

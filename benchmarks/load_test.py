@@ -62,6 +62,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # runs from a plain checkout too
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # its sibling modules, as a script
 
+from bench_common import portable  # noqa: E402
 from dermalens.atomic_io import atomic_write_json  # noqa: E402
 from dermalens.inference.runtimes import RUNTIME_HELP, RUNTIMES  # noqa: E402
 from dermalens.serving.client import post_image, request  # noqa: E402
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "git_commit": git_commit(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_json(args.output, record)
+        atomic_write_json(args.output, portable(record))
         print(f"results written to {args.output}")
     if failures:
         print(f"FAILED: {failures} predictions got a 5xx, a connection error or were not sent in time",

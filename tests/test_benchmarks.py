@@ -285,3 +285,23 @@ def test_predict_throughput_times_each_runtime_and_the_server_start(tmp_path, sa
     startup = {r["runtime"]: r for r in rows if r["measure"] == "serve start-up"}
     assert startup["ONNX only (explanations off)"]["torch_imported"] is False
     assert startup["full (checkpoint, explanations on)"]["torch_imported"] is True
+
+
+def test_results_name_paths_as_any_reader_can_follow_them(tmp_path, monkeypatch):
+    """A committed result must not carry the folders of the machine it ran on."""
+    bench_common = load_script("bench_common")
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("DERMALENS_DATA", str(data))
+    repo = bench_common.REPOSITORY
+    settings = {"image": str(data / "sample" / "x.jpg"), "overrides": [f"data.path={data}"],
+                "config": repo / "configs" / "demo.yaml", "home": str(Path.home() / "runs" / "best.ckpt"),
+                "n": 3, "url": "http://127.0.0.1:8000/api/predict"}
+    path = bench_common.write_result("portable", [{"model": str(repo / "runs" / "best.ckpt")}], settings,
+                                     out=tmp_path / "result.json")
+    document = json.loads(path.read_text())
+    assert document["settings"] == {"image": "$DERMALENS_DATA/sample/x.jpg", "overrides": ["data.path=$DERMALENS_DATA"],
+                                    "config": "configs/demo.yaml", "home": "~/runs/best.ckpt", "n": 3,
+                                    "url": "http://127.0.0.1:8000/api/predict"}
+    assert document["rows"] == [{"model": "runs/best.ckpt"}]
+    assert str(tmp_path) not in path.read_text().replace(str(path), "")
