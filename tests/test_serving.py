@@ -376,6 +376,35 @@ def test_one_answer_per_upload_on_the_page_the_caption_and_the_report(serving_ch
     assert max(abs(single[c] - predicted["probabilities"][c]) for c in CLASS_CODES) > 1e-5
 
 
+def test_answers_and_explanations_follow_the_models_decision_rule(serving_checkpoint, sample_jpeg, tmp_path):
+    """A fitted rule decides the class answered (and explained by default), the most probable class beside it,
+    through ONNX Runtime as through PyTorch; the melanoma flag comes from the operating point."""
+    import shutil
+
+    from dermalens.models.calibration_record import write_calibration
+
+    def ask(client, path="/api/predict"):
+        return client.post(path, data={"image": (io.BytesIO(sample_jpeg), "a.jpg")})
+
+    checkpoint = tmp_path / "ruled.ckpt"
+    shutil.copy(serving_checkpoint, checkpoint)
+    plain = ask(create_app(checkpoint, runtime="pytorch").test_client()).get_json()
+    assert plain["predicted_class"] == plain["top_class"]
+    # The least probable class, with a bias no tiny model's probabilities can outweigh.
+    ruled = min(plain["probabilities"], key=plain["probabilities"].get)
+    write_calibration(checkpoint, temperature=1.0, tta=False, n_images=10, fitted_on="test records", decision={
+        "objective": "balanced", "class_bias": {ruled: 50.0}, "fitted_on": "test records",
+        "melanoma_operating_point": {"threshold": 0.0, "specificity": 0.8}})
+    for runtime in ("pytorch", "onnxruntime"):
+        client = create_app(checkpoint, runtime=runtime, explain_module=fake_explain_api()).test_client()
+        answer = ask(client).get_json()
+        assert answer["predicted_class"] == ruled and answer["predicted_class_name"] == class_name(ruled), runtime
+        assert answer["top_class"] == plain["top_class"] != ruled
+        assert answer["decision_rule"] == "balanced (fitted on test records)" and answer["melanoma_flag"] is True
+        explained = ask(client, "/api/explain")
+        assert explained.status_code == 200 and explained.headers["X-Target-Class"] == ruled
+
+
 # --- the downloadable report ------------------------------------------------------
 def assert_report(response, upload: bytes) -> Image.Image:
     assert response.status == 200 and response.content_type == "image/png", response.body[:500]

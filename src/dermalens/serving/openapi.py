@@ -64,7 +64,7 @@ def upload_form(methods: tuple[str, ...], classes: list[str], *, method: bool = 
     if method:
         properties["method"] = {"type": "string", "enum": list(methods), "default": "gradcam",
                                 "description": "explanation method"}
-        properties["class"] = {**class_code_schema(classes), "description": "class to explain (any case; default: the top class)"}
+        properties["class"] = {**class_code_schema(classes), "description": "class to explain (any case; default: the predicted class, the decision rule's)"}
     if output:
         properties["format"] = {"type": "string", "enum": list(EXPLAIN_FORMATS), "default": "png",
                                 "description": "png: the overlay image; json: the heatmap and the overlay"}
@@ -129,10 +129,18 @@ def schemas(classes: list[str]) -> dict:
         "Health": {"type": "object", "required": ["status"], "properties": {
             "status": {"type": "string", "enum": ["ok"]}, "model": {"type": "string"},
             "version": {"type": "string", "nullable": True}}},
-        "Prediction": {"type": "object", "required": ["top_class", "probabilities", "disclaimer"], "properties": {
+        "Prediction": {"type": "object", "required": ["predicted_class", "top_class", "probabilities", "disclaimer"],
+                       "properties": {
             "image": {"type": "string", "description": "the upload's file name (a label only)"},
             "image_size": {"type": "array", "items": {"type": "integer"}, "description": "[width, height] in pixels"},
-            "top_class": class_code_schema(classes), "top_class_name": {"type": "string"},
+            "predicted_class": {**class_code_schema(classes), "description": "the class the model's decision rule "
+                                "picks (fitted class biases); explanations target it by default"},
+            "predicted_class_name": {"type": "string"},
+            "decision_rule": {"type": "string", "description": "'raw argmax', or the rule and what it was fitted on"},
+            "melanoma_flag": {"type": "boolean", "nullable": True, "description": "P(mel) at or above the model's "
+                              "melanoma operating point; null when the model has none"},
+            "top_class": {**class_code_schema(classes), "description": "the most probable class"},
+            "top_class_name": {"type": "string"},
             "probabilities": probabilities_schema(classes),
             "top_k": {"type": "array", "items": {"type": "object", "properties": {
                 "class": class_code_schema(classes), "name": {"type": "string"}, "probability": {"type": "number"}}}},

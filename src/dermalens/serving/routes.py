@@ -141,6 +141,7 @@ def explain():
     image = read_explainable_image()
     model = service()
     prediction = model.predict(image.rgb, source=image.filename)   # the probabilities shown: the served ones
+    target = target or prediction.decided_class    # by default the class the answer predicts, as /api/report
     if output == "png":
         png = run_explanation(image, method, target, prediction.probabilities,
                               lambda explanation: (model.overlay_png(explanation), explanation.target_class))

@@ -115,7 +115,7 @@ class ModelService:
         return tuple(self.fast_predictor.classes)
 
     def class_code(self, code: str | None) -> str | None:
-        """A lower-case class code of this model, None for 'the top class'; ValueError naming its classes."""
+        """A lower-case class code of this model, None for 'the predicted class'; ValueError naming its classes."""
         if code is None or not code.strip():
             return None
         return self.classes[class_index(code, self.classes)]

@@ -75,8 +75,9 @@
     top.append(strong);
     // The model's decision rule (fitted class biases, melanoma operating point) may pick another class.
     const decision = $("decision");
-    decision.hidden = !result.decision_rule;
-    if (result.decision_rule) {
+    const ruled = result.decision_rule && result.decision_rule !== "raw argmax";
+    decision.hidden = !ruled;
+    if (ruled) {
       let text = "Decision rule (" + result.decision_rule + "): " + result.predicted_class_name + " (" +
         result.predicted_class + ").";
       if (result.melanoma_flag !== null && result.melanoma_flag !== undefined) {
@@ -176,7 +177,7 @@
       }
       const blob = await response.blob();
       if (mine !== generation) return;
-      const explained = response.headers.get("X-Target-Class") || target || "top class";
+      const explained = response.headers.get("X-Target-Class") || target || "predicted class";
       setImage(m.slot, $(m.slot + "-image"), blob);
       $(m.slot + "-caption").textContent = m.label + " for class " + explained;
       $(m.slot + "-figure").hidden = false;
