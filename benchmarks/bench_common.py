@@ -189,10 +189,14 @@ def portable(value):
     for prefix, replacement in prefixes:
         if not prefix:
             continue
-        prefix = str(Path(prefix).resolve()) if Path(prefix).exists() else prefix.rstrip("/")
-        # The prefix as a whole path or folder of one, wherever it stands in the string ("data.path=/...").
-        value = re.sub(re.escape(prefix) + r"(/|(?=$|[\s\"',;:)]))",
-                       lambda m, r=replacement: (r + "/" if r else "") if m.group(1) == "/" else (r or "."), value)
+        # The prefix as given and resolved (a symlinked data folder), never "/" itself (it is in every URL).
+        for spelling in dict.fromkeys([prefix.rstrip("/"), str(Path(prefix).resolve())]):
+            if spelling in ("", "/"):
+                continue
+            # Only where a path starts ("data.path=/x", not "/mnt/x"), as a whole path or a folder of one.
+            value = re.sub(r"(?<![^\s=\"',;:(])" + re.escape(spelling) + r"(/|(?=$|[\s\"',;:)]))",
+                           lambda m, r=replacement: (r + "/" if r else "") if m.group(1) == "/" else (r or "."),
+                           value)
     return value
 
 

@@ -76,14 +76,22 @@ def slope_mb_per_minute(samples: list[tuple[float, float]]) -> float | None:
 
 
 def floor_samples(samples: list[tuple[float, float]], bin_s: float = FLOOR_BIN_S) -> list[tuple[float, float]]:
-    """(mean time, lowest MB) of each `bin_s`-second bin of (seconds, MB) samples, counted from the first."""
+    """(mean time, lowest MB) of each `bin_s`-second bin of (seconds, MB) samples, counted from the first.
+
+    A bin holding fewer than half the samples a full bin has (the last, cut short by the end of the
+    run) is left out: its lowest sample may be a peak, which alone would tilt the slope.
+    """
     if not samples:
         return []
     bins: dict[int, list[tuple[float, float]]] = {}
     origin = samples[0][0]
     for t, mb in samples:
         bins.setdefault(int((t - origin) // bin_s), []).append((t, mb))
-    return [(statistics.fmean(t for t, _ in members), min(mb for _, mb in members)) for _, members in sorted(bins.items())]
+    # The spacing the samples really have (a busy machine samples late), not the one asked for.
+    spacing = statistics.median(b[0] - a[0] for a, b in zip(samples, samples[1:])) if len(samples) > 1 else 0
+    needed = max(1, int(0.5 * bin_s / spacing)) if spacing > 0 else 1
+    return [(statistics.fmean(t for t, _ in members), min(mb for _, mb in members))
+            for _, members in sorted(bins.items()) if len(members) >= needed]
 
 
 class RssSampler:

@@ -50,10 +50,13 @@ def load_test_section(document: dict) -> list[str]:
                      f"p95 {latency.get('p95')} max {latency.get('max')}")
     rss = result.get("rss")
     if rss and rss.get("samples"):
-        lines.append(f"- server RSS: start {rss['start_mb']} MB, max {rss['max_mb']}, end {rss['end_mb']}; over the "
-                     f"second half the floor's slope {rss.get('floor_slope_mb_per_min')} MB/min (flat below "
-                     f"{rss['flat_threshold_mb_per_min']}: {rss['flat']}), every sample's "
-                     f"{rss['slope_mb_per_min']} MB/min; {len(rss['samples'])} samples")
+        if "floor_slope_mb_per_min" in rss:
+            slopes = (f"over the second half the floor's slope {rss['floor_slope_mb_per_min']} MB/min (flat below "
+                      f"{rss['flat_threshold_mb_per_min']}: {rss['flat']}), every sample's {rss['slope_mb_per_min']} MB/min")
+        else:   # a result from before the floor was measured: its verdict came from every sample's slope
+            slopes = f"over the second half every sample's slope {rss['slope_mb_per_min']} MB/min (no floor recorded)"
+        lines.append(f"- server RSS: start {rss['start_mb']} MB, max {rss['max_mb']}, end {rss['end_mb']}; {slopes}; "
+                     f"{len(rss['samples'])} samples")
     return lines + [""]
 
 

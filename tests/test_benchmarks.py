@@ -250,6 +250,10 @@ def test_memory_slope_ignores_the_first_half_of_the_window_and_transient_peaks()
     summary = sampler.summary(window=(0.0, 595.0))
     assert summary["slope_mb_per_min"] > 1 and summary["floor_slope_mb_per_min"] == 0 and summary["flat"] is True
     assert summary["floor_mb"] == [2117.0, 2117.0] and summary["floor_bins"] == 10
+    # A last sample (taken when the sampler stops) on a peak, alone in its bin, does not tilt the floor.
+    sampler.samples.append((600.5, 2817.0))
+    assert sampler.summary(window=(0.0, 595.0))["floor_slope_mb_per_min"] == 0
+    sampler.samples.pop()
     # ... and a leak under the same spikes is not.
     sampler.samples = [(t, mb + 3 * t / 60) for t, mb in sampler.samples]
     summary = sampler.summary(window=(0.0, 595.0))
@@ -304,4 +308,9 @@ def test_results_name_paths_as_any_reader_can_follow_them(tmp_path, monkeypatch)
                                     "config": "configs/demo.yaml", "home": "~/runs/best.ckpt", "n": 3,
                                     "url": "http://127.0.0.1:8000/api/predict"}
     assert document["rows"] == [{"model": "runs/best.ckpt"}]
+    # Not a path that merely contains one of those folders, nor a URL when a folder is at the root.
+    monkeypatch.setattr(bench_common, "REPOSITORY", Path("/app"))
+    home = str(Path.home())
+    assert bench_common.portable(["/mnt" + home + "/x", "http://127.0.0.1:8000/api", home]) == \
+        ["/mnt" + home + "/x", "http://127.0.0.1:8000/api", "~"]
     assert str(tmp_path) not in path.read_text().replace(str(path), "")
