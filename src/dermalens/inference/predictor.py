@@ -51,7 +51,7 @@ def model_logits(model: torch.nn.Module, batch: np.ndarray, precision: str = "au
 
 
 def tta_logits(model: torch.nn.Module, batch: np.ndarray, tta: bool, precision: str = "auto") -> np.ndarray:
-    """(N, 3, S, S) -> (N, C): the views of `postprocess.tta_views` in one pass, merged."""
+    """(N, 3, S, S) -> (N, C): the views of `postprocess.tta_views`, in passes of MAX_FORWARD_BATCH, merged."""
     return merge_views(model_logits(model, tta_views(batch, tta), precision), len(batch))
 
 

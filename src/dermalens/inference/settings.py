@@ -1,7 +1,7 @@
 """Defaults of predicting and exporting, free of heavy imports so the command line can show them."""
 from __future__ import annotations
 
-DEFAULT_BATCH_SIZE = 32          # images per forward pass when predicting files
+DEFAULT_BATCH_SIZE = 32          # images decoded and predicted together (the model runs them in passes of 32 views)
 
 # Export
 PARITY_TOLERANCE = 1e-4          # max |p_onnx - p_torch| over all images and classes

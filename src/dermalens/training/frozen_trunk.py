@@ -248,7 +248,7 @@ class TrunkActivations:
         if mode != "r":
             return np.load(self.array_path, mmap_mode=mode)
         stat = self.array_path.stat()
-        key = (str(self.array_path), stat.st_dev, stat.st_ino)   # a file replaced under the same name is another
+        key = (stat.st_dev, stat.st_ino)   # the file itself, however its path is spelt; a replaced file is another
         mapping = _READ_MAPPINGS.get(key)
         if mapping is None:
             mapping = _READ_MAPPINGS[key] = np.load(self.array_path, mmap_mode="r")

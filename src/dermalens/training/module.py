@@ -120,9 +120,6 @@ class LesionClassifierModule(L.LightningModule):
         self._plateau_state: dict | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 5:   # (batch, views, ...): the mean of the views' logits (test-time augmentation)
-            batch, views = x.shape[:2]
-            return self(x.flatten(0, 1)).unflatten(0, (batch, views)).mean(dim=1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.inputs_are_trunk_activations:
