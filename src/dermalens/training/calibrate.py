@@ -37,6 +37,6 @@ def calibrate(checkpoint: Path, logits: np.ndarray, labels: np.ndarray, classes:
                                       melanoma_specificity=evaluation["melanoma_specificity"])
     write_calibration(checkpoint, temperature, evaluation["tta"], len(labels), fitted_on=fitted_on,
                       decision=rule.to_dict())
-    log.info("calibrated on %s (%d images): temperature %.3f; decision rule %s %s", fitted_on, len(labels),
-             temperature, rule.objective, summary)
+    log.info("calibrated on %s: temperature %.3f; decision rule %s %s", fitted_on, temperature, rule.objective,
+             summary)   # fitted_on names the images and their count
     return {"temperature": temperature, "decision": rule.to_dict(), "fit": summary}
