@@ -98,3 +98,15 @@ def test_validation_during_training_reads_one_view_per_image_and_computes_no_oth
     (batch, labels), = list(data.val_dataloader())
     assert batch.shape == (2, *cache.array.shape[2:]) and labels.tolist() == [0, 1]
     np.testing.assert_array_equal(batch.numpy(), cache.array[[2, 4], 0].astype(np.float32))
+
+
+def test_the_trunk_cache_stays_inside_the_cache_folder_one_names(tmp_path, monkeypatch):
+    from dermalens.training.run import trunk_cache_dir
+
+    monkeypatch.setenv("DERMALENS_CACHE", str(tmp_path / "per-user"))
+    assert trunk_cache_dir({"data": {"cache_dir": "auto"}}) == tmp_path / "per-user" / "trunk-activations"
+    named = tmp_path / "projects" / "my-cache"
+    assert trunk_cache_dir({"data": {"cache_dir": str(named)}}) == named / "trunk-activations"   # not projects/
+    private = trunk_cache_dir({"data": {"cache_dir": None}})
+    assert private.is_dir() and private.name.startswith("dermalens-trunk-")
+    private.rmdir()

@@ -103,11 +103,14 @@ def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassif
 
 
 def trunk_cache_dir(config: dict) -> Path:
-    """Beside the image cache (the per-user cache by default); a private temporary folder when caching is off."""
+    """Beside the images in the per-user cache (data.cache_dir auto), inside a cache folder one names (never
+    beside it: that would write into its parent); a private temporary folder when caching is off."""
     images = resolve_cache_dir(config)
     if images is None:
         return Path(tempfile.mkdtemp(prefix="dermalens-trunk-"))
-    return images.parent / "trunk-activations"
+    if config["data"]["cache_dir"] == "auto":
+        return images.parent / "trunk-activations"
+    return images / "trunk-activations"
 
 
 class ReseedEachEpoch(Callback):
