@@ -7,8 +7,8 @@ The earlier path (`legacy`, reproduced here as the code did it): PyTorch fp32
 in NCHW layout, the four flip views as four forward passes, full JPEG
 decoding on two threads. Today's default (`dermalens predict --model
 best.ckpt`, `auto`): ONNX Runtime on the checkpoint's cached export, the views
-in one batch, decoding on worker threads with JPEG draft mode where the photo
-is much larger than the input. Both at the model's calibrated TTA; also
+batched (at most 32 inputs a pass), decoding every pixel on worker threads
+(JPEG draft mode is opt-in: it moves probabilities). Both at the model's calibrated TTA; also
 today's path without TTA. Rows:
 
 - predict: img/s over N 224-px JPEGs and over the 600x450 photos (repeated
@@ -41,7 +41,7 @@ from dermalens.data.preprocess import preprocess_array  # noqa: E402
 from dermalens.data.readers.images import decode_image_file  # noqa: E402
 from dermalens.inference.load import load_predictor, logits_for_images  # noqa: E402
 from dermalens.inference.postprocess import calibrated_probabilities  # noqa: E402
-from dermalens.inference.prediction import draft_side, predict_files  # noqa: E402
+from dermalens.inference.prediction import predict_files  # noqa: E402
 from dermalens.models.calibration_record import read_calibration  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
 
@@ -97,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=256, help="images per predict timing")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", help="result JSON (default benchmarks/results/fast_paths.json)")
+    parser.add_argument("--tta", choices=("calibrated", "on", "off"), default="calibrated",
+                        help="flip TTA as the checkpoint's calibration record says (default), or on/off: a fold "
+                             "model of a cross-validated run has no record of its own")
     args = parser.parse_args(argv)
-    calibrated_tta = read_calibration(args.model)["tta"]
+    calibrated_tta = read_calibration(args.model)["tta"] if args.tta == "calibrated" else args.tta == "on"
     jpegs = find_image_files([args.jpegs])[:args.images]
     photos = list(itertools.islice(itertools.cycle(find_image_files([args.photos])), args.images))
     legacy = LegacyPredictor(args.model, calibrated_tta)
-    today = load_predictor(args.model)                       # auto: ONNX Runtime on the cached export
+    today = load_predictor(args.model, tta=calibrated_tta)   # auto: ONNX Runtime on the cached export
     plain = load_predictor(args.model, tta=False)
     rows = []
     for label, paths in (("224-px JPEGs", jpegs), ("600x450 photos", photos)):
@@ -132,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                  "speed-up": round(seconds["legacy"] / seconds["today"], 2), "today without TTA": None})
 
     # Where today's time goes on full-size photos, per image.
-    side = draft_side(today)
     started = time.perf_counter()
-    decoded = [decode_image_file(p, min_side=side) for p in photos[:64]]
+    decoded = [decode_image_file(p) for p in photos[:64]]      # every pixel, as predict decodes by default
     decode = (time.perf_counter() - started) / len(decoded)
     started = time.perf_counter()
     batch = np.stack([preprocess_array(image, today.preprocessing) for image in decoded])
