@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
@@ -92,6 +93,24 @@ def in_source(config: dict, out: Path, folds: int, run: Path | None = None) -> p
     return split.assign(**{f"p{k}": probs[:, k] for k in range(probs.shape[1])})
 
 
+# Settings that change what a model learns; a run whose recipe differs in any makes the gap compare two recipes.
+RECIPE_SECTIONS = ("model", "augmentation", "sampler", "loss", "optimizer", "scheduler")
+RECIPE_TRAINING_KEYS = ("max_epochs", "batch_size", "freeze_stages", "cached_views", "ema_decay", "mixup_alpha",
+                        "monitor", "early_stopping_patience", "precision")
+
+
+def recipe_differences(run_config: dict, config: dict) -> list[str]:
+    """'section.key: run value -> this value' for every recipe setting in which `run_config` differs from `config`."""
+    def flat(cfg: dict) -> dict:
+        items = {f"{name}.{key}": value for name in RECIPE_SECTIONS for key, value in (cfg.get(name) or {}).items()}
+        items.update({f"training.{key}": (cfg.get("training") or {}).get(key) for key in RECIPE_TRAINING_KEYS})
+        return items
+
+    theirs, mine = flat(run_config), flat(config)
+    return [f"{key}: {theirs.get(key)!r} -> {mine.get(key)!r}" for key in sorted(set(theirs) | set(mine))
+            if theirs.get(key) != mine.get(key)]
+
+
 def out_of_source(config: dict, out: Path, source: str) -> pd.DataFrame:
     folder = out / f"without-{source}"
     if not (folder / "predictions.csv").is_file():
@@ -120,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(resolve_config_path(args.config), [f"data.path={args.data}", *args.set,
                                                            "training.ensemble=false"])
     args.out.mkdir(parents=True, exist_ok=True)
+    differences = []
+    if args.in_source_run is not None and (args.in_source_run / "config.yaml").is_file():
+        differences = recipe_differences(yaml.safe_load((args.in_source_run / "config.yaml").read_text()), config)
+        if differences:
+            logging.warning("the in-source run %s was trained with another recipe (%s): the gap compares two recipes; "
+                            "compare the out-of-source column with another held-out run instead",
+                            args.in_source_run, "; ".join(differences))
     inside = in_source(config, args.out, args.folds, args.in_source_run)
     metadata = pd.read_csv(Path(args.data) / "HAM10000_metadata.csv", dtype={"image_id": str})
     source_of = dict(zip(metadata["image_id"], metadata["dataset"]))
@@ -143,18 +169,22 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         atomic_write_json(args.out / "generalisation.json", {"rows": rows, "min_images": MIN_IMAGES,
                                                               "minutes": round((time.perf_counter() - started) / 60, 1)})
-    atomic_write_text(args.out / "generalisation.md", markdown(rows, argv if argv is not None else sys.argv[1:]))
+    atomic_write_text(args.out / "generalisation.md", markdown(rows, argv if argv is not None else sys.argv[1:],
+                                                              differences))
     plot_source_generalisation(rows, args.out / "generalisation.png")
     print((args.out / "generalisation.md").read_text())
     return 0
 
 
-def markdown(rows: list[dict], argv: list[str]) -> str:
+def markdown(rows: list[dict], argv: list[str], differences: list[str] = ()) -> str:
     def cell(value):
         return "n/a" if value is None else f"{value:.3f}"
 
     lines = ["`python scripts/source_generalisation.py " + " ".join(argv) + "`", "",
              f"Scored on each source's own images, over the classes it has at least {MIN_IMAGES} images of.", "",
+             *([f"The in-source side comes from a run with another recipe ({'; '.join(differences)}): the gap "
+                "compares two recipes; compare the out-of-source column across held-out runs instead.", ""]
+               if differences else []),
              "| held-out source | images | classes scored | bal. acc. in-source | bal. acc. out-of-source | gap | "
              "macro AUC in / out | mel sens. @80% spec. in / out |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:

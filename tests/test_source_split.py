@@ -76,3 +76,28 @@ def test_a_class_folder_carries_sources_from_its_lesion_csv(tmp_path, shared_dat
     assert set(sources) == {"rosendahl", "vidir_modern"}
     assert set(sources[prepared.split == "test"]) == {"rosendahl"}
     assert "rosendahl" not in set(sources[prepared.split != "test"])
+
+
+def test_an_in_source_run_of_another_recipe_is_named_in_the_generalisation_table():
+    """--in-source-run takes a finished run's out-of-fold predictions; a run trained with other settings
+    makes the gap compare two recipes, and the script says which settings differ."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "source_generalisation.py"
+    spec = importlib.util.spec_from_file_location("source_generalisation", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from dermalens.config_files import resolve_config_path
+
+    recipe = resolve_config_path("ham10000_cpu")
+    shipped = load_config(recipe, ["data.path=/data"])
+    same = load_config(recipe, ["data.path=/elsewhere", "training.max_time=null", "training.ensemble=false"])
+    assert module.recipe_differences(shipped, same) == []        # budget and packaging are not the recipe
+    colour = load_config(recipe, ["data.path=/data", "model.color=shades_of_gray", "augmentation.hue=5"])
+    differences = module.recipe_differences(shipped, colour)
+    assert differences == ["augmentation.hue: 0 -> 5", "model.color: 'none' -> 'shades_of_gray'"]
+    row = {"source": "rosendahl", "balanced_accuracy_gap": -0.2,
+           "in_source": {"images": 3, "classes_scored": ["nv"], "balanced_accuracy": 0.6, "auc_macro": 0.9},
+           "out_of_source": {"images": 3, "classes_scored": ["nv"], "balanced_accuracy": 0.4, "auc_macro": 0.8}}
+    assert "model.color: 'none' -> 'shades_of_gray'" in module.markdown([row], ["--sources", "rosendahl"], differences)
+    assert "another recipe" not in module.markdown([row], ["--sources", "rosendahl"])
