@@ -126,7 +126,7 @@ def test_dynamic_batch(exported, sample_images):
 def test_a_large_batch_runs_in_bounded_forward_passes_with_the_same_numbers(exported, sample_images, monkeypatch):
     """However many images a caller batches, each session run gets at most MAX_FORWARD_BATCH views (one
     run of 512 views held 14 GB), and the chunked runs give the numbers of one run."""
-    from dermalens.inference import onnx_predictor as onnx_module
+    from dermalens.inference import postprocess
 
     predictor = OnnxPredictor.from_file(exported.path, tta=True)
     batch = predictor.batch(sample_images[:5])
@@ -135,7 +135,7 @@ def test_a_large_batch_runs_in_bounded_forward_passes_with_the_same_numbers(expo
     real_run = predictor.session.run
     monkeypatch.setattr(predictor, "session", SimpleNamespace(run=lambda names, feed: sizes.append(
         len(feed["image"])) or real_run(names, feed)))
-    monkeypatch.setattr(onnx_module, "MAX_FORWARD_BATCH", 6)
+    monkeypatch.setattr(postprocess, "MAX_FORWARD_BATCH", 6)
     np.testing.assert_allclose(predictor.logits(batch), whole, atol=1e-5)
     assert sizes == [6, 6, 6, 2]                       # 5 images x 4 flips
 

@@ -32,7 +32,8 @@ def add_subcommand(subparsers) -> None:
                    help="table; csv (long: image,rank,class,name,probability); json; isic2018 (the ISIC 2018 "
                         "Task 3 submission CSV: image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images decoded and predicted together (the model runs them, TTA views included, in "
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="images decoded and predicted together (the model runs them, TTA views included, in "
                         "passes of at most 32 inputs)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flipped views (default: as the model was calibrated)")

@@ -32,7 +32,7 @@ from ..data.preprocess import Preprocessing, preprocess_array
 from ..models.calibration_record import calibration_path, read_calibration
 from .base import InferenceSession
 from .openvino_session import OpenVinoSession
-from .postprocess import MAX_FORWARD_BATCH, DecisionRule, calibrated_probabilities, merge_views, tta_views
+from .postprocess import DecisionRule, calibrated_probabilities, in_passes, merge_views, tta_views
 from .prediction import Prediction, predict_sources
 from .runtimes import OnnxModelError
 
@@ -201,12 +201,11 @@ class OnnxPredictor:
         return np.stack([preprocess_array(img, self.preprocessing) for img in images])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed (N, 3, S, S) batch -> logits (N, C), averaged over flips with tta (runs of MAX_FORWARD_BATCH views)."""
+        """Preprocessed (N, 3, S, S) batch -> logits (N, C), averaged over flips with tta (`in_passes`)."""
         views = tta_views(np.asarray(batch, dtype=np.float32), self.tta)
-        logits = [self.session.run([LOGITS_NAME], {self.input_name: views[start:start + MAX_FORWARD_BATCH]})[0]
-                  for start in range(0, len(views), MAX_FORWARD_BATCH)]
-        return merge_views(np.concatenate(logits) if logits else np.zeros((0, len(self.classes)), np.float32),
-                           len(batch))
+        logits = in_passes(lambda chunk: self.session.run([LOGITS_NAME], {self.input_name: chunk})[0], views,
+                           len(self.classes))
+        return merge_views(logits, len(batch))
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 arrays of any size -> probabilities (N, C)."""

@@ -18,7 +18,7 @@ explanations' captions) goes through these functions:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +26,13 @@ import numpy as np
 # pass of 512 views through ONNX Runtime took the shipped ensemble to a 14 GB peak (RSS) and ran slower
 # than passes of 32 (1.1 GB): measured with evaluation's default batch of 128 images.
 MAX_FORWARD_BATCH = 32
+
+
+def in_passes(forward: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, classes: int) -> np.ndarray:
+    """forward(chunk) -> (n, classes) logits over `inputs` in chunks of at most MAX_FORWARD_BATCH, concatenated."""
+    outputs = [np.asarray(forward(inputs[start:start + MAX_FORWARD_BATCH]), dtype=np.float32)
+               for start in range(0, len(inputs), MAX_FORWARD_BATCH)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, classes), dtype=np.float32)
 
 TTA_NONE = "none"
 TTA_FLIPS = "flips"

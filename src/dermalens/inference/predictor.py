@@ -20,7 +20,7 @@ from ..data.preprocess import Preprocessing, preprocess_array
 from ..hardware import cpu_has_fast_bf16
 from ..models.calibration_record import read_calibration
 from ..models.checkpoint import load_classifier
-from .postprocess import MAX_FORWARD_BATCH, DecisionRule, calibrated_probabilities, merge_views, tta_views
+from .postprocess import DecisionRule, calibrated_probabilities, in_passes, merge_views, tta_views
 from .prediction import Prediction, predict_sources
 
 __all__ = ["Predictor", "model_logits", "predict_logits", "tta_logits"]
@@ -41,13 +41,13 @@ def model_logits(model: torch.nn.Module, batch: np.ndarray, precision: str = "au
     """
     device = next(model.parameters()).device
     bf16 = precision == "auto" and use_fast_bf16(device)
-    outputs = []
-    for start in range(0, len(batch), MAX_FORWARD_BATCH):
-        x = torch.from_numpy(np.ascontiguousarray(batch[start:start + MAX_FORWARD_BATCH])).to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
+
+    def forward(chunk: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs.append(model(x).float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_classes), dtype=np.float32)
+            return model(x).float().cpu().numpy()
+
+    return in_passes(forward, batch, model.config.num_classes)
 
 
 def tta_logits(model: torch.nn.Module, batch: np.ndarray, tta: bool, precision: str = "auto") -> np.ndarray:

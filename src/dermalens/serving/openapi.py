@@ -64,7 +64,9 @@ def upload_form(methods: tuple[str, ...], classes: list[str], *, method: bool = 
     if method:
         properties["method"] = {"type": "string", "enum": list(methods), "default": "gradcam",
                                 "description": "explanation method"}
-        properties["class"] = {**class_code_schema(classes), "description": "class to explain (any case; default: the predicted class, the decision rule's)"}
+        properties["class"] = {**class_code_schema(classes),
+                               "description": "class to explain (any case; default: the predicted class, the decision "
+                                              "rule's)"}
     if output:
         properties["format"] = {"type": "string", "enum": list(EXPLAIN_FORMATS), "default": "png",
                                 "description": "png: the overlay image; json: the heatmap and the overlay"}

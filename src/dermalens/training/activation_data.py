@@ -17,7 +17,7 @@ from typing import Iterator
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..config import SamplerSection, TrainingSection
 from ..data.sampler import ClassBalancedSampler
@@ -67,24 +67,6 @@ class ActivationViews(Dataset):
         return torch.from_numpy(np.asarray(self.activations.array[row, view], dtype=np.float32)), int(self.labels[row])
 
 
-class ActivationView(Dataset):
-    """Row -> (one view's activations, (C, H, W) float32, label)."""
-
-    def __init__(self, activations: TrunkActivations, rows: np.ndarray, labels: np.ndarray, view: int):
-        self.activations = activations
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.labels = labels
-        self.view = int(view)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int):
-        row = self.rows[index]
-        return (torch.from_numpy(np.asarray(self.activations.array[row, self.view], dtype=np.float32)),
-                int(self.labels[row]))
-
-
 class ActivationDataModule(L.LightningDataModule):
     """Train / val loaders over trunk activations, with the same sampling settings as `LesionDataModule`."""
 
@@ -123,7 +105,9 @@ class ActivationDataModule(L.LightningDataModule):
                           batch_size=self.training_settings.batch_size, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(ActivationView(self.activations, self.rows("val"), self.labels, IDENTITY_VIEW),
+        # The identity view of each row: index position * views + IDENTITY_VIEW of the training dataset.
+        views = ActivationViews(self.activations, self.rows("val"), self.labels)
+        return DataLoader(Subset(views, range(IDENTITY_VIEW, len(views), views.views)),
                           batch_size=self.training_settings.eval_batch_size, num_workers=0)
 
 
