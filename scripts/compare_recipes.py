@@ -40,8 +40,8 @@ from dermalens.config_files import resolve_config_path
 from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.decision import cross_fitted_decisions
 from dermalens.inference.postprocess import calibrated_probabilities
-from dermalens.run_folder import CV_FILE, OUT_OF_FOLD_LOGITS
-from dermalens.training.cross_validation import train_folds
+from dermalens.run_folder import CONFIG_FILE, CV_FILE, OUT_OF_FOLD_LOGITS
+from dermalens.training.cross_validation import mean_and_sd, summarise, train_folds
 
 COLUMNS = (("balanced_accuracy", "OOF bal. acc."), ("accuracy", "OOF acc."), ("auc_macro", "OOF macro AUC"),
            ("mel_sensitivity_at_80_specificity", "OOF mel sens. @80% spec."))
@@ -66,6 +66,37 @@ def rule_figures(folder: Path, classes: list[str]) -> dict:
     decided = cross_fitted_decisions(probabilities, labels, folds, classes)
     return {"balanced_accuracy": float(balanced_accuracy_score(labels, decided)),
             "accuracy": float(accuracy_score(labels, decided))}
+
+
+def reference_row(text: str, folds: int, first_folds: int | None) -> dict:
+    """'NAME=RUN': a finished cross-validated run as a row, over its first `first_folds` folds (all without)."""
+    name, _, run = text.rpartition("=")
+    folder = Path(run).expanduser()
+    missing = [f for f in ("split.csv", CV_FILE, OUT_OF_FOLD_LOGITS, CONFIG_FILE) if not (folder / f).is_file()]
+    if not name or missing:
+        raise SystemExit(f"--reference {text!r}: expected NAME=RUN, RUN a finished cross-validated run folder"
+                         + (f"; {folder} has no {', '.join(missing)}" if name and missing else ""))
+    summary = json.loads((folder / CV_FILE).read_text())
+    config = load_config(folder / CONFIG_FILE)
+    classes = list(config["data"]["classes"])
+    run_folds = int(config["training"]["folds"])
+    if run_folds != folds:
+        raise SystemExit(f"--reference {text!r}: that run has {run_folds} folds, this comparison {folds}; "
+                         "its folds would not be the variants' folds")
+    split = pd.read_csv(folder / "split.csv", dtype={"image_id": str})
+    pool = split[split["fold"] > 0]            # the rows the out-of-fold logits were saved for, in order
+    logits = np.load(folder / OUT_OF_FOLD_LOGITS)
+    if len(logits) != len(pool):
+        raise SystemExit(f"--reference {text!r}: {len(logits)} out-of-fold logits for {len(pool)} pool images")
+    kept = (pool["fold"] <= first_folds).to_numpy() if first_folds else np.ones(len(pool), dtype=bool)
+    labels = pool["label"].to_numpy()[kept]
+    probabilities = calibrated_probabilities(logits[kept], fit_temperature(logits[kept], labels))
+    per_fold = [f for f in summary["folds"] if not first_folds or f["fold"] <= first_folds]
+    kept_folds = len(np.unique(pool["fold"].to_numpy()[kept]))
+    return {"variant": name, "overrides": [f"finished run {folder.name}"], "folds": folds,
+            "folds_trained": kept_folds, "out_of_fold": summarise(probabilities, labels, classes),
+            "with_rule": rule_figures(folder, classes) if kept_folds == run_folds else {},
+            "mean_sd": mean_and_sd(per_fold), "train_seconds": None, "trunk_seconds": None, "folder": str(folder)}
 
 
 def run_variant(config_name: str, data: str, base_overrides: list[str], name: str, overrides: list[str],
@@ -106,7 +137,8 @@ def markdown(rows: list[dict], command: str) -> str:
         cells.append(f"{spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}")
         rule = row.get("with_rule") or {}
         cells.append(f"{rule['balanced_accuracy']:.3f} / {rule['accuracy']:.3f}" if rule else "n/a")
-        cells.append(f"{row['train_seconds'] / 60:.1f} ({row['trunk_seconds'] / 60:.1f})")
+        cells.append("see its run" if row["train_seconds"] is None else
+                     f"{row['train_seconds'] / 60:.1f} ({row['trunk_seconds'] / 60:.1f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -120,13 +152,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-folds", type=int, help="train only the first N folds of each variant (cheaper, "
                         "noisier: the table says how many)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant")
-    parser.add_argument("--variant", action="append", required=True, metavar="'NAME: KEY=VALUE, ...'")
+    parser.add_argument("--variant", action="append", default=[], metavar="'NAME: KEY=VALUE, ...'")
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME=RUN",
+                        help="a finished cross-validated run as a row (its first --first-folds folds), not retrained")
     parser.add_argument("--existing-only", action="store_true",
                         help="train nothing: the table of the variants OUT already holds")
     args = parser.parse_args(argv)
+    if not args.variant and not args.reference:
+        parser.error("name at least one --variant or --reference")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/compare_recipes.py " + " ".join(
+        f"'{a}'" if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))
+
+    def write(rows: list[dict]) -> None:
+        atomic_write_json(args.out / "comparison.json", rows)
+        atomic_write_text(args.out / "comparison.md", markdown(rows, command))
+        print(markdown(rows[-1:], command).splitlines()[-1], flush=True)
+
     rows = []
+    for text in args.reference:
+        rows.append(reference_row(text, args.folds, args.first_folds))
+        write(rows)
     for text in args.variant:
         name, overrides = parse_variant(text)
         row = run_variant(args.config, args.data, args.set, name, overrides, args.folds, args.out,
@@ -135,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: not trained yet, left out (--existing-only)", flush=True)
             continue
         rows.append(row)
-        atomic_write_json(args.out / "comparison.json", rows)
-        command = "python scripts/compare_recipes.py " + " ".join(
-            f"'{a}'" if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))
-        atomic_write_text(args.out / "comparison.md", markdown(rows, command))
-        print(markdown(rows[-1:], command).splitlines()[-1], flush=True)
+        write(rows)
     return 0
 
 

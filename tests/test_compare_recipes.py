@@ -1,0 +1,91 @@
+"""scripts/compare_recipes.py: a finished cross-validated run as a reference row, over the same first folds."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from dermalens.config import dump_config, load_config
+
+pytestmark = pytest.mark.unit
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_recipes.py"
+CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("compare_recipes", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finished_run(folder: Path, folds: int = 3, per_fold: int = 70) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A run folder as `dermalens train --folds` leaves it: config, split.csv, out-of-fold logits, cv.json."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    config = load_config(None, [f"training.folds={folds}"])
+    config["data"]["classes"] = CLASSES
+    (folder / "config.yaml").write_text(dump_config(config))
+    n = folds * per_fold
+    labels = np.arange(n) % len(CLASSES)
+    fold = np.repeat(np.arange(1, folds + 1), per_fold)
+    # Fold 1's logits point at the true class far more often than the other folds': a row that
+    # mixed folds would show it.
+    strength = np.where(fold == 1, 4.0, 0.5)
+    logits = rng.normal(size=(n, len(CLASSES))).astype(np.float32)
+    logits[np.arange(n), labels] += strength
+    test = pd.DataFrame({"image_id": [f"t{i}" for i in range(20)], "lesion_id": [f"T{i}" for i in range(20)],
+                         "label": np.arange(20) % len(CLASSES), "split": "test", "fold": 0})
+    pool = pd.DataFrame({"image_id": [f"p{i}" for i in range(n)], "lesion_id": [f"P{i}" for i in range(n)],
+                         "label": labels, "split": "train", "fold": fold})
+    pd.concat([pool.iloc[:n // 2], test, pool.iloc[n // 2:]]).to_csv(folder / "split.csv", index=False)
+    np.save(folder / "out_of_fold_logits.npy", logits)
+    cv = {"folds": [{"fold": k, "balanced_accuracy": float(balanced_accuracy_score(labels[fold == k],
+                                                                                 logits[fold == k].argmax(1)))}
+                    for k in range(1, folds + 1)], "train_seconds": 60.0}
+    (folder / "cv.json").write_text(json.dumps(cv))
+    return logits, labels, fold
+
+
+def test_a_reference_row_reads_only_the_first_folds_of_a_finished_run(tmp_path):
+    script = load_script()
+    logits, labels, fold = finished_run(tmp_path / "shipped")
+    row = script.reference_row(f"shipped recipe={tmp_path / 'shipped'}", folds=3, first_folds=1)
+    first = fold == 1
+    assert row["variant"] == "shipped recipe" and row["folds_trained"] == 1
+    assert row["out_of_fold"]["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(labels[first], logits[first].argmax(1)))
+    assert row["out_of_fold"]["balanced_accuracy"] > 0.9      # fold 1 alone; all folds pooled are far lower
+    assert row["mean_sd"]["balanced_accuracy"]["sd"] == 0.0
+    assert row["with_rule"] == {}                              # one fold: nothing to cross-fit on
+
+    whole = script.reference_row(f"shipped recipe={tmp_path / 'shipped'}", folds=3, first_folds=None)
+    assert whole["folds_trained"] == 3
+    assert whole["out_of_fold"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, logits.argmax(1)))
+    assert set(whole["with_rule"]) == {"balanced_accuracy", "accuracy"}
+
+
+def test_a_reference_run_with_other_folds_or_missing_files_is_refused_by_name(tmp_path):
+    script = load_script()
+    finished_run(tmp_path / "five", folds=5, per_fold=14)
+    with pytest.raises(SystemExit, match="that run has 5 folds, this comparison 3"):
+        script.reference_row(f"base={tmp_path / 'five'}", folds=3, first_folds=1)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(SystemExit, match="has no split.csv, cv.json, out_of_fold_logits.npy, config.yaml"):
+        script.reference_row(f"base={tmp_path / 'half'}", folds=3, first_folds=1)
+
+
+def test_the_table_shows_a_reference_row_without_minutes(tmp_path, capsys):
+    script = load_script()
+    finished_run(tmp_path / "shipped")
+    assert script.main(["--config", "ham10000_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
+                        "--first-folds", "1", "--reference", f"shipped={tmp_path / 'shipped'}"]) == 0
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "| shipped | `finished run shipped` | 1 of 3 |" in table and "see its run" in table
+    assert json.loads((tmp_path / "out" / "comparison.json").read_text())[0]["folds_trained"] == 1
