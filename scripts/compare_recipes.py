@@ -29,6 +29,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,8 +55,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name.strip(), overrides
 
 
-def rule_figures(folder: Path, classes: list[str]) -> dict:
-    """Balanced accuracy and accuracy of the out-of-fold predictions under the cross-fitted decision rule."""
+def rule_figures(folder: Path, classes: list[str], accuracy_tolerance: float = 0.0) -> dict:
+    """Balanced accuracy and accuracy of the out-of-fold predictions under the cross-fitted decision rule
+    (biases that may lower accuracy by at most `accuracy_tolerance`; 0 is the shipped rule)."""
     split = pd.read_csv(folder / "split.csv", dtype={"image_id": str})
     pool = split[split["fold"] > 0]            # the rows the out-of-fold logits were saved for, in order
     logits = np.load(folder / OUT_OF_FOLD_LOGITS)
@@ -63,13 +65,18 @@ def rule_figures(folder: Path, classes: list[str]) -> dict:
     if len(logits) != len(labels) or len(np.unique(folds)) < 2:
         return {}
     probabilities = calibrated_probabilities(logits, fit_temperature(logits, labels))
-    decided = cross_fitted_decisions(probabilities, labels, folds, classes)
+    decided = cross_fitted_decisions(probabilities, labels, folds, classes, accuracy_tolerance)
     return {"balanced_accuracy": float(balanced_accuracy_score(labels, decided)),
             "accuracy": float(accuracy_score(labels, decided))}
 
 
-def reference_row(text: str, folds: int, first_folds: int | None) -> dict:
-    """'NAME=RUN': a finished cross-validated run as a row, over its first `first_folds` folds (all without)."""
+def reference_row(text: str, folds: int, first_folds: int | None, rule_tolerances: Sequence[float] = ()) -> dict:
+    """'NAME=RUN': a finished cross-validated run as a row, over its first `first_folds` folds (all without).
+
+    `rule_tolerances`: what a decision rule allowed to give up that much
+    accuracy reaches on the run's out-of-fold predictions (all its folds,
+    cross-fitted): how far the rule alone could move balanced accuracy.
+    """
     name, _, run = text.rpartition("=")
     folder = Path(run).expanduser()
     missing = [f for f in ("split.csv", CV_FILE, OUT_OF_FOLD_LOGITS, CONFIG_FILE) if not (folder / f).is_file()]
@@ -96,7 +103,8 @@ def reference_row(text: str, folds: int, first_folds: int | None) -> dict:
     return {"variant": name, "overrides": [f"finished run {folder.name}"], "folds": folds,
             "folds_trained": kept_folds, "out_of_fold": summarise(probabilities, labels, classes),
             "with_rule": rule_figures(folder, classes) if kept_folds == run_folds else {},
-            "mean_sd": mean_and_sd(per_fold), "train_seconds": None, "trunk_seconds": None, "folder": str(folder)}
+            "mean_sd": mean_and_sd(per_fold), "train_seconds": None, "trunk_seconds": None, "folder": str(folder),
+            "rule_headroom": [{"accuracy_tolerance": t, **rule_figures(folder, classes, t)} for t in rule_tolerances]}
 
 
 def run_variant(config_name: str, data: str, base_overrides: list[str], name: str, overrides: list[str],
@@ -124,22 +132,33 @@ def run_variant(config_name: str, data: str, base_overrides: list[str], name: st
             "trunk_seconds": summary.get("trunk_seconds", 0.0), "folder": str(folder)}
 
 
+def table_line(row: dict) -> str:
+    """One variant's row of the comparison table."""
+    oof, spread = row["out_of_fold"], row["mean_sd"].get("balanced_accuracy", {})
+    cells = [row["variant"], ", ".join(f"`{o}`" for o in row["overrides"]) or "-",
+             f"{row.get('folds_trained', row['folds'])} of {row['folds']}"]
+    cells += [f"{oof[key]:.3f}" if oof.get(key) is not None else "n/a" for key, _ in COLUMNS]
+    cells.append(f"{spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}")
+    rule = row.get("with_rule") or {}
+    cells.append(f"{rule['balanced_accuracy']:.3f} / {rule['accuracy']:.3f}" if rule else "n/a")
+    cells.append("see its run" if row["train_seconds"] is None else
+                 f"{row['train_seconds'] / 60:.1f} ({row['trunk_seconds'] / 60:.1f})")
+    return "| " + " | ".join(cells) + " |"
+
+
 def markdown(rows: list[dict], command: str) -> str:
     header = ["variant", "overrides", "folds trained", *[label for _, label in COLUMNS],
               "bal. acc. per fold (mean ± sd)", "bal. acc. / acc. with the rule (cross-fitted)",
               "minutes (trunk cache)"]
     lines = [f"`{command}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [table_line(row) for row in rows]
     for row in rows:
-        oof, spread = row["out_of_fold"], row["mean_sd"].get("balanced_accuracy", {})
-        cells = [row["variant"], ", ".join(f"`{o}`" for o in row["overrides"]) or "-",
-                 f"{row.get('folds_trained', row['folds'])} of {row['folds']}"]
-        cells += [f"{oof[key]:.3f}" if oof.get(key) is not None else "n/a" for key, _ in COLUMNS]
-        cells.append(f"{spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}")
-        rule = row.get("with_rule") or {}
-        cells.append(f"{rule['balanced_accuracy']:.3f} / {rule['accuracy']:.3f}" if rule else "n/a")
-        cells.append("see its run" if row["train_seconds"] is None else
-                     f"{row['train_seconds'] / 60:.1f} ({row['trunk_seconds'] / 60:.1f})")
-        lines.append("| " + " | ".join(cells) + " |")
+        if row.get("rule_headroom"):
+            lines += ["", f"Decision rule on {row['variant']}'s out-of-fold predictions (all its folds, cross-fitted), "
+                      "by the accuracy it may give up:", "",
+                      "| accuracy it may give up | bal. acc. | acc. |", "|---|---|---|"]
+            lines += [f"| {h['accuracy_tolerance']:g} | {h['balanced_accuracy']:.3f} | {h['accuracy']:.3f} |"
+                      for h in row["rule_headroom"] if h.get("balanced_accuracy") is not None]
     return "\n".join(lines) + "\n"
 
 
@@ -155,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="'NAME: KEY=VALUE, ...'")
     parser.add_argument("--reference", action="append", default=[], metavar="NAME=RUN",
                         help="a finished cross-validated run as a row (its first --first-folds folds), not retrained")
+    parser.add_argument("--rule-headroom", type=float, nargs="+", default=[], metavar="TOLERANCE",
+                        help="for each --reference run: the cross-fitted decision rule's balanced accuracy and "
+                        "accuracy when it may lower accuracy by each TOLERANCE (0 = the shipped rule)")
     parser.add_argument("--existing-only", action="store_true",
                         help="train nothing: the table of the variants OUT already holds")
     args = parser.parse_args(argv)
@@ -168,11 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     def write(rows: list[dict]) -> None:
         atomic_write_json(args.out / "comparison.json", rows)
         atomic_write_text(args.out / "comparison.md", markdown(rows, command))
-        print(markdown(rows[-1:], command).splitlines()[-1], flush=True)
+        print(table_line(rows[-1]), flush=True)
 
     rows = []
     for text in args.reference:
-        rows.append(reference_row(text, args.folds, args.first_folds))
+        rows.append(reference_row(text, args.folds, args.first_folds, args.rule_headroom))
         write(rows)
     for text in args.variant:
         name, overrides = parse_variant(text)

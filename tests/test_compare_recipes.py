@@ -65,8 +65,14 @@ def test_a_reference_row_reads_only_the_first_folds_of_a_finished_run(tmp_path):
     assert row["mean_sd"]["balanced_accuracy"]["sd"] == 0.0
     assert row["with_rule"] == {}                              # one fold: nothing to cross-fit on
 
-    whole = script.reference_row(f"shipped recipe={tmp_path / 'shipped'}", folds=3, first_folds=None)
+    whole = script.reference_row(f"shipped recipe={tmp_path / 'shipped'}", folds=3, first_folds=None,
+                                 rule_tolerances=(0.0, 1.0))
     assert whole["folds_trained"] == 3
+    # The rule's headroom: tolerance 0 is the shipped rule (the table's rule column); a larger one may
+    # give up accuracy but is fitted for balanced accuracy on the other folds all the same.
+    assert [h["accuracy_tolerance"] for h in whole["rule_headroom"]] == [0.0, 1.0]
+    assert whole["rule_headroom"][0]["balanced_accuracy"] == whole["with_rule"]["balanced_accuracy"]
+    assert whole["rule_headroom"][0]["accuracy"] == whole["with_rule"]["accuracy"]
     assert whole["out_of_fold"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, logits.argmax(1)))
     assert set(whole["with_rule"]) == {"balanced_accuracy", "accuracy"}
 
@@ -85,7 +91,9 @@ def test_the_table_shows_a_reference_row_without_minutes(tmp_path, capsys):
     script = load_script()
     finished_run(tmp_path / "shipped")
     assert script.main(["--config", "ham10000_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
-                        "--first-folds", "1", "--reference", f"shipped={tmp_path / 'shipped'}"]) == 0
+                        "--first-folds", "1", "--reference", f"shipped={tmp_path / 'shipped'}",
+                        "--rule-headroom", "0", "0.05"]) == 0
     table = (tmp_path / "out" / "comparison.md").read_text()
     assert "| shipped | `finished run shipped` | 1 of 3 |" in table and "see its run" in table
+    assert "| accuracy it may give up | bal. acc. | acc. |" in table and "\n| 0.05 | " in table
     assert json.loads((tmp_path / "out" / "comparison.json").read_text())[0]["folds_trained"] == 1

@@ -54,6 +54,20 @@ def test_cross_fitted_decisions_use_only_the_other_folds_biases():
         cross_fitted_decisions(probs, labels, np.zeros(len(labels)), CLASSES)
 
 
+def test_an_accuracy_tolerance_lets_the_cross_fitted_rule_trade_accuracy_for_balanced_accuracy():
+    # Two classes, two folds alike: recalling the minority (P = 0.4) also flips the 20 majority images at
+    # P = 0.45, so it costs 0.1 accuracy for +0.39 balanced accuracy. Without tolerance the rule stays put.
+    minority_p = np.r_[np.full(70, 0.1), np.full(20, 0.45), np.full(10, 0.4)]
+    labels_one_fold = np.r_[np.zeros(90, int), np.ones(10, int)]
+    probs = np.tile(np.c_[1 - minority_p, minority_p], (2, 1))
+    labels, folds = np.tile(labels_one_fold, 2), np.repeat([0, 1], 100)
+    kept = cross_fitted_decisions(probs, labels, folds, ("nv", "mel"))
+    traded = cross_fitted_decisions(probs, labels, folds, ("nv", "mel"), accuracy_tolerance=0.15)
+    assert accuracy_score(labels, kept) == 0.9 and balanced_accuracy_score(labels, kept) == 0.5
+    assert accuracy_score(labels, traded) == pytest.approx(0.8)
+    assert balanced_accuracy_score(labels, traded) == pytest.approx((70 / 90 + 1) / 2)
+
+
 def test_rule_changes_decisions_as_its_biases_say():
     probs = np.array([[0.1, 0.0, 0.0, 0.0, 0.4, 0.5, 0.0]])
     assert CLASSES[DecisionRule(CLASSES).decide(probs)[0]] == "nv"

@@ -105,11 +105,13 @@ def fit_melanoma_operating_point(probabilities: np.ndarray, labels: np.ndarray, 
 
 
 def cross_fitted_decisions(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray,
-                           classes: Sequence[str]) -> np.ndarray:
+                           classes: Sequence[str], accuracy_tolerance: float = 0.0) -> np.ndarray:
     """Each fold's decisions under biases fitted on the other folds' predictions.
 
     What the rule is worth on predictions it was not fitted on: a recipe
     comparison scores the rule this way, so fitting it cannot flatter it.
+    `accuracy_tolerance` is `fit_class_biases`'s: how much accuracy the fitted
+    rule may give up (0, the shipped rule's setting: none).
     """
     probabilities, labels, folds = np.asarray(probabilities), np.asarray(labels), np.asarray(folds)
     if not len(probabilities) == len(labels) == len(folds):
@@ -119,7 +121,7 @@ def cross_fitted_decisions(probabilities: np.ndarray, labels: np.ndarray, folds:
     decided = np.empty(len(labels), dtype=np.int64)
     for fold in np.unique(folds):
         held_out = folds == fold
-        bias, _ = fit_class_biases(probabilities[~held_out], labels[~held_out], classes)
+        bias, _ = fit_class_biases(probabilities[~held_out], labels[~held_out], classes, accuracy_tolerance)
         decided[held_out] = DecisionRule(tuple(classes), bias).decide(probabilities[held_out])
     return decided
 
