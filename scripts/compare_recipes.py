@@ -55,12 +55,16 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name.strip(), overrides
 
 
+def read_out_of_fold(folder: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """A cross-validated run's pool rows (split.csv rows with a fold) and their saved out-of-fold logits, in order."""
+    split = pd.read_csv(folder / "split.csv", dtype={"image_id": str})
+    return split[split["fold"] > 0], np.load(folder / OUT_OF_FOLD_LOGITS)
+
+
 def rule_figures(folder: Path, classes: list[str], accuracy_tolerance: float = 0.0) -> dict:
     """Balanced accuracy and accuracy of the out-of-fold predictions under the cross-fitted decision rule
     (biases that may lower accuracy by at most `accuracy_tolerance`; 0 is the shipped rule)."""
-    split = pd.read_csv(folder / "split.csv", dtype={"image_id": str})
-    pool = split[split["fold"] > 0]            # the rows the out-of-fold logits were saved for, in order
-    logits = np.load(folder / OUT_OF_FOLD_LOGITS)
+    pool, logits = read_out_of_fold(folder)
     labels, folds = pool["label"].to_numpy(), pool["fold"].to_numpy()
     if len(logits) != len(labels) or len(np.unique(folds)) < 2:
         return {}
@@ -90,9 +94,7 @@ def reference_row(text: str, folds: int, first_folds: int | None, rule_tolerance
     if run_folds != folds:
         raise SystemExit(f"--reference {text!r}: that run has {run_folds} folds, this comparison {folds}; "
                          "its folds would not be the variants' folds")
-    split = pd.read_csv(folder / "split.csv", dtype={"image_id": str})
-    pool = split[split["fold"] > 0]            # the rows the out-of-fold logits were saved for, in order
-    logits = np.load(folder / OUT_OF_FOLD_LOGITS)
+    pool, logits = read_out_of_fold(folder)
     if len(logits) != len(pool):
         raise SystemExit(f"--reference {text!r}: {len(logits)} out-of-fold logits for {len(pool)} pool images")
     kept = (pool["fold"] <= first_folds).to_numpy() if first_folds else np.ones(len(pool), dtype=bool)
