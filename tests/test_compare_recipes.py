@@ -1,7 +1,6 @@
 """scripts/compare_recipes.py: a finished cross-validated run as a reference row, over the same first folds."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,18 +10,11 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from dermalens.config import dump_config, load_config
+from support.scripts import load_script
 
 pytestmark = pytest.mark.unit
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_recipes.py"
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_recipes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def finished_run(folder: Path, folds: int = 3, per_fold: int = 70) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -54,7 +46,7 @@ def finished_run(folder: Path, folds: int = 3, per_fold: int = 70) -> tuple[np.n
 
 
 def test_a_reference_row_reads_only_the_first_folds_of_a_finished_run(tmp_path):
-    script = load_script()
+    script = load_script("compare_recipes")
     logits, labels, fold = finished_run(tmp_path / "shipped")
     row = script.reference_row(f"shipped recipe={tmp_path / 'shipped'}", folds=3, first_folds=1)
     first = fold == 1
@@ -78,7 +70,7 @@ def test_a_reference_row_reads_only_the_first_folds_of_a_finished_run(tmp_path):
 
 
 def test_a_reference_run_with_other_folds_or_missing_files_is_refused_by_name(tmp_path):
-    script = load_script()
+    script = load_script("compare_recipes")
     finished_run(tmp_path / "five", folds=5, per_fold=14)
     with pytest.raises(SystemExit, match="that run has 5 folds, this comparison 3"):
         script.reference_row(f"base={tmp_path / 'five'}", folds=3, first_folds=1)
@@ -88,7 +80,7 @@ def test_a_reference_run_with_other_folds_or_missing_files_is_refused_by_name(tm
 
 
 def test_the_table_shows_a_reference_row_without_minutes(tmp_path, capsys):
-    script = load_script()
+    script = load_script("compare_recipes")
     finished_run(tmp_path / "shipped")
     assert script.main(["--config", "ham10000_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
                         "--first-folds", "1", "--reference", f"shipped={tmp_path / 'shipped'}",

@@ -9,6 +9,7 @@ import pytest
 from dermalens.config import ConfigError, load_config
 from dermalens.data.readers.ham10000 import read_ham10000_metadata
 from dermalens.data.split import SourceSplitError, assert_no_lesion_leakage, source_split
+from support.scripts import load_script
 
 pytestmark = pytest.mark.unit
 
@@ -81,12 +82,7 @@ def test_a_class_folder_carries_sources_from_its_lesion_csv(tmp_path, shared_dat
 def test_an_in_source_run_of_another_recipe_is_named_in_the_generalisation_table():
     """--in-source-run takes a finished run's out-of-fold predictions; a run trained with other settings
     makes the gap compare two recipes, and the script says which settings differ."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "source_generalisation.py"
-    spec = importlib.util.spec_from_file_location("source_generalisation", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("source_generalisation")
     from dermalens.config_files import resolve_config_path
 
     recipe = resolve_config_path("ham10000_cpu")

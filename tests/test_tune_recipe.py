@@ -4,11 +4,9 @@ Each trial trains one fold of two at 64 px for two epochs of two batches (second
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,8 @@ import optuna  # noqa: E402
 from optuna.storages import RDBStorage  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "tune_recipe.py"
+from support.scripts import load_script  # noqa: E402
+
 STUDY = "tiny"
 TINY = {
     "data.format": "synthetic", "data.synthetic_per_class": 21, "data.cache_dir": "null",
@@ -36,15 +35,7 @@ TINY = {
 SPACE = ["optimizer.lr=loguniform:1e-4:3e-3", "sampler.power=choice:0.5,1.0"]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("tune_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-tune = load_script()
+tune = load_script("tune_recipe")
 
 
 def arguments(out: Path, trials: int, space=SPACE, sets=TINY, study: str = STUDY, *extra: str) -> list[str]:
