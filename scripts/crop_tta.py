@@ -1,0 +1,212 @@
+"""Does multi-crop test-time augmentation help? Measured out of fold, before anything ships.
+
+The literature reports +1 to +2 points of balanced accuracy from averaging
+crops of each image at test time (ISIC 2018 entries). Whether that holds for
+a model is a question for its held-out predictions, not for the test split:
+each image of a finished cross-validated run's pool (`dermalens train
+--folds K`) is predicted by the fold model that never saw its lesion, on
+several crops of its square input, each with the model's flip views:
+
+- ``full``: the whole square, exactly what the model is shipped with;
+- ``centre@S``: the centred square of side S (a fraction of the square) for each scale;
+- ``top_left@S`` ... ``bottom_right@S``: the four corners at the first scale.
+
+Each crop is cut from the geometry policy's square at the image's own
+resolution (a 224-px training image, or the centre 450 square of a 600x450
+photo) and resized to the model's input, so a full-size photo would gain real
+pixels, not upsampled ones. The table scores sets of crops (the mean of their
+logits) as recipes are compared (scripts/compare_recipes.py): temperature
+fitted on the pool, argmax, and the decision rule cross-fitted over the folds.
+
+    python scripts/crop_tta.py --run runs/ham10000_cpu --data $DERMALENS_DATA/ham10000_224 \\
+        --out runs/crop_tta
+
+Every crop is one more pass through the network per view: K crops cost K
+times the flip TTA's time. The per-crop logits are kept in OUT/crop_logits.npz,
+so a rerun with the same run and crops only rescores them. Results: OUT/crop_tta.json
+and OUT/crop_tta.md.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from dermalens.atomic_io import atomic_write_json, atomic_write_text
+from dermalens.config import load_config
+from dermalens.data.geometry import crop_box, resize_image
+from dermalens.data.readers import open_dataset
+from dermalens.evaluation.calibration import fit_temperature
+from dermalens.inference.load import load_predictor
+from dermalens.inference.postprocess import calibrated_probabilities
+from dermalens.run_folder import CONFIG_FILE, OUT_OF_FOLD_LOGITS, SPLIT_FILE
+from dermalens.training.cross_validation import summarise
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_recipes import cross_fitted_rule, read_out_of_fold  # noqa: E402  (a sibling script)
+
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+_BATCH = 32
+
+
+def crop_names(scales: Sequence[float]) -> list[str]:
+    """The crops measured: the whole square, the centre at each scale, the four corners at the first scale."""
+    return ["full", *(f"centre@{s:g}" for s in scales), *(f"{corner}@{scales[0]:g}" for corner in CORNERS)]
+
+
+def crop_of_square(square: np.ndarray, name: str) -> np.ndarray:
+    """One named crop of a square uint8 image (not resized)."""
+    side = square.shape[0]
+    if name == "full":
+        return square
+    place, _, scale = name.partition("@")
+    crop = int(round(side * float(scale)))
+    if not 0 < crop <= side:
+        raise ValueError(f"crop scale must be in (0, 1]; got {scale} in {name!r}")
+    margin = side - crop
+    top, left = {"centre": (margin // 2, margin // 2), "top_left": (0, 0), "top_right": (0, margin),
+                 "bottom_left": (margin, 0), "bottom_right": (margin, margin)}[place]
+    return square[top:top + crop, left:left + crop]
+
+
+def crop_views(image: np.ndarray, names: Sequence[str], size: int, geometry: str) -> list[np.ndarray]:
+    """An RGB uint8 image -> its named crops, each cut from the geometry's square and resized to `size`."""
+    top, left, height, width = crop_box(*image.shape[:2], geometry)
+    square = np.ascontiguousarray(image[top:top + height, left:left + width])
+    if height != width:   # squash: the whole image is resized to a square first
+        square = resize_image(square, max(height, width))
+    return [resize_image(np.ascontiguousarray(crop_of_square(square, name)), size) for name in names]
+
+
+def crop_set_rows(sets: dict[str, list[int]], crop_logits: np.ndarray, pool: pd.DataFrame,
+                  classes: list[str]) -> list[dict]:
+    """Score each set of crops (indices into crop_logits' first axis) on the pool's out-of-fold predictions."""
+    labels = pool["label"].to_numpy()
+    rows = []
+    for name, members in sets.items():
+        logits = crop_logits[members].mean(axis=0)
+        probabilities = calibrated_probabilities(logits, fit_temperature(logits, labels))
+        rows.append({"crops": name, "views": len(members), **summarise(probabilities, labels, classes),
+                     "rule": cross_fitted_rule(pool, logits, classes)})
+    return rows
+
+
+def crop_sets(names: list[str]) -> dict[str, list[int]]:
+    """The sets compared: the shipped view, each centre alone and with it, the five crops of the literature, all."""
+    index = {name: k for k, name in enumerate(names)}
+    corners = [k for name, k in index.items() if name.split("@")[0] in CORNERS]
+    centres = [k for name, k in index.items() if name.startswith("centre@")]
+    sets = {"full (shipped)": [0]}
+    for k in centres:
+        sets[f"{names[k]} alone"] = [k]
+    for k in centres:
+        sets[f"full + {names[k]}"] = [0, k]
+    if centres and corners:
+        sets[f"five crops@{names[corners[0]].split('@')[1]} (centre + corners)"] = [centres[0], *corners]
+        sets["full + five crops"] = [0, centres[0], *corners]
+    sets["all"] = list(range(len(names)))
+    return sets
+
+
+def out_of_fold_crop_logits(run: Path, data: str, names: list[str], pool: pd.DataFrame) -> np.ndarray:
+    """(crops, pool, C) logits: each pool image by the fold model that never saw it, flip TTA on every crop."""
+    dataset = open_dataset(data)
+    row_of = {image_id: k for k, image_id in enumerate(dataset.records["image_id"])}
+    missing = [image_id for image_id in pool["image_id"] if image_id not in row_of]
+    if missing:
+        raise SystemExit(f"{len(missing)} images of {run / 'split.csv'} are not in {data} (first: {missing[0]}); "
+                         "give the data the run was trained on")
+    out = None
+    with tqdm(total=len(pool), desc="crops", unit="img", disable=not sys.stderr.isatty()) as bar:
+        for fold in sorted(pool["fold"].unique()):
+            checkpoint = run / f"fold-{fold}" / "checkpoints" / "best.ckpt"
+            if not checkpoint.is_file():
+                raise SystemExit(f"{checkpoint} not found: --run needs a finished `dermalens train --folds K` run")
+            predictor = load_predictor(checkpoint, tta=True)
+            pre = predictor.preprocessing
+            rows = np.flatnonzero(pool["fold"].to_numpy() == fold)
+            logging.info("fold %s: %d images x %d crops x %d views through %s", fold, len(rows), len(names),
+                         4 if predictor.tta else 1, checkpoint)
+            for start in range(0, len(rows), _BATCH):
+                chunk = rows[start:start + _BATCH]
+                images = [dataset.load_image(row_of[pool["image_id"].iloc[i]]) for i in chunk]
+                views = [crop_views(image, names, pre.image_size, pre.geometry) for image in images]
+                for k in range(len(names)):
+                    logits = predictor.logits(predictor.batch([v[k] for v in views]))
+                    out = np.zeros((len(names), len(pool), logits.shape[1]), np.float32) if out is None else out
+                    out[k, chunk] = logits
+                bar.update(len(chunk))
+    return out
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as a reader can rerun it: the data folder named as $DERMALENS_DATA, not this machine's path."""
+    command = "python scripts/crop_tta.py " + " ".join(argv)
+    data_root = os.environ.get("DERMALENS_DATA", "").rstrip("/")
+    return command.replace(data_root, "$DERMALENS_DATA") if data_root else command
+
+
+def markdown(rows: list[dict], argv: list[str], minutes: float, parity: float) -> str:
+    lines = [f"`{command_line(argv)}`", "",
+             f"Out-of-fold predictions of the run's pool, every crop with its four flip views; "
+             f"{minutes:.1f} min to compute the crops. The whole square reproduces the run's saved out-of-fold "
+             f"logits to {parity:.1e}.", "",
+             "| crops | crops per image | OOF bal. acc. | OOF acc. | OOF macro AUC | OOF mel sens. @80% spec. | "
+             "rule bal. acc. / acc. (cross-fitted) |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        rule = row["rule"]
+        lines.append(f"| {row['crops']} | {row['views']} | {row['balanced_accuracy']:.3f} | {row['accuracy']:.3f} | "
+                     f"{row['auc_macro']:.3f} | {row['mel_sensitivity_at_80_specificity']:.3f} | "
+                     f"{rule.get('balanced_accuracy', float('nan')):.3f} / {rule.get('accuracy', float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="a finished `dermalens train --folds K` run")
+    parser.add_argument("--data", required=True, help="the data the run was trained on")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--scales", nargs="+", type=float, default=[0.875, 0.75],
+                        help="crop sides as fractions of the square (the corners use the first)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    missing = [name for name in (SPLIT_FILE, CONFIG_FILE, OUT_OF_FOLD_LOGITS) if not (args.run / name).is_file()]
+    if missing:
+        parser.error(f"{args.run} lacks {', '.join(missing)}: --run needs a finished `dermalens train --folds K` run")
+    pool, saved = read_out_of_fold(args.run)
+    pool = pool.reset_index(drop=True)
+    classes = list(load_config(args.run / CONFIG_FILE)["data"]["classes"])
+    names = crop_names(args.scales)
+    args.out.mkdir(parents=True, exist_ok=True)
+    kept = args.out / "crop_logits.npz"
+    started = time.perf_counter()
+    cached = np.load(kept) if kept.is_file() else None
+    if cached is not None and list(cached["names"]) == names and list(cached["image_ids"]) == list(pool["image_id"]):
+        crop_logits, minutes = cached["logits"], float(cached["minutes"])
+    else:
+        crop_logits = out_of_fold_crop_logits(args.run, args.data, names, pool)
+        minutes = (time.perf_counter() - started) / 60
+        staging = args.out / "crop_logits.tmp.npz"
+        np.savez(staging, logits=crop_logits, names=np.array(names), image_ids=pool["image_id"].to_numpy(str),
+                 minutes=minutes)
+        staging.replace(kept)
+    parity = float(np.abs(crop_logits[0] - saved).max()) if saved.shape == crop_logits[0].shape else float("nan")
+    rows = crop_set_rows(crop_sets(names), crop_logits, pool, classes)
+    atomic_write_json(args.out / "crop_tta.json", {"run": str(args.run), "crops": names, "rows": rows,
+                                                   "minutes": round(minutes, 1), "parity_max_abs": parity})
+    atomic_write_text(args.out / "crop_tta.md", markdown(rows, argv if argv is not None else sys.argv[1:],
+                                                         minutes, parity))
+    print((args.out / "crop_tta.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""scripts/crop_tta.py: the crops are cut where they say, and sets of crops are scored on out-of-fold logits."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dermalens.config import dump_config, load_config
+from dermalens.data.geometry import fit_to_square
+from support.scripts import load_script
+
+pytestmark = pytest.mark.unit
+
+CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+@pytest.fixture(scope="module")
+def script():
+    yield load_script("crop_tta")
+    sys.modules.pop("crop_tta", None)
+
+
+def test_each_named_crop_is_cut_from_its_place_in_the_square(script):
+    square = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    assert np.array_equal(script.crop_of_square(square, "full"), square)
+    assert np.array_equal(script.crop_of_square(square, "top_left@0.5"), square[:4, :4])
+    assert np.array_equal(script.crop_of_square(square, "top_right@0.5"), square[:4, 4:])
+    assert np.array_equal(script.crop_of_square(square, "bottom_left@0.5"), square[4:, :4])
+    assert np.array_equal(script.crop_of_square(square, "bottom_right@0.5"), square[4:, 4:])
+    assert np.array_equal(script.crop_of_square(square, "centre@0.5"), square[2:6, 2:6])
+    with pytest.raises(ValueError, match="crop scale must be in"):
+        script.crop_of_square(square, "centre@1.5")
+
+
+def test_the_full_crop_of_a_photo_is_what_the_model_is_given(script):
+    """A 600x450 photo: crops come from its centre 450 square at full resolution, and `full` is the model's input."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, size=(450, 600, 3), dtype=np.uint8)
+    full, centre, corner = script.crop_views(photo, ["full", "centre@0.5", "top_left@0.5"], 64, "center_square")
+    assert np.array_equal(full, fit_to_square(photo, 64, "center_square"))
+    assert centre.shape == corner.shape == (64, 64, 3)
+    # The top-left corner of the centre square starts at column 75, not at the photo's own corner.
+    assert np.array_equal(corner, fit_to_square(np.ascontiguousarray(photo[:225, 75:300]), 64, "squash"))
+
+
+def test_the_sets_compared_start_with_the_shipped_view(script):
+    names = script.crop_names([0.875, 0.75])
+    assert names == ["full", "centre@0.875", "centre@0.75", "top_left@0.875", "top_right@0.875",
+                     "bottom_left@0.875", "bottom_right@0.875"]
+    sets = script.crop_sets(names)
+    assert sets["full (shipped)"] == [0]
+    assert sets["centre@0.75 alone"] == [2] and sets["full + centre@0.75"] == [0, 2]
+    assert sets["five crops@0.875 (centre + corners)"] == [1, 3, 4, 5, 6]
+    assert sets["all"] == list(range(7))
+
+
+def finished_run(folder: Path, per_fold: int = 70) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    config = load_config(None, ["training.folds=3"])
+    config["data"]["classes"] = CLASSES
+    (folder / "config.yaml").write_text(dump_config(config))
+    n = 3 * per_fold
+    labels = np.arange(n) % len(CLASSES)
+    pool = pd.DataFrame({"image_id": [f"p{i}" for i in range(n)], "lesion_id": [f"P{i}" for i in range(n)],
+                         "label": labels, "split": "train", "fold": np.repeat([1, 2, 3], per_fold)})
+    pool.to_csv(folder / "split.csv", index=False)
+    informative = rng.normal(size=(n, len(CLASSES))).astype(np.float32)
+    informative[np.arange(n), labels] += 3.0
+    np.save(folder / "out_of_fold_logits.npy", informative)
+    return pool, informative
+
+
+def test_kept_crop_logits_are_rescored_without_a_model_and_noise_crops_score_lower(script, tmp_path, monkeypatch):
+    pool, informative = finished_run(tmp_path / "run")
+    names = script.crop_names([0.875])
+    noise = np.random.default_rng(2).normal(size=(len(names) - 1, *informative.shape)).astype(np.float32) * 6
+    logits = np.concatenate([informative[None], noise])
+    out = tmp_path / "out"
+    out.mkdir()
+    np.savez(out / "crop_logits.npz", logits=logits, names=np.array(names),
+             image_ids=pool["image_id"].to_numpy(str), minutes=1.5)
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("kept crop logits were computed again")
+
+    monkeypatch.setattr(script, "out_of_fold_crop_logits", no_model)
+    monkeypatch.setenv("DERMALENS_DATA", str(tmp_path))
+    assert script.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path / "images"), "--out", str(out),
+                        "--scales", "0.875"]) == 0
+    table = (out / "crop_tta.md").read_text()
+    assert "--data $DERMALENS_DATA/images" in table and str(tmp_path) not in table
+    assert "to 0.0e+00" in table    # the whole square is the run's own out-of-fold logits
+    rows = {row["crops"]: row for row in json.loads((out / "crop_tta.json").read_text())["rows"]}
+    assert rows["full (shipped)"]["balanced_accuracy"] > rows["all"]["balanced_accuracy"] + 0.2
+    assert set(rows["full (shipped)"]["rule"]) == {"balanced_accuracy", "accuracy"}
+
+
+def test_a_folder_that_is_not_a_cross_validated_run_is_refused_by_name(script, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(SystemExit):
+        script.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "lacks split.csv, config.yaml, out_of_fold_logits.npy" in capsys.readouterr().err
