@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", nargs="+", type=float, default=[0.875, 0.75],
                         help="crop sides as fractions of the square (the corners use the first)")
     args = parser.parse_args(argv)
+    wrong = [scale for scale in args.scales if not 0 < scale < 1]
+    if wrong:
+        parser.error(f"--scales are crop sides as fractions of the square, between 0 and 1; got {wrong}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     missing = [name for name in (SPLIT_FILE, CONFIG_FILE, OUT_OF_FOLD_LOGITS) if not (args.run / name).is_file()]
     if missing:

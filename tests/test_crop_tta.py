@@ -100,8 +100,13 @@ def test_kept_crop_logits_are_rescored_without_a_model_and_noise_crops_score_low
     assert set(rows["full (shipped)"]["rule"]) == {"balanced_accuracy", "accuracy"}
 
 
-def test_a_folder_that_is_not_a_cross_validated_run_is_refused_by_name(script, tmp_path, capsys):
+def test_a_folder_that_is_not_a_cross_validated_run_or_a_bad_scale_is_refused_by_name(script, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     with pytest.raises(SystemExit):
         script.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "out")])
     assert "lacks split.csv, config.yaml, out_of_fold_logits.npy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "out"),
+                     "--scales", "0.875", "1.5"])
+    assert "between 0 and 1; got [1.5]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
