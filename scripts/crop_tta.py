@@ -11,10 +11,11 @@ several crops of its square input, each with the model's flip views:
 - ``centre@S``: the centred square of side S (a fraction of the square) for each scale;
 - ``top_left@S`` ... ``bottom_right@S``: the four corners at the first scale.
 
-Each crop is cut from the geometry policy's square at the image's own
-resolution (a 224-px training image, or the centre 450 square of a 600x450
-photo) and resized to the model's input, so a full-size photo would gain real
-pixels, not upsampled ones. The table scores sets of crops (the mean of their
+Each crop is cut from the region the model's geometry policy keeps (its
+centre square for `center_square`: a whole 224-px training image, or the
+centre 450 square of a 600x450 photo) at the image's own resolution and
+resized to the model's input, so a full-size photo would gain real pixels,
+not upsampled ones. The table scores sets of crops (the mean of their
 logits) as recipes are compared (scripts/compare_recipes.py): temperature
 fitted on the pool, argmax, and the decision rule cross-fitted over the folds.
 
@@ -62,28 +63,29 @@ def crop_names(scales: Sequence[float]) -> list[str]:
     return ["full", *(f"centre@{s:g}" for s in scales), *(f"{corner}@{scales[0]:g}" for corner in CORNERS)]
 
 
-def crop_of_square(square: np.ndarray, name: str) -> np.ndarray:
-    """One named crop of a square uint8 image (not resized)."""
-    side = square.shape[0]
+def crop_of_region(region: np.ndarray, name: str) -> np.ndarray:
+    """One named crop of the region the geometry policy keeps (not resized); each side scaled alike."""
     if name == "full":
-        return square
+        return region
     place, _, scale = name.partition("@")
-    crop = int(round(side * float(scale)))
-    if not 0 < crop <= side:
+    height, width = region.shape[:2]
+    crop_height, crop_width = int(round(height * float(scale))), int(round(width * float(scale)))
+    if not (0 < crop_height <= height and 0 < crop_width <= width):
         raise ValueError(f"crop scale must be in (0, 1]; got {scale} in {name!r}")
-    margin = side - crop
-    top, left = {"centre": (margin // 2, margin // 2), "top_left": (0, 0), "top_right": (0, margin),
-                 "bottom_left": (margin, 0), "bottom_right": (margin, margin)}[place]
-    return square[top:top + crop, left:left + crop]
+    below, right = height - crop_height, width - crop_width
+    top, left = {"centre": (below // 2, right // 2), "top_left": (0, 0), "top_right": (0, right),
+                 "bottom_left": (below, 0), "bottom_right": (below, right)}[place]
+    return region[top:top + crop_height, left:left + crop_width]
 
 
 def crop_views(image: np.ndarray, names: Sequence[str], size: int, geometry: str) -> list[np.ndarray]:
-    """An RGB uint8 image -> its named crops, each cut from the geometry's square and resized to `size`."""
+    """An RGB uint8 image -> its named crops of the geometry's region, each resized to size x size.
+
+    `full` is exactly the model's input (`geometry.fit_to_square`): the same region, the same resize.
+    """
     top, left, height, width = crop_box(*image.shape[:2], geometry)
-    square = np.ascontiguousarray(image[top:top + height, left:left + width])
-    if height != width:   # squash: the whole image is resized to a square first
-        square = resize_image(square, max(height, width))
-    return [resize_image(np.ascontiguousarray(crop_of_square(square, name)), size) for name in names]
+    region = image[top:top + height, left:left + width]
+    return [resize_image(np.ascontiguousarray(crop_of_region(region, name)), size) for name in names]
 
 
 def crop_set_rows(sets: dict[str, list[int]], crop_logits: np.ndarray, pool: pd.DataFrame,
@@ -116,7 +118,8 @@ def crop_sets(names: list[str]) -> dict[str, list[int]]:
     return sets
 
 
-def out_of_fold_crop_logits(run: Path, data: str, names: list[str], pool: pd.DataFrame) -> np.ndarray:
+def out_of_fold_crop_logits(run: Path, data: str, names: list[str], pool: pd.DataFrame,
+                            classes: list[str]) -> np.ndarray:
     """(crops, pool, C) logits: each pool image by the fold model that never saw it, flip TTA on every crop."""
     dataset = open_dataset(data)
     row_of = {image_id: k for k, image_id in enumerate(dataset.records["image_id"])}
@@ -124,7 +127,7 @@ def out_of_fold_crop_logits(run: Path, data: str, names: list[str], pool: pd.Dat
     if missing:
         raise SystemExit(f"{len(missing)} images of {run / 'split.csv'} are not in {data} (first: {missing[0]}); "
                          "give the data the run was trained on")
-    out = None
+    out = np.zeros((len(names), len(pool), len(classes)), np.float32)
     with tqdm(total=len(pool), desc="crops", unit="img", disable=not sys.stderr.isatty()) as bar:
         for fold in sorted(pool["fold"].unique()):
             checkpoint = run / f"fold-{fold}" / "checkpoints" / "best.ckpt"
@@ -140,9 +143,7 @@ def out_of_fold_crop_logits(run: Path, data: str, names: list[str], pool: pd.Dat
                 images = [dataset.load_image(row_of[pool["image_id"].iloc[i]]) for i in chunk]
                 views = [crop_views(image, names, pre.image_size, pre.geometry) for image in images]
                 for k in range(len(names)):
-                    logits = predictor.logits(predictor.batch([v[k] for v in views]))
-                    out = np.zeros((len(names), len(pool), logits.shape[1]), np.float32) if out is None else out
-                    out[k, chunk] = logits
+                    out[k, chunk] = predictor.logits(predictor.batch([v[k] for v in views]))
                 bar.update(len(chunk))
     return out
 
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if cached is not None and list(cached["names"]) == names and list(cached["image_ids"]) == list(pool["image_id"]):
         crop_logits, minutes = cached["logits"], float(cached["minutes"])
     else:
-        crop_logits = out_of_fold_crop_logits(args.run, args.data, names, pool)
+        crop_logits = out_of_fold_crop_logits(args.run, args.data, names, pool, classes)
         minutes = (time.perf_counter() - started) / 60
         staging = args.out / "crop_logits.tmp.npz"
         np.savez(staging, logits=crop_logits, names=np.array(names), image_ids=pool["image_id"].to_numpy(str),

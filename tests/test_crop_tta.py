@@ -26,18 +26,18 @@ def script():
 
 def test_each_named_crop_is_cut_from_its_place_in_the_square(script):
     square = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
-    assert np.array_equal(script.crop_of_square(square, "full"), square)
-    assert np.array_equal(script.crop_of_square(square, "top_left@0.5"), square[:4, :4])
-    assert np.array_equal(script.crop_of_square(square, "top_right@0.5"), square[:4, 4:])
-    assert np.array_equal(script.crop_of_square(square, "bottom_left@0.5"), square[4:, :4])
-    assert np.array_equal(script.crop_of_square(square, "bottom_right@0.5"), square[4:, 4:])
-    assert np.array_equal(script.crop_of_square(square, "centre@0.5"), square[2:6, 2:6])
+    assert np.array_equal(script.crop_of_region(square, "full"), square)
+    assert np.array_equal(script.crop_of_region(square, "top_left@0.5"), square[:4, :4])
+    assert np.array_equal(script.crop_of_region(square, "top_right@0.5"), square[:4, 4:])
+    assert np.array_equal(script.crop_of_region(square, "bottom_left@0.5"), square[4:, :4])
+    assert np.array_equal(script.crop_of_region(square, "bottom_right@0.5"), square[4:, 4:])
+    assert np.array_equal(script.crop_of_region(square, "centre@0.5"), square[2:6, 2:6])
     with pytest.raises(ValueError, match="crop scale must be in"):
-        script.crop_of_square(square, "centre@1.5")
+        script.crop_of_region(square, "centre@1.5")
 
 
 def test_the_full_crop_of_a_photo_is_what_the_model_is_given(script):
-    """A 600x450 photo: crops come from its centre 450 square at full resolution, and `full` is the model's input."""
+    """A 600x450 photo: crops come from the region the geometry keeps, at full resolution; `full` is the model's input."""
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, size=(450, 600, 3), dtype=np.uint8)
     full, centre, corner = script.crop_views(photo, ["full", "centre@0.5", "top_left@0.5"], 64, "center_square")
@@ -45,6 +45,10 @@ def test_the_full_crop_of_a_photo_is_what_the_model_is_given(script):
     assert centre.shape == corner.shape == (64, 64, 3)
     # The top-left corner of the centre square starts at column 75, not at the photo's own corner.
     assert np.array_equal(corner, fit_to_square(np.ascontiguousarray(photo[:225, 75:300]), 64, "squash"))
+    # A squashing model's crops are cut from the whole photo, each side scaled alike.
+    full, corner = script.crop_views(photo, ["full", "bottom_right@0.5"], 64, "squash")
+    assert np.array_equal(full, fit_to_square(photo, 64, "squash"))
+    assert np.array_equal(corner, fit_to_square(np.ascontiguousarray(photo[225:, 300:]), 64, "squash"))
 
 
 def test_the_sets_compared_start_with_the_shipped_view(script):
