@@ -22,7 +22,9 @@ The in-source side may come from a finished `dermalens train --folds K` run of
 the same config instead (`--in-source-run RUN`: its out-of-fold predictions
 of the train + val pool; its test images are then left out on both sides),
 which saves the K trainings. Each out-of-source model trains with the
-config's per-model budget, as each fold model of the run did.
+config's per-model budget, as each fold model of the run did; one already
+finished in OUT/without-S is reused (the table says so), so a new in-source run
+is compared in seconds.
 
 Results: OUT/generalisation.json and OUT/generalisation.md.
 """
@@ -111,16 +113,18 @@ def recipe_differences(run_config: dict, config: dict) -> list[str]:
             if theirs.get(key) != mine.get(key)]
 
 
-def out_of_source(config: dict, out: Path, source: str) -> pd.DataFrame:
+def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, bool]:
+    """The held-out model's predictions on `source`, and whether that model was trained now (else reused from OUT)."""
     folder = out / f"without-{source}"
-    if not (folder / "predictions.csv").is_file():
+    trained_now = not (folder / "predictions.csv").is_file()
+    if trained_now:
         held_out = json.loads(json.dumps(config))
         held_out["data"]["test_sources"] = [source]
         held_out["training"]["folds"] = 1
         held_out["evaluation"]["n_bootstrap"] = 0
         train(held_out, folder, resume=(folder / "checkpoints" / "last.ckpt").is_file(),
               progress=sys.stderr.isatty())
-    return pd.read_csv(folder / "predictions.csv", dtype={"image_id": str})
+    return pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}), trained_now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     rows = []
     for source in args.sources or sorted(inside["source"].dropna().unique()):
-        outside = out_of_source(config, args.out, source)
+        outside, trained_now = out_of_source(config, args.out, source)
         # The same images on both sides: with --in-source-run, the run's test images have no in-source prediction.
         mine = inside[inside["source"] == source].set_index("image_id")
         outside = outside[outside["image_id"].isin(mine.index)]
@@ -162,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = mine["label"].to_numpy()
         in_probs = mine[[f"p{k}" for k in range(len(classes))]].to_numpy()
         out_probs = outside[[f"p_{code}" for code in classes]].to_numpy()
-        row = {"source": source, "in_source": scores(in_probs, labels, classes),
+        row = {"source": source, "out_of_source_model": "trained now" if trained_now else f"reused: {args.out}/without-{source}",
+               "in_source": scores(in_probs, labels, classes),
                "out_of_source": scores(out_probs, labels, classes)}
         a, b = row["in_source"]["balanced_accuracy"], row["out_of_source"]["balanced_accuracy"]
         row["balanced_accuracy_gap"] = None if a is None or b is None else b - a
@@ -194,6 +199,11 @@ def markdown(rows: list[dict], argv: list[str], differences: list[str] = ()) -> 
                      f"{cell(row['balanced_accuracy_gap'])} | {cell(a['auc_macro'])} / {cell(b['auc_macro'])} | "
                      f"{cell(a.get('mel_sensitivity_at_80_specificity'))} / "
                      f"{cell(b.get('mel_sensitivity_at_80_specificity'))} |")
+    # A rerun reuses finished held-out models; say so, since the minutes then cover only the scoring.
+    reused = [row["source"] for row in rows if row.get("out_of_source_model", "").startswith("reused")]
+    if reused:
+        lines += ["", f"Out-of-source models reused from an earlier run of this command (OUT/without-SOURCE): "
+                      f"{', '.join(reused)}."]
     return "\n".join(lines) + "\n"
 
 
