@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from dermalens.models.checkpoint import CHECKPOINT_KEY, load_classifier
 from dermalens.models.classifier import create_classifier
 from dermalens.models.ensemble import LesionEnsemble, build_ensemble
+from support.scripts import load_script
 
 pytestmark = pytest.mark.unit
 SETTINGS = {"backbone": "tf_efficientnet_lite0", "image_size": 64, "cbam": True}
@@ -50,15 +52,21 @@ def test_members_with_different_trunks_cannot_share_one():
         LesionEnsemble(members(2), shared_trunk_stages=3)
 
 
-def test_ensemble_checkpoint_loads_as_one_model(tmp_path: Path):
-    models = members(2, shared_stages=3)
-    ensemble = LesionEnsemble(models, 3).eval()
-    path = tmp_path / "best.ckpt"
+def save_ensemble(ensemble: LesionEnsemble, path: Path) -> Path:
+    """`ensemble` as a checkpoint of the form training writes."""
+    first = ensemble.members[0]
     meta = {"classes": ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"],
-            "model_config": {**vars(models[0].config)}, "preprocessing": models[0].preprocessing.to_dict(),
+            "model_config": {**vars(first.config)}, "preprocessing": first.preprocessing.to_dict(),
             "ensemble": ensemble.ensemble_record()}
     torch.save({"state_dict": {f"model.{k}": v for k, v in ensemble.state_dict().items()}, CHECKPOINT_KEY: meta},
                path)
+    return path
+
+
+def test_ensemble_checkpoint_loads_as_one_model(tmp_path: Path):
+    models = members(2, shared_stages=3)
+    ensemble = LesionEnsemble(models, 3).eval()
+    path = save_ensemble(ensemble, tmp_path / "best.ckpt")
     loaded, loaded_meta = load_classifier(path)
     assert isinstance(loaded, LesionEnsemble) and loaded.shared_trunk_stages == 3
     x = torch.randn(2, 3, 64, 64)
@@ -81,3 +89,16 @@ def test_grad_cam_of_an_ensemble_is_the_mean_of_its_members_maps():
     np.testing.assert_allclose(together, np.mean(maps, axis=0) / 2, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="ensemble"):
         explain_image(ensemble, image, pre, method="ablationcam", target_class="mel")
+
+
+def test_the_explanation_check_refuses_ablation_cam_of_an_ensemble_before_any_work(tmp_path: Path):
+    checkpoint = save_ensemble(LesionEnsemble(members(2, shared_stages=3), 3).eval(), tmp_path / "best.ckpt")
+    sample = tmp_path / "data" / "ham10000_sample"
+    sample.mkdir(parents=True)
+    cv2.imwrite(str(sample / "ISIC_0000001.jpg"), np.full((64, 64, 3), 128, np.uint8))
+    cv2.imwrite(str(sample / "ISIC_0000001_segmentation.png"), np.full((64, 64), 255, np.uint8))
+    script = load_script("explanation_sanity")
+    with pytest.raises(SystemExit, match=r"best\.ckpt: Ablation-CAM .* ensemble of 2 classifiers: use gradcam"):
+        script.main(["--model", str(checkpoint), "--data", str(tmp_path / "data"), "--methods", "gradcam,ablationcam",
+                     "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
