@@ -33,10 +33,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
-from dermalens.config import load_config
+from dermalens.config import load_config, recipe_differences
 from dermalens.config_files import resolve_config_path
 from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.decision import cross_fitted_decisions
@@ -120,14 +121,23 @@ def reference_row(text: str, folds: int, first_folds: int | None, rule_tolerance
 def run_variant(config_name: str, data: str, base_overrides: list[str], name: str, overrides: list[str],
                 folds: int, out: Path, first_folds: int | None = None, existing_only: bool = False) -> dict | None:
     folder = out / name.replace(" ", "_").replace("/", "-")
+    config = load_config(resolve_config_path(config_name),
+                         [f"data.path={data}", *base_overrides, f"training.folds={folds}",
+                          "training.ensemble=false", *overrides])
+    if (folder / "config.yaml").is_file():
+        # A variant folder is reused, finished or not; one trained with other settings (another comparison
+        # that wrote to the same OUT) must not pass for this variant.
+        differences = recipe_differences(yaml.safe_load((folder / "config.yaml").read_text()), config,
+                                         extra_keys=("training.folds", "data.test_fraction", "seed"),
+                                         ignore_unrecorded=True)
+        if differences:
+            raise SystemExit(f"error: {folder} holds variant {name!r} trained with other settings "
+                             f"({'; '.join(differences)}); use another --out or remove that folder")
     if (folder / CV_FILE).is_file():
         summary = json.loads((folder / CV_FILE).read_text())
     elif existing_only:
         return None
     else:
-        config = load_config(resolve_config_path(config_name),
-                             [f"data.path={data}", *base_overrides, f"training.folds={folds}",
-                              "training.ensemble=false", *overrides])
         started = time.perf_counter()
         summary = train_folds(config, folder, resume=folder.exists(), progress=sys.stderr.isatty(),
                               first_folds=first_folds).summary
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="a shipped config name or a YAML file")
     parser.add_argument("--data", required=True, help="the data set (its split's test part is never used)")
     parser.add_argument("--out", required=True, type=Path, help="one folder per variant, and the table")
-    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=3, help="lesion-grouped folds of every variant (default 3; "
+                        "a --reference run must have as many)")
     parser.add_argument("--first-folds", type=int, help="train only the first N folds of each variant (cheaper, "
                         "noisier: the table says how many)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant")

@@ -43,7 +43,7 @@ import yaml
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
-from dermalens.config import load_config
+from dermalens.config import load_config, recipe_differences
 from dermalens.config_files import resolve_config_path
 from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import sensitivity_at_specificity
@@ -93,24 +93,6 @@ def in_source(config: dict, out: Path, folds: int, run: Path | None = None) -> p
     labels = split["label"].to_numpy()
     probs = calibrated_probabilities(logits, fit_temperature(logits, labels))
     return split.assign(**{f"p{k}": probs[:, k] for k in range(probs.shape[1])})
-
-
-# Settings that change what a model learns; a run whose recipe differs in any makes the gap compare two recipes.
-RECIPE_SECTIONS = ("model", "augmentation", "sampler", "loss", "optimizer", "scheduler")
-RECIPE_TRAINING_KEYS = ("max_epochs", "batch_size", "freeze_stages", "cached_views", "ema_decay", "mixup_alpha",
-                        "monitor", "early_stopping_patience", "precision")
-
-
-def recipe_differences(run_config: dict, config: dict) -> list[str]:
-    """'section.key: run value -> this value' for every recipe setting in which `run_config` differs from `config`."""
-    def flat(cfg: dict) -> dict:
-        items = {f"{name}.{key}": value for name in RECIPE_SECTIONS for key, value in (cfg.get(name) or {}).items()}
-        items.update({f"training.{key}": (cfg.get("training") or {}).get(key) for key in RECIPE_TRAINING_KEYS})
-        return items
-
-    theirs, mine = flat(run_config), flat(config)
-    return [f"{key}: {theirs.get(key)!r} -> {mine.get(key)!r}" for key in sorted(set(theirs) | set(mine))
-            if theirs.get(key) != mine.get(key)]
 
 
 def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, bool]:

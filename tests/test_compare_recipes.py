@@ -89,3 +89,27 @@ def test_the_table_shows_a_reference_row_without_minutes(tmp_path, capsys):
     assert "| shipped | `finished run shipped` | 1 of 3 |" in table and "see its run" in table
     assert "| accuracy it may give up | bal. acc. | acc. |" in table and "\n| 0.05 | " in table
     assert json.loads((tmp_path / "out" / "comparison.json").read_text())[0]["folds_trained"] == 1
+
+
+def test_a_variant_folder_trained_with_other_settings_is_refused_by_name(tmp_path):
+    """Two comparisons writing to one OUT would otherwise pass one's variant off as the other's."""
+    from dermalens.config_files import resolve_config_path
+
+    script = load_script("compare_recipes")
+    folder = tmp_path / "out" / "base"
+    finished_run(folder)
+    cv = json.loads((folder / "cv.json").read_text())
+    cv["out_of_fold"] = {"balanced_accuracy": 0.5, "recall": {code: 0.5 for code in CLASSES}}
+    cv["mean_sd"] = {"balanced_accuracy": {"mean": 0.5, "sd": 0.0}}
+    (folder / "cv.json").write_text(json.dumps(cv))
+    settings = [f"data.path={tmp_path}", "training.folds=3", "training.ensemble=false"]
+    other = load_config(resolve_config_path("ham10000_cpu"), [*settings, "model.image_size=192"])
+    (folder / "config.yaml").write_text(dump_config(other))
+    with pytest.raises(SystemExit, match=r"holds variant 'base' trained with other settings "
+                                         r"\(model.image_size: 192 -> 224\); use another --out"):
+        script.run_variant("ham10000_cpu", str(tmp_path), [], "base", [], 3, tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"training.folds: 3 -> 5"):
+        script.run_variant("ham10000_cpu", str(tmp_path), [], "base", [], 5, tmp_path / "out")
+    (folder / "config.yaml").write_text(dump_config(load_config(resolve_config_path("ham10000_cpu"), settings)))
+    row = script.run_variant("ham10000_cpu", str(tmp_path), [], "base", [], 3, tmp_path / "out")
+    assert row["out_of_fold"]["balanced_accuracy"] == 0.5      # the same settings: reused, not retrained

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dermalens.config import ConfigError, load_config
+from dermalens.config import ConfigError, load_config, recipe_differences
 from dermalens.data.readers.ham10000 import read_ham10000_metadata
 from dermalens.data.split import SourceSplitError, assert_no_lesion_leakage, source_split
 from support.scripts import load_script
@@ -88,9 +88,9 @@ def test_an_in_source_run_of_another_recipe_is_named_in_the_generalisation_table
     recipe = resolve_config_path("ham10000_cpu")
     shipped = load_config(recipe, ["data.path=/data"])
     same = load_config(recipe, ["data.path=/elsewhere", "training.max_time=null", "training.ensemble=false"])
-    assert module.recipe_differences(shipped, same) == []        # budget and packaging are not the recipe
+    assert recipe_differences(shipped, same) == []        # budget and packaging are not the recipe
     colour = load_config(recipe, ["data.path=/data", "model.color=shades_of_gray", "augmentation.hue=5"])
-    differences = module.recipe_differences(shipped, colour)
+    differences = recipe_differences(shipped, colour)
     assert differences == ["augmentation.hue: 0 -> 5", "model.color: 'none' -> 'shades_of_gray'"]
     row = {"source": "rosendahl", "balanced_accuracy_gap": -0.2,
            "in_source": {"images": 3, "classes_scored": ["nv"], "balanced_accuracy": 0.6, "auc_macro": 0.9},

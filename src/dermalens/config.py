@@ -355,3 +355,34 @@ def validate_config(config: dict) -> dict:
 
 def dump_config(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False)
+
+
+# Settings that change what a model learns: two runs that differ in any of them trained two recipes.
+RECIPE_SECTIONS = ("model", "augmentation", "sampler", "loss", "optimizer", "scheduler")
+RECIPE_TRAINING_KEYS = ("max_epochs", "batch_size", "freeze_stages", "cached_views", "ema_decay", "mixup_alpha",
+                        "monitor", "early_stopping_patience", "precision")
+_UNRECORDED = object()
+
+
+def recipe_differences(run_config: dict, config: dict, extra_keys: tuple[str, ...] = (),
+                       ignore_unrecorded: bool = False) -> list[str]:
+    """'key: run value -> this value' for every recipe setting (and `extra_keys`: 'section.key' or a top-level
+    'key') in which `run_config` differs from `config`. `ignore_unrecorded`: skip settings `run_config` does not
+    hold at all (a run from a version that did not have them yet)."""
+    def value(cfg: dict, key: str):
+        section, _, name = key.rpartition(".")
+        holder = (cfg.get(section) or {}) if section else cfg
+        return holder.get(name, _UNRECORDED)
+
+    keys = [f"{name}.{key}" for cfg in (run_config, config) for name in RECIPE_SECTIONS
+            for key in (cfg.get(name) or {})]
+    keys += [f"training.{key}" for key in RECIPE_TRAINING_KEYS] + list(extra_keys)
+    differences = []
+    for key in sorted(set(keys)):
+        theirs, mine = value(run_config, key), value(config, key)
+        if theirs is _UNRECORDED and ignore_unrecorded:
+            continue
+        theirs, mine = (None if v is _UNRECORDED else v for v in (theirs, mine))
+        if theirs != mine:
+            differences.append(f"{key}: {theirs!r} -> {mine!r}")
+    return differences
