@@ -2,6 +2,7 @@
 
     python benchmarks/explain_cost.py                      # B3+CBAM at 300 px and Lite0+CBAM at 64 px
     python benchmarks/explain_cost.py --setups lite0-cbam-224 --no-reference   # one member of the CPU recipe
+    python benchmarks/explain_cost.py --model runs/ham10000_cpu/checkpoints/best.ckpt   # a trained model as served
 
 Random weights cost the same time as trained ones. Each method is called once
 cold (lazy set-up: pytorch-grad-cam objects, shap's numba compilation, which
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shap-budgets", default=f"{DEFAULT_SHAP_MAX_EVALS},50",
                         help=f"comma-separated max_evals values to time shap at (default: {DEFAULT_SHAP_MAX_EVALS},50)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--model", help="a checkpoint or package: time its methods as the server runs them (an "
+                        "ensemble's maps are the mean of its members'), instead of the random-weight --setups")
     parser.add_argument("--no-reference", action="store_true", help="skip the EigenCAM/ScoreCAM/AblationCAM rows")
     parser.add_argument("--full-reference", action="store_true", help="run ScoreCAM and AblationCAM (minutes)")
     parser.add_argument("--data", default=os.environ.get("DERMALENS_DATA"),
@@ -130,7 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine['cpu']}, {machine['cores_available']} cores, load {machine['load_average_1m']}, "
           f"torch threads {torch.get_num_threads()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     rows = []
-    for setup in args.setups.split(","):
+    if args.model:
+        explainer = Explainer.from_checkpoint(args.model)
+        for method in list(methods):
+            try:
+                explainer.method(method)
+            except ValueError as refused:   # e.g. Ablation-CAM of an ensemble: not served either
+                print(f"  {method}: not timed, the model refuses it ({refused})", file=sys.stderr)
+                methods.remove(method)
+        rows += method_rows(Path(args.model).name, explainer, image, methods, args.repeats, args.shap_repeats,
+                            shap_budgets)
+    for setup in [] if args.model else args.setups.split(","):
         torch.manual_seed(0)
         model = create_classifier(load_pretrained=False, **SETUPS[setup]).eval()
         explainer = Explainer(model, model.preprocessing)
@@ -139,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += reference_rows(setup, model, explainer, image, args.repeats, args.full_reference)
     columns = ["setup", "method", "median_s", "min_s", "first_call_s", "calls", "how"]
     print(format_table(rows, columns))
-    settings = {"setups": {s: SETUPS[s] for s in args.setups.split(",")}, "methods": methods,
+    setups = {"model": args.model} if args.model else {s: SETUPS[s] for s in args.setups.split(",")}
+    settings = {"setups": setups, "methods": methods,
                 "image": image_name, "image_shape": list(image.shape), "repeats": args.repeats,
                 "shap_repeats": args.shap_repeats, "shap_budgets": shap_budgets,
-                "weights": "random (timing only)", "versions": versions, "torch_threads": torch.get_num_threads()}
+                "weights": "the model's" if args.model else "random (timing only)", "versions": versions, "torch_threads": torch.get_num_threads()}
     path = write_result("explain_cost", rows, settings, notes=[
         "median_s: warm seconds per image through Explainer.explain (preprocess, forward, map, overlay)",
         "first_call_s: includes lazy set-up; SHAP's first call in a process also compiles shap's numba code",

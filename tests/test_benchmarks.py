@@ -21,6 +21,7 @@ from dermalens import __version__
 from dermalens.classes import CLASS_CODES
 from dermalens.models.checkpoint import CHECKPOINT_KEY
 from dermalens.models.classifier import ModelConfig, create_classifier
+from dermalens.models.ensemble import LesionEnsemble
 
 pytestmark = pytest.mark.bench
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -53,15 +54,18 @@ def quiet():
     torch.set_num_threads(threads)
 
 
-def write_tiny_checkpoint(path: Path) -> Path:
-    """A random-weight checkpoint in dermalens's format, without training (what load_classifier reads)."""
+def write_tiny_checkpoint(path: Path, members: int = 1) -> Path:
+    """A random-weight checkpoint in dermalens's format, without training (what load_classifier reads);
+    `members` > 1: an ensemble of that many, as cross-validation ships it."""
     config = ModelConfig(backbone="efficientnet_lite0", image_size=32, cbam=True, pretrained="none")
     model = create_classifier(config, load_pretrained=False)
+    meta = {"version": __version__, "classes": list(CLASS_CODES), "model_config": asdict(config),
+            "preprocessing": model.preprocessing.to_dict(), "weights_source": "random", "val_metrics": {}, "epoch": 0}
+    if members > 1:
+        model = LesionEnsemble([model, *(create_classifier(config, load_pretrained=False) for _ in range(members - 1))])
+        meta["ensemble"] = model.ensemble_record()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                CHECKPOINT_KEY: {"version": __version__, "classes": list(CLASS_CODES), "model_config": asdict(config),
-                                 "preprocessing": model.preprocessing.to_dict(), "weights_source": "random",
-                                 "val_metrics": {}, "epoch": 0}}, path)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, CHECKPOINT_KEY: meta}, path)
     return path
 
 
@@ -260,6 +264,18 @@ def test_memory_slope_ignores_the_first_half_of_the_window_and_transient_peaks()
     assert summary["floor_slope_mb_per_min"] == pytest.approx(3.0, abs=0.3) and summary["flat"] is False
     # The process running this test has resident memory, read from /proc.
     assert process_memory.process_tree_rss_mb(os.getpid()) > 1
+
+
+def test_explain_cost_times_a_trained_model_as_served_and_skips_what_it_refuses(tmp_path, capsys):
+    checkpoint = write_tiny_checkpoint(tmp_path / "run" / "best.ckpt", members=2)
+    out = tmp_path / "explain_cost.json"
+    load_script("explain_cost").main(["--model", str(checkpoint), "--methods", "gradcam,ablationcam",
+                                      "--repeats", "1", "--shap-budgets", "", "--threads", "1", "--out", str(out)])
+    document = read_result(out)
+    assert [(row["setup"], row["method"], row["calls"]) for row in document["rows"]] == [("best.ckpt", "gradcam", 1)]
+    assert document["rows"][0]["median_s"] > 0
+    assert document["settings"]["methods"] == ["gradcam"] and document["settings"]["weights"] == "the model's"
+    assert "ablationcam: not timed, the model refuses it" in capsys.readouterr().err
 
 
 def test_summary_collects_results(tmp_path):
