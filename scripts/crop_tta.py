@@ -101,12 +101,12 @@ def crop_set_rows(sets: dict[str, list[int]], crop_logits: np.ndarray, pool: pd.
     return rows
 
 
-def crop_sets(names: list[str]) -> dict[str, list[int]]:
+def crop_sets(names: list[str], flips: bool = True) -> dict[str, list[int]]:
     """The sets compared: the shipped view, each centre alone and with it, the five crops of the literature, all."""
     index = {name: k for k, name in enumerate(names)}
     corners = [k for name, k in index.items() if name.split("@")[0] in CORNERS]
     centres = [k for name, k in index.items() if name.startswith("centre@")]
-    sets = {"full (shipped)": [0]}
+    sets = {"full (shipped)" if flips else "full, no flips": [0]}
     for k in centres:
         sets[f"{names[k]} alone"] = [k]
     for k in centres:
@@ -119,8 +119,9 @@ def crop_sets(names: list[str]) -> dict[str, list[int]]:
 
 
 def out_of_fold_crop_logits(run: Path, data: str, names: list[str], pool: pd.DataFrame,
-                            classes: list[str]) -> np.ndarray:
-    """(crops, pool, C) logits: each pool image by the fold model that never saw it, flip TTA on every crop."""
+                            classes: list[str], flips: bool = True) -> np.ndarray:
+    """(crops, pool, C) logits: each pool image by the fold model that never saw it, every crop with the four
+    flip views (`flips`) or as it is."""
     dataset = open_dataset(data)
     row_of = {image_id: k for k, image_id in enumerate(dataset.records["image_id"])}
     missing = [image_id for image_id in pool["image_id"] if image_id not in row_of]
@@ -133,7 +134,7 @@ def out_of_fold_crop_logits(run: Path, data: str, names: list[str], pool: pd.Dat
             checkpoint = run / f"fold-{fold}" / "checkpoints" / "best.ckpt"
             if not checkpoint.is_file():
                 raise SystemExit(f"{checkpoint} not found: --run needs a finished `dermalens train --folds K` run")
-            predictor = load_predictor(checkpoint, tta=True)
+            predictor = load_predictor(checkpoint, tta=flips)
             pre = predictor.preprocessing
             rows = np.flatnonzero(pool["fold"].to_numpy() == fold)
             logging.info("fold %s: %d images x %d crops x %d views through %s", fold, len(rows), len(names),
@@ -155,11 +156,12 @@ def command_line(argv: list[str]) -> str:
     return command.replace(data_root, "$DERMALENS_DATA") if data_root else command
 
 
-def markdown(rows: list[dict], argv: list[str], minutes: float, parity: float) -> str:
+def markdown(rows: list[dict], argv: list[str], minutes: float, parity: float, flips: bool = True) -> str:
+    views = "every crop with its four flip views" if flips else "every crop as one view, without flips"
     lines = [f"`{command_line(argv)}`", "",
-             f"Out-of-fold predictions of the run's pool, every crop with its four flip views; "
-             f"{minutes:.1f} min to compute the crops. The whole square reproduces the run's saved out-of-fold "
-             f"logits to {parity:.1e}.", "",
+             f"Out-of-fold predictions of the run's pool, {views}; {minutes:.1f} min to compute the crops. The "
+             f"whole square {'reproduces' if flips else 'differs from'} the run's saved out-of-fold logits "
+             f"({'flip TTA' if flips else 'with flip TTA'}) by at most {parity:.1e}.", "",
              "| crops | crops per image | OOF bal. acc. | OOF acc. | OOF macro AUC | OOF mel sens. @80% spec. | "
              "rule bal. acc. / acc. (cross-fitted) |", "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--scales", nargs="+", type=float, default=[0.875, 0.75],
                         help="crop sides as fractions of the square (the corners use the first)")
+    parser.add_argument("--no-flips", action="store_true",
+                        help="each crop as one view, without the four flips (what does flip TTA buy?)")
     args = parser.parse_args(argv)
     wrong = [scale for scale in args.scales if not 0 < scale < 1]
     if wrong:
@@ -193,21 +197,23 @@ def main(argv: list[str] | None = None) -> int:
     kept = args.out / "crop_logits.npz"
     started = time.perf_counter()
     cached = np.load(kept) if kept.is_file() else None
-    if cached is not None and list(cached["names"]) == names and list(cached["image_ids"]) == list(pool["image_id"]):
+    flips = not args.no_flips
+    if cached is not None and list(cached["names"]) == names and list(cached["image_ids"]) == list(pool["image_id"]) \
+            and bool(cached["flips"] if "flips" in cached.files else True) == flips:
         crop_logits, minutes = cached["logits"], float(cached["minutes"])
     else:
-        crop_logits = out_of_fold_crop_logits(args.run, args.data, names, pool, classes)
+        crop_logits = out_of_fold_crop_logits(args.run, args.data, names, pool, classes, flips)
         minutes = (time.perf_counter() - started) / 60
         staging = args.out / "crop_logits.tmp.npz"
         np.savez(staging, logits=crop_logits, names=np.array(names), image_ids=pool["image_id"].to_numpy(str),
-                 minutes=minutes)
+                 minutes=minutes, flips=flips)
         staging.replace(kept)
     parity = float(np.abs(crop_logits[0] - saved).max()) if saved.shape == crop_logits[0].shape else float("nan")
-    rows = crop_set_rows(crop_sets(names), crop_logits, pool, classes)
-    atomic_write_json(args.out / "crop_tta.json", {"run": str(args.run), "crops": names, "rows": rows,
+    rows = crop_set_rows(crop_sets(names, flips), crop_logits, pool, classes)
+    atomic_write_json(args.out / "crop_tta.json", {"run": str(args.run), "crops": names, "flips": flips, "rows": rows,
                                                    "minutes": round(minutes, 1), "parity_max_abs": parity})
     atomic_write_text(args.out / "crop_tta.md", markdown(rows, argv if argv is not None else sys.argv[1:],
-                                                         minutes, parity))
+                                                         minutes, parity, flips))
     print((args.out / "crop_tta.md").read_text())
     return 0
 

@@ -98,10 +98,25 @@ def test_kept_crop_logits_are_rescored_without_a_model_and_noise_crops_score_low
                         "--scales", "0.875"]) == 0
     table = (out / "crop_tta.md").read_text()
     assert "--data $DERMALENS_DATA/images" in table and str(tmp_path) not in table
-    assert "to 0.0e+00" in table    # the whole square is the run's own out-of-fold logits
+    assert "reproduces the run's saved out-of-fold logits (flip TTA) by at most 0.0e+00" in table
     rows = {row["crops"]: row for row in json.loads((out / "crop_tta.json").read_text())["rows"]}
     assert rows["full (shipped)"]["balanced_accuracy"] > rows["all"]["balanced_accuracy"] + 0.2
     assert set(rows["full (shipped)"]["rule"]) == {"balanced_accuracy", "accuracy"}
+    # kept logits are of the flip views: a look without flips computes its own, and says so
+    calls = []
+
+    def without_flips(run, data, names, pool, classes, flips=True):
+        calls.append(flips)
+        return logits * 0.5
+
+    monkeypatch.setattr(script, "out_of_fold_crop_logits", without_flips)
+    assert script.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path / "images"), "--out", str(out),
+                        "--scales", "0.875", "--no-flips"]) == 0
+    assert calls == [False] and "every crop as one view, without flips" in (out / "crop_tta.md").read_text()
+    assert json.loads((out / "crop_tta.json").read_text())["flips"] is False
+    table_after = (out / "crop_tta.md").read_text()
+    assert "differs from the run's saved out-of-fold logits (with flip TTA)" in table_after
+    assert "| full, no flips | 1 |" in table_after     # not the shipped view
 
 
 def test_a_folder_that_is_not_a_cross_validated_run_or_a_bad_scale_is_refused_by_name(script, tmp_path, capsys):
