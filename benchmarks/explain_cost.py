@@ -135,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if args.model:
         explainer = Explainer.from_checkpoint(args.model)
-        for method in list(methods):
-            try:
-                explainer.method(method)
-            except ValueError as refused:   # e.g. Ablation-CAM of an ensemble: not served either
-                print(f"  {method}: not timed, the model refuses it ({refused})", file=sys.stderr)
-                methods.remove(method)
+        for method, why in explainer.refusals(methods).items():   # e.g. Ablation-CAM of an ensemble: not served
+            print(f"  {method}: not timed, the model refuses it ({why})", file=sys.stderr)
+            methods.remove(method)
         rows += method_rows(Path(args.model).name, explainer, image, methods, args.repeats, args.shap_repeats,
                             shap_budgets)
     for setup in [] if args.model else args.setups.split(","):
@@ -156,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"setups": setups, "methods": methods,
                 "image": image_name, "image_shape": list(image.shape), "repeats": args.repeats,
                 "shap_repeats": args.shap_repeats, "shap_budgets": shap_budgets,
-                "weights": "the model's" if args.model else "random (timing only)", "versions": versions, "torch_threads": torch.get_num_threads()}
+                "weights": "the model's" if args.model else "random (timing only)", "versions": versions,
+                "torch_threads": torch.get_num_threads()}
     path = write_result("explain_cost", rows, settings, notes=[
         "median_s: warm seconds per image through Explainer.explain (preprocess, forward, map, overlay)",
         "first_call_s: includes lazy set-up; SHAP's first call in a process also compiles shap's numba code",

@@ -277,11 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     explainer = Explainer.from_checkpoint(args.model, cam_layer=args.layer)
     random_model = metrics.randomised_copy(explainer.model, seed=args.seed)
     random_explainer = Explainer(random_model, explainer.preprocessing, cam_layer=args.layer)
-    for method in methods:   # refuse a method this model cannot take (Ablation-CAM on an ensemble) before any work
-        try:
-            explainer.method(method)
-        except ValueError as error:
-            raise SystemExit(f"error: {args.model}: {error}") from None
+    refused = explainer.refusals(methods)   # before any work
+    if refused:
+        raise SystemExit(f"error: {args.model}: {next(iter(refused.values()))}")
     rng = np.random.default_rng(args.seed)
     records, examples = [], []
     started = time.perf_counter()

@@ -148,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = mine["label"].to_numpy()
         in_probs = mine[[f"p{k}" for k in range(len(classes))]].to_numpy()
         out_probs = outside[[f"p_{code}" for code in classes]].to_numpy()
-        row = {"source": source, "out_of_source_model": "trained now" if trained_now else f"reused: {args.out}/without-{source}",
-               "in_source": scores(in_probs, labels, classes),
+        row = {"source": source, "out_of_source_reused": not trained_now, "in_source": scores(in_probs, labels, classes),
                "out_of_source": scores(out_probs, labels, classes)}
         a, b = row["in_source"]["balanced_accuracy"], row["out_of_source"]["balanced_accuracy"]
         row["balanced_accuracy_gap"] = None if a is None or b is None else b - a
@@ -182,7 +181,7 @@ def markdown(rows: list[dict], argv: list[str], differences: list[str] = ()) -> 
                      f"{cell(a.get('mel_sensitivity_at_80_specificity'))} / "
                      f"{cell(b.get('mel_sensitivity_at_80_specificity'))} |")
     # A rerun reuses finished held-out models; say so, since the minutes then cover only the scoring.
-    reused = [row["source"] for row in rows if row.get("out_of_source_model", "").startswith("reused")]
+    reused = [row["source"] for row in rows if row.get("out_of_source_reused")]
     if reused:
         lines += ["", f"Out-of-source models reused from an earlier run of this command (OUT/without-SOURCE): "
                       f"{', '.join(reused)}."]

@@ -97,7 +97,7 @@ def test_an_in_source_run_of_another_recipe_is_named_in_the_generalisation_table
            "out_of_source": {"images": 3, "classes_scored": ["nv"], "balanced_accuracy": 0.4, "auc_macro": 0.8}}
     assert "model.color: 'none' -> 'shades_of_gray'" in module.markdown([row], ["--sources", "rosendahl"], differences)
     assert "another recipe" not in module.markdown([row], ["--sources", "rosendahl"])
-    reused = dict(row, out_of_source_model="reused: runs/sources/without-rosendahl")
+    reused = dict(row, out_of_source_reused=True)
     assert "models reused from an earlier run of this command (OUT/without-SOURCE): rosendahl." in \
         module.markdown([reused], ["--sources", "rosendahl"])
-    assert "reused" not in module.markdown([dict(row, out_of_source_model="trained now")], ["--sources", "rosendahl"])
+    assert "reused" not in module.markdown([dict(row, out_of_source_reused=False)], ["--sources", "rosendahl"])

@@ -181,6 +181,17 @@ class Explainer:
                                                    cam_layer=self.cam_layer)
             return self._methods[name]
 
+    def refusals(self, names: Sequence[str]) -> dict[str, str]:
+        """{method: why} for each of `names` this model cannot be explained with (Ablation-CAM of an ensemble),
+        found by building the method, so a caller can say so before any work."""
+        refused = {}
+        for name in names:
+            try:
+                self.method(name)
+            except ValueError as error:
+                refused[name] = str(error)
+        return refused
+
     @torch.inference_mode()
     def probabilities(self, input_tensor: torch.Tensor) -> np.ndarray:
         """Single-view probabilities of a preprocessed batch of one (no TTA), at the temperature."""
