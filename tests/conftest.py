@@ -5,8 +5,10 @@ Builders the fixtures call live in tests/support/ (a helper package, not tests).
 """
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,8 +23,13 @@ from support.tiny_web_model import package_tiny_run, train_tiny_run
 # Tests never wait on a model hub that cannot be reached, and never open a window.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# The per-user image cache of the tests: one per test session's machine, never the user's own.
-os.environ.setdefault("DERMALENS_CACHE", os.path.join(tempfile.gettempdir(), "dermalens-test-cache"))
+# The per-user cache of the tests (images, ONNX exports, trunk activations): never the user's own, and one per
+# test session, removed when the session ends. A cache kept from session to session grew by every model the
+# suite exports (most are trained afresh each session, so nothing was reused) until the disk was full.
+if "DERMALENS_CACHE" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="dermalens-test-cache-")
+    os.environ["DERMALENS_CACHE"] = _SESSION_CACHE
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR_NAME = "ham10000_sample"
@@ -129,3 +136,20 @@ def pytest_collection_modifyitems(config, items):
             f"every test file needs exactly one tier marker, `pytestmark = pytest.mark.<tier>` after its imports, "
             f"with <tier> one of {', '.join(TIERS)} (unit: one module, no training; e2e: trains, serves or "
             f"exports):\n{lines}")
+
+
+# What one session of the whole suite has at most on disk in the temporary folder (checkpoints, exports, caches),
+# measured with `du` during a full run; leave room for it, or tests fail far from the cause.
+SUITE_DISK_GB = 3.0
+
+
+def pytest_sessionstart(session):
+    """Say before the first test, not after the fiftieth error, that the temporary folder is nearly full."""
+    folder = Path(tempfile.gettempdir())
+    free_gb = shutil.disk_usage(folder).free / 1e9
+    if free_gb < SUITE_DISK_GB:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (f"WARNING: {folder} has {free_gb:.1f} GB free; the suite writes up to about {SUITE_DISK_GB:.0f} "
+                   f"GB there (set TMPDIR to a roomier folder)")
+        if reporter is not None:
+            reporter.write_line(message, yellow=True, bold=True)
