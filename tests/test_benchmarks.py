@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import tempfile
 import threading
 import warnings
 from dataclasses import asdict
@@ -330,3 +331,21 @@ def test_results_name_paths_as_any_reader_can_follow_them(tmp_path, monkeypatch)
     assert bench_common.portable(["/mnt" + home + "/x", "http://127.0.0.1:8000/api", home]) == \
         ["/mnt" + home + "/x", "http://127.0.0.1:8000/api", "~"]
     assert str(tmp_path) not in path.read_text().replace(str(path), "")
+
+
+def test_suite_footprint_reports_the_peak_of_what_a_run_writes_and_removes_it(tmp_path):
+    # A stand-in suite: one test that holds 30 MB in its temporary folder for a moment.
+    (tmp_path / "test_writes.py").write_text(
+        "import os, time\n"
+        "def test_writes(tmp_path):\n"
+        "    (tmp_path / 'blob').write_bytes(os.urandom(30_000_000))\n"
+        "    time.sleep(1.0)\n")
+    before = set(Path(tempfile.gettempdir()).glob("dermalens-suite-*"))
+    out = tmp_path / "footprint.json"
+    code = load_script("test_suite_footprint").main(["--every", "0.2", "--out", str(out), "--",
+                                                     str(tmp_path / "test_writes.py"), "-p", "no:cacheprovider"])
+    assert code == 0
+    (row,) = read_result(out)["rows"]
+    assert row["exit_code"] == 0 and "1 passed" in row["summary"]
+    assert 30 <= row["peak_disk_mb"] < 200
+    assert set(Path(tempfile.gettempdir()).glob("dermalens-suite-*")) == before   # its folder is gone

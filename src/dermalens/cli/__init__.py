@@ -7,10 +7,10 @@ import sys
 
 from ..classes import RESEARCH_DISCLAIMER
 from ..config_files import CONFIGS_DIR, resolve_config_path  # noqa: F401  (scripts name configs as the command does)
-from . import config, data, demo, evaluate, explain, export, package, predict, serve, train
+from . import cache, config, data, demo, evaluate, explain, export, package, predict, serve, train
 
 # In the order `dermalens --help` lists them.
-SUBCOMMANDS = (train, evaluate, predict, data, config, demo, explain, serve, export, package)
+SUBCOMMANDS = (train, evaluate, predict, data, config, demo, explain, serve, export, package, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from dermalens.atomic_io import atomic_write_text
 from dermalens.data.geometry import CENTER_SQUARE, check_geometry, fit_to_square
 from dermalens.data.readers import DataIssue, LesionDataset
+from dermalens.user_cache import mark_used
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def _load_cached(array_path: Path, issues_path: Path, expected_shape: tuple) -> 
         return None  # unreadable cache: rebuild rather than fail
     if images.shape != expected_shape or images.dtype != np.uint8:
         return None
+    mark_used(array_path)   # `dermalens cache --older-than` goes by last use
     return images, issues
 
 

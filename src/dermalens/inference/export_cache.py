@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import __version__
 from ..atomic_io import file_sha256
 from ..config import user_cache_dir
+from ..user_cache import mark_used
 
 log = logging.getLogger(__name__)
 CACHE_FOLDER = "onnx"
@@ -48,6 +49,7 @@ def cached_export(checkpoint: str | Path) -> Path:
         raise ExportUnavailable("onnxruntime is not installed") from None
     path = cached_export_path(checkpoint)
     if path.is_file():
+        mark_used(path)   # `dermalens cache --older-than` goes by last use
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a+") as lock:

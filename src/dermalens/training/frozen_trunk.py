@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from ..config import AugmentationSection, user_cache_dir
 from ..data.transforms import build_eval_transform, build_train_transform
 from ..models.classifier import LesionClassifier
+from ..user_cache import mark_used
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ class TrunkActivations:
             np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float16, shape=self.shape).flush()
         if mode != "r":
             return np.load(self.array_path, mmap_mode=mode)
+        mark_used(self.array_path)   # `dermalens cache --older-than` goes by last use
         stat = self.array_path.stat()
         key = (stat.st_dev, stat.st_ino)   # the file itself, however its path is spelt; a replaced file is another
         mapping = _READ_MAPPINGS.get(key)
