@@ -150,7 +150,7 @@ def pytest_sessionstart(session):
     free_gb = shutil.disk_usage(folder).free / 1e9
     if free_gb < SUITE_DISK_GB:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = (f"WARNING: {folder} has {free_gb:.1f} GB free; the suite writes up to about {SUITE_DISK_GB:g} "
+        message = (f"WARNING: {folder} has {free_gb:.1f} GB free; the suite needs about {SUITE_DISK_GB:g} "
                    f"GB there (set TMPDIR to a roomier folder)")
         if reporter is not None:
             reporter.write_line(message, yellow=True, bold=True)
