@@ -11,7 +11,7 @@ import pytest
 from dermalens.cli import main
 from dermalens.data.cache import build_image_cache
 from dermalens.data.readers import make_synthetic_dataset
-from dermalens.user_cache import DAY_S, TEMP_GRACE_S, cache_entries, clear_cache
+from dermalens.user_cache import DAY_S, TEMP_GRACE_S, cache_entries, clear_cache, unused_for
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +55,7 @@ def test_entries_group_each_main_file_with_its_companions(cache):
 
 
 def test_clear_older_than_removes_only_entries_unused_that_long(cache):
-    removed, in_use = clear_cache(cache_entries(cache), older_than_days=5)
+    removed, in_use = clear_cache(unused_for(cache_entries(cache), days=5))
     assert sorted(entry.name for entry in removed) == sorted(
         ["ham-224px-center_square-aa.npy", f"{EXPORT}.onnx", "ffff-dermalens0.1.0.lock"])
     assert in_use == []

@@ -113,18 +113,21 @@ def _unless_in_use(entry: CacheEntry, now: float) -> Iterator[bool]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def clear_cache(entries: list[CacheEntry], older_than_days: float | None = None,
-                now: float | None = None) -> tuple[list[CacheEntry], list[CacheEntry]]:
-    """Delete `entries` (those unused for `older_than_days`, if given) that no job holds.
+def unused_for(entries: list[CacheEntry], days: float, now: float | None = None) -> list[CacheEntry]:
+    """The entries no job has read for `days` days."""
+    now = time.time() if now is None else now
+    return [entry for entry in entries if now - entry.last_used >= days * DAY_S]
 
-    Returns (removed, in_use). The lock file goes last, so a job that waited
-    on it finds no half-deleted entry: it rebuilds the whole of it.
+
+def clear_cache(entries: list[CacheEntry], now: float | None = None) -> tuple[list[CacheEntry], list[CacheEntry]]:
+    """Delete `entries` that no job holds. Returns (removed, in_use).
+
+    The lock file goes last, so a job that waited on it finds no
+    half-deleted entry: it rebuilds the whole of it.
     """
     now = time.time() if now is None else now
     removed, in_use = [], []
     for entry in entries:
-        if older_than_days is not None and now - entry.last_used < older_than_days * DAY_S:
-            continue
         with _unless_in_use(entry, now) as free:
             if not free:
                 in_use.append(entry)

@@ -32,7 +32,7 @@ def human_size(size: int) -> str:
 
 def run(args) -> int:
     from ..config import user_cache_dir
-    from ..user_cache import DAY_S, KINDS, cache_entries, clear_cache
+    from ..user_cache import DAY_S, KINDS, cache_entries, clear_cache, unused_for
 
     if args.older_than is not None and args.older_than < 0:
         raise ValueError(f"--older-than must be 0 or more days, not {args.older_than:g}")
@@ -41,7 +41,7 @@ def run(args) -> int:
     kinds = args.kind or list(KINDS)
     entries = [entry for entry in cache_entries(root) if entry.kind in kinds]
     if args.older_than is not None:
-        entries = [entry for entry in entries if now - entry.last_used >= args.older_than * DAY_S]
+        entries = unused_for(entries, args.older_than, now)
     scope = f" not used for {args.older_than:g} days" if args.older_than is not None else ""
     print(f"per-user cache: {root}" + ("" if root.is_dir() else " (empty: not made yet)"))
     if args.list:
