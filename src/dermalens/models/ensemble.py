@@ -79,6 +79,33 @@ class LesionEnsemble(nn.Module):
         return torch.stack(logits).mean(dim=0)
 
 
+def average_weights(members: Sequence[LesionClassifier]) -> LesionClassifier:
+    """One classifier whose weights are the members' mean (a "model soup", Wortsman et al., ICML 2022).
+
+    It costs one member's prediction time instead of K, but it is only a
+    model where the members share a starting point: fold models fine-tuned
+    from the same ImageNet weights with the same seed (cross-validation's
+    members) stay in one basin. Floating-point tensors, BatchNorm running
+    statistics included, are averaged; integer buffers (BatchNorm's batch
+    counter) are the first member's. What it keeps of the ensemble's
+    accuracy is measured, on images no member saw, by scripts/weight_averaging.py.
+    """
+    if len(members) < 2:
+        raise ValueError(f"averaging weights needs at least 2 members, got {len(members)}")
+    configs = {tuple(sorted(asdict(m.config).items())) for m in members}
+    if len(configs) != 1:
+        raise ValueError("members whose weights are averaged must share one architecture and preprocessing")
+    states = [member.state_dict() for member in members]
+    averaged = {}
+    for key, tensor in states[0].items():
+        averaged[key] = (torch.stack([state[key].float() for state in states]).mean(dim=0).to(tensor.dtype)
+                         if tensor.is_floating_point() else tensor.clone())
+    model = create_classifier(members[0].config, load_pretrained=False)
+    model.load_state_dict(averaged, strict=True)
+    model.weights_source = f"mean of the weights of {len(members)} models"
+    return model.eval()
+
+
 def build_ensemble(config: ModelConfig, record: dict) -> LesionEnsemble:
     """An ensemble of `record["members"]` untrained members (weights come from a checkpoint next)."""
     members = [create_classifier(config, load_pretrained=False) for _ in range(int(record["members"]))]

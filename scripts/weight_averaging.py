@@ -1,0 +1,339 @@
+"""Weight averaging instead of the logit mean: one model's cost, measured on images no member saw.
+
+A cross-validated run (`dermalens train --folds K`) ships its K fold models
+as one ensemble, the mean of their logits: K heads on every view, which is
+what keeps the ensemble from the speed one model has (docs/performance.md).
+Averaging the members' weights instead (a "model soup", Wortsman et al.,
+ICML 2022) gives ONE network at one model's cost; fold models fine-tuned
+from the same ImageNet weights with the same seed may stay close enough for
+that to work. Whether it keeps the ensemble's accuracy cannot be read from a
+run's out-of-fold predictions: every pool image was seen by K-1 of the K
+members. So this script
+
+1. holds out one outer fold of a finished run (`--fold N`): its images are
+   left out, the test split stays test and untouched;
+2. trains the run's own recipe on the rest with K-1 folds (the nested run,
+   in OUT: K-1 fold models, resumable; a rerun only rescores);
+3. scores, on the held-out fold's images (which no nested member saw, with
+   the recipe's four flip views through the cached frozen trunk): each
+   member alone, their logit mean (the shipped way), their weight average,
+   and the weight average with its batch-norm statistics recomputed on the
+   members' training images (`torch.optim.swa_utils.update_bn`);
+4. reports raw argmax figures, the decision rule cross-fitted within the
+   held-out fold (5 parts), and paired bootstrap intervals of each row minus
+   the logit mean (the same images, so much tighter than fold-to-fold sd).
+
+    python scripts/weight_averaging.py --run runs/ham10000_cpu --fold 1 --out runs/weight_averaging
+
+Cost: K-1 fold models of the recipe (4 x 6 min for the five-fold CPU recipe
+on a 2-core VM, plus the trunk cache when it is not there), then a few
+minutes of scoring. Results: OUT/weight_averaging.json, .md and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from dermalens.atomic_io import atomic_write_json, atomic_write_text
+from dermalens.config import AugmentationSection, TrainingSection, dump_config, recipe_differences, section
+from dermalens.data.prepare import prepare_data
+from dermalens.evaluation.decision import cross_fitted_decisions
+from dermalens.inference.postprocess import calibrated_probabilities
+from dermalens.models.checkpoint import load_classifier
+from dermalens.models.classifier import LesionClassifier, ModelConfig, create_classifier
+from dermalens.models.ensemble import average_weights
+from dermalens.run_folder import RunFolder
+from dermalens.training.cross_validation import summarise, train_folds
+from dermalens.training.frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
+from dermalens.training.run import trunk_cache_dir
+
+RULE_PARTS = 5
+_BATCH = 64
+SPLIT_COLUMNS = ["image_id", "lesion_id", "label", "split"]
+
+
+def nested_split(split: pd.DataFrame, fold: int, source: Path) -> pd.DataFrame:
+    """The outer run's split without fold `fold`'s images: the other folds are the nested pool, test stays test."""
+    if "fold" not in split.columns:
+        raise SystemExit(f"{source} has no fold column: --run needs a `dermalens train --folds K` run")
+    folds = sorted(int(k) for k in split["fold"].unique() if k > 0)
+    if fold not in folds:
+        raise SystemExit(f"--fold {fold}: {source} has folds {folds}")
+    if len(folds) < 3:
+        raise SystemExit(f"{source} has {len(folds)} folds: holding one out leaves too few to cross-validate "
+                         f"(at least 3 needed)")
+    kept = split[split["fold"] != fold][SPLIT_COLUMNS].copy()
+    kept.loc[kept["split"] != "test", "split"] = "train"
+    return kept.reset_index(drop=True)
+
+
+def nested_config(config: dict, folds: int, data: str | None) -> dict:
+    """The outer run's recipe on K-1 folds: every epoch trained (no budget shared out), the test split not scored."""
+    nested = {name: dict(value) if isinstance(value, dict) else value for name, value in config.items()}
+    nested["training"].update(folds=folds - 1, max_time=None)
+    nested["evaluation"]["after_training"] = False
+    if data:
+        nested["data"]["path"] = str(Path(data).expanduser().resolve())
+    return nested
+
+
+def prepare_nested_run(run: Path, fold: int, out: Path, data: str | None) -> tuple[dict, pd.DataFrame]:
+    """Write (or check) OUT's config and split; returns the nested config and the held-out fold's rows."""
+    outer = RunFolder(run)
+    if not outer.cv_file.is_file():
+        raise SystemExit(f"{run} is not a finished cross-validated run (no {outer.cv_file.name})")
+    split = pd.read_csv(outer.split_file, dtype={"image_id": str, "lesion_id": str}, keep_default_na=False)
+    config = outer.read_config([])
+    kept = nested_split(split, fold, outer.split_file)
+    config = nested_config(config, split.loc[split["fold"] > 0, "fold"].nunique(), data)
+    folder = RunFolder(out)
+    if folder.config_file.is_file():
+        differences = recipe_differences(folder.read_config([]), config, extra_keys=("training.folds", "seed"))
+        if differences:
+            raise SystemExit(f"{out} holds a nested run of another recipe ({'; '.join(differences)}); "
+                             f"choose another --out")
+        saved = pd.read_csv(folder.split_file, dtype={"image_id": str}, keep_default_na=False)
+        if set(saved["image_id"]) != set(kept["image_id"]):
+            raise SystemExit(f"{folder.split_file} holds other images than {run} without fold {fold}; "
+                             f"choose another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        kept.to_csv(folder.split_file, index=False)
+        atomic_write_text(folder.config_file, dump_config(config))
+    return config, split[split["fold"] == fold]
+
+
+class _FromTrunk(nn.Module):
+    """The stages after a frozen trunk, up to the head convolution: every BatchNorm `update_bn` should see.
+
+    Only these are registered, so `update_bn` leaves the trunk's statistics (never run here) alone.
+    """
+
+    def __init__(self, model: LesionClassifier, stages: int):
+        super().__init__()
+        self.stages = nn.ModuleList(model.backbone.blocks[model.check_trunk_stages(stages):])
+        self.conv_head, self.bn2 = model.backbone.conv_head, model.backbone.bn2
+
+    def train(self, mode: bool = True) -> "_FromTrunk":
+        # update_bn puts its module in train mode: only the BatchNorm layers may follow, or drop-path would
+        # thin the network at random and the statistics would be those of random subnetworks (and unrepeatable).
+        super().train(False)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return self.bn2(self.conv_head(x))
+
+
+def recompute_batchnorm(model: LesionClassifier, activations: TrunkActivations, rows: np.ndarray,
+                        seed: int) -> LesionClassifier:
+    """A copy of `model` whose BatchNorm statistics after the trunk are those of `rows` (one cached view each,
+    flips and augmented views drawn at random, as training saw them)."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    views = np.random.default_rng(seed).integers(0, activations.spec.views, len(rows))
+    batches = [torch.from_numpy(np.stack([np.asarray(activations.array[row][view], dtype=np.float32)
+                                          for row, view in zip(rows[start:start + _BATCH], views[start:start + _BATCH])]))
+               for start in range(0, len(rows), _BATCH)]
+    with torch.no_grad():
+        torch.optim.swa_utils.update_bn(batches, _FromTrunk(model, activations.spec.stages))
+    return model.eval()
+
+
+def held_out_logits(model: LesionClassifier, activations: TrunkActivations, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), C) logits: the mean over the four flip views, from the cached trunk."""
+    stages, out = activations.spec.stages, []
+    with torch.inference_mode():
+        for start in range(0, len(rows), _BATCH):
+            chunk = torch.from_numpy(np.asarray(activations.array[rows[start:start + _BATCH]][:, :FLIP_VIEWS],
+                                                dtype=np.float32))
+            out.append(model.forward_from_trunk(chunk.flatten(0, 1), stages).unflatten(0, chunk.shape[:2])
+                       .mean(dim=1).numpy())
+    return np.concatenate(out)
+
+
+def score(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], parts: np.ndarray) -> dict:
+    """Raw argmax figures and the balanced-accuracy rule cross-fitted over `parts` of the held-out images."""
+    probabilities = calibrated_probabilities(logits)
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    decided = cross_fitted_decisions(probabilities, labels, parts, classes)
+    return {**summarise(probabilities, labels, classes),
+            "rule_balanced_accuracy": float(balanced_accuracy_score(labels, decided)),
+            "rule_accuracy": float(accuracy_score(labels, decided)), "decisions": decided}
+
+
+def paired_intervals(row: dict, reference: dict, logits: np.ndarray, reference_logits: np.ndarray,
+                     labels: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """95% paired bootstrap intervals of row minus reference: the same resampled images for both, resampled
+    within each class (stratified), so every resample holds every class and has a macro AUC."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    p, q = calibrated_probabilities(logits), calibrated_probabilities(reference_logits)
+    classes = np.arange(p.shape[1])
+    by_class = [np.flatnonzero(labels == c) for c in classes if np.any(labels == c)]
+    differences = {"balanced_accuracy": [], "rule_balanced_accuracy": [], "auc_macro": []}
+    for _ in range(n_bootstrap):
+        pick = np.concatenate([rng.choice(members, len(members)) for members in by_class])
+        y = labels[pick]
+        differences["balanced_accuracy"].append(balanced_accuracy_score(y, p[pick].argmax(1))
+                                                - balanced_accuracy_score(y, q[pick].argmax(1)))
+        differences["rule_balanced_accuracy"].append(balanced_accuracy_score(y, row["decisions"][pick])
+                                                     - balanced_accuracy_score(y, reference["decisions"][pick]))
+        if len(by_class) == len(classes):
+            differences["auc_macro"].append(roc_auc_score(y, p[pick], multi_class="ovr", labels=classes)
+                                            - roc_auc_score(y, q[pick], multi_class="ovr", labels=classes))
+    return {key: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+            for key, values in differences.items() if values}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Held-out fold {result['fold']} of {result['run']} ({result['images']} images, no nested member saw "
+             f"them); {result['members']} nested fold models, trained in "
+             f"{' + '.join(f'{m:.1f}' for m in result['fold_minutes'])} min.", "",
+             "| model | bal. acc. | acc. | macro AUC | mel sens@80 | rule bal. acc. / acc. | minus logit mean: "
+             "bal. acc. / rule / AUC (95% paired CI) | heads per view |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        ci = row.get("paired_ci")
+        paired = "reference" if ci is None else " / ".join(
+            f"{row['delta'][k]:+.3f} ({ci[k][0]:+.3f} to {ci[k][1]:+.3f})" if k in ci else f"{row['delta'][k]:+.3f}"
+            for k in ("balanced_accuracy", "rule_balanced_accuracy", "auc_macro"))
+        lines.append(f"| {row['model']} | {row['balanced_accuracy']:.3f} | {row['accuracy']:.3f} | "
+                     f"{row['auc_macro']:.3f} | {row['mel_sensitivity_at_80_specificity']:.3f} | "
+                     f"{row['rule_balanced_accuracy']:.3f} / {row['rule_accuracy']:.3f} | {paired} | "
+                     f"{row['heads']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("balanced_accuracy", "bal. acc."), ("rule_balanced_accuracy", "rule bal. acc."),
+            ("accuracy", "accuracy"), ("auc_macro", "macro AUC")]
+    rows = result["rows"]
+    figure, axis = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(rows)
+    for k, row in enumerate(rows):
+        axis.bar(np.arange(len(keys)) + k * width, [row[key] for key, _ in keys], width, label=row["model"])
+    axis.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [name for _, name in keys])
+    axis.set_ylim(0.5, 1.0)
+    axis.legend(fontsize=7, ncol=2)
+    axis.set_title(f"Held-out fold {result['fold']} ({result['images']} images): members, logit mean, weight average",
+                   fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n_bootstrap: int = 1000) -> dict:
+    config, held_out = prepare_nested_run(run, fold, out, data)
+    started = time.perf_counter()
+    nested = RunFolder(out)
+    if nested.read_status().get("state") != "finished":
+        train_folds(config, out, resume=True, progress=progress)
+    config = nested.read_config([])
+    members = [nested.fold(k).checkpoint("best") for k in range(1, config["training"]["folds"] + 1)]
+    fold_minutes = [round(float(nested.fold(k).read_status().get("train_seconds", 0.0)) / 60, 1)
+                    for k in range(1, len(members) + 1)]
+    logging.info("nested run ready (%.1f min here); scoring held-out fold %d", (time.perf_counter() - started) / 60,
+                 fold)
+
+    prepared = prepare_data(config, out, progress=progress)
+    ids = prepared.dataset.records["image_id"]
+    rows = np.flatnonzero(ids.isin(set(held_out["image_id"])).to_numpy())
+    if len(rows) != len(held_out):
+        raise SystemExit(f"{len(held_out) - len(rows)} images of fold {fold} are not in {config['data']['path']}; "
+                         f"give the data the run was trained on (--data)")
+    training_rows = prepared.rows("train")
+    training = section(TrainingSection, config["training"])
+    shape_model = create_classifier(ModelConfig(**{**config["model"], "num_classes": len(prepared.classes)}))
+    activations = TrunkActivations(shape_model, prepared.images,
+                                   TrunkSpec(training.freeze_stages, training.cached_views, config["seed"]),
+                                   section(AugmentationSection, config["augmentation"]),
+                                   cache_dir=trunk_cache_dir(config), progress=progress)
+    activations.ensure(rows, range(FLIP_VIEWS))
+    activations.ensure(training_rows, range(activations.spec.views))
+    labels, classes = prepared.labels[rows], list(prepared.classes)
+    parts = np.random.default_rng(config["seed"]).integers(0, RULE_PARTS, len(rows))
+
+    models = [load_classifier(path)[0] for path in members]
+    table, logits_of = [], {}
+
+    def add(name: str, heads: int, compute) -> None:
+        tick = time.perf_counter()
+        logits = compute()
+        seconds = time.perf_counter() - tick
+        logits_of[name] = logits
+        table.append({"model": name, "heads": heads, "seconds": seconds, **score(logits, labels, classes, parts)})
+
+    member_logits = []
+    for k, model in enumerate(models):
+        add(f"member {k + 1} alone", 1, lambda m=model: held_out_logits(m, activations, rows))
+        member_logits.append(logits_of[f"member {k + 1} alone"])
+    add("logit mean (shipped)", len(models), lambda: np.mean([held_out_logits(m, activations, rows) for m in models],
+                                                             axis=0))
+    soup = average_weights(models)
+    add("weight average", 1, lambda: held_out_logits(soup, activations, rows))
+    recomputed = recompute_batchnorm(soup, activations, training_rows, config["seed"])
+    add("weight average, BN recomputed", 1, lambda: held_out_logits(recomputed, activations, rows))
+
+    reference = next(row for row in table if row["model"] == "logit mean (shipped)")
+    for row in table:
+        if row is not reference:
+            row["delta"] = {key: row[key] - reference[key]
+                            for key in ("balanced_accuracy", "rule_balanced_accuracy", "auc_macro")}
+            row["paired_ci"] = paired_intervals(row, reference, logits_of[row["model"]],
+                                                logits_of[reference["model"]], labels, n_bootstrap, config["seed"])
+    for row in table:
+        row.pop("decisions")
+        row.pop("recall", None)
+    return {"run": str(run), "fold": fold, "images": int(len(rows)), "members": len(models),
+            "fold_minutes": fold_minutes, "nested_run": str(out), "rows": table}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="example: python scripts/weight_averaging.py --run runs/ham10000_cpu "
+                                            "--fold 1 --out runs/weight_averaging")
+    parser.add_argument("--run", required=True, help="a finished `dermalens train --folds K` run folder (K >= 3)")
+    parser.add_argument("--fold", type=int, default=1, help="the outer fold held out (default 1)")
+    parser.add_argument("--out", required=True, help="folder of the nested run and the results")
+    parser.add_argument("--data", help="the images, when not where the run's config says")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="paired bootstrap resamples for the intervals (default 1000)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out).expanduser().resolve()
+    result = measure(Path(args.run).expanduser().resolve(), args.fold, out, args.data, progress=sys.stderr.isatty(),
+                     n_bootstrap=args.bootstrap)
+    result.update(run=args.run, nested_run=args.out)   # as given: the results name no machine's folders
+    atomic_write_json(out / "weight_averaging.json", result)
+    atomic_write_text(out / "weight_averaging.md", markdown(result))
+    plot(result, out / "weight_averaging.png")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
