@@ -32,6 +32,7 @@ minutes of scoring. Results: OUT/weight_averaging.json, .md and .png.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import time
@@ -46,19 +47,19 @@ from torch import nn
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import AugmentationSection, TrainingSection, dump_config, recipe_differences, section
 from dermalens.data.prepare import prepare_data
+from dermalens.data.split import SPLIT_COLUMNS
 from dermalens.evaluation.decision import cross_fitted_decisions
 from dermalens.inference.postprocess import calibrated_probabilities
 from dermalens.models.checkpoint import load_classifier
 from dermalens.models.classifier import LesionClassifier, ModelConfig, create_classifier
 from dermalens.models.ensemble import average_weights
 from dermalens.run_folder import RunFolder
-from dermalens.training.cross_validation import summarise, train_folds
+from dermalens.training.cross_validation import logits_from_trunk, summarise, train_folds
 from dermalens.training.frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
 from dermalens.training.run import trunk_cache_dir
 
 RULE_PARTS = 5
 _BATCH = 64
-SPLIT_COLUMNS = ["image_id", "lesion_id", "label", "split"]
 
 
 def nested_split(split: pd.DataFrame, fold: int, source: Path) -> pd.DataFrame:
@@ -71,7 +72,7 @@ def nested_split(split: pd.DataFrame, fold: int, source: Path) -> pd.DataFrame:
     if len(folds) < 3:
         raise SystemExit(f"{source} has {len(folds)} folds: holding one out leaves too few to cross-validate "
                          f"(at least 3 needed)")
-    kept = split[split["fold"] != fold][SPLIT_COLUMNS].copy()
+    kept = split[split["fold"] != fold][list(SPLIT_COLUMNS)].copy()
     kept.loc[kept["split"] != "test", "split"] = "train"
     return kept.reset_index(drop=True)
 
@@ -142,8 +143,6 @@ def recompute_batchnorm(model: LesionClassifier, activations: TrunkActivations, 
                         seed: int) -> LesionClassifier:
     """A copy of `model` whose BatchNorm statistics after the trunk are those of `rows` (one cached view each,
     flips and augmented views drawn at random, as training saw them)."""
-    import copy
-
     model = copy.deepcopy(model).eval()
     views = np.random.default_rng(seed).integers(0, activations.spec.views, len(rows))
     batches = [torch.from_numpy(np.stack([np.asarray(activations.array[row][view], dtype=np.float32)
@@ -154,23 +153,11 @@ def recompute_batchnorm(model: LesionClassifier, activations: TrunkActivations, 
     return model.eval()
 
 
-def held_out_logits(model: LesionClassifier, activations: TrunkActivations, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), C) logits: the mean over the four flip views, from the cached trunk."""
-    stages, out = activations.spec.stages, []
-    with torch.inference_mode():
-        for start in range(0, len(rows), _BATCH):
-            chunk = torch.from_numpy(np.asarray(activations.array[rows[start:start + _BATCH]][:, :FLIP_VIEWS],
-                                                dtype=np.float32))
-            out.append(model.forward_from_trunk(chunk.flatten(0, 1), stages).unflatten(0, chunk.shape[:2])
-                       .mean(dim=1).numpy())
-    return np.concatenate(out)
-
-
 def score(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], parts: np.ndarray) -> dict:
     """Raw argmax figures and the balanced-accuracy rule cross-fitted over `parts` of the held-out images."""
-    probabilities = calibrated_probabilities(logits)
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
+    probabilities = calibrated_probabilities(logits)
     decided = cross_fitted_decisions(probabilities, labels, parts, classes)
     return {**summarise(probabilities, labels, classes),
             "rule_balanced_accuracy": float(balanced_accuracy_score(labels, decided)),
@@ -279,23 +266,19 @@ def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n
     models = [load_classifier(path)[0] for path in members]
     table, logits_of = [], {}
 
-    def add(name: str, heads: int, compute) -> None:
-        tick = time.perf_counter()
-        logits = compute()
-        seconds = time.perf_counter() - tick
+    def add(name: str, heads: int, logits: np.ndarray) -> None:
         logits_of[name] = logits
-        table.append({"model": name, "heads": heads, "seconds": seconds, **score(logits, labels, classes, parts)})
+        table.append({"model": name, "heads": heads, **score(logits, labels, classes, parts)})
 
-    member_logits = []
-    for k, model in enumerate(models):
-        add(f"member {k + 1} alone", 1, lambda m=model: held_out_logits(m, activations, rows))
-        member_logits.append(logits_of[f"member {k + 1} alone"])
-    add("logit mean (shipped)", len(models), lambda: np.mean([held_out_logits(m, activations, rows) for m in models],
-                                                             axis=0))
+    flips = range(FLIP_VIEWS)
+    member_logits = [logits_from_trunk(model, activations, rows, flips) for model in models]
+    for k, logits in enumerate(member_logits):
+        add(f"member {k + 1} alone", 1, logits)
+    add("logit mean (shipped)", len(models), np.mean(member_logits, axis=0))
     soup = average_weights(models)
-    add("weight average", 1, lambda: held_out_logits(soup, activations, rows))
+    add("weight average", 1, logits_from_trunk(soup, activations, rows, flips))
     recomputed = recompute_batchnorm(soup, activations, training_rows, config["seed"])
-    add("weight average, BN recomputed", 1, lambda: held_out_logits(recomputed, activations, rows))
+    add("weight average, BN recomputed", 1, logits_from_trunk(recomputed, activations, rows, flips))
 
     reference = next(row for row in table if row["model"] == "logit mean (shipped)")
     for row in table:

@@ -125,17 +125,22 @@ def out_of_fold_logits(config: dict, checkpoint: Path, prepared: PreparedData, r
     if activations is None:
         return predict_logits(model, prepared.images[rows], meta["preprocessing"], config["evaluation"]["batch_size"],
                               tta=tta, progress=progress, description="out-of-fold")
-    stages = activations.spec.stages
     views = list(range(FLIP_VIEWS)) if tta else [0]
     activations.ensure(rows, views)
-    logits = []
+    return logits_from_trunk(model, activations, rows, views)
+
+
+def logits_from_trunk(model: torch.nn.Module, activations: TrunkActivations, rows: np.ndarray,
+                      views: Sequence[int]) -> np.ndarray:
+    """(len(rows), C) logits of a model that shares the cached trunk: the mean over `views` (already cached)."""
+    stages, views, logits = activations.spec.stages, list(views), []
     with torch.inference_mode():
         for start in range(0, len(rows), 64):
             chunk = np.asarray(activations.array[rows[start:start + 64]][:, views], dtype=np.float32)
             flat = torch.from_numpy(chunk).flatten(0, 1)
             out = model.forward_from_trunk(flat, stages).unflatten(0, chunk.shape[:2]).mean(dim=1)
             logits.append(out.float().numpy())
-    return np.concatenate(logits) if logits else np.zeros((0, len(meta["classes"])), dtype=np.float32)
+    return np.concatenate(logits) if logits else np.zeros((0, model.config.num_classes), dtype=np.float32)
 
 
 def summarise(probabilities: np.ndarray, labels: np.ndarray, classes) -> dict:
