@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dermalens.config import LossSection
-from dermalens.training.losses import FocalLoss, build_loss, class_weights_from_counts
+from dermalens.training.losses import FocalLoss, build_loss, class_weights_from_counts, distillation_loss
 
 pytestmark = pytest.mark.unit
 
@@ -66,3 +66,18 @@ def test_build_loss_variants():
         build_loss(LossSection(name="hinge"), counts)
     with pytest.raises(ValueError, match="alpha has 2 values"):
         build_loss(LossSection(name="focal", alpha=[1.0, 2.0]), counts)
+
+
+def test_the_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it():
+    teacher = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    targets = (teacher / 2).softmax(dim=1)
+    assert float(distillation_loss(teacher, targets, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.zeros(2, 3, requires_grad=True)
+    loss = distillation_loss(student, targets, 2.0)
+    loss.backward()
+    assert float(loss) > 0
+    # A gradient step raises the student's logit of each row's most probable teacher class most.
+    assert (-student.grad).argmax(dim=1).tolist() == teacher.argmax(dim=1).tolist()
+    # T^2 scaling: the same KL at T=1 and at T=2 on logits twice as large, times 4.
+    assert float(distillation_loss(2 * student.detach(), (2 * teacher / 2).softmax(1), 2.0)) == pytest.approx(
+        4 * float(distillation_loss(student.detach(), teacher.softmax(1), 1.0)), rel=1e-5)

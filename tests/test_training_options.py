@@ -1,4 +1,4 @@
-"""The recipe's training options: cosine schedule with warm-up, EMA warm-up, mixup, precision auto."""
+"""The recipe's training options: cosine schedule with warm-up, EMA warm-up, mixup, precision auto, distillation."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,7 @@ import torch
 from dermalens.config import SchedulerSection
 from dermalens.hardware import resolve_precision
 from dermalens.training.ema import ema_with_warmup
+from dermalens.training.losses import FocalLoss, distillation_loss
 from dermalens.training.module import LesionClassifierModule, cosine_with_warmup
 
 pytestmark = pytest.mark.unit
@@ -60,3 +61,18 @@ def test_precision_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
     assert resolve_precision("auto", "cpu", cuda_available=False) == "bf16-mixed"
     assert resolve_precision("auto", "auto", cuda_available=True, cuda_bf16=False) == "16-mixed"
     assert resolve_precision("32-true", "cpu", cuda_available=False) == "32-true"
+
+
+def test_a_distilled_training_step_mixes_the_label_loss_and_the_teacher_loss(monkeypatch):
+    module = LesionClassifierModule({"backbone": "tf_efficientnet_lite0", "image_size": 32, "pretrained": "none"}, {"name": "focal", "gamma": 2.0}, {}, {},
+                                    {"distillation_weight": 0.25, "distillation_temperature": 3.0},
+                                    class_counts=[5] * 7, load_pretrained=False)
+    module.log = lambda *args, **kwargs: None
+    logits = torch.randn(4, 7, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(module, "forward", lambda x: logits)
+    labels, teacher = torch.tensor([0, 1, 2, 3]), torch.randn(4, 7, generator=torch.Generator().manual_seed(1))
+    loss = module.training_step((torch.zeros(4, 3, 32, 32), labels, teacher), 0)
+    expected = 0.75 * FocalLoss(2.0)(logits, labels) + 0.25 * distillation_loss(logits, (teacher / 3).softmax(1), 3.0)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    with pytest.raises(ValueError, match="no teacher logits"):
+        module.training_step((torch.zeros(4, 3, 32, 32), labels), 0)

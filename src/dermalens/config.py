@@ -149,6 +149,11 @@ class TrainingSection:
     # mixup (Zhang et al. 2018) of the training inputs (images, or cached trunk activations: manifold
     # mixup) with Beta(alpha, alpha) weights; 0: off
     mixup_alpha: float = setting(0.0)
+    # Knowledge distillation (Hinton et al. 2015) from teacher logits handed to training with the images
+    # (e.g. an ensemble's out-of-fold logits): the loss is (1 - weight) x the loss section's loss on the
+    # labels + weight x temperature^2 x KL(teacher || model) at that temperature; 0: the labels only
+    distillation_weight: float = setting(0.0)
+    distillation_temperature: float = setting(2.0, positive=True)
     # k-fold cross-validation over train + val (lesion-grouped): one model per fold, mean +- sd of the
     # metrics; with ensemble, the fold models are shipped as one model (the mean of their logits)
     folds: int = setting(1, positive=True)
@@ -347,6 +352,9 @@ def validate_config(config: dict) -> dict:
     if config["training"]["monitor"] is None and config["scheduler"]["name"] == "plateau":
         raise ConfigError("scheduler.name=plateau follows training.monitor, which is null; use scheduler.name=cosine "
                           "or name a metric to monitor")
+    weight = config["training"]["distillation_weight"]
+    if not 0 <= weight <= 1:
+        raise ConfigError(f"config key 'training.distillation_weight' must be in [0, 1], got {weight!r}")
     if config["loss"]["label_smoothing"] and config["loss"]["name"] == "focal":
         raise ConfigError("loss.label_smoothing is not implemented for the focal loss; set it to 0 or use "
                           "loss.name=cross_entropy")
@@ -360,7 +368,8 @@ def dump_config(config: dict) -> str:
 # Settings that change what a model learns: two runs that differ in any of them trained two recipes.
 RECIPE_SECTIONS = ("model", "augmentation", "sampler", "loss", "optimizer", "scheduler")
 RECIPE_TRAINING_KEYS = ("max_epochs", "batch_size", "freeze_stages", "cached_views", "ema_decay", "mixup_alpha",
-                        "monitor", "early_stopping_patience", "precision")
+                        "monitor", "early_stopping_patience", "precision", "distillation_weight",
+                        "distillation_temperature")
 _UNRECORDED = object()
 
 

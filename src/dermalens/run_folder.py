@@ -32,6 +32,7 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CV_FILE = "cv.json"
 OUT_OF_FOLD_LOGITS = "out_of_fold_logits.npy"
+TEACHER_LOGITS = "teacher_logits.npy"     # a distilled run's targets, kept for its resume
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 FIGURES = "figures"
@@ -69,6 +70,10 @@ class RunFolder:
     @property
     def cv_file(self) -> Path:
         return self.path / CV_FILE
+
+    @property
+    def teacher_logits_file(self) -> Path:
+        return self.path / TEACHER_LOGITS
 
     @property
     def checkpoints(self) -> Path:

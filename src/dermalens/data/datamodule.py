@@ -13,13 +13,15 @@ from .transforms import build_eval_transform, build_train_transform
 
 
 class CachedImageDataset(Dataset):
-    """Rows `indices` of an (N, S, S, 3) uint8 array (in memory or memory-mapped)."""
+    """Rows `indices` of an (N, S, S, 3) uint8 array (in memory or memory-mapped): (image, label[, teacher logits])."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform,
+                 teacher_logits: np.ndarray | None = None):
         self.images = images
         self.labels = labels
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
+        self.teacher_logits = teacher_logits
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -27,7 +29,10 @@ class CachedImageDataset(Dataset):
     def __getitem__(self, i: int):
         row = self.indices[i]
         image = np.ascontiguousarray(self.images[row])
-        return self.transform(image=image)["image"], int(self.labels[row])
+        sample = self.transform(image=image)["image"], int(self.labels[row])
+        if self.teacher_logits is None:
+            return sample
+        return *sample, torch.from_numpy(np.asarray(self.teacher_logits[row], dtype=np.float32))
 
 
 class LesionDataModule(L.LightningDataModule):
@@ -39,9 +44,11 @@ class LesionDataModule(L.LightningDataModule):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, split: np.ndarray, preprocessing: Preprocessing, *,
                  augmentation: AugmentationSection, sampler: SamplerSection, training: TrainingSection, seed: int,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, teacher_logits: np.ndarray | None = None):
         # Settings come in as the config's sections: their defaults live in config.py only.
+        # teacher_logits: (rows, classes), one per row of `labels`, handed to the training batches (distillation)
         super().__init__()
+        self.teacher_logits = teacher_logits
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.split = np.asarray(split)
@@ -66,7 +73,8 @@ class LesionDataModule(L.LightningDataModule):
             transform = self._train_transform
         else:
             transform = build_eval_transform(self.preprocessing)
-        return CachedImageDataset(self.images, self.labels, self.indices(name), transform)
+        teacher = self.teacher_logits if train_transform else None
+        return CachedImageDataset(self.images, self.labels, self.indices(name), transform, teacher)
 
     def reseed_augmentation(self, epoch: int) -> None:
         """Epoch k draws the same augmentations whether or not the run was interrupted before it.

@@ -1,5 +1,8 @@
 """The data of trunk-cached training: samples are (activations of one view, label), not images.
 
+With teacher logits (distillation) a training sample is (activations, label, the image's teacher logits):
+the same teacher target for every view of an image.
+
 `ActivationDataModule` is `LesionDataModule`'s counterpart for
 `training/frozen_trunk.py`: the same sampling settings (class-balanced with
 the sampler's power, or shuffled), a view drawn per sample from the cached
@@ -50,12 +53,14 @@ class ViewSampler(Sampler[int]):
 
 
 class ActivationViews(Dataset):
-    """Index position * views + view -> (that view's activations as float32, label)."""
+    """Index position * views + view -> (that view's activations as float32, label[, the row's teacher logits])."""
 
-    def __init__(self, activations: TrunkActivations, rows: np.ndarray, labels: np.ndarray):
+    def __init__(self, activations: TrunkActivations, rows: np.ndarray, labels: np.ndarray,
+                 teacher_logits: np.ndarray | None = None):
         self.activations = activations
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = labels
+        self.teacher_logits = teacher_logits
         self.views = activations.spec.views
 
     def __len__(self) -> int:
@@ -64,17 +69,23 @@ class ActivationViews(Dataset):
     def __getitem__(self, index: int):
         position, view = divmod(int(index), self.views)
         row = self.rows[position]
-        return torch.from_numpy(np.asarray(self.activations.array[row, view], dtype=np.float32)), int(self.labels[row])
+        sample = torch.from_numpy(np.asarray(self.activations.array[row, view], dtype=np.float32)), int(self.labels[row])
+        if self.teacher_logits is None:
+            return sample
+        return *sample, torch.from_numpy(np.asarray(self.teacher_logits[row], dtype=np.float32))
 
 
 class ActivationDataModule(L.LightningDataModule):
     """Train / val loaders over trunk activations, with the same sampling settings as `LesionDataModule`."""
 
     def __init__(self, activations: TrunkActivations, labels: np.ndarray, split: np.ndarray, *,
-                 sampler: SamplerSection, training: TrainingSection, seed: int):
+                 sampler: SamplerSection, training: TrainingSection, seed: int,
+                 teacher_logits: np.ndarray | None = None):
+        # teacher_logits: (rows, classes), one per row of `labels`, handed to the training batches (distillation)
         super().__init__()
         self.activations = activations
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.teacher_logits = teacher_logits
         self.split = np.asarray(split)
         self.sampler_settings = sampler
         self.training_settings = training
@@ -101,7 +112,7 @@ class ActivationDataModule(L.LightningDataModule):
         row_sampler.set_epoch(getattr(self, "_epoch", 0))
         sampler = ViewSampler(row_sampler, self.activations.spec.views, self.seed)
         sampler.set_epoch(getattr(self, "_epoch", 0))
-        return DataLoader(ActivationViews(self.activations, rows, self.labels), sampler=sampler,
+        return DataLoader(ActivationViews(self.activations, rows, self.labels, self.teacher_logits), sampler=sampler,
                           batch_size=self.training_settings.batch_size, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

@@ -199,6 +199,10 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     folds = training.folds
     if folds < 2:
         raise ConfigError(f"cross-validation needs training.folds >= 2, got {folds}")
+    if training.distillation_weight:
+        raise ConfigError("training.distillation_weight is for one model taught by a teacher's logits "
+                          "(train(..., teacher_logits=...)); cross-validation's fold models learn from the labels: "
+                          "set it to 0")
     trained_folds = folds if first_folds is None else max(1, min(folds, first_folds))
     if trained_folds < folds and training.ensemble:
         raise ConfigError("an ensemble needs every fold's model: train all folds, or set training.ensemble=false")

@@ -64,6 +64,16 @@ class FocalLoss(nn.Module):
         return loss
 
 
+def distillation_loss(logits: torch.Tensor, teacher_probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015): temperature^2 x KL(teacher || model), both softened by `temperature`; batch mean.
+
+    `teacher_probabilities` are already softmax(teacher logits / temperature), so mixup can mix them as it
+    mixes the labels. The temperature^2 keeps the gradient's scale comparable to the label loss's.
+    """
+    log_probabilities = F.log_softmax(logits.float() / temperature, dim=1)
+    return F.kl_div(log_probabilities, teacher_probabilities.float(), reduction="batchmean") * temperature ** 2
+
+
 def build_loss(settings: LossSection, class_counts: Sequence[int]) -> nn.Module:
     """'focal' or 'cross_entropy' / 'weighted_cross_entropy' from the config's loss section.
 

@@ -19,7 +19,7 @@ from ..config import LossSection, ModelSection, OptimizerSection, SchedulerSecti
 # checkpoint, so a checkpoint can be used without the training config.
 from ..models.checkpoint import CHECKPOINT_KEY
 from ..models.classifier import ModelConfig, create_classifier
-from .losses import build_loss
+from .losses import build_loss, distillation_loss
 
 PLATEAU_KEY = "dermalens_plateau_scheduler"
 
@@ -134,8 +134,14 @@ class LesionClassifierModule(L.LightningModule):
         return self
 
     def training_step(self, batch, batch_idx):
-        images, labels = batch
-        alpha = self.training_settings.mixup_alpha
+        # (inputs, labels), or (inputs, labels, teacher logits) when the model is distilled from a teacher
+        images, labels, *teacher = batch
+        settings = self.training_settings
+        distilling = settings.distillation_weight > 0
+        if distilling and not teacher:
+            raise ValueError("training.distillation_weight > 0 but the training batches carry no teacher logits")
+        targets = (teacher[0].float() / settings.distillation_temperature).softmax(dim=1) if distilling else None
+        alpha = settings.mixup_alpha
         if alpha > 0 and len(labels) > 1:
             # Each sample mixed with another of the batch; the loss mixed in the same proportion. The
             # weight comes from numpy's global stream, which ReseedEachEpoch seeds per epoch.
@@ -143,8 +149,15 @@ class LesionClassifierModule(L.LightningModule):
             partner = torch.from_numpy(np.random.permutation(len(labels))).to(labels.device)
             logits = self(weight * images + (1 - weight) * images[partner])
             loss = weight * self.criterion(logits, labels) + (1 - weight) * self.criterion(logits, labels[partner])
+            if distilling:
+                targets = weight * targets + (1 - weight) * targets[partner]
         else:
-            loss = self.criterion(self(images), labels)
+            logits = self(images)
+            loss = self.criterion(logits, labels)
+        if distilling:
+            soft = distillation_loss(logits, targets, settings.distillation_temperature)
+            self.log("train/distillation_loss", soft, on_step=False, on_epoch=True, batch_size=len(labels))
+            loss = (1 - settings.distillation_weight) * loss + settings.distillation_weight * soft
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 

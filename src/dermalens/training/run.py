@@ -10,6 +10,7 @@ behind; a run that fails later says so in status.json.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import signal
 import tempfile
@@ -34,7 +35,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ..atomic_io import atomic_write_text
+from ..atomic_io import atomic_write_bytes, atomic_write_text
 from ..config import (
     AugmentationSection,
     ConfigError,
@@ -82,8 +83,10 @@ def with_absolute_paths(config: dict) -> dict:
     return {**config, "data": data}
 
 
-def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassifierModule, progress: bool = True):
-    """Images through augmentation, or (frozen trunk with cached views) the trunk's cached activations."""
+def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassifierModule, progress: bool = True,
+                     teacher_logits: np.ndarray | None = None):
+    """Images through augmentation, or (frozen trunk with cached views) the trunk's cached activations;
+    with teacher logits (one row per image), the training batches carry them for distillation."""
     training = section(TrainingSection, config["training"])
     preprocessing = module.model.preprocessing
     if module.inputs_are_trunk_activations:
@@ -93,12 +96,12 @@ def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassif
                                        cache_dir=trunk_cache_dir(config), progress=progress)
         return ActivationDataModule(activations, prepared.labels, prepared.split,
                                     sampler=section(SamplerSection, config["sampler"]), training=training,
-                                    seed=config["seed"])
+                                    seed=config["seed"], teacher_logits=teacher_logits)
     return LesionDataModule(
         prepared.images, prepared.labels, prepared.split, preprocessing,
         augmentation=section(AugmentationSection, config["augmentation"]),
         sampler=section(SamplerSection, config["sampler"]), training=training, seed=config["seed"],
-        pin_memory=torch.cuda.is_available() and training.accelerator != "cpu",
+        pin_memory=torch.cuda.is_available() and training.accelerator != "cpu", teacher_logits=teacher_logits,
     )
 
 
@@ -247,6 +250,40 @@ def check_training_classes(prepared: PreparedData) -> list[int]:
     return counts
 
 
+def check_teacher_logits(config: dict, prepared: PreparedData, teacher_logits: np.ndarray | None,
+                         resumed_run: Path | None) -> np.ndarray | None:
+    """The teacher's logits a distilled run learns from (on resume: the run's own), checked before anything
+    is written: one finite row per training image, one column per class."""
+    weight = config["training"]["distillation_weight"]
+    if resumed_run is not None and teacher_logits is None and RunFolder(resumed_run).teacher_logits_file.is_file():
+        teacher_logits = np.load(RunFolder(resumed_run).teacher_logits_file, allow_pickle=False)
+    if not weight:
+        if teacher_logits is not None:
+            raise ConfigError("teacher logits were given, but training.distillation_weight is 0: set a weight "
+                              "in (0, 1] to distil, or train without them")
+        return None
+    if teacher_logits is None:
+        raise ConfigError(f"training.distillation_weight={weight} needs a teacher's logits for the training images, "
+                          f"which the command line does not take: distil through the Python API "
+                          f"(dermalens.training.run.train(..., teacher_logits=...)), or set it to 0")
+    teacher_logits = np.asarray(teacher_logits, dtype=np.float32)
+    expected = (len(prepared.labels), len(prepared.classes))
+    if teacher_logits.shape != expected:
+        raise ConfigError(f"teacher logits have shape {teacher_logits.shape}; expected {expected} "
+                          f"(one row per image, one column per class: {', '.join(prepared.classes)})")
+    bad = prepared.rows("train")[~np.isfinite(teacher_logits[prepared.rows("train")]).all(axis=1)]
+    if len(bad):
+        names = prepared.dataset.records["image_id"].iloc[bad[:5]].tolist()
+        raise ConfigError(f"teacher logits of {len(bad)} training images are not finite (e.g. {', '.join(names)})")
+    return teacher_logits
+
+
+def save_teacher_logits(path: Path, teacher_logits: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, teacher_logits, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def lightning_logs_through_root() -> None:
     """Lightning's lines printed once, at the level the application chose.
 
@@ -269,12 +306,14 @@ def lightning_logs_through_root() -> None:
 
 def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
           prepared: PreparedData | None = None, calibrate_after_training: bool = True,
-          callbacks: Sequence[Callback] = ()) -> TrainResult:
+          callbacks: Sequence[Callback] = (), teacher_logits: np.ndarray | None = None) -> TrainResult:
     """Train (or resume) one run; calibrate on validation; evaluate the best checkpoint on the test split once.
 
     prepared: the data with its split already decided (a cross-validation fold); else read here.
     calibrate_after_training False: a fold of a cross-validated run, calibrated with the others.
     callbacks: Lightning callbacks added to the run's own (none by default).
+    teacher_logits: (images, classes), a teacher's logits for each row of `prepared`, with
+    training.distillation_weight > 0 (knowledge distillation); kept in the run folder for a resume.
     """
     lightning_logs_through_root()
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -294,6 +333,7 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     if prepared is None:
         prepared = prepare_data(config, run_dir if resume else None, progress=progress)
     counts = check_training_classes(prepared)
+    teacher_logits = check_teacher_logits(config, prepared, teacher_logits, run_dir if resume else None)
     # The class set is saved with the run, so a resume or evaluation reads the data the same way.
     config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
     last = RunFolder(run_dir).checkpoint("last")
@@ -311,11 +351,13 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         inputs_are_trunk_activations=bool(config["training"]["freeze_stages"] and config["training"]["cached_views"]),
     )
     log.info("backbone weights: %s", module.model.weights_source)
-    datamodule = build_datamodule(config, prepared, module, progress)
+    datamodule = build_datamodule(config, prepared, module, progress, teacher_logits)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RunFolder(run_dir).config_file, dump_config(config))   # on resume: with what was overridden
     save_run_data(prepared, run_dir)
+    if teacher_logits is not None and not resume:
+        save_teacher_logits(RunFolder(run_dir).teacher_logits_file, teacher_logits)
     RunFolder(run_dir).write_status("running", resumed=resume)
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
     resumed_step = AtomicCheckpointIO().load_checkpoint(last)["global_step"] if resume else None  # no unpickling
