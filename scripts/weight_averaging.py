@@ -1,4 +1,4 @@
-"""Weight averaging instead of the logit mean: one model's cost, measured on images no member saw.
+"""Weight averaging or distillation instead of the logit mean: one model's cost, measured on images no member saw.
 
 A cross-validated run (`dermalens train --folds K`) ships its K fold models
 as one ensemble, the mean of their logits: K heads on every view, which is
@@ -19,20 +19,31 @@ members. So this script
    member alone, their logit mean (the shipped way), their weight average,
    and the weight average with its batch-norm statistics recomputed on the
    members' training images (`torch.optim.swa_utils.update_bn`);
-4. reports raw argmax figures, the decision rule cross-fitted within the
-   held-out fold (5 parts), and paired bootstrap intervals of each row minus
-   the logit mean (the same images, so much tighter than fold-to-fold sd).
+4. with `--students`, also single models trained on the whole nested pool
+   (every image the members saw, in one model): with the labels only
+   (`0`), and distilled from the nested ensemble (`WEIGHT:TEMPERATURE`,
+   Hinton et al. 2015) with its out-of-fold logits as the teacher, so each
+   image's soft target comes from a member that never saw it;
+5. reports raw argmax figures, the decision rule cross-fitted within the
+   held-out fold (5 parts), the rule as a shipped model gets it (temperature,
+   biases and melanoma threshold fitted on the nested run's out-of-fold
+   logits, then applied to each row's held-out logits), and paired bootstrap
+   intervals of each row minus the logit mean (the same images, so much
+   tighter than fold-to-fold sd).
 
-    python scripts/weight_averaging.py --run runs/ham10000_cpu --fold 1 --out runs/weight_averaging
+    python scripts/weight_averaging.py --run runs/ham10000_cpu --fold 1 --out runs/weight_averaging \
+        --students 0 0.5:2
 
 Cost: K-1 fold models of the recipe (4 x 6 min for the five-fold CPU recipe
-on a 2-core VM, plus the trunk cache when it is not there), then a few
-minutes of scoring. Results: OUT/weight_averaging.json, .md and .png.
+on a 2-core VM, plus the trunk cache when it is not there), one fold model's
+time per student, then a few minutes of scoring. Results:
+OUT/weight_averaging.json, .md and .png; students in OUT/student-*/.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import sys
 import time
@@ -46,17 +57,18 @@ from torch import nn
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import AugmentationSection, TrainingSection, dump_config, recipe_differences, section
-from dermalens.data.prepare import prepare_data
+from dermalens.data.prepare import EXCLUDED, PreparedData, prepare_data
 from dermalens.data.split import SPLIT_COLUMNS
-from dermalens.evaluation.decision import cross_fitted_decisions
-from dermalens.inference.postprocess import calibrated_probabilities
+from dermalens.evaluation.calibration import fit_temperature
+from dermalens.evaluation.decision import cross_fitted_decisions, fit_decision_rule
+from dermalens.inference.postprocess import DecisionRule, calibrated_probabilities
 from dermalens.models.checkpoint import load_classifier
 from dermalens.models.classifier import LesionClassifier, ModelConfig, create_classifier
 from dermalens.models.ensemble import average_weights
-from dermalens.run_folder import RunFolder
+from dermalens.run_folder import OUT_OF_FOLD_LOGITS, RunFolder
 from dermalens.training.cross_validation import logits_from_trunk, summarise, train_folds
 from dermalens.training.frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
-from dermalens.training.run import trunk_cache_dir
+from dermalens.training.run import train, trunk_cache_dir
 
 RULE_PARTS = 5
 _BATCH = 64
@@ -153,15 +165,76 @@ def recompute_batchnorm(model: LesionClassifier, activations: TrunkActivations, 
     return model.eval()
 
 
-def score(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], parts: np.ndarray) -> dict:
-    """Raw argmax figures and the balanced-accuracy rule cross-fitted over `parts` of the held-out images."""
+def parse_student(text: str) -> tuple[float, float]:
+    """'0' (the labels only) or 'WEIGHT:TEMPERATURE' (distilled) -> (weight, temperature)."""
+    weight, _, temperature = text.partition(":")
+    try:
+        values = float(weight), float(temperature or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (the labels only) or WEIGHT:TEMPERATURE, e.g. 0.5:2")
+    if not 0 <= values[0] <= 1 or values[1] <= 0 or (values[0] > 0 and not temperature):
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight must be in [0, 1] and a distilled student needs a "
+                                         f"positive temperature, e.g. 0.5:2")
+    return values
+
+
+def student_name(weight: float, temperature: float) -> str:
+    return "one model, whole pool, labels only" if weight == 0 else \
+        f"one model, whole pool, distilled (weight {weight:g}, T {temperature:g})"
+
+
+def train_student(config: dict, nested: RunFolder, prepared: PreparedData, out_of_fold: np.ndarray, weight: float,
+                  temperature: float, progress: bool) -> tuple[Path, float]:
+    """One model of the recipe on every nested pool image (no validation split: nothing is chosen on one), with
+    the nested ensemble's out-of-fold logits as its teacher when `weight` > 0. Resumable; returns its checkpoint
+    and training minutes."""
+    folder = RunFolder(nested.path / ("student-labels-only" if weight == 0 else f"student-w{weight:g}-t{temperature:g}"))
+    status = folder.read_status()
+    if status.get("state") != "finished":
+        pool = prepared.rows("train")
+        teacher = np.full((len(prepared.labels), len(prepared.classes)), np.nan, dtype=np.float32)
+        teacher[pool] = out_of_fold
+        student = copy.deepcopy(config)
+        student["name"] = f"{config['name']}-{folder.path.name}"
+        student["training"].update(folds=1, distillation_weight=weight, distillation_temperature=temperature)
+        split = np.where(np.asarray(prepared.split) == "train", "train", EXCLUDED)
+        logging.info("training %s", student_name(weight, temperature))
+        train(student, folder.path, resume=folder.checkpoint("last").is_file(), progress=progress,
+              prepared=dataclasses.replace(prepared, split=split, split_source=f"the pool of {nested.split_file}"),
+              calibrate_after_training=False, teacher_logits=teacher if weight > 0 else None)
+        status = folder.read_status()
+    return Path(status["best_checkpoint"]), round(float(status.get("train_seconds", 0.0)) / 60, 1)
+
+
+def out_of_fold_rule(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> tuple[float, DecisionRule]:
+    """Temperature and decision rule (biases, melanoma threshold at 80% specificity) fitted on out-of-fold logits,
+    as `train --folds K` fits the shipped ensemble's."""
+    temperature = float(fit_temperature(logits, labels))
+    rule, _ = fit_decision_rule(calibrated_probabilities(logits, temperature), labels, classes,
+                                fitted_on="the nested run's out-of-fold predictions", melanoma_specificity=0.8)
+    return temperature, rule
+
+
+def score(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], parts: np.ndarray,
+          shipped: tuple[float, DecisionRule]) -> dict:
+    """Raw argmax figures, the balanced-accuracy rule cross-fitted over `parts` of the held-out images, and the
+    `shipped` (temperature, rule) fitted out of fold: its balanced accuracy, accuracy and melanoma flag."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     probabilities = calibrated_probabilities(logits)
     decided = cross_fitted_decisions(probabilities, labels, parts, classes)
+    temperature, rule = shipped
+    shipped_probabilities = calibrated_probabilities(logits, temperature)
+    shipped_decisions = rule.decide(shipped_probabilities)
+    melanoma = list(classes).index("mel")
+    flagged = shipped_probabilities[:, melanoma] >= rule.melanoma.threshold
     return {**summarise(probabilities, labels, classes),
             "rule_balanced_accuracy": float(balanced_accuracy_score(labels, decided)),
-            "rule_accuracy": float(accuracy_score(labels, decided)), "decisions": decided}
+            "rule_accuracy": float(accuracy_score(labels, decided)), "decisions": decided,
+            "shipped_rule_balanced_accuracy": float(balanced_accuracy_score(labels, shipped_decisions)),
+            "shipped_rule_accuracy": float(accuracy_score(labels, shipped_decisions)),
+            "mel_flag_sensitivity": float(flagged[labels == melanoma].mean()),
+            "mel_flag_specificity": float(1 - flagged[labels != melanoma].mean())}
 
 
 def paired_intervals(row: dict, reference: dict, logits: np.ndarray, reference_logits: np.ndarray,
@@ -192,10 +265,13 @@ def paired_intervals(row: dict, reference: dict, logits: np.ndarray, reference_l
 def markdown(result: dict) -> str:
     lines = [f"Held-out fold {result['fold']} of {result['run']} ({result['images']} images, no nested member saw "
              f"them); {result['members']} nested fold models, trained in "
-             f"{' + '.join(f'{m:.1f}' for m in result['fold_minutes'])} min.", "",
-             "| model | bal. acc. | acc. | macro AUC | mel sens@80 | rule bal. acc. / acc. | minus logit mean: "
-             "bal. acc. / rule / AUC (95% paired CI) | heads per view |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{' + '.join(f'{m:.1f}' for m in result['fold_minutes'])} min"
+             + "".join(f"; {name}: {minutes:.1f} min" for name, minutes in result.get("student_minutes", {}).items())
+             + ".", "",
+             "| model | bal. acc. | acc. | macro AUC | mel sens@80 | rule bal. acc. / acc. | rule fitted out of fold: "
+             "bal. acc. / acc. / mel flag sens. / spec. | minus logit mean: bal. acc. / rule / AUC (95% paired CI) "
+             "| heads per view |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         ci = row.get("paired_ci")
         paired = "reference" if ci is None else " / ".join(
@@ -203,7 +279,9 @@ def markdown(result: dict) -> str:
             for k in ("balanced_accuracy", "rule_balanced_accuracy", "auc_macro"))
         lines.append(f"| {row['model']} | {row['balanced_accuracy']:.3f} | {row['accuracy']:.3f} | "
                      f"{row['auc_macro']:.3f} | {row['mel_sensitivity_at_80_specificity']:.3f} | "
-                     f"{row['rule_balanced_accuracy']:.3f} / {row['rule_accuracy']:.3f} | {paired} | "
+                     f"{row['rule_balanced_accuracy']:.3f} / {row['rule_accuracy']:.3f} | "
+                     f"{row['shipped_rule_balanced_accuracy']:.3f} / {row['shipped_rule_accuracy']:.3f} / "
+                     f"{row['mel_flag_sensitivity']:.3f} / {row['mel_flag_specificity']:.3f} | {paired} | "
                      f"{row['heads']} |")
     return "\n".join(lines) + "\n"
 
@@ -224,7 +302,7 @@ def plot(result: dict, path: Path) -> None:
     axis.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [name for _, name in keys])
     axis.set_ylim(0.5, 1.0)
     axis.legend(fontsize=7, ncol=2)
-    axis.set_title(f"Held-out fold {result['fold']} ({result['images']} images): members, logit mean, weight average",
+    axis.set_title(f"Held-out fold {result['fold']} ({result['images']} images): one model vs the logit mean",
                    fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +310,8 @@ def plot(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n_bootstrap: int = 1000) -> dict:
+def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n_bootstrap: int = 1000,
+            students: Sequence[tuple[float, float]] = ()) -> dict:
     config, held_out = prepare_nested_run(run, fold, out, data)
     started = time.perf_counter()
     nested = RunFolder(out)
@@ -262,13 +341,18 @@ def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n
     activations.ensure(training_rows, range(activations.spec.views))
     labels, classes = prepared.labels[rows], list(prepared.classes)
     parts = np.random.default_rng(config["seed"]).integers(0, RULE_PARTS, len(rows))
+    out_of_fold = np.load(out / OUT_OF_FOLD_LOGITS)
+    if len(out_of_fold) != len(training_rows):
+        raise SystemExit(f"{out / OUT_OF_FOLD_LOGITS} holds {len(out_of_fold)} rows for {len(training_rows)} pool "
+                         f"images: the nested run and its data disagree")
+    shipped = out_of_fold_rule(out_of_fold, prepared.labels[training_rows], classes)
 
     models = [load_classifier(path)[0] for path in members]
     table, logits_of = [], {}
 
     def add(name: str, heads: int, logits: np.ndarray) -> None:
         logits_of[name] = logits
-        table.append({"model": name, "heads": heads, **score(logits, labels, classes, parts)})
+        table.append({"model": name, "heads": heads, **score(logits, labels, classes, parts, shipped)})
 
     flips = range(FLIP_VIEWS)
     member_logits = [logits_from_trunk(model, activations, rows, flips) for model in models]
@@ -279,6 +363,12 @@ def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n
     add("weight average", 1, logits_from_trunk(soup, activations, rows, flips))
     recomputed = recompute_batchnorm(soup, activations, training_rows, config["seed"])
     add("weight average, BN recomputed", 1, logits_from_trunk(recomputed, activations, rows, flips))
+    student_minutes = {}
+    for weight, temperature in students:
+        checkpoint, minutes = train_student(config, nested, prepared, out_of_fold, weight, temperature, progress)
+        student_minutes[student_name(weight, temperature)] = minutes
+        add(student_name(weight, temperature), 1, logits_from_trunk(load_classifier(checkpoint)[0], activations, rows,
+                                                                     flips))
 
     reference = next(row for row in table if row["model"] == "logit mean (shipped)")
     for row in table:
@@ -291,7 +381,7 @@ def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n
         row.pop("decisions")
         row.pop("recall", None)
     return {"run": str(run), "fold": fold, "images": int(len(rows)), "members": len(models),
-            "fold_minutes": fold_minutes, "nested_run": str(out), "rows": table}
+            "fold_minutes": fold_minutes, "student_minutes": student_minutes, "nested_run": str(out), "rows": table}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -305,11 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", help="the images, when not where the run's config says")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="paired bootstrap resamples for the intervals (default 1000)")
+    parser.add_argument("--students", nargs="+", type=parse_student, default=[], metavar="SPEC",
+                        help="single models trained on the whole nested pool: 0 = the labels only, WEIGHT:TEMPERATURE "
+                             "= distilled from the nested ensemble's out-of-fold logits (e.g. 0 0.5:2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out).expanduser().resolve()
     result = measure(Path(args.run).expanduser().resolve(), args.fold, out, args.data, progress=sys.stderr.isatty(),
-                     n_bootstrap=args.bootstrap)
+                     n_bootstrap=args.bootstrap, students=args.students)
     result.update(run=args.run, nested_run=args.out)   # as given: the results name no machine's folders
     atomic_write_json(out / "weight_averaging.json", result)
     atomic_write_text(out / "weight_averaging.md", markdown(result))

@@ -1,5 +1,6 @@
-"""scripts/weight_averaging.py end to end: a nested run trained on all but one fold of a finished run, the held-out
-fold scored, reused on a rerun, another recipe refused."""
+"""scripts/weight_averaging.py end to end: a nested run trained on all but one fold of a finished run, students of
+its whole pool (labels only, distilled from its out-of-fold logits), the held-out fold scored, reused on a rerun,
+another recipe refused."""
 from __future__ import annotations
 
 import json
@@ -49,7 +50,8 @@ def test_the_script_trains_a_nested_run_and_scores_the_held_out_fold(script, tmp
                   "fold": fold}).to_csv(run / "split.csv", index=False)
 
     out = tmp_path / "nested"
-    assert script.main(["--run", str(run), "--fold", "2", "--out", str(out), "--bootstrap", "20"]) == 0
+    assert script.main(["--run", str(run), "--fold", "2", "--out", str(out), "--bootstrap", "20",
+                        "--students", "0", "0.5:2"]) == 0
     result = json.loads((out / "weight_averaging.json").read_text())
     held_out = set(chosen["image_id"][fold == 2])
     assert result["images"] == len(held_out) == 21 and result["members"] == 2
@@ -63,12 +65,32 @@ def test_the_script_trains_a_nested_run_and_scores_the_held_out_fold(script, tmp
     assert low <= rows["weight average"]["delta"]["auc_macro"] <= high
     assert (out / "weight_averaging.png").stat().st_size > 0 and "| weight average |" in (
         out / "weight_averaging.md").read_text()
+    # The rule as shipped (fitted on the nested out-of-fold logits) scored on every row's held-out logits.
+    for row in rows.values():
+        assert 0 < row["shipped_rule_balanced_accuracy"] <= 1 and 0 <= row["mel_flag_specificity"] <= 1
+    assert "rule fitted out of fold" in (out / "weight_averaging.md").read_text()
+    # Students: one model on the whole nested pool, the distilled one taught by the nested out-of-fold logits.
+    distilled = "one model, whole pool, distilled (weight 0.5, T 2)"
+    assert rows["one model, whole pool, labels only"]["heads"] == rows[distilled]["heads"] == 1
+    assert set(result["student_minutes"]) == {"one model, whole pool, labels only", distilled}
+    student_split = pd.read_csv(out / "student-w0.5-t2" / "split.csv")
+    pool = set(nested_split.loc[nested_split["split"] == "train", "image_id"])
+    assert set(student_split.loc[student_split["split"] == "train", "image_id"]) == pool
+    assert "val" not in set(student_split["split"]) and not held_out & set(student_split["image_id"])
+    teacher = np.load(out / "student-w0.5-t2" / "teacher_logits.npy")
+    taught = np.isfinite(teacher).all(axis=1)
+    assert taught.sum() == len(pool)
+    np.testing.assert_allclose(np.sort(teacher[taught], axis=0), np.sort(np.load(out / "out_of_fold_logits.npy"), axis=0))
+    assert not (out / "student-labels-only" / "teacher_logits.npy").exists()
+    with pytest.raises(SystemExit):
+        script.main(["--run", str(run), "--out", str(out), "--students", "0.5"])   # a temperature is needed
 
     # A rerun reuses the nested models; another recipe in the same folder is refused by name.
-    checkpoint = out / "fold-1" / "checkpoints" / "best.ckpt"
-    written = checkpoint.stat().st_mtime_ns
-    assert script.main(["--run", str(run), "--fold", "2", "--out", str(out), "--bootstrap", "20"]) == 0
-    assert checkpoint.stat().st_mtime_ns == written
+    checkpoints = [out / "fold-1" / "checkpoints" / "best.ckpt", out / "student-w0.5-t2" / "checkpoints" / "best.ckpt"]
+    written = [checkpoint.stat().st_mtime_ns for checkpoint in checkpoints]
+    assert script.main(["--run", str(run), "--fold", "2", "--out", str(out), "--bootstrap", "20",
+                        "--students", "0.5:2"]) == 0
+    assert [checkpoint.stat().st_mtime_ns for checkpoint in checkpoints] == written
     config["model"]["drop_rate"] = 0.5
     (run / "config.yaml").write_text(dump_config(config))
     with pytest.raises(SystemExit, match="another recipe.*model.drop_rate"):
