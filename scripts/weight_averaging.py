@@ -59,13 +59,13 @@ from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import AugmentationSection, TrainingSection, dump_config, recipe_differences, section
 from dermalens.data.prepare import EXCLUDED, PreparedData, prepare_data
 from dermalens.data.split import SPLIT_COLUMNS
-from dermalens.evaluation.calibration import fit_temperature
-from dermalens.evaluation.decision import cross_fitted_decisions, fit_decision_rule
+from dermalens.evaluation.decision import cross_fitted_decisions
 from dermalens.inference.postprocess import DecisionRule, calibrated_probabilities
 from dermalens.models.checkpoint import load_classifier
 from dermalens.models.classifier import LesionClassifier, ModelConfig, create_classifier
 from dermalens.models.ensemble import average_weights
 from dermalens.run_folder import OUT_OF_FOLD_LOGITS, RunFolder
+from dermalens.training.calibrate import fit_calibration
 from dermalens.training.cross_validation import logits_from_trunk, summarise, train_folds
 from dermalens.training.frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
 from dermalens.training.run import train, trunk_cache_dir
@@ -206,12 +206,12 @@ def train_student(config: dict, nested: RunFolder, prepared: PreparedData, out_o
     return Path(status["best_checkpoint"]), round(float(status.get("train_seconds", 0.0)) / 60, 1)
 
 
-def out_of_fold_rule(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> tuple[float, DecisionRule]:
-    """Temperature and decision rule (biases, melanoma threshold at 80% specificity) fitted on out-of-fold logits,
-    as `train --folds K` fits the shipped ensemble's."""
-    temperature = float(fit_temperature(logits, labels))
-    rule, _ = fit_decision_rule(calibrated_probabilities(logits, temperature), labels, classes,
-                                fitted_on="the nested run's out-of-fold predictions", melanoma_specificity=0.8)
+def out_of_fold_rule(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                     evaluation: dict) -> tuple[float, DecisionRule]:
+    """Temperature and decision rule (biases, melanoma threshold) fitted on out-of-fold logits with the recipe's
+    evaluation settings, as `train --folds K` fits the shipped ensemble's."""
+    temperature, rule, _ = fit_calibration(logits, labels, classes, evaluation,
+                                           "the nested run's out-of-fold predictions")
     return temperature, rule
 
 
@@ -227,7 +227,9 @@ def score(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], parts:
     shipped_probabilities = calibrated_probabilities(logits, temperature)
     shipped_decisions = rule.decide(shipped_probabilities)
     melanoma = list(classes).index("mel")
-    flagged = shipped_probabilities[:, melanoma] >= rule.melanoma.threshold
+    # A recipe without a melanoma operating point (evaluation.melanoma_specificity: null) gets NaN flag figures
+    flagged = (shipped_probabilities[:, melanoma] >= rule.melanoma.threshold if rule.melanoma
+               else np.full(len(labels), np.nan))
     return {**summarise(probabilities, labels, classes),
             "rule_balanced_accuracy": float(balanced_accuracy_score(labels, decided)),
             "rule_accuracy": float(accuracy_score(labels, decided)), "decisions": decided,
@@ -345,7 +347,7 @@ def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n
     if len(out_of_fold) != len(training_rows):
         raise SystemExit(f"{out / OUT_OF_FOLD_LOGITS} holds {len(out_of_fold)} rows for {len(training_rows)} pool "
                          f"images: the nested run and its data disagree")
-    shipped = out_of_fold_rule(out_of_fold, prepared.labels[training_rows], classes)
+    shipped = out_of_fold_rule(out_of_fold, prepared.labels[training_rows], classes, config["evaluation"])
 
     models = [load_classifier(path)[0] for path in members]
     table, logits_of = [], {}

@@ -17,10 +17,24 @@ import numpy as np
 
 from ..evaluation.calibration import fit_temperature
 from ..evaluation.decision import fit_decision_rule
-from ..inference.postprocess import calibrated_probabilities
+from ..inference.postprocess import DecisionRule, calibrated_probabilities
 from ..models.calibration_record import write_calibration
 
 log = logging.getLogger(__name__)
+
+
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], evaluation: dict,
+                    fitted_on: str) -> tuple[float, DecisionRule, dict]:
+    """Temperature and decision rule fitted on held-out `logits`, as the evaluation settings ask; nothing written.
+
+    Returns (temperature, rule, the rule's raw vs fitted balanced accuracy and accuracy there).
+    """
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    temperature = float(fit_temperature(logits, labels)) if evaluation["temperature_scaling"] and len(labels) else 1.0
+    rule, summary = fit_decision_rule(calibrated_probabilities(logits, temperature), labels, classes,
+                                      fitted_on=fitted_on, objective=evaluation["decision_rule"],
+                                      melanoma_specificity=evaluation["melanoma_specificity"])
+    return temperature, rule, summary
 
 
 def calibrate(checkpoint: Path, logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], evaluation: dict,
@@ -29,12 +43,7 @@ def calibrate(checkpoint: Path, logits: np.ndarray, labels: np.ndarray, classes:
 
     Returns a summary: the temperature, the rule, and raw vs fitted balanced accuracy and accuracy there.
     """
-    logits, labels = np.asarray(logits), np.asarray(labels)
-    temperature = float(fit_temperature(logits, labels)) if evaluation["temperature_scaling"] and len(labels) else 1.0
-    probabilities = calibrated_probabilities(logits, temperature)
-    rule, summary = fit_decision_rule(probabilities, labels, classes, fitted_on=fitted_on,
-                                      objective=evaluation["decision_rule"],
-                                      melanoma_specificity=evaluation["melanoma_specificity"])
+    temperature, rule, summary = fit_calibration(logits, labels, classes, evaluation, fitted_on)
     write_calibration(checkpoint, temperature, evaluation["tta"], len(labels), fitted_on=fitted_on,
                       decision=rule.to_dict())
     log.info("calibrated on %s: temperature %.3f; decision rule %s %s", fitted_on, temperature, rule.objective,
