@@ -482,15 +482,27 @@ def test_an_explanation_reports_the_predictors_probabilities(calibrated_predicto
     assert explainer.explain(photo, "gradcam", probabilities=given).predicted_class == "df"
 
 
-def test_dermalens_explain_reports_the_calibrated_tta_probabilities(small_model, tmp_path):
+def test_dermalens_explain_shows_what_dermalens_predict_answers(small_model, tmp_path, monkeypatch):
     from dermalens.cli import main
+    from dermalens.inference import predictor as predictor_module
+    from dermalens.inference.load import load_predictor
     from dermalens.models.calibration_record import write_calibration
 
+    # On a CPU with bf16 instructions the PyTorch model runs bf16 autocast while `dermalens predict` runs
+    # ONNX Runtime at fp32; forced here, so the test asks the same on every CPU.
+    monkeypatch.setattr(predictor_module, "cpu_has_fast_bf16", lambda: True)
     checkpoint = write_checkpoint(small_model, tmp_path / "model.ckpt")
     write_calibration(checkpoint, temperature=1.7, tta=True, n_images=10)
     image = tmp_path / "lesion.png"
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image)
     assert main(["explain", "--model", str(checkpoint), str(image), "--out", str(tmp_path / "out")]) == 0
-    [row] = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
-    served = Predictor.from_checkpoint(checkpoint).predict([image])[0]
-    assert served.probabilities[row["predicted_class"]] == pytest.approx(row["predicted_probability"], abs=1e-6)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    [row] = summary["images"]
+    predicted = load_predictor(checkpoint)                 # what `dermalens predict` runs: calibrated TTA
+    answered = predicted.predict([image])[0]
+    assert summary["settings"]["runtime"] == predicted.runtime == "onnxruntime"
+    assert row["predicted_class"] == answered.predicted_class
+    assert answered.probabilities[row["predicted_class"]] == pytest.approx(row["predicted_probability"], abs=1e-6)
+    # The PyTorch model's own bf16 answer is another one: the caption used to show it.
+    bf16 = Predictor.from_checkpoint(checkpoint).predict([image])[0]
+    assert abs(bf16.probabilities[row["predicted_class"]] - row["predicted_probability"]) > 1e-5

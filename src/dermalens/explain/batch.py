@@ -72,11 +72,20 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
     from .. import __version__
     from ..atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from ..evaluation.evaluate import git_commit
+    from ..inference.load import load_predictor
     from ..inference.model_files import check_model_path
     from ..inference.prediction import read_rgb_image
     from .api import Explainer, save_overlay_png
 
-    explainer = Explainer.from_checkpoint(check_model_path(model, needs_pytorch=True), cam_layer=layer)
+    model_path = check_model_path(model, needs_pytorch=True)
+    # The probabilities shown are `dermalens predict`'s for the same image (its runtime, TTA and temperature),
+    # as the web app shows them; the map needs the PyTorch model's gradients. Computing them on the PyTorch
+    # model instead would differ from predict's answer where PyTorch runs bf16 (a CPU with bf16 instructions).
+    answering = load_predictor(model_path)
+    if hasattr(answering, "model"):   # the PyTorch predictor itself: share its weights
+        explainer = Explainer.from_predictor(answering, cam_layer=layer)
+    else:
+        explainer = Explainer.from_checkpoint(model_path, cam_layer=layer)
     if target_class is not None and target_class not in explainer.classes:
         # Checked before any image: the model's class set is only known once it is loaded.
         class_index(target_class, explainer.classes)   # raises, naming the classes and a likely meant one
@@ -88,7 +97,8 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
         stem = unique_stem(path, used)
         try:
             image = read_rgb_image(path)
-            explanation = explainer.explain(image, method, target_class, shap_max_evals=shap_max_evals)
+            explanation = explainer.explain(image, method, target_class, shap_max_evals=shap_max_evals,
+                                            probabilities=answering.predict_arrays([image])[0])
         except (ValueError, FileNotFoundError) as error:
             errors.append({"image": str(path), "error": str(error)})
             if on_error is not None:
@@ -109,7 +119,7 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
         "settings": {
             "model": str(model), "method": method, "target_class": target_class,
             "shap_max_evals": shap_max_evals if method == "shap" else None,
-            "cam_layer": layer, "temperature": explainer.temperature, "preprocessing": explainer.preprocessing.to_dict(),
+            "cam_layer": layer, "runtime": answering.runtime, "temperature": explainer.temperature, "preprocessing": explainer.preprocessing.to_dict(),
             "dermalens_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
