@@ -488,9 +488,10 @@ def test_dermalens_explain_shows_what_dermalens_predict_answers(small_model, tmp
     from dermalens.inference.load import load_predictor
     from dermalens.models.calibration_record import write_calibration
 
-    # On a CPU with bf16 instructions the PyTorch model runs bf16 autocast while `dermalens predict` runs
-    # ONNX Runtime at fp32; forced here, so the test asks the same on every CPU.
+    # With bf16 asked for on a CPU with bf16 instructions the PyTorch model runs bf16 autocast while
+    # `dermalens predict` runs ONNX Runtime at fp32; forced here, so the test asks the same on every CPU.
     monkeypatch.setattr(predictor_module, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv("DERMALENS_INFERENCE_BF16", "1")
     checkpoint = write_checkpoint(small_model, tmp_path / "model.ckpt")
     write_calibration(checkpoint, temperature=1.7, tta=True, n_images=10)
     image = tmp_path / "lesion.png"

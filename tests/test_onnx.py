@@ -159,6 +159,19 @@ def test_onnx_predictor_equals_pytorch_predictor(exported, torch_predictor, samp
         torch_predictor.tta = False
 
 
+def test_pytorch_predictor_answers_in_fp32_on_a_bf16_cpu_unless_bf16_is_asked_for(torch_predictor, sample_images,
+                                                                                   monkeypatch):
+    from dermalens.inference import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "cpu_has_fast_bf16", lambda: True)   # as on a Zen 4 or an AMX Xeon
+    monkeypatch.delenv("DERMALENS_INFERENCE_BF16", raising=False)
+    batch = np.stack([preprocess_array(image, torch_predictor.preprocessing) for image in sample_images[:4]])
+    fp32 = predictor_module.tta_logits(torch_predictor.model, batch, torch_predictor.tta, precision="fp32")
+    assert np.array_equal(torch_predictor.logits(batch), fp32)           # the default: the reference numbers
+    monkeypatch.setenv("DERMALENS_INFERENCE_BF16", "1")
+    assert np.abs(torch_predictor.logits(batch) - fp32).max() > 1e-4     # asked for: bf16 autocast, other numbers
+
+
 # --- one interface, one preprocessing, no torch ------------------------------------
 
 def test_both_predictors_and_their_sessions_satisfy_the_protocols(exported, torch_predictor):

@@ -28,16 +28,20 @@ __all__ = ["Predictor", "model_logits", "predict_logits", "tta_logits"]
 
 
 def use_fast_bf16(device: torch.device) -> bool:
-    """bf16 autocast for inference where the CPU has bf16 instructions (measured parity: docs/performance.md);
-    DERMALENS_INFERENCE_FP32=1 turns it off."""
-    return device.type == "cpu" and cpu_has_fast_bf16() and os.environ.get("DERMALENS_INFERENCE_FP32") != "1"
+    """bf16 autocast for inference only when asked (DERMALENS_INFERENCE_BF16=1) on a CPU with bf16 instructions.
+
+    Not the default: on a Zen 4 CPU it moved the recipe ensemble's probabilities by up to 0.035 and one top
+    class in 128 against fp32 (docs/performance.md, benchmarks/fast_paths.py --runtime pytorch), far past the
+    1e-4 the exported runtimes keep, so `pytorch` answers as ONNX Runtime does on every CPU.
+    """
+    return device.type == "cpu" and cpu_has_fast_bf16() and os.environ.get("DERMALENS_INFERENCE_BF16") == "1"
 
 
 @torch.inference_mode()
 def model_logits(model: torch.nn.Module, batch: np.ndarray, precision: str = "auto") -> np.ndarray:
     """Logits of a preprocessed float32 (N, 3, S, S) batch, channels-last.
 
-    precision "auto": bf16 autocast where the CPU has bf16 instructions (`use_fast_bf16`); "fp32": never.
+    precision "auto": bf16 autocast where asked and the CPU has bf16 instructions (`use_fast_bf16`); "fp32": never.
     """
     device = next(model.parameters()).device
     bf16 = precision == "auto" and use_fast_bf16(device)
@@ -83,7 +87,7 @@ class Predictor:
         self.temperature = temperature
         self.tta = tta
         self.decision = decision or DecisionRule(self.classes)
-        self.precision = precision   # "auto": bf16 where the CPU is fast at it; "fp32" (export's reference)
+        self.precision = precision   # "auto": fp32 unless bf16 is asked for (`use_fast_bf16`); "fp32": always
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", tta: bool | None = None) -> "Predictor":
