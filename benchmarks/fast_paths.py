@@ -16,7 +16,13 @@ today's path without TTA. Rows:
 - evaluate: seconds per 1,000 images already cached at the model's size
   (what `dermalens evaluate` and the evaluation after training time);
 - where the time goes (today's path, 600x450 photos): decode, preprocess
-  (geometry + normalisation) and model, per image.
+  (geometry + normalisation) and model, per image;
+- agreement (a note and the JSON's settings): today's probabilities against
+  the earlier fp32 path's on the same cached JPEGs (largest change, images
+  whose top class moves).
+
+`--runtime` times another runtime as "today" (e.g. `openvino-bf16` on a CPU
+with bf16 instructions); the agreement says what it costs in answers.
 
 Paths alternate (legacy, today, legacy, today) and the faster of each pair
 counts, so a burst of load from elsewhere does not decide the ratio.
@@ -42,6 +48,7 @@ from dermalens.data.readers.images import decode_image_file  # noqa: E402
 from dermalens.inference.load import load_predictor, logits_for_images  # noqa: E402
 from dermalens.inference.postprocess import calibrated_probabilities  # noqa: E402
 from dermalens.inference.prediction import predict_files  # noqa: E402
+from dermalens.inference.runtimes import RUNTIMES  # noqa: E402
 from dermalens.models.calibration_record import read_calibration  # noqa: E402
 from dermalens.models.checkpoint import load_classifier  # noqa: E402
 
@@ -89,6 +96,15 @@ def best_of_pairs(candidates: dict, rounds: int) -> dict[str, float]:
     return best
 
 
+def agreement(legacy: LegacyPredictor, today, cached: np.ndarray) -> dict:
+    """How far today's answers are from the earlier fp32 path's on the same images (both with their TTA and
+    temperature): the largest probability change and the share of images whose top class moves."""
+    reference = np.concatenate([legacy.predict_arrays(cached[start:start + 64]) for start in range(0, len(cached), 64)])
+    probabilities = today.predict_arrays(list(cached))
+    return {"images": len(cached), "max_abs_probability_change": round(float(np.abs(reference - probabilities).max()), 6),
+            "top_class_moved": int(np.sum(reference.argmax(1) != probabilities.argmax(1)))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, help="a checkpoint (.ckpt) trained at 224 px")
@@ -100,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=("calibrated", "on", "off"), default="calibrated",
                         help="flip TTA as the checkpoint's calibration record says (default), or on/off: a fold "
                              "model of a cross-validated run has no record of its own")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="what runs today's path (default auto, as `dermalens predict`)")
     args = parser.parse_args(argv)
     calibrated_tta = read_calibration(args.model)["tta"] if args.tta == "calibrated" else args.tta == "on"
     jpegs = find_image_files([args.jpegs])[:args.images]
     photos = list(itertools.islice(itertools.cycle(find_image_files([args.photos])), args.images))
     legacy = LegacyPredictor(args.model, calibrated_tta)
-    today = load_predictor(args.model, tta=calibrated_tta)   # auto: ONNX Runtime on the cached export
-    plain = load_predictor(args.model, tta=False)
+    today = load_predictor(args.model, tta=calibrated_tta, runtime=args.runtime)   # auto: ONNX Runtime
+    plain = load_predictor(args.model, tta=False, runtime=args.runtime)
     rows = []
     for label, paths in (("224-px JPEGs", jpegs), ("600x450 photos", photos)):
         legacy_predict_files(legacy, paths[:32])             # warm-up
@@ -147,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     model = (time.perf_counter() - started) / len(decoded)
     breakdown = {"decode_ms": round(1000 * decode, 2), "preprocess_ms": round(1000 * preprocess, 2),
                  "model_ms": round(1000 * model, 2)}
+    agrees = agreement(legacy, today, cached)
     settings = {"model": str(args.model), "images": args.images, "tta": calibrated_tta, "rounds": args.rounds,
-                "today_runtime": today.runtime, "time_per_photo_today": breakdown}
+                "runtime": args.runtime, "today_runtime": today.runtime, "agreement_with_earlier_path": agrees, "time_per_photo_today": breakdown}
     notes = [f"today's path on a 600x450 photo, per image: decode {breakdown['decode_ms']} ms, preprocess "
              f"{breakdown['preprocess_ms']} ms, model {breakdown['model_ms']} ms (runtime {today.runtime}, "
              f"TTA {calibrated_tta})",
+             f"today against the earlier fp32 path on the {agrees['images']} JPEGs: probabilities moved by at most "
+             f"{agrees['max_abs_probability_change']}, top class moved on {agrees['top_class_moved']}",
              "speed-up = earlier path's time / today's time"]
     publish_result("fast_paths", rows, settings, notes, out=args.out)
     return 0

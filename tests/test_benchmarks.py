@@ -279,6 +279,23 @@ def test_explain_cost_times_a_trained_model_as_served_and_skips_what_it_refuses(
     assert "ablationcam: not timed, the model refuses it" in capsys.readouterr().err
 
 
+def test_fast_paths_times_both_paths_and_says_how_far_the_answers_moved(tmp_path, sample_dir):
+    checkpoint = write_tiny_checkpoint(tmp_path / "run" / "best.ckpt", members=2)
+    out = tmp_path / "fast_paths.json"
+    load_script("fast_paths").main(["--model", str(checkpoint), "--jpegs", str(sample_dir), "--photos",
+                                    str(sample_dir), "--images", "6", "--rounds", "1", "--tta", "on",
+                                    "--runtime", "onnxruntime", "--out", str(out)])
+    document = read_result(out)
+    assert [row["task"].split(" ")[0] for row in document["rows"]] == ["predict", "predict", "evaluate,"]
+    assert all(row["today"] > 0 and row["earlier path"] > 0 for row in document["rows"])
+    settings = document["settings"]
+    assert settings["today_runtime"] == "onnxruntime" and settings["runtime"] == "onnxruntime"
+    # ONNX Runtime at fp32 gives the earlier PyTorch fp32 path's answers on every image.
+    agreement = settings["agreement_with_earlier_path"]
+    assert agreement["images"] == 6 and agreement["top_class_moved"] == 0
+    assert agreement["max_abs_probability_change"] <= 1e-4
+
+
 def test_summary_collects_results(tmp_path):
     bench_common = load_script("bench_common")
     bench_common.write_result("demo", [{"variant": "a", "p50_ms": 1.5}], {"x": 1}, ["a note"],
