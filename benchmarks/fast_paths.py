@@ -98,7 +98,7 @@ def best_of_pairs(candidates: dict, rounds: int) -> dict[str, float]:
 
 def agreement(legacy: LegacyPredictor, today, cached: np.ndarray) -> dict:
     """How far today's answers are from the earlier fp32 path's on the same images (both with their TTA and
-    temperature): the largest probability change and the share of images whose top class moves."""
+    temperature): the largest probability change and how many images' top class moves."""
     reference = np.concatenate([legacy.predict_arrays(cached[start:start + 64]) for start in range(0, len(cached), 64)])
     probabilities = today.predict_arrays(list(cached))
     return {"images": len(cached), "max_abs_probability_change": round(float(np.abs(reference - probabilities).max()), 6),
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                  "model_ms": round(1000 * model, 2)}
     agrees = agreement(legacy, today, cached)
     settings = {"model": str(args.model), "images": args.images, "tta": calibrated_tta, "rounds": args.rounds,
-                "runtime": args.runtime, "today_runtime": today.runtime, "agreement_with_earlier_path": agrees, "time_per_photo_today": breakdown}
+                "runtime": args.runtime, "today_runtime": today.runtime, "agreement_with_earlier_path": agrees,
+                "time_per_photo_today": breakdown}
     notes = [f"today's path on a 600x450 photo, per image: decode {breakdown['decode_ms']} ms, preprocess "
              f"{breakdown['preprocess_ms']} ms, model {breakdown['model_ms']} ms (runtime {today.runtime}, "
              f"TTA {calibrated_tta})",

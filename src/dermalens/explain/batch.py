@@ -72,20 +72,15 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
     from .. import __version__
     from ..atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from ..evaluation.evaluate import git_commit
-    from ..inference.load import load_predictor
+    from ..inference.load import answering_and_pytorch
     from ..inference.model_files import check_model_path
     from ..inference.prediction import read_rgb_image
     from .api import Explainer, save_overlay_png
 
-    model_path = check_model_path(model, needs_pytorch=True)
     # The probabilities shown are `dermalens predict`'s for the same image (its runtime, TTA and temperature),
-    # as the web app shows them; the map needs the PyTorch model's gradients. Computing them on the PyTorch
-    # model instead would differ from predict's answer where PyTorch runs bf16 (a CPU with bf16 instructions).
-    answering = load_predictor(model_path)
-    if hasattr(answering, "model"):   # the PyTorch predictor itself: share its weights
-        explainer = Explainer.from_predictor(answering, cam_layer=layer)
-    else:
-        explainer = Explainer.from_checkpoint(model_path, cam_layer=layer)
+    # as the web app shows them; the map needs the PyTorch model's gradients.
+    answering, pytorch = answering_and_pytorch(check_model_path(model, needs_pytorch=True))
+    explainer = Explainer.from_predictor(pytorch, cam_layer=layer)
     if target_class is not None and target_class not in explainer.classes:
         # Checked before any image: the model's class set is only known once it is loaded.
         class_index(target_class, explainer.classes)   # raises, naming the classes and a likely meant one
@@ -119,7 +114,8 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
         "settings": {
             "model": str(model), "method": method, "target_class": target_class,
             "shap_max_evals": shap_max_evals if method == "shap" else None,
-            "cam_layer": layer, "runtime": answering.runtime, "temperature": explainer.temperature, "preprocessing": explainer.preprocessing.to_dict(),
+            "cam_layer": layer, "runtime": answering.runtime, "temperature": explainer.temperature,
+            "preprocessing": explainer.preprocessing.to_dict(),
             "dermalens_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },

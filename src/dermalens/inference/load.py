@@ -32,6 +32,18 @@ def pytorch_predictor(path: str | Path, device: str = "cpu", tta: bool | None = 
     return Predictor.from_checkpoint(path, device=device, tta=tta)
 
 
+def answering_and_pytorch(path: str | Path, runtime: str = "auto",
+                          threads: int | None = None) -> tuple[ImagePredictor, "Predictor"]:
+    """For a checkpoint or package: the predictor that answers (`load_predictor`'s choice, as `dermalens
+    predict` makes it) and the PyTorch predictor explanations need, one object when PyTorch answers.
+
+    Explanations show the answering predictor's probabilities and look inside the PyTorch model: computed
+    on the PyTorch model the numbers could differ from predict's (another runtime, bf16 where asked for).
+    """
+    answering = load_predictor(path, runtime=runtime, threads=threads)
+    return answering, (answering if hasattr(answering, "model") else pytorch_predictor(path))
+
+
 def onnx_for_checkpoint(checkpoint: Path, tta: bool | None, threads: int | None, runtime: str) -> OnnxPredictor:
     """The checkpoint's export (beside it when up to date, else the cached one) at the checkpoint's calibration."""
     beside = onnx_beside(checkpoint)

@@ -98,16 +98,12 @@ class ModelService:
         """A checkpoint (`.ckpt`): predictions through the runtime `load_predictor` picks (for "auto":
         ONNX Runtime on the export beside it or on one cached per user), explanations through PyTorch.
         An exported model (`.onnx`) alone: predictions only, and no PyTorch at all."""
-        from ..inference.load import load_predictor
+        from ..inference.load import answering_and_pytorch, load_predictor
 
-        fast = load_predictor(path, runtime=runtime, threads=threads)
         if is_onnx_file(path):
-            return cls(None, fast_predictor=fast, **kwargs)
-        if hasattr(fast, "model"):  # the PyTorch Predictor itself
-            return cls(fast, **kwargs)
-        from ..inference.predictor import Predictor
-
-        return cls(Predictor.from_checkpoint(path), fast_predictor=fast, **kwargs)
+            return cls(None, fast_predictor=load_predictor(path, runtime=runtime, threads=threads), **kwargs)
+        fast, pytorch = answering_and_pytorch(path, runtime=runtime, threads=threads)
+        return cls(pytorch, fast_predictor=fast, **kwargs)
 
     @property
     def classes(self) -> tuple[str, ...]:
