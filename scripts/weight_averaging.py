@@ -23,7 +23,12 @@ members. So this script
    (every image the members saw, in one model): with the labels only
    (`0`), and distilled from the nested ensemble (`WEIGHT:TEMPERATURE`,
    Hinton et al. 2015) with its out-of-fold logits as the teacher, so each
-   image's soft target comes from a member that never saw it;
+   image's soft target comes from a member that never saw it; with
+   `--own-rule`, each student also gets a rule of its own, fitted on its own
+   out-of-fold logits over the nested pool (one more student per nested
+   fold, trained as it is on the pool without that fold), as a student
+   shipped in place of the ensemble would be calibrated, since a student's
+   probabilities are shaped unlike a fold model's;
 5. reports raw argmax figures, the decision rule cross-fitted within the
    held-out fold (5 parts), the rule as a shipped model gets it (temperature,
    biases and melanoma threshold fitted on the nested run's out-of-fold
@@ -33,10 +38,12 @@ members. So this script
 
     python scripts/weight_averaging.py --run runs/ham10000_cpu --fold 1 --out runs/weight_averaging \
         --students 0 0.5:2
+    python scripts/weight_averaging.py --run runs/ham10000_cpu --fold 1 --out runs/weight_averaging \
+        --students 0.5:2 --own-rule
 
 Cost: K-1 fold models of the recipe (4 x 6 min for the five-fold CPU recipe
 on a 2-core VM, plus the trunk cache when it is not there), one fold model's
-time per student, then a few minutes of scoring. Results:
+time per student (K more with `--own-rule`), then a few minutes of scoring. Results:
 OUT/weight_averaging.json, .md and .png; students in OUT/student-*/.
 """
 from __future__ import annotations
@@ -183,12 +190,16 @@ def student_name(weight: float, temperature: float) -> str:
         f"one model, whole pool, distilled (weight {weight:g}, T {temperature:g})"
 
 
-def train_student(config: dict, nested: RunFolder, prepared: PreparedData, out_of_fold: np.ndarray, weight: float,
-                  temperature: float, progress: bool) -> tuple[Path, float]:
-    """One model of the recipe on every nested pool image (no validation split: nothing is chosen on one), with
-    the nested ensemble's out-of-fold logits as its teacher when `weight` > 0. Resumable; returns its checkpoint
-    and training minutes."""
-    folder = RunFolder(nested.path / ("student-labels-only" if weight == 0 else f"student-w{weight:g}-t{temperature:g}"))
+def student_folder(nested: RunFolder, weight: float, temperature: float, without_fold: int | None = None) -> RunFolder:
+    name = "student-labels-only" if weight == 0 else f"student-w{weight:g}-t{temperature:g}"
+    return RunFolder(nested.path / (name if without_fold is None else f"{name}-without-fold-{without_fold}"))
+
+
+def train_student(config: dict, folder: RunFolder, prepared: PreparedData, out_of_fold: np.ndarray, weight: float,
+                  temperature: float, progress: bool, left_out: np.ndarray | None = None) -> tuple[Path, float]:
+    """One model of the recipe on every nested pool image but `left_out` (pool rows; no validation split: nothing
+    is chosen on one), with the nested ensemble's out-of-fold logits as its teacher when `weight` > 0.
+    Resumable; returns its checkpoint and training minutes."""
     status = folder.read_status()
     if status.get("state") != "finished":
         pool = prepared.rows("train")
@@ -198,12 +209,40 @@ def train_student(config: dict, nested: RunFolder, prepared: PreparedData, out_o
         student["name"] = f"{config['name']}-{folder.path.name}"
         student["training"].update(folds=1, distillation_weight=weight, distillation_temperature=temperature)
         split = np.where(np.asarray(prepared.split) == "train", "train", EXCLUDED)
-        logging.info("training %s", student_name(weight, temperature))
+        if left_out is not None:
+            split[left_out] = EXCLUDED
+        logging.info("training %s (%s)", student_name(weight, temperature), folder.path.name)
         train(student, folder.path, resume=folder.checkpoint("last").is_file(), progress=progress,
-              prepared=dataclasses.replace(prepared, split=split, split_source=f"the pool of {nested.split_file}"),
+              prepared=dataclasses.replace(prepared, split=split, split_source=f"the pool of {folder.path.name}"),
               calibrate_after_training=False, teacher_logits=teacher if weight > 0 else None)
         status = folder.read_status()
     return Path(status["best_checkpoint"]), round(float(status.get("train_seconds", 0.0)) / 60, 1)
+
+
+def nested_folds(nested: RunFolder, prepared: PreparedData, rows: np.ndarray) -> np.ndarray:
+    """The nested run's fold (1..K-1) of each of `rows`, from its split.csv."""
+    split = pd.read_csv(nested.split_file, dtype={"image_id": str}, keep_default_na=False)
+    fold_of = dict(zip(split["image_id"], split["fold"]))
+    return np.array([int(fold_of[image_id]) for image_id in prepared.dataset.records["image_id"].to_numpy()[rows]])
+
+
+def student_out_of_fold(config: dict, nested: RunFolder, prepared: PreparedData, out_of_fold: np.ndarray,
+                        weight: float, temperature: float, activations: TrunkActivations,
+                        progress: bool) -> tuple[np.ndarray, float]:
+    """The student's own out-of-fold logits over the nested pool: one student per nested fold, trained as the
+    shipped student is on the pool without that fold, scores it (the recipe's four flip views). What a student
+    shipped with its own calibration would fit its temperature, biases and melanoma threshold on, as `train
+    --folds K` fits the ensemble's on its members' out-of-fold logits. Returns the logits and the minutes."""
+    pool = prepared.rows("train")
+    folds = nested_folds(nested, prepared, pool)
+    logits, minutes = np.full((len(pool), len(prepared.classes)), np.nan, dtype=np.float32), 0.0
+    for fold in sorted(set(folds)):
+        checkpoint, spent = train_student(config, student_folder(nested, weight, temperature, fold), prepared,
+                                          out_of_fold, weight, temperature, progress, left_out=pool[folds == fold])
+        logits[folds == fold] = logits_from_trunk(load_classifier(checkpoint)[0], activations, pool[folds == fold],
+                                                  range(FLIP_VIEWS))
+        minutes += spent
+    return logits, round(minutes, 1)
 
 
 def out_of_fold_rule(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str],
@@ -235,6 +274,7 @@ def score(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], parts:
             "rule_accuracy": float(accuracy_score(labels, decided)), "decisions": decided,
             "shipped_rule_balanced_accuracy": float(balanced_accuracy_score(labels, shipped_decisions)),
             "shipped_rule_accuracy": float(accuracy_score(labels, shipped_decisions)),
+            "shipped_decisions": shipped_decisions,
             "mel_flag_sensitivity": float(flagged[labels == melanoma].mean()),
             "mel_flag_specificity": float(1 - flagged[labels != melanoma].mean())}
 
@@ -249,7 +289,8 @@ def paired_intervals(row: dict, reference: dict, logits: np.ndarray, reference_l
     p, q = calibrated_probabilities(logits), calibrated_probabilities(reference_logits)
     classes = np.arange(p.shape[1])
     by_class = [np.flatnonzero(labels == c) for c in classes if np.any(labels == c)]
-    differences = {"balanced_accuracy": [], "rule_balanced_accuracy": [], "auc_macro": []}
+    differences = {"balanced_accuracy": [], "rule_balanced_accuracy": [], "shipped_rule_balanced_accuracy": [],
+                   "auc_macro": []}
     for _ in range(n_bootstrap):
         pick = np.concatenate([rng.choice(members, len(members)) for members in by_class])
         y = labels[pick]
@@ -257,6 +298,9 @@ def paired_intervals(row: dict, reference: dict, logits: np.ndarray, reference_l
                                                 - balanced_accuracy_score(y, q[pick].argmax(1)))
         differences["rule_balanced_accuracy"].append(balanced_accuracy_score(y, row["decisions"][pick])
                                                      - balanced_accuracy_score(y, reference["decisions"][pick]))
+        differences["shipped_rule_balanced_accuracy"].append(
+            balanced_accuracy_score(y, row["shipped_decisions"][pick])
+            - balanced_accuracy_score(y, reference["shipped_decisions"][pick]))
         if len(by_class) == len(classes):
             differences["auc_macro"].append(roc_auc_score(y, p[pick], multi_class="ovr", labels=classes)
                                             - roc_auc_score(y, q[pick], multi_class="ovr", labels=classes))
@@ -271,14 +315,15 @@ def markdown(result: dict) -> str:
              + "".join(f"; {name}: {minutes:.1f} min" for name, minutes in result.get("student_minutes", {}).items())
              + ".", "",
              "| model | bal. acc. | acc. | macro AUC | mel sens@80 | rule bal. acc. / acc. | rule fitted out of fold: "
-             "bal. acc. / acc. / mel flag sens. / spec. | minus logit mean: bal. acc. / rule / AUC (95% paired CI) "
+             "bal. acc. / acc. / mel flag sens. / spec. | minus logit mean: bal. acc. / rule / rule fitted out of fold "
+             "/ AUC (95% paired CI) "
              "| heads per view |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         ci = row.get("paired_ci")
         paired = "reference" if ci is None else " / ".join(
             f"{row['delta'][k]:+.3f} ({ci[k][0]:+.3f} to {ci[k][1]:+.3f})" if k in ci else f"{row['delta'][k]:+.3f}"
-            for k in ("balanced_accuracy", "rule_balanced_accuracy", "auc_macro"))
+            for k in ("balanced_accuracy", "rule_balanced_accuracy", "shipped_rule_balanced_accuracy", "auc_macro"))
         lines.append(f"| {row['model']} | {row['balanced_accuracy']:.3f} | {row['accuracy']:.3f} | "
                      f"{row['auc_macro']:.3f} | {row['mel_sensitivity_at_80_specificity']:.3f} | "
                      f"{row['rule_balanced_accuracy']:.3f} / {row['rule_accuracy']:.3f} | "
@@ -313,7 +358,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n_bootstrap: int = 1000,
-            students: Sequence[tuple[float, float]] = ()) -> dict:
+            students: Sequence[tuple[float, float]] = (), own_rule: bool = False) -> dict:
     config, held_out = prepare_nested_run(run, fold, out, data)
     started = time.perf_counter()
     nested = RunFolder(out)
@@ -352,9 +397,9 @@ def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n
     models = [load_classifier(path)[0] for path in members]
     table, logits_of = [], {}
 
-    def add(name: str, heads: int, logits: np.ndarray) -> None:
+    def add(name: str, heads: int, logits: np.ndarray, rule: tuple[float, DecisionRule] = shipped) -> None:
         logits_of[name] = logits
-        table.append({"model": name, "heads": heads, **score(logits, labels, classes, parts, shipped)})
+        table.append({"model": name, "heads": heads, **score(logits, labels, classes, parts, rule)})
 
     flips = range(FLIP_VIEWS)
     member_logits = [logits_from_trunk(model, activations, rows, flips) for model in models]
@@ -367,20 +412,28 @@ def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n
     add("weight average, BN recomputed", 1, logits_from_trunk(recomputed, activations, rows, flips))
     student_minutes = {}
     for weight, temperature in students:
-        checkpoint, minutes = train_student(config, nested, prepared, out_of_fold, weight, temperature, progress)
-        student_minutes[student_name(weight, temperature)] = minutes
-        add(student_name(weight, temperature), 1, logits_from_trunk(load_classifier(checkpoint)[0], activations, rows,
-                                                                     flips))
+        name = student_name(weight, temperature)
+        checkpoint, student_minutes[name] = train_student(config, student_folder(nested, weight, temperature),
+                                                          prepared, out_of_fold, weight, temperature, progress)
+        student_logits = logits_from_trunk(load_classifier(checkpoint)[0], activations, rows, flips)
+        add(name, 1, student_logits)
+        if own_rule:
+            own_out_of_fold, student_minutes[f"{name}: its out-of-fold students"] = student_out_of_fold(
+                config, nested, prepared, out_of_fold, weight, temperature, activations, progress)
+            own = out_of_fold_rule(own_out_of_fold, prepared.labels[training_rows], classes, config["evaluation"])
+            add(f"{name}, rule fitted on its own out-of-fold", 1, student_logits, own)
 
     reference = next(row for row in table if row["model"] == "logit mean (shipped)")
     for row in table:
         if row is not reference:
             row["delta"] = {key: row[key] - reference[key]
-                            for key in ("balanced_accuracy", "rule_balanced_accuracy", "auc_macro")}
+                            for key in ("balanced_accuracy", "rule_balanced_accuracy",
+                                        "shipped_rule_balanced_accuracy", "auc_macro")}
             row["paired_ci"] = paired_intervals(row, reference, logits_of[row["model"]],
                                                 logits_of[reference["model"]], labels, n_bootstrap, config["seed"])
     for row in table:
         row.pop("decisions")
+        row.pop("shipped_decisions")
         row.pop("recall", None)
     return {"run": str(run), "fold": fold, "images": int(len(rows)), "members": len(models),
             "fold_minutes": fold_minutes, "student_minutes": student_minutes, "nested_run": str(out), "rows": table}
@@ -400,11 +453,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--students", nargs="+", type=parse_student, default=[], metavar="SPEC",
                         help="single models trained on the whole nested pool: 0 = the labels only, WEIGHT:TEMPERATURE "
                              "= distilled from the nested ensemble's out-of-fold logits (e.g. 0 0.5:2)")
+    parser.add_argument("--own-rule", action="store_true",
+                        help="also fit each student's own rule (temperature, biases, melanoma threshold) on its own "
+                             "out-of-fold logits: one more student per nested fold")
     args = parser.parse_args(argv)
+    if args.own_rule and not args.students:
+        parser.error("--own-rule needs --students")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out).expanduser().resolve()
     result = measure(Path(args.run).expanduser().resolve(), args.fold, out, args.data, progress=sys.stderr.isatty(),
-                     n_bootstrap=args.bootstrap, students=args.students)
+                     n_bootstrap=args.bootstrap, students=args.students, own_rule=args.own_rule)
     result.update(run=args.run, nested_run=args.out)   # as given: the results name no machine's folders
     atomic_write_json(out / "weight_averaging.json", result)
     atomic_write_text(out / "weight_averaging.md", markdown(result))

@@ -1,6 +1,6 @@
 """scripts/weight_averaging.py end to end: a nested run trained on all but one fold of a finished run, students of
-its whole pool (labels only, distilled from its out-of-fold logits), the held-out fold scored, reused on a rerun,
-another recipe refused."""
+its whole pool (labels only, distilled from its out-of-fold logits), a student's own rule from students trained
+without each nested fold, the held-out fold scored, reused on a rerun, another recipe refused."""
 from __future__ import annotations
 
 import json
@@ -85,12 +85,27 @@ def test_the_script_trains_a_nested_run_and_scores_the_held_out_fold(script, tmp
     with pytest.raises(SystemExit):
         script.main(["--run", str(run), "--out", str(out), "--students", "0.5"])   # a temperature is needed
 
-    # A rerun reuses the nested models; another recipe in the same folder is refused by name.
+    # A rerun reuses the nested models; --own-rule adds one student per nested fold, each trained without that
+    # fold, whose out-of-fold logits give the student its own rule.
     checkpoints = [out / "fold-1" / "checkpoints" / "best.ckpt", out / "student-w0.5-t2" / "checkpoints" / "best.ckpt"]
     written = [checkpoint.stat().st_mtime_ns for checkpoint in checkpoints]
     assert script.main(["--run", str(run), "--fold", "2", "--out", str(out), "--bootstrap", "20",
-                        "--students", "0.5:2"]) == 0
+                        "--students", "0.5:2", "--own-rule"]) == 0
     assert [checkpoint.stat().st_mtime_ns for checkpoint in checkpoints] == written
+    result = json.loads((out / "weight_averaging.json").read_text())
+    rows = {row["model"]: row for row in result["rows"]}
+    own = rows[f"{distilled}, rule fitted on its own out-of-fold"]
+    assert own["heads"] == 1 and own["auc_macro"] == rows[distilled]["auc_macro"]      # the same model's logits
+    low, high = own["paired_ci"]["shipped_rule_balanced_accuracy"]
+    assert low <= own["delta"]["shipped_rule_balanced_accuracy"] <= high
+    assert f"{distilled}: its out-of-fold students" in result["student_minutes"]
+    nested_folds = nested_split.set_index("image_id")["fold"]
+    for nested_fold in (1, 2):
+        fold_split = pd.read_csv(out / f"student-w0.5-t2-without-fold-{nested_fold}" / "split.csv")
+        trained_on = set(fold_split.loc[fold_split["split"] == "train", "image_id"])
+        assert trained_on == pool - set(nested_folds.index[nested_folds == nested_fold]) and trained_on < pool
+    with pytest.raises(SystemExit):
+        script.main(["--run", str(run), "--out", str(out), "--own-rule"])           # --own-rule needs --students
     config["model"]["drop_rate"] = 0.5
     (run / "config.yaml").write_text(dump_config(config))
     with pytest.raises(SystemExit, match="another recipe.*model.drop_rate"):
