@@ -78,6 +78,9 @@ from dermalens.training.frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkS
 from dermalens.training.run import train, trunk_cache_dir
 
 RULE_PARTS = 5
+# Each row's differences from the logit mean, with paired bootstrap intervals: raw argmax, the rule cross-fitted
+# within the held-out fold, the rule fitted out of fold (as shipped), and the ranking.
+PAIRED_METRICS = ("balanced_accuracy", "rule_balanced_accuracy", "shipped_rule_balanced_accuracy", "auc_macro")
 _BATCH = 64
 
 
@@ -289,8 +292,7 @@ def paired_intervals(row: dict, reference: dict, logits: np.ndarray, reference_l
     p, q = calibrated_probabilities(logits), calibrated_probabilities(reference_logits)
     classes = np.arange(p.shape[1])
     by_class = [np.flatnonzero(labels == c) for c in classes if np.any(labels == c)]
-    differences = {"balanced_accuracy": [], "rule_balanced_accuracy": [], "shipped_rule_balanced_accuracy": [],
-                   "auc_macro": []}
+    differences = {key: [] for key in PAIRED_METRICS}
     for _ in range(n_bootstrap):
         pick = np.concatenate([rng.choice(members, len(members)) for members in by_class])
         y = labels[pick]
@@ -323,7 +325,7 @@ def markdown(result: dict) -> str:
         ci = row.get("paired_ci")
         paired = "reference" if ci is None else " / ".join(
             f"{row['delta'][k]:+.3f} ({ci[k][0]:+.3f} to {ci[k][1]:+.3f})" if k in ci else f"{row['delta'][k]:+.3f}"
-            for k in ("balanced_accuracy", "rule_balanced_accuracy", "shipped_rule_balanced_accuracy", "auc_macro"))
+            for k in PAIRED_METRICS)
         lines.append(f"| {row['model']} | {row['balanced_accuracy']:.3f} | {row['accuracy']:.3f} | "
                      f"{row['auc_macro']:.3f} | {row['mel_sensitivity_at_80_specificity']:.3f} | "
                      f"{row['rule_balanced_accuracy']:.3f} / {row['rule_accuracy']:.3f} | "
@@ -427,8 +429,7 @@ def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n
     for row in table:
         if row is not reference:
             row["delta"] = {key: row[key] - reference[key]
-                            for key in ("balanced_accuracy", "rule_balanced_accuracy",
-                                        "shipped_rule_balanced_accuracy", "auc_macro")}
+                            for key in PAIRED_METRICS}
             row["paired_ci"] = paired_intervals(row, reference, logits_of[row["model"]],
                                                 logits_of[reference["model"]], labels, n_bootstrap, config["seed"])
     for row in table:
