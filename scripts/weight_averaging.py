@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import logging
 import sys
 import time
@@ -64,7 +63,7 @@ from torch import nn
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import AugmentationSection, TrainingSection, dump_config, recipe_differences, section
-from dermalens.data.prepare import EXCLUDED, PreparedData, prepare_data
+from dermalens.data.prepare import PreparedData, prepare_data
 from dermalens.data.split import SPLIT_COLUMNS
 from dermalens.evaluation.decision import cross_fitted_decisions
 from dermalens.inference.postprocess import DecisionRule, calibrated_probabilities
@@ -73,9 +72,11 @@ from dermalens.models.classifier import LesionClassifier, ModelConfig, create_cl
 from dermalens.models.ensemble import average_weights
 from dermalens.run_folder import OUT_OF_FOLD_LOGITS, RunFolder
 from dermalens.training.calibrate import fit_calibration
-from dermalens.training.cross_validation import logits_from_trunk, summarise, train_folds
+from dermalens.training.cross_validation import summarise, train_folds
 from dermalens.training.frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
-from dermalens.training.run import train, trunk_cache_dir
+from dermalens.training.held_out_logits import logits_from_trunk
+from dermalens.training.run import trunk_cache_dir
+from dermalens.training.student import train_student as train_one_student
 
 RULE_PARTS = 5
 # Each row's differences from the logit mean, with paired bootstrap intervals: raw argmax, the rule cross-fitted
@@ -203,23 +204,13 @@ def train_student(config: dict, folder: RunFolder, prepared: PreparedData, out_o
     """One model of the recipe on every nested pool image but `left_out` (pool rows; no validation split: nothing
     is chosen on one), with the nested ensemble's out-of-fold logits as its teacher when `weight` > 0.
     Resumable; returns its checkpoint and training minutes."""
-    status = folder.read_status()
-    if status.get("state") != "finished":
-        pool = prepared.rows("train")
-        teacher = np.full((len(prepared.labels), len(prepared.classes)), np.nan, dtype=np.float32)
-        teacher[pool] = out_of_fold
-        student = copy.deepcopy(config)
-        student["name"] = f"{config['name']}-{folder.path.name}"
-        student["training"].update(folds=1, distillation_weight=weight, distillation_temperature=temperature)
-        split = np.where(np.asarray(prepared.split) == "train", "train", EXCLUDED)
-        if left_out is not None:
-            split[left_out] = EXCLUDED
-        logging.info("training %s (%s)", student_name(weight, temperature), folder.path.name)
-        train(student, folder.path, resume=folder.checkpoint("last").is_file(), progress=progress,
-              prepared=dataclasses.replace(prepared, split=split, split_source=f"the pool of {folder.path.name}"),
-              calibrate_after_training=False, teacher_logits=teacher if weight > 0 else None)
-        status = folder.read_status()
-    return Path(status["best_checkpoint"]), round(float(status.get("train_seconds", 0.0)) / 60, 1)
+    teacher = np.full((len(prepared.labels), len(prepared.classes)), np.nan, dtype=np.float32)
+    teacher[prepared.rows("train")] = out_of_fold
+    student = copy.deepcopy(config)
+    student["training"].update(distillation_weight=weight, distillation_temperature=temperature)
+    logging.info("training %s (%s)", student_name(weight, temperature), folder.path.name)
+    checkpoint, seconds = train_one_student(student, folder, prepared, teacher, left_out=left_out, progress=progress)
+    return checkpoint, round(seconds / 60, 1)
 
 
 def nested_folds(nested: RunFolder, prepared: PreparedData, rows: np.ndarray) -> np.ndarray:

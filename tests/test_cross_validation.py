@@ -141,3 +141,51 @@ def test_the_ensemble_and_its_rule_travel_through_the_package_and_the_server(cro
     np.testing.assert_allclose(probabilities, exact[0], atol=1e-3)
     assert answer["predicted_class"] == rule.classes[rule.decide(exact)[0]]
     assert answer["top_class"] == max(answer["probabilities"], key=answer["probabilities"].get)
+
+
+def test_a_finished_run_resumed_as_a_student_ships_one_distilled_model(cross_validated_run: Path, tmp_path):
+    """`training.student`: the fold models' out-of-fold logits teach one model of the whole pool, which is
+    shipped, calibrated on students that each trained without the fold they predict; the folds are not retrained."""
+    import shutil
+
+    from dermalens.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="set training.folds to 2 or more"):
+        load_config(None, ["training.student=true"])
+    run = tmp_path / "run"
+    shutil.copytree(cross_validated_run, run)
+    fold_checkpoints = [cross_validated_run / f"fold-{k}" / "checkpoints" / "best.ckpt" for k in (1, 2)]
+    before = [path.stat().st_mtime_ns for path in fold_checkpoints]
+    assert main(["train", "--resume", str(run), "--set", "training.student=true",
+                 "--set", "training.distillation_weight=0.5"]) == 0
+    assert [path.stat().st_mtime_ns for path in fold_checkpoints] == before
+
+    shipped, meta = load_classifier(run / "checkpoints" / "best.ckpt")
+    assert not isinstance(shipped, LesionEnsemble)
+    assert meta["distilled_from"]["weight"] == 0.5
+    student = load_classifier(run / meta["distilled_from"]["student_checkpoint"])[0]
+    assert meta["distilled_from"]["student_checkpoint"] == str(Path("student") / "checkpoints" / "best.ckpt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(shipped(x), student(x))
+
+    split = pd.read_csv(run / "split.csv")
+    pool = split[split["split"] != "test"]
+    trained_on = {name: set(frame.loc[frame["split"] == "train", "image_id"])
+                  for name in ("student", "student-without-fold-1", "student-without-fold-2")
+                  for frame in [pd.read_csv(run / name / "split.csv")]}
+    assert trained_on["student"] == set(pool["image_id"])
+    for fold in (1, 2):
+        assert trained_on[f"student-without-fold-{fold}"] == set(pool.loc[pool["fold"] != fold, "image_id"])
+    # The teacher of every pool image is the fold model that never saw it: the run's out-of-fold logits.
+    teacher = np.load(run / "student" / "teacher_logits.npy")
+    np.testing.assert_array_equal(teacher[np.isfinite(teacher).all(axis=1)],
+                                  np.load(run / "out_of_fold_logits.npy"))
+
+    calibration = read_calibration(run / "checkpoints" / "best.ckpt")
+    assert "2 students, each trained without its fold" in calibration["decision"]["fitted_on"]
+    summary = json.loads((run / "cv.json").read_text())
+    assert 0 <= summary["student"]["out_of_fold"]["balanced_accuracy"] <= 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["decision_rule"]["class_bias"] == calibration["decision"]["class_bias"]
+    assert "distilled from the out-of-fold logits of 2 fold models" in (run / "report.md").read_text()

@@ -158,6 +158,10 @@ class TrainingSection:
     # metrics; with ensemble, the fold models are shipped as one model (the mean of their logits)
     folds: int = setting(1, positive=True)
     ensemble: bool = setting(True)
+    # With folds: ship ONE model distilled from the fold models' out-of-fold logits (distillation_weight,
+    # distillation_temperature), calibrated on out-of-fold students, in place of their ensemble: one model's
+    # speed (training/student.py); costs K + 1 more trainings
+    student: bool = setting(False)
     compile: bool = setting(False)                      # torch.compile the model (minutes of compiling first)
     limit_train_batches: int | float | None = setting(None)
     limit_val_batches: int | float | None = setting(None)
@@ -355,6 +359,9 @@ def validate_config(config: dict) -> dict:
     weight = config["training"]["distillation_weight"]
     if not 0 <= weight <= 1:
         raise ConfigError(f"config key 'training.distillation_weight' must be in [0, 1], got {weight!r}")
+    if config["training"]["student"] and config["training"]["folds"] < 2:
+        raise ConfigError("training.student distils the fold models of a cross-validated run: set training.folds "
+                          f"to 2 or more (got {config['training']['folds']}), or training.student=false")
     if config["loss"]["label_smoothing"] and config["loss"]["name"] == "focal":
         raise ConfigError("loss.label_smoothing is not implemented for the focal loss; set it to 0 or use "
                           "loss.name=cross_entropy")

@@ -160,7 +160,9 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
 def describe_model(meta: dict) -> str:
     config = meta["model_config"]
     name = f"{config['backbone']} + {'CBAM' if config['cbam'] else 'no CBAM'}"
-    ensemble = meta.get("ensemble")
+    ensemble, teacher = meta.get("ensemble"), meta.get("distilled_from")
+    if teacher:
+        name += f", distilled from {teacher['teacher']}"
     return f"ensemble of {ensemble['members']} x ({name})" if ensemble else name
 
 

@@ -1,6 +1,7 @@
 """Load a trained classifier from a dermalens (Lightning) checkpoint, without Lightning."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..atomic_io import atomic_write_bytes
 from ..classes import validate_class_set
 from ..data.preprocess import Preprocessing
 from .calibration_record import CheckpointError
@@ -18,7 +20,7 @@ from .classifier import LesionClassifier, ModelConfig, create_classifier
 from .ensemble import build_ensemble
 
 __all__ = ["CHECKPOINT_KEY", "TRUST_VARIABLE", "load_checkpoint_dict", "load_classifier", "read_checkpoint_metadata",
-           "trusts_checkpoints"]
+           "save_classifier", "trusts_checkpoints"]
 
 CHECKPOINT_KEY = "dermalens"
 
@@ -108,3 +110,15 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"])
     meta["checkpoint"] = str(path)
     return model.to(device).eval(), meta
+
+
+def save_classifier(model: torch.nn.Module, meta: dict, out: str | Path) -> Path:
+    """A checkpoint `load_classifier` reads: the weights and `meta` (as `load_classifier` returned it, or with the
+    preprocessing already a dict), without Lightning's training state; written atomically."""
+    meta = {key: value for key, value in meta.items() if key != "checkpoint"}
+    if isinstance(meta.get("preprocessing"), Preprocessing):
+        meta["preprocessing"] = meta["preprocessing"].to_dict()
+    state = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, CHECKPOINT_KEY: meta}, buffer)
+    return atomic_write_bytes(out, buffer.getvalue())

@@ -34,7 +34,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..atomic_io import atomic_write_json, atomic_write_text
@@ -45,14 +44,15 @@ from ..evaluation.evaluate import evaluate_checkpoint
 from ..evaluation.metrics import compute_classification_metrics, sensitivity_at_specificity
 from ..evaluation.plots import plot_fold_metrics
 from ..inference.postprocess import calibrated_probabilities
-from ..inference.predictor import predict_logits
-from ..models.checkpoint import CHECKPOINT_KEY, load_classifier
+from ..models.checkpoint import load_classifier, save_classifier
 from ..models.ensemble import LesionEnsemble, trunks_identical
 from ..run_folder import FIGURES, OUT_OF_FOLD_LOGITS, RunFolder
 from .calibrate import calibrate
 from .errors import TrainingInterrupted
-from .frozen_trunk import FLIP_VIEWS, TrunkActivations, TrunkSpec
+from .frozen_trunk import TrunkActivations, TrunkSpec
+from .held_out_logits import out_of_fold_logits
 from .run import new_run_dir, sigterm_raises, train, trunk_cache_dir, with_absolute_paths
+from .student import distil_student, ship_student
 
 log = logging.getLogger(__name__)
 SUMMARY_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro", "mel_sensitivity_at_80_specificity")
@@ -117,32 +117,6 @@ def write_fold_split_csv(prepared: PreparedData, assignment: np.ndarray, path: P
     atomic_write_text(path, table.to_csv(index=False))
 
 
-def out_of_fold_logits(config: dict, checkpoint: Path, prepared: PreparedData, rows: np.ndarray,
-                       activations: TrunkActivations | None, progress: bool) -> np.ndarray:
-    """Logits of `rows` (with the evaluation's TTA) from one fold model: through the cached trunk when there is one."""
-    model, meta = load_classifier(checkpoint)
-    tta = config["evaluation"]["tta"]
-    if activations is None:
-        return predict_logits(model, prepared.images[rows], meta["preprocessing"], config["evaluation"]["batch_size"],
-                              tta=tta, progress=progress, description="out-of-fold")
-    views = list(range(FLIP_VIEWS)) if tta else [0]
-    activations.ensure(rows, views)
-    return logits_from_trunk(model, activations, rows, views)
-
-
-def logits_from_trunk(model: torch.nn.Module, activations: TrunkActivations, rows: np.ndarray,
-                      views: Sequence[int]) -> np.ndarray:
-    """(len(rows), C) logits of a model that shares the cached trunk: the mean over `views` (already cached)."""
-    stages, views, logits = activations.spec.stages, list(views), []
-    with torch.inference_mode():
-        for start in range(0, len(rows), 64):
-            chunk = np.asarray(activations.array[rows[start:start + 64]][:, views], dtype=np.float32)
-            flat = torch.from_numpy(chunk).flatten(0, 1)
-            out = model.forward_from_trunk(flat, stages).unflatten(0, chunk.shape[:2]).mean(dim=1)
-            logits.append(out.float().numpy())
-    return np.concatenate(logits) if logits else np.zeros((0, model.config.num_classes), dtype=np.float32)
-
-
 def summarise(probabilities: np.ndarray, labels: np.ndarray, classes) -> dict:
     """The numbers recipes are compared on (argmax of calibrated probabilities)."""
     metrics = compute_classification_metrics(probabilities, labels, classes, n_bootstrap=0)
@@ -169,19 +143,12 @@ def build_ensemble_checkpoint(fold_checkpoints: list[Path], out: Path, shared_tr
     members, metas = zip(*(load_classifier(path) for path in fold_checkpoints))
     stages = shared_trunk_stages if shared_trunk_stages and trunks_identical(members, shared_trunk_stages) else 0
     ensemble = LesionEnsemble(list(members), stages)
-    meta = {key: value for key, value in metas[0].items() if key not in ("checkpoint",)}
-    meta["preprocessing"] = metas[0]["preprocessing"].to_dict()
+    meta = dict(metas[0])
     meta["ensemble"] = {**ensemble.ensemble_record(),
                         "member_checkpoints": [str(p.relative_to(out.parents[1])) for p in fold_checkpoints],
                         "member_epochs": [m.get("epoch") for m in metas]}
     meta["val_metrics"] = {}
-    meta["weights_source"] = metas[0].get("weights_source")
-    state = {f"model.{k}": v.detach().contiguous() for k, v in ensemble.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp")
-    torch.save({"state_dict": state, CHECKPOINT_KEY: meta}, temporary)
-    temporary.replace(out)
-    return out
+    return save_classifier(ensemble, meta, out)
 
 
 def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
@@ -199,13 +166,15 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     folds = training.folds
     if folds < 2:
         raise ConfigError(f"cross-validation needs training.folds >= 2, got {folds}")
-    if training.distillation_weight:
+    if training.distillation_weight and not training.student:
         raise ConfigError("training.distillation_weight is for one model taught by a teacher's logits "
-                          "(train(..., teacher_logits=...)); cross-validation's fold models learn from the labels: "
-                          "set it to 0")
+                          "(train(..., teacher_logits=...), or training.student); cross-validation's fold models "
+                          "learn from the labels: set it to 0")
     trained_folds = folds if first_folds is None else max(1, min(folds, first_folds))
-    if trained_folds < folds and training.ensemble:
-        raise ConfigError("an ensemble needs every fold's model: train all folds, or set training.ensemble=false")
+    if trained_folds < folds and (training.ensemble or training.student):
+        shipped = "a student" if training.student else "an ensemble"
+        raise ConfigError(f"{shipped} needs every fold's model: train all folds, or set training.ensemble=false "
+                          f"and training.student=false")
     run_dir = Path(run_dir) if run_dir else new_run_dir(config)
     run_dir = run_dir.expanduser().resolve()
     if not resume and RunFolder(run_dir).cv_file.exists():
@@ -238,6 +207,15 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
             RunFolder(run_dir).write_status("interrupted", stage="trunk cache", folds=folds)
             raise TrainingInterrupted(run_dir, None, during="trunk cache") from stop
 
+    # The budget is shared by every training left: the fold models, then (training.student) one student per
+    # fold and the student itself.
+    student_trainings = folds + 1 if training.student else 0
+
+    def share_of_budget(trainings_left: int) -> str | None:
+        if budget is None:
+            return None
+        return format_duration((budget - (time.perf_counter() - started)) / trainings_left)
+
     fold_dirs, per_fold, fold_checkpoints = [], [], []
     oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
     for fold in range(trained_folds):
@@ -249,9 +227,9 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
         fold_config["name"] = f"{config['name']}-fold{fold + 1}"
         fold_config["evaluation"]["after_training"] = False
         fold_config["training"]["folds"] = 1
+        fold_config["training"]["student"] = False
         if budget is not None:
-            remaining = budget - (time.perf_counter() - started)
-            fold_config["training"]["max_time"] = format_duration(remaining / (trained_folds - fold))
+            fold_config["training"]["max_time"] = share_of_budget(trained_folds - fold + student_trainings)
         status = RunFolder(fold_dir).read_status()
         if status.get("state") == "finished":
             best = Path(status["best_checkpoint"])
@@ -284,7 +262,22 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / FIGURES / "cross_validation.png",
                       title=f"{folds}-fold cross-validation, {trained_folds} fold(s) trained ({len(pool)} images)")
     result = CrossValidationResult(run_dir, fold_dirs, summary, train_seconds=train_seconds)
-    if training.ensemble:
+    if training.student:
+        student = distil_student(config, run_dir, prepared, assignment, oof_logits, activations, share_of_budget,
+                                 progress)
+        train_seconds = result.train_seconds = time.perf_counter() - started
+        best = ship_student(student.checkpoint, RunFolder(run_dir).checkpoint("best"), folds, config["training"])
+        fitted_on = f"out-of-fold predictions of {folds} students, each trained without its fold ({len(pool)} images)"
+        summary["calibration"] = calibrate(best, student.out_of_fold, prepared.labels[pool], prepared.classes,
+                                           config["evaluation"], fitted_on)
+        summary["student"] = {
+            "out_of_fold": summarise(calibrated_probabilities(student.out_of_fold,
+                                                              summary["calibration"]["temperature"]),
+                                     prepared.labels[pool], prepared.classes),
+            "train_seconds": round(student.train_seconds, 1)}
+        summary["train_seconds"] = round(train_seconds, 1)
+        result.best_checkpoint = best
+    elif training.ensemble:
         best = build_ensemble_checkpoint(fold_checkpoints, RunFolder(run_dir).checkpoint("best"),
                                          training.freeze_stages)
         summary["calibration"] = calibrate(best, oof_logits[pool], prepared.labels[pool], prepared.classes,
@@ -295,7 +288,9 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
         result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
                                              progress=progress, extra_context={
                                                  "train_seconds": round(train_seconds, 1),
-                                                 "cross_validation": f"{folds} folds (cv.json)"})
+                                                 "cross_validation": f"{folds} folds (cv.json)" + (
+                                                     "; shipped: one student distilled from them"
+                                                     if training.student else "")})
     RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint) if result.best_checkpoint else None,
                  train_seconds=round(train_seconds, 1))
     return result
