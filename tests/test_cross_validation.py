@@ -154,7 +154,11 @@ def test_a_finished_run_resumed_as_a_student_ships_one_distilled_model(cross_val
         load_config(None, ["training.student=true"])
     run = tmp_path / "run"
     shutil.copytree(cross_validated_run, run)
-    fold_checkpoints = [cross_validated_run / f"fold-{k}" / "checkpoints" / "best.ckpt" for k in (1, 2)]
+    # A copied (or moved) run resumes from its own fold models, though their status names the old folder.
+    assert main(["train", "--resume", str(run)]) == 0
+    assert load_classifier(run / "checkpoints" / "best.ckpt")[1]["ensemble"]["member_checkpoints"] == [
+        str(Path(f"fold-{k}") / "checkpoints" / "best.ckpt") for k in (1, 2)]
+    fold_checkpoints = [run / f"fold-{k}" / "checkpoints" / "best.ckpt" for k in (1, 2)]
     before = [path.stat().st_mtime_ns for path in fold_checkpoints]
     assert main(["train", "--resume", str(run), "--set", "training.student=true",
                  "--set", "training.distillation_weight=0.5"]) == 0

@@ -119,6 +119,12 @@ class RunFolder:
         except (OSError, ValueError):
             return {}
 
+    def recorded_best_checkpoint(self, status: dict | None = None) -> Path:
+        """The best checkpoint its status names, in this folder as it is now: status.json records an absolute
+        path, which goes stale once the run folder is copied or moved."""
+        status = self.read_status() if status is None else status
+        return self.checkpoints / Path(status["best_checkpoint"]).name
+
     def write_status(self, state: str, **details) -> None:
         atomic_write_json(self.status_file, {
             "state": state, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -232,7 +232,7 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
             fold_config["training"]["max_time"] = share_of_budget(trained_folds - fold + student_trainings)
         status = RunFolder(fold_dir).read_status()
         if status.get("state") == "finished":
-            best = Path(status["best_checkpoint"])
+            best = RunFolder(fold_dir).recorded_best_checkpoint(status)
         else:
             can_resume = resume and RunFolder(fold_dir).checkpoint("last").is_file()
             log.info("fold %d of %d: %s", fold + 1, folds, "resuming" if can_resume else "training")
@@ -274,7 +274,10 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
             "out_of_fold": summarise(calibrated_probabilities(student.out_of_fold,
                                                               summary["calibration"]["temperature"]),
                                      prepared.labels[pool], prepared.classes),
-            "train_seconds": round(student.train_seconds, 1)}
+            "train_seconds": round(student.train_seconds, 1),
+            "caution": "these read high: each out-of-fold student learned from fold models that saw the fold it "
+                       "predicts; compare a student with the ensemble on images neither saw "
+                       "(scripts/weight_averaging.py --own-rule)"}
         summary["train_seconds"] = round(train_seconds, 1)
         result.best_checkpoint = best
     elif training.ensemble:

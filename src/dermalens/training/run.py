@@ -341,7 +341,7 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     if status.get("training_done"):
         # Training had finished; its calibration or evaluation was stopped: do those, train nothing more.
         log.info("training of %s had finished; calibrating and evaluating %s", run_dir, status["best_checkpoint"])
-        best, seconds = Path(status["best_checkpoint"]), float(status.get("train_seconds", 0.0))
+        best, seconds = RunFolder(run_dir).recorded_best_checkpoint(status), float(status.get("train_seconds", 0.0))
         return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds), prepared, progress,
                           calibrate_after_training, is_global_zero=True)
     module = LesionClassifierModule(

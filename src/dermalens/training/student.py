@@ -84,7 +84,7 @@ def train_student(config: dict, folder: RunFolder, prepared: PreparedData, teach
               prepared=dataclasses.replace(prepared, split=split, split_source=f"the pool of {folder.path.name}"),
               calibrate_after_training=False, teacher_logits=teacher_logits if distilling else None)
         status = folder.read_status()
-    return Path(status["best_checkpoint"]), float(status.get("train_seconds", 0.0))
+    return folder.recorded_best_checkpoint(status), float(status.get("train_seconds", 0.0))
 
 
 def distil_student(config: dict, run_dir: Path, prepared: PreparedData, assignment: np.ndarray,
