@@ -14,7 +14,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--config", help="YAML file or name in configs/ (e.g. dermamnist_cpu)")
     add_data_options(p)
     p.add_argument("--run-dir", help="run folder (default runs/<name>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint; on a "
+                   "finished cross-validated run, build what --set now asks for (e.g. training.student=true) from "
+                   "its fold models")
     p.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation over train + val, the fold "
                    "models shipped as one ensemble (training.folds; default: the config's)")
     add_set_option(p)
