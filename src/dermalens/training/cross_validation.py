@@ -24,7 +24,6 @@ what is left when it starts. An interrupted job resumes fold by fold.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from .calibrate import calibrate
 from .errors import TrainingInterrupted
 from .frozen_trunk import TrunkActivations, TrunkSpec
 from .held_out_logits import out_of_fold_logits
-from .run import new_run_dir, sigterm_raises, train, trunk_cache_dir, with_absolute_paths
+from .run import member_config, new_run_dir, sigterm_raises, train, trunk_cache_dir, with_absolute_paths
 from .student import distil_student, ship_student
 
 log = logging.getLogger(__name__)
@@ -223,13 +222,8 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
         fold_dirs.append(fold_dir)
         fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold),
                                             split_source=f"fold {fold + 1} of {folds} ({RunFolder(run_dir).split_file})")
-        fold_config = json.loads(json.dumps(config))
-        fold_config["name"] = f"{config['name']}-fold{fold + 1}"
-        fold_config["evaluation"]["after_training"] = False
-        fold_config["training"]["folds"] = 1
-        fold_config["training"]["student"] = False
-        if budget is not None:
-            fold_config["training"]["max_time"] = share_of_budget(trained_folds - fold + student_trainings)
+        fold_config = member_config(config, f"fold{fold + 1}",
+                                    share_of_budget(trained_folds - fold + student_trainings))
         status = RunFolder(fold_dir).read_status()
         if status.get("state") == "finished":
             best = RunFolder(fold_dir).recorded_best_checkpoint(status)

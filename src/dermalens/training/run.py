@@ -10,6 +10,7 @@ behind; a run that fails later says so in status.json.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import signal
@@ -67,6 +68,18 @@ def new_run_dir(config: dict) -> Path:
     """runs/<name>-<time> (not created here: the folder is made once the data checks pass)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(config["output"]["runs_dir"]).expanduser().resolve() / f"{config['name']}-{stamp}"
+
+
+def member_config(config: dict, name: str, max_time: str | None) -> dict:
+    """The config for one model trained inside a cross-validated run (a fold model or a student): a single run
+    (no folds, no student of its own), not evaluated on its own, with its share of the job's budget."""
+    member = copy.deepcopy(config)
+    member["name"] = f"{config['name']}-{name}"
+    member["training"].update(folds=1, student=False)
+    member["evaluation"]["after_training"] = False
+    if max_time is not None:
+        member["training"]["max_time"] = max_time
+    return member
 
 
 def with_absolute_paths(config: dict) -> dict:

@@ -29,7 +29,6 @@ ordinary run folders, resumable one by one like the folds.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from ..models.checkpoint import load_classifier, save_classifier
 from ..run_folder import RunFolder
 from .frozen_trunk import TrunkActivations
 from .held_out_logits import out_of_fold_logits
-from .run import train
+from .run import member_config, train
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,7 @@ def train_student(config: dict, folder: RunFolder, prepared: PreparedData, teach
     Resumable: a finished student is not trained again. Returns its checkpoint and its training seconds."""
     status = folder.read_status()
     if status.get("state") != "finished":
-        student = copy.deepcopy(config)
-        student["name"] = f"{config['name']}-{folder.path.name}"
-        student["training"].update(folds=1, student=False)
-        student["evaluation"]["after_training"] = False
-        if max_time is not None:
-            student["training"]["max_time"] = max_time
+        student = member_config(config, folder.path.name, max_time)
         split = np.where(np.asarray(prepared.split) == "train", "train", EXCLUDED)
         if left_out is not None:
             split[left_out] = EXCLUDED
