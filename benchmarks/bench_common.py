@@ -36,6 +36,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> list[str]:
+    """The instruction-set extensions a CPU timing depends on (bf16 above all), from /proc/cpuinfo."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f" {f}" in flags]
+
+
 def machine_info() -> dict:
     """CPU model, cores, load, library versions, git commit: what a timing is only valid for."""
     import torch
@@ -55,16 +64,11 @@ def machine_info() -> dict:
                                     cwd=Path(__file__).parent).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    flags = ""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        pass
     return {
         "cpu": cpu_model(),
         "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_count": os.cpu_count(),
-        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f" {f}" in flags],
+        "isa": cpu_isa(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

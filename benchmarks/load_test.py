@@ -62,7 +62,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # runs from a plain checkout too
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # its sibling modules, as a script
 
-from bench_common import portable  # noqa: E402
+from bench_common import cpu_isa, cpu_model, portable  # noqa: E402
 from dermalens.atomic_io import atomic_write_json  # noqa: E402
 from dermalens.inference.runtimes import RUNTIME_HELP, RUNTIMES  # noqa: E402
 from dermalens.serving.client import post_image, request  # noqa: E402
@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "result": result, "model": {k: model.get(k) for k in ("name", "version", "checkpoint", "input_size",
                                                                    "inference_engine")},
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "machine": {"cpu": cpu_model(), "isa": cpu_isa(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version()},
             "git_commit": git_commit(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(args.output, portable(record))

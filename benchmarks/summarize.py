@@ -17,7 +17,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import RESULTS_DIR, format_table  # noqa: E402
 
 
-def load_test_section(document: dict) -> list[str]:
+def machine_line(machine: dict, finished: str | None = None) -> str:
+    """The machine of one result: results in one folder may come from different CPUs (a bf16-capable one
+    answers differently from an AVX2 one), so every section names its own."""
+    if not machine:
+        return "Machine: not recorded."
+    cores = machine.get("cores_available") or machine.get("cpus")
+    isa = ", ".join(machine.get("isa") or []) or "not recorded"
+    commit = machine.get("git_commit")
+    parts = [f"Machine: {machine.get('cpu') or 'CPU model not recorded'}, {cores} cores (ISA {isa})",
+             f"GPU {machine.get('gpu') or 'none'}" if "gpu" in machine else None,
+             f"git {commit}{' (dirty)' if machine.get('git_dirty') else ''}" if commit else None]
+    when = machine.get("time_utc") or finished or "?"
+    load = machine.get("load_average_1m")
+    return "; ".join(p for p in parts if p) + f". Run {when}" + (f", load average {load}." if load is not None else ".")
+
+
+def load_test_section(document: dict, file_name: str = "load_test.json") -> list[str]:
     """load_test.py writes settings/result rather than rows: one row per run (alone, and beside the
     explanation clients), then the explanation latency per method and the server's memory."""
     settings, result = document["settings"], document["result"]
@@ -38,8 +54,9 @@ def load_test_section(document: dict) -> list[str]:
                      "requests_per_s": run.get("requests_per_second"),
                      "answers": ", ".join(f"{code} {n}" for code, n in run.get("counts", {}).items()),
                      "run": name + soak})
-    lines = ["## load_test", "", f"Run {document.get('finished', '?')}, image {Path(str(settings.get('image'))).name}.",
-             "", format_table(rows), ""]
+    machine = dict(document.get("machine") or {}, git_commit=document.get("git_commit"))
+    lines = [f"## load_test ({file_name})", "", machine_line(machine, document.get("finished")),
+             f"Image {Path(str(settings.get('image'))).name}.", "", format_table(rows), ""]
     for name, run in runs:
         if run.get("per_minute"):
             lines.append(f"- {name}, p95 ms per minute: " + ", ".join(str(m.get("p95")) for m in run["per_minute"]))
@@ -61,8 +78,9 @@ def load_test_section(document: dict) -> list[str]:
 
 
 def summarize(results: Path) -> str:
-    lines = ["# dermalens benchmark results", ""]
-    machine_done = False
+    lines = ["# dermalens benchmark results", "",
+             "One section per file of benchmarks/results/, each with the machine it ran on (library versions: the "
+             "file's `machine` record).", ""]
     for path in sorted(results.glob("*.json")):
         try:
             document = json.loads(path.read_text())
@@ -70,23 +88,14 @@ def summarize(results: Path) -> str:
             lines += [f"## {path.name}", "", f"unreadable: {error}", ""]
             continue
         if isinstance(document, dict) and {"settings", "result"} <= set(document) and "rows" not in document:
-            lines += load_test_section(document)
+            lines += load_test_section(document, path.name)
             continue
         if not isinstance(document, dict) or "rows" not in document:
             keys = ", ".join(sorted(document)) if isinstance(document, dict) else type(document).__name__
             lines += [f"## {path.stem}", "", f"(not in the common format; keys: {keys})", ""]
             continue
-        machine = document.get("machine", {})
-        if not machine_done and machine:
-            libs = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items() if v)
-            lines += [f"Machine: {machine.get('cpu')}, {machine.get('cores_available')} cores available "
-                      f"(ISA {', '.join(machine.get('isa', []))}), GPU {machine.get('gpu') or 'none'}, "
-                      f"git {machine.get('git_commit')}{' (dirty)' if machine.get('git_dirty') else ''}.", "",
-                      f"Libraries: {libs}.", ""]
-            machine_done = True
-        lines += [f"## {document.get('benchmark', path.stem)}", "",
-                  f"Run {machine.get('time_utc', '?')}, load average {machine.get('load_average_1m', '?')}.", "",
-                  format_table(document["rows"]), ""]
+        lines += [f"## {document.get('benchmark', path.stem)} ({path.name})", "",
+                  machine_line(document.get("machine") or {}), "", format_table(document["rows"]), ""]
         lines += [f"- {note}" for note in document.get("notes", [])] + [""]
     return "\n".join(lines)
 

@@ -302,13 +302,23 @@ def test_summary_collects_results(tmp_path):
                               tmp_path / "demo.json")
     (tmp_path / "load_test.json").write_text(json.dumps({  # load_test.py's own format
         "finished": "t", "settings": {"model": "best.ckpt", "image": "/x/ISIC_1.jpg", "requests": 20, "concurrency": 4},
-        "model": {"inference_engine": "onnxruntime"},
+        "model": {"inference_engine": "onnxruntime"}, "git_commit": "abc1234",
+        "machine": {"cpu": "Some CPU", "isa": ["avx2", "avx512_bf16"], "cpus": 2},
         "result": {"counts": {"2xx": 20}, "latency_ms": {"p50": 45.3, "p95": 65.3}, "requests_per_second": 9.5}}))
+    (tmp_path / "load_test_old.json").write_text(json.dumps({  # written before load tests recorded their CPU
+        "finished": "t", "settings": {"model": "old.ckpt", "image": "/x/ISIC_1.jpg"}, "result": {"counts": {}}}))
     (tmp_path / "other.json").write_text(json.dumps({"p50_ms": 3}))  # an unknown format, still listed
     summary = load_script("summarize").main(["--results", str(tmp_path)]).read_text()
     assert "## demo" in summary and "| a | 1.5 |" in summary and "- a note" in summary
-    assert "## load_test" in summary and "| best.ckpt | onnxruntime | 20 | 4 | 45.3 | 65.3 |" in summary
-    assert "## other" in summary and "keys: p50_ms" in summary and "Machine:" in summary
+    assert "## load_test (load_test.json)" in summary and "| best.ckpt | onnxruntime | 20 | 4 | 45.3 | 65.3 |" in summary
+    assert "## other" in summary and "keys: p50_ms" in summary
+    # Each result names its own machine: results of one folder come from different CPUs.
+    sections = {block.split("\n", 1)[0]: block for block in summary.split("## ")[1:]}
+    demo_machine = bench_common.machine_info()
+    assert f"Machine: {demo_machine['cpu']}, {demo_machine['cores_available']} cores" in sections["demo (demo.json)"]
+    assert "Machine: Some CPU, 2 cores (ISA avx2, avx512_bf16); git abc1234. Run t." in sections[
+        "load_test (load_test.json)"]
+    assert "Machine: CPU model not recorded" in sections["load_test (load_test_old.json)"]
 
 
 def test_predict_throughput_times_each_runtime_and_the_server_start(tmp_path, sample_dir):
