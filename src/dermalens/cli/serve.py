@@ -16,7 +16,7 @@ def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("serve", help="web page and JSON API for a trained model (waitress)",
                               epilog=f"example: dermalens serve --model runs/x/checkpoints/best.ckpt --port {DEFAULT_PORT}")
     p.add_argument("--model", required=True,
-                   help="checkpoint (.ckpt; predictions through its ONNX export when one is beside it), or an "
+                   help="checkpoint (.ckpt; predictions through ONNX Runtime by default, see --runtime), or an "
                         "exported model (.onnx) alone: predictions without PyTorch, no explanations; or a model "
                         "package, also on the Hugging Face Hub: hf-hub:user/repo[@revision]")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
