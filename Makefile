@@ -37,7 +37,8 @@ test: install-dev
 test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "unit"
 
-# Every benchmark; tables in benchmarks/results/summary.md (20-30 min on a quiet 2-core machine).
+# The general benchmarks (benchmarks/run_all.sh, which prints the minutes it took); tables in
+# benchmarks/results/summary.md. Those of the trained recipe model: docs/performance.md.
 benchmark: install-dev
 	bash benchmarks/run_all.sh
 

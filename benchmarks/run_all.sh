@@ -72,6 +72,7 @@ elif [[ -n "$CKPT" ]] && (( ! QUICK )); then
 fi
 
 "$PYTHON" benchmarks/summarize.py
+echo "run_all.sh took $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s"
 if (( ${#failed[@]} )); then
   echo "FAILED: ${failed[*]}" >&2
   exit 1
