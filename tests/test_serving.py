@@ -428,6 +428,10 @@ def test_report_png_through_http(fake_explain_server, sample_jpeg):
     assert_report(post_image(url, sample_jpeg, "lesion.jpg", fields={"method": "shap", "class": "mel"}), sample_jpeg)
     assert_error(post_image(url, sample_jpeg, fields={"method": "lime"}), 400, "'lime'")
     assert_error(post_image(url, b"not an image", "x.jpg"), 415, "not an image")
+    # A file name is printed as sent: a "$" is not matplotlib math text, and an unbalanced one does not
+    # fail the report after the work is done.
+    for name in ("a$^$.jpg", "lesion_$x^2$_scan.jpg"):
+        assert_report(post_image(url, sample_jpeg, name), sample_jpeg)
 
 
 def test_report_png_with_the_real_explainer(server, sample_jpeg):

@@ -53,7 +53,10 @@ def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.n
         grid = figure.add_gridspec(1, 3, width_ratios=[1, 1, 0.9])
         photo = figure.add_subplot(grid[0])
         photo.imshow(shown)
-        photo.set_title(f"Uploaded image: {source}\n{image.shape[1]} x {image.shape[0]} px", fontsize=11)
+        # The file name and the model's name come from outside: drawn as written, never as matplotlib's
+        # math text (a "$" in a name would be parsed, and an unbalanced one fails the whole report).
+        photo.set_title(f"Uploaded image: {source}\n{image.shape[1]} x {image.shape[0]} px", fontsize=11,
+                        parse_math=False)
         photo.axis("off")
 
         heat = figure.add_subplot(grid[1])
@@ -77,7 +80,7 @@ def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.n
         bars.spines[["top", "right"]].set_visible(False)
 
         figure.suptitle(f"dermalens: {model_name}, most probable {top} ({class_name(top)}) "
-                        f"{probabilities[top]:.1%}", fontsize=14, fontweight="bold")
+                        f"{probabilities[top]:.1%}", fontsize=14, fontweight="bold", parse_math=False)
         figure.supxlabel(RESEARCH_DISCLAIMER, fontsize=12,
                          bbox={"boxstyle": "round", "facecolor": "#fff4e5", "edgecolor": "#f0b429"})
         buffer = io.BytesIO()
