@@ -34,7 +34,7 @@ from dermalens.explain.api import (
     save_overlay_png,
 )
 from dermalens.explain.base import Attribution, AttributionMethod
-from dermalens.explain.display import DISPLAY_MAX_SIDE, ImageShapeError
+from dermalens.explain.display import DISPLAY_MAX_SIDE, ImageShapeError, display_shape
 from dermalens.explain.names import REGISTRY, MethodEntry
 from dermalens.explain.overlay import MIN_OVERLAY_WIDTH, heatmap_at_size
 from dermalens.inference.predictor import Predictor
@@ -441,6 +441,19 @@ def test_a_thin_strip_is_refused_naming_its_size_at_no_cost(small_explainer, wid
             small_explainer.explain(strip, "gradcam")
 
     assert peak_bytes(explain) < 20e6
+
+
+@pytest.mark.parametrize("width, height", [(400, 4000), (4000, 400), (1003, 10030), (3001, 29999)])
+def test_an_image_at_the_aspect_limit_is_explained_whatever_its_display_size(small_explainer, width, height):
+    """Shrunk to the display size, a 10:1 image must stay within 10:1: 400 x 4000 was refused as
+    102 x 1024 after its explanation was computed."""
+    assert max(width, height) / min(width, height) <= 10
+    explanation = small_explainer.explain(decoded_png(width, height), "gradcam")
+    shown_height, shown_width = display_shape(height, width)
+    assert max(shown_width, shown_height) == DISPLAY_MAX_SIDE
+    shown_ratio = max(shown_width, shown_height) / min(shown_width, shown_height)
+    assert shown_ratio <= max(width, height) / min(width, height)   # no thinner than the upload
+    assert explanation.image_size == (height, width)
 
 
 def test_overlays_are_bounded_by_the_display_size_not_the_upload(small_explainer):
