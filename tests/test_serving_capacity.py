@@ -22,10 +22,12 @@ import pytest
 from PIL import Image
 
 from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
+from dermalens.serving import launch
 from dermalens.serving.app import create_app
 from dermalens.serving.capacity import Capacity, Overloaded, TimeLimitExceeded, WorkerPool
 from dermalens.serving.client import post_image, request
 from dermalens.serving.server import ServerThread
+from dermalens.serving.uploads import UploadError, decode_upload
 
 pytestmark = pytest.mark.unit
 WAIT = 30.0   # seconds any test waits for an event before giving up: a hang fails, it never passes
@@ -356,6 +358,9 @@ def test_openapi_lists_exactly_the_apps_routes(png):
         response = request(url + "/openapi.json")
         assert response.status == 200 and response.content_type == "application/json"
         spec = response.json()
+        limits = request(url + "/api/model").json()["limits"]
+    # Every limit /api/model reports is in its schema.
+    assert set(limits) == set(spec["components"]["schemas"]["ModelInfo"]["properties"]["limits"]["properties"])
     assert spec["openapi"].startswith("3.") and RESEARCH_DISCLAIMER in spec["info"]["description"]
     documented = {(path, method) for path, operations in spec["paths"].items() for method in operations}
     assert documented == app_routes(app)
@@ -392,5 +397,33 @@ def test_model_info_reports_the_limits():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="slots must be at least 1"):
         create_app(StandInPredictor(), predict_slots=0)
-    with pytest.raises(ValueError, match="time limits must be positive"):
+    with pytest.raises(ValueError, match="explain_timeout must be a positive number of seconds, got 0"):
         create_app(StandInPredictor(), explain_timeout=0)
+    # inf overflowed the deadline (a 500 for every queued prediction), nan made every explanation a 504.
+    for value in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match=f"queue_timeout must be a positive number of seconds, got {value}"):
+            create_app(StandInPredictor(), queue_timeout=value)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"port": 70000}, "port must be 0-65535"), ({"port": -1}, "port must be 0-65535"),
+    ({"threads": 0}, "threads must be at least 1"), ({"max_upload_mb": 0}, "max-upload-mb must be a positive"),
+    ({"max_megapixels": float("inf")}, "max-megapixels must be a positive")])
+def test_server_settings_it_cannot_run_with_are_refused_by_name(settings, message):
+    arguments = {"port": 8000, "threads": None, "max_upload_mb": 10.0, "max_megapixels": 25.0} | settings
+    with pytest.raises(ValueError, match=message):
+        launch.check_server_settings(**arguments)
+    launch.check_server_settings(port=0, threads=None, max_upload_mb=0.5, max_megapixels=25.0)   # all fine
+
+
+def test_a_pixel_limit_above_pillows_lets_pillow_open_such_images(monkeypatch):
+    """--max-megapixels 200 had no effect: Pillow refused a 95-megapixel image as a decompression bomb."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)   # Pillow's limit, scaled down to keep it cheap
+    buffer = io.BytesIO()
+    Image.new("L", (1_200, 1_000)).save(buffer, "PNG")
+    with pytest.raises(UploadError, match="too large to decode"):
+        decode_upload(buffer.getvalue(), "large.png", max_pixels=5_000_000)
+    launch.allow_pillow_pixels(5_000_000)
+    assert decode_upload(buffer.getvalue(), "large.png", max_pixels=5_000_000).size == (1_200, 1_000)
+    launch.allow_pillow_pixels(1_000)   # never lowered
+    assert Image.MAX_IMAGE_PIXELS == 5_000_000

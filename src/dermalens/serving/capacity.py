@@ -53,8 +53,11 @@ class Limits:
         if min(self.predict_slots, self.explain_slots, self.decode_slots) < 1 or self.predict_queue < 0 \
                 or self.explain_queue < 0:
             raise ValueError(f"slots must be at least 1 and queues at least 0: {self}")
-        if self.queue_timeout <= 0 or self.explain_timeout <= 0:
-            raise ValueError(f"time limits must be positive: {self}")
+        for name in ("queue_timeout", "explain_timeout"):
+            seconds = getattr(self, name)
+            # inf overflowed the deadline arithmetic (500s) and nan made every explanation a 504.
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {seconds}")
 
     @property
     def server_threads(self) -> int:

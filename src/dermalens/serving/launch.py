@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import signal
 import socket
@@ -48,6 +49,29 @@ def port_in_use(host: str, port: int) -> PortInUse:
                      f"running?): choose another with --port, or --port 0 for any free port")
 
 
+def check_server_settings(port: int, threads: int | None, max_upload_mb: float, max_megapixels: float) -> None:
+    """ValueError naming a setting the server cannot run with, before minutes go into loading the model."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535 (0: any free port), got {port}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    for name, value in (("max-upload-mb", max_upload_mb), ("max-megapixels", max_megapixels)):
+        if not (math.isfinite(value) and value > 0):   # 0 would refuse every upload
+            raise ValueError(f"{name} must be a positive number, got {value}")
+
+
+def allow_pillow_pixels(max_pixels: int) -> None:
+    """Let Pillow open images up to the server's own pixel limit.
+
+    Uploads are checked against `max_pixels` from their header (uploads.decode_upload), and Pillow's
+    decompression-bomb check, process-wide, would otherwise refuse anything past its 89.5 megapixels
+    whatever --max-megapixels says. Raised only, and only in the serving process."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def print_now(line: str) -> None:
     print(line, flush=True)   # a process reading our output waits for the URL line
 
@@ -67,7 +91,9 @@ def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
     from .service import is_onnx_file
 
     check_model_path(model)
+    check_server_settings(port, threads, max_upload_mb, max_megapixels)
     check_port_free(host, port)
+    allow_pillow_pixels(int(max_megapixels * 1e6))
     torch_threads = torch_threads or default_torch_threads()
     if not is_onnx_file(model):  # an .onnx file alone is served without PyTorch: never import it
         import torch
