@@ -249,6 +249,13 @@ BAD_UPLOADS = {
     "over the upload limit": (
         lambda jpeg: multipart(files={"image": ("large.jpg", jpeg + b"\0" * (UPLOAD_LIMIT_MB * 1024 * 1024),
                                                 "image/jpeg")}), 413, ["upload too large", "1 MB"]),
+    # Werkzeug's other 413s, under the upload limit: they named the upload limit before.
+    "a text field over the form memory limit": (
+        lambda jpeg: multipart({"note": "x" * 600_000}, {"image": ("a.jpg", jpeg, "image/jpeg")}), 413,
+        ["form too large", "text field is over 500 KB"]),
+    "a form of too many parts": (
+        lambda jpeg: multipart({f"f{i}": "x" for i in range(1_100)}, {"image": ("a.jpg", jpeg, "image/jpeg")}),
+        413, ["form too large", "over 1000 parts"]),
 }
 
 
@@ -264,6 +271,10 @@ def test_bad_upload_is_a_4xx_json_error(server, fake_explain_server, sample_jpeg
 
 def test_unknown_class_method_and_format_name_the_allowed_ones(fake_explain_server, sample_jpeg):
     url = fake_explain_server + "/api/explain"
+    for field in ("method", "class", "format"):   # sent as a file, the default was silently used
+        body, headers = multipart(files={"image": ("a.jpg", sample_jpeg, "image/jpeg"),
+                                         field: ("x.png", b"shap", "image/png")})
+        assert_error(request(url, "POST", body, headers), 400, f"field '{field}' must be text, not a file")
     assert_error(post_image(url, sample_jpeg, fields={"class": "melanoma?"}), 400, "'melanoma?'",
                  ", ".join(CLASS_CODES))
     assert_error(post_image(url, sample_jpeg, fields={"method": "lime"}), 400, "'lime'",

@@ -38,6 +38,21 @@ def upload_too_large_message(max_bytes: int) -> str:
             f"(start the server with --max-upload-mb to change it)")
 
 
+def too_large_message() -> str:
+    """Werkzeug answers 413 for a body over the upload limit, but also for a text field over its form memory
+    limit or a form of too many parts, where "upload too large" named the wrong cause."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None or request.content_length > limit:
+        return upload_too_large_message(limit)
+    causes = []   # either limit may be unset (None), depending on the Flask version
+    if request.max_form_memory_size is not None:
+        causes.append(f"a text field is over {request.max_form_memory_size / 1000:g} KB")
+    if request.max_form_parts is not None:
+        causes.append(f"the form has over {request.max_form_parts} parts")
+    return (f"form too large: {' or '.join(causes) or 'a form limit was passed'}; send the image as a file and "
+            f"only the short text fields the API lists (see /openapi.json)")
+
+
 def api_endpoints(app: Flask) -> set[str]:
     return {f"{','.join(sorted(rule.methods - {'HEAD', 'OPTIONS'}))} {rule.rule}"
             for rule in app.url_map.iter_rules() if rule.rule.startswith(JSON_PATHS)}
@@ -61,7 +76,7 @@ def busy(error: Overloaded | TimeLimitExceeded):
 def http_error(error: HTTPException):
     status = error.code or 500
     if status == 413:
-        message = upload_too_large_message(current_app.config["MAX_CONTENT_LENGTH"])
+        message = too_large_message()
     elif status == 404:
         message = (f"no such endpoint: {request.path}; the API has "
                    + ", ".join(sorted(api_endpoints(current_app))))

@@ -134,7 +134,7 @@ def predict():
 
 @bp.post("/api/explain")
 def explain():
-    output = request.form.get("format", "png").strip().lower() or "png"
+    output = text_field("format", "png")
     if output not in EXPLAIN_FORMATS:
         raise UploadError(f"unknown format '{output}'; allowed: {', '.join(EXPLAIN_FORMATS)}")
     method, target = read_method_and_class()
@@ -207,14 +207,25 @@ def report():
 
 
 # --- reading a request --------------------------------------------------------------
+def text_field(name: str, default: str | None) -> str | None:
+    """A short text field of the form, stripped and lower-cased; sent as a file it is refused by name,
+    not silently replaced by the default."""
+    if name in request.files and name not in request.form:
+        raise UploadError(f"field '{name}' must be text, not a file upload")
+    value = request.form.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() or default
+
+
 def read_method_and_class() -> tuple[str, str | None]:
     """The form's `method` and `class`, checked; UploadError names the allowed values."""
     try:
-        target = service().class_code(request.form.get("class"))
+        target = service().class_code(text_field("class", None))
     except ValueError as error:
         raise UploadError(str(error)) from None
     methods = tuple(service().explain_api().METHODS)   # ExplainUnavailable (503) where there are none
-    method = request.form.get("method", "gradcam").strip().lower() or "gradcam"
+    method = text_field("method", "gradcam")
     if method not in methods:
         raise UploadError(f"unknown explanation method '{method}'; allowed: {', '.join(methods)}")
     service().explanations.capacity.check_room()   # a busy server refuses before decoding the upload
