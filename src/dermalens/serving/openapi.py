@@ -1,7 +1,7 @@
 """The API described as an OpenAPI 3 document (GET /openapi.json), for clients and code generators.
 
 Written by hand next to the routes rather than generated from them: a
-test (tests/test_serving_api.py) checks that its paths and methods are
+test (tests/test_serving_capacity.py) checks that its paths and methods are
 exactly the app's, so the two cannot drift apart unnoticed.
 """
 from __future__ import annotations
@@ -180,6 +180,7 @@ def schemas(classes: list[str]) -> dict:
                        "properties": {"predict_slots": {"type": "integer"}, "explain_slots": {"type": "integer"},
                                       "predict_queue": {"type": "integer"}, "explain_queue": {"type": "integer"},
                                       "queue_timeout": {"type": "number"},
-                                      "explain_timeout": {"type": "number"}}},
+                                      "explain_timeout": {"type": "number"},
+                                      "decode_slots": {"type": "integer"}}},
             "disclaimer": {"type": "string"}}},
     }

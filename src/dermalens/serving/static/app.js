@@ -108,6 +108,11 @@
     setExplainButtons(false);
   }
 
+  // As the server's %g: "2.5", "0.25", "10" (toFixed(0) showed a 2.5-MB limit as 3 and 0.25 as 0).
+  function megabytes(bytes) {
+    return String(Number((bytes / 1048576).toPrecision(6)));
+  }
+
   async function analyse(file) {
     const mine = ++generation;
     currentFile = null;
@@ -115,7 +120,7 @@
     if (!file) return;
     if (file.size > config.maxUploadBytes) {
       showError($("error"), "upload too large: '" + file.name + "' is " + (file.size / 1048576).toFixed(1) +
-        " MB, the limit is " + (config.maxUploadBytes / 1048576).toFixed(0) + " MB");
+        " MB, the limit is " + megabytes(config.maxUploadBytes) + " MB");
       return;
     }
     $("preview-figure").hidden = false;
