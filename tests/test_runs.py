@@ -168,6 +168,13 @@ def test_a_run_works_from_another_directory(tmp_path, shared_data, monkeypatch):
     (["--set", "training.max_epochs=two"], "max_epochs"),
     (["--data", "/no/such/folder", "--set", "data.format=folder"], "data path not found: /no/such/folder"),
     (["--set", "nonsense.key=1"], "unknown config key 'nonsense'"),
+    (["--set", "seed.x=3"], "config key 'seed' is a single setting, not a section"),   # was a KeyError
+    (["--set", "evaluation.n_bootstrap=-1"], "'evaluation.n_bootstrap' must be 0 or more, got -1"),  # after training
+    (["--set", "training.max_time=abc"], "'training.max_time' must be DD:HH:MM:SS"),   # was Lightning's traceback
+    # Refused by Lightning: it left a run folder that said "running" forever.
+    (["--set", "training.accelerator=tpu"], "Lightning refused the training settings (training.accelerator=tpu"),
+    # --data is a folder name as written: "#" started a YAML comment, so "/x #2" trained on "/x".
+    (["--data", "/no/such/folder #2", "--set", "data.format=folder"], "data path not found: /no/such/folder #2"),
 ])
 def test_mistakes_are_named_and_leave_no_run_folder(tmp_path, capsys, mistake, message):
     runs = tmp_path / "runs"
@@ -175,6 +182,13 @@ def test_mistakes_are_named_and_leave_no_run_folder(tmp_path, capsys, mistake, m
     assert code == 2
     assert message in capsys.readouterr().err
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_bytes("name: lésion\n".encode("latin-1"))
+    assert main(["config", "show", str(config)]) == 2
+    assert f"config file {config} is not UTF-8 text" in capsys.readouterr().err
 
 
 def test_config_typo_lists_the_shipped_names(capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -24,9 +25,10 @@ import yaml
 from .classes import validate_class_set
 
 
-def setting(default: Any, *, choices: tuple | None = None, positive: bool = False, fraction: bool = False) -> Any:
+def setting(default: Any, *, choices: tuple | None = None, positive: bool = False, fraction: bool = False,
+            nonnegative: bool = False) -> Any:
     """A config field: its default and the checks `validate_config` applies at load."""
-    metadata = {"choices": choices, "positive": positive, "fraction": fraction}
+    metadata = {"choices": choices, "positive": positive, "fraction": fraction, "nonnegative": nonnegative}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -75,13 +77,13 @@ class AugmentationSection:
     """
 
     rotate: float = setting(30.0)                       # degrees, +-
-    zoom: float = setting(0.1)                          # scale range 1 +- zoom
-    shift: float = setting(0.1)                         # fraction of the side, +-
-    brightness: float = setting(0.1)                    # +- fraction
-    contrast: float = setting(0.1)
-    hue: float = setting(0.0)                           # +- degrees of hue (OpenCV's 0-180 scale x 2)
-    saturation: float = setting(0.0)                    # +- fraction of saturation
-    gamma: float = setting(0.0)                         # gamma in 1 +- gamma
+    zoom: float = setting(0.1, nonnegative=True)  # scale range 1 +- zoom
+    shift: float = setting(0.1, nonnegative=True)  # fraction of the side, +-
+    brightness: float = setting(0.1, nonnegative=True)  # +- fraction
+    contrast: float = setting(0.1, nonnegative=True)
+    hue: float = setting(0.0, nonnegative=True)  # +- degrees of hue (OpenCV's 0-180 scale x 2)
+    saturation: float = setting(0.0, nonnegative=True)  # +- fraction of saturation
+    gamma: float = setting(0.0, nonnegative=True)  # gamma in 1 +- gamma
     hflip: bool = setting(True)
     vflip: bool = setting(True)
     probability: float = setting(0.8, fraction=True)   # chance the geometric/photometric group is applied
@@ -91,13 +93,13 @@ class AugmentationSection:
 class SamplerSection:
     balanced: bool = setting(True)                      # draw classes evenly (power 0) instead of shuffling
     samples_per_class: int = setting(3500, positive=True)
-    power: float = setting(0.0)                         # 0: fully balanced; 0.5: square-root; 1: as in the data
+    power: float = setting(0.0, nonnegative=True)  # 0: fully balanced; 0.5: square-root; 1: as in the data
 
 
 @dataclass
 class LossSection:
     name: str = setting("focal", choices=("focal", "cross_entropy", "weighted_cross_entropy"))
-    gamma: float = setting(2.0)                         # focal loss focusing parameter
+    gamma: float = setting(2.0, nonnegative=True)  # focal loss focusing parameter
     alpha: str | list | None = setting(None)            # per-class weights, or inverse | inverse_sqrt of the counts
     label_smoothing: float = setting(0.0, fraction=True)  # cross-entropy losses only
 
@@ -106,7 +108,7 @@ class LossSection:
 class OptimizerSection:
     name: str = setting("adam", choices=("adam", "adamw"))
     lr: float = setting(1.0e-3, positive=True)
-    weight_decay: float = setting(1.0e-5)
+    weight_decay: float = setting(1.0e-5, nonnegative=True)
 
 
 @dataclass
@@ -115,9 +117,9 @@ class SchedulerSection:
     # over max_epochs (every epoch of the budget is used, none is cut by chance)
     name: str = setting("plateau", choices=("plateau", "cosine"))
     factor: float = setting(0.5, fraction=True)         # plateau
-    patience: int = setting(2)                          # plateau
-    min_lr: float = setting(1.0e-6)
-    warmup_epochs: float = setting(0.0)                 # cosine: linear warm-up from lr / 10
+    patience: int = setting(2, nonnegative=True)  # plateau
+    min_lr: float = setting(1.0e-6, nonnegative=True)
+    warmup_epochs: float = setting(0.0, nonnegative=True)  # cosine: linear warm-up from lr / 10
 
 
 @dataclass
@@ -126,12 +128,12 @@ class TrainingSection:
     max_time: str | None = setting(None)                # "DD:HH:MM:SS" wall-clock cap
     batch_size: int = setting(32, positive=True)
     eval_batch_size: int = setting(64, positive=True)
-    num_workers: int = setting(4)
+    num_workers: int = setting(4, nonnegative=True)
     # The validation metric best.ckpt, early stopping and the plateau scheduler follow; null: best.ckpt is
     # the last epoch (the end of a cosine schedule), so no choice is made on the validation split at all
     monitor: str | None = setting("val/balanced_accuracy")
     monitor_mode: str = setting("max", choices=("min", "max"))
-    early_stopping_patience: int = setting(6)          # epochs without improvement; 0: never stop early
+    early_stopping_patience: int = setting(6, nonnegative=True)  # epochs without improvement; 0: never stop early
     accelerator: str = setting("auto")
     devices: str | int | list = setting("auto")        # Lightning accepts several kinds here
     num_nodes: int = setting(1, positive=True)
@@ -141,14 +143,14 @@ class TrainingSection:
     precision: str | int = setting("32-true")
     channels_last: bool = setting(False)
     # Stem + this many block stages stay at their pretrained weights (EfficientNet family); 0: train all
-    freeze_stages: int = setting(0)
+    freeze_stages: int = setting(0, nonnegative=True)
     # With freeze_stages: the trunk's activations are computed once for the four flips and this many
     # augmentation draws per image, cached, and the rest trains on them (training/frozen_trunk.py); 0: no cache
-    cached_views: int = setting(0)
+    cached_views: int = setting(0, nonnegative=True)
     ema_decay: float | None = setting(None)             # an exponential moving average of the weights is kept
     # mixup (Zhang et al. 2018) of the training inputs (images, or cached trunk activations: manifold
     # mixup) with Beta(alpha, alpha) weights; 0: off
-    mixup_alpha: float = setting(0.0)
+    mixup_alpha: float = setting(0.0, nonnegative=True)
     # Knowledge distillation (Hinton et al. 2015) from teacher logits handed to training with the images
     # (e.g. an ensemble's out-of-fold logits): the loss is (1 - weight) x the loss section's loss on the
     # labels + weight x temperature^2 x KL(teacher || model) at that temperature; 0: the labels only
@@ -181,7 +183,7 @@ class EvaluationSection:
     # predictions to raise balanced accuracy without lowering accuracy); shipped with the model
     decision_rule: str = setting("balanced", choices=("raw", "balanced"))
     melanoma_specificity: float | None = setting(0.8, fraction=True)  # the melanoma operating point shipped
-    n_bootstrap: int = setting(1000)
+    n_bootstrap: int = setting(1000, nonnegative=True)
     bootstrap_unit: str = setting("image", choices=("image", "lesion"))  # lesion: resample lesions for the CIs
     batch_size: int = setting(128, positive=True)
 
@@ -246,6 +248,8 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
             merged[key] = _merge(base[key], value, path + ".")
+        elif isinstance(value, dict):
+            raise ConfigError(f"config key '{path}' is a single setting, not a section: got {value!r}")
         else:
             merged[key] = value
     return merged
@@ -272,21 +276,29 @@ def parse_override(text: str) -> dict:
     return result
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                settings: dict | None = None) -> dict:
+    """The defaults, then the file at `path`, then `overrides` ("section.key=value", the value read as YAML),
+    then `settings` ({"data": {"path": ...}}: values taken as they are, e.g. a folder name with a "#")."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                              f"save it as UTF-8") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         config = _merge(config, loaded)
     for text in overrides or []:
         config = _merge(config, parse_override(text))
+    if settings:
+        config = _merge(config, settings)
     return validate_config(config)
 
 
@@ -331,6 +343,8 @@ def _leaves(tree: dict, where: str = ""):
 def validate_config(config: dict) -> dict:
     """Types and ranges of every key; ConfigError names the key, the value and what was expected."""
     for key, value in _leaves(config):
+        if key not in _SPECS:   # _merge refuses these; a config built by hand may still hold one
+            raise ConfigError(f"unknown config key '{key}'")
         annotation, checks = _SPECS[key]
         accepted, optional = _runtime_types(annotation)
         if value is None:
@@ -343,6 +357,8 @@ def validate_config(config: dict) -> dict:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(checks['choices'])}, got {value!r}")
         if checks.get("positive") and value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value!r}")
+        if checks.get("nonnegative") and value < 0:
+            raise ConfigError(f"config key '{key}' must be 0 or more, got {value!r}")
         if checks.get("fraction") and not 0 <= value < 1:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {value!r}")
     classes = config["data"]["classes"]
@@ -356,6 +372,10 @@ def validate_config(config: dict) -> dict:
     if config["training"]["monitor"] is None and config["scheduler"]["name"] == "plateau":
         raise ConfigError("scheduler.name=plateau follows training.monitor, which is null; use scheduler.name=cosine "
                           "or name a metric to monitor")
+    max_time = config["training"]["max_time"]
+    if max_time is not None and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", max_time.strip()):
+        raise ConfigError(f"config key 'training.max_time' must be DD:HH:MM:SS (e.g. \"00:01:00:00\" for one hour), "
+                          f"got {max_time!r}")
     weight = config["training"]["distillation_weight"]
     if not 0 <= weight <= 1:
         raise ConfigError(f"config key 'training.distillation_weight' must be in [0, 1], got {weight!r}")

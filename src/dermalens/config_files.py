@@ -38,9 +38,6 @@ def resolve_config_path(name: str | None) -> Path | None:
 def load_named_config(name: str | None, overrides: list[str] | None = None, *, data: str | None = None,
                       data_format: str | None = None) -> dict:
     """The config `name` (file or shipped name; None: the defaults) with `overrides`, then --data/--format."""
-    overrides = list(overrides or [])
-    if data:
-        overrides.append(f"data.path={data}")
-    if data_format:
-        overrides.append(f"data.format={data_format}")
-    return load_config(resolve_config_path(name), overrides)
+    # As given, not read as YAML: a folder named "scans #2", "2024" or "null" is a folder name.
+    given = {key: str(value) for key, value in (("path", data), ("format", data_format)) if value}
+    return load_config(resolve_config_path(name), overrides, {"data": given} if given else None)

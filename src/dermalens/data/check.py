@@ -11,10 +11,9 @@ def check_dataset(data: str | Path, data_format: str | None = None, *, check_ima
     from .prepare import load_dataset
     from .validation import find_unreadable_images, summarise_dataset
 
-    overrides = [f"data.path={data}"] + ([f"data.format={data_format}"] if data_format else [])
-    if restrict_to_available:
-        overrides.append("data.restrict_to_available=true")
-    dataset = load_dataset(load_config(None, overrides))
+    given = {"path": str(data)} | ({"format": data_format} if data_format else {})   # as given, not read as YAML
+    overrides = ["data.restrict_to_available=true"] if restrict_to_available else []
+    dataset = load_dataset(load_config(None, overrides, {"data": given}))
     issues = list(dataset.issues)
     if check_images:
         issues += find_unreadable_images(dataset)

@@ -34,19 +34,22 @@ def demo_config(data: str | None, config_name: str | None, overrides: list[str] 
     from ..data.readers import DatasetUnavailable, download_dermamnist
 
     overrides = list(overrides or [])
+    given_by = "--data" if data else "DERMALENS_DATA"
     data = data or os.environ.get("DERMALENS_DATA")
+    data_path = None
     if data:
+        if not Path(data).exists():
+            raise FileNotFoundError(f"{given_by} {data}: no such file or folder")
         data_path, chosen = demo_data(Path(data))
         config_name = config_name or chosen or "demo"
         announce(f"demo data: {data_path} (config {config_name})")
-        overrides.append(f"data.path={data_path}")
     else:
         try:
             from ..config import user_cache_dir
 
             path = download_dermamnist(user_cache_dir() / "dermamnist")
             announce(f"demo data: DermaMNIST downloaded to {path}")
-            overrides.append(f"data.path={path}")
+            data_path = path
             config_name = config_name or "demo_dermamnist"
         except DatasetUnavailable as error:
             banner = "=" * 78
@@ -55,7 +58,7 @@ def demo_config(data: str | None, config_name: str | None, overrides: list[str] 
                      f"seen end to end.\nIts numbers mean nothing. Give real data with --data PATH.\n{banner}")
             overrides += ["data.format=synthetic", f"name={SYNTHETIC_RUN_NAME}"]
             config_name = config_name or "demo_dermamnist"
-    return load_named_config(config_name, overrides)
+    return load_named_config(config_name, overrides, data=str(data_path) if data_path else None)
 
 
 def run_demo(data: str | None = None, config_name: str | None = None, overrides: list[str] | None = None,
