@@ -214,6 +214,19 @@ def build_trainer(config: dict, run_dir: Path,
     return trainer, best
 
 
+def build_trainer_or_explain(config: dict, run_dir: Path, callbacks: list | None = None):
+    """`build_trainer`; a setting Lightning refuses becomes a ConfigError naming the training settings."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return build_trainer(config, run_dir, callbacks or ())
+    except (MisconfigurationException, ValueError, ImportError) as error:   # ImportError: e.g. tpu without torch_xla
+        training = config["training"]
+        settings = ", ".join(f"training.{key}={training[key]}" for key in
+                             ("accelerator", "devices", "strategy", "precision", "num_nodes"))
+        raise ConfigError(f"Lightning refused the training settings ({settings}): {error}") from None
+
+
 def set_aside_metrics_log(run_dir: Path) -> Path | None:
     """Lightning's CSVLogger deletes an existing metrics.csv; keep it to merge after resuming."""
     log_file = RunFolder(run_dir).metrics_log
@@ -365,6 +378,9 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     )
     log.info("backbone weights: %s", module.model.weights_source)
     datamodule = build_datamodule(config, prepared, module, progress, teacher_logits)
+    # Before the run folder is written: a setting Lightning refuses (an accelerator this machine lacks, a
+    # precision it does not know) must not leave a folder that says "running" forever.
+    trainer, checkpoint = build_trainer_or_explain(config, run_dir, callbacks)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RunFolder(run_dir).config_file, dump_config(config))   # on resume: with what was overridden
@@ -374,7 +390,6 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     RunFolder(run_dir).write_status("running", resumed=resume)
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
     resumed_step = AtomicCheckpointIO().load_checkpoint(last)["global_step"] if resume else None  # no unpickling
-    trainer, checkpoint = build_trainer(config, run_dir, callbacks)
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():
