@@ -178,3 +178,57 @@ def test_each_explain_call_adds_its_rows_to_the_summary(checkpoint, images, tmp_
     with (out / "summary.csv").open(newline="") as handle:
         rows = [(Path(row["image"]).name, row["method"]) for row in csv.DictReader(handle)]
     assert rows == [("lesion_0.jpg", "gradcam"), ("lesion_0.jpg", "gradcam++"), ("lesion_1.jpg", "gradcam")]
+
+
+@pytest.mark.parametrize("command, option", [
+    (["predict", "--batch-size", "0"], "--batch-size"), (["predict", "--batch-size", "-1"], "--batch-size"),
+    (["export", "--parity-count", "0"], "--parity-count"), (["package", "--parity-count", "0"], "--parity-count"),
+    (["explain", "--shap-max-evals", "0"], "--shap-max-evals"), (["train", "--folds", "0"], "--folds")])
+def test_counts_below_one_are_refused_by_argparse(command, option, capsys):
+    """--batch-size -1 predicted nothing and exited 0; --parity-count 0 was an IndexError; --shap-max-evals 0
+    and --folds 0 were taken as the default."""
+    name, *rest = command
+    positional = {"predict": ["--model", "best.ckpt", "x.jpg"], "export": ["best.ckpt"], "package": ["runs/x"],
+                  "explain": ["--model", "best.ckpt", "x.jpg"], "train": []}[name]
+    with pytest.raises(SystemExit) as stop:
+        main([name, *positional, *rest])
+    assert stop.value.code == 2
+    assert f"argument {option}: must be at least 1" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(checkpoint, images, tmp_path, capsys):
+    """A folder given to -o, or a file given for a folder, failed with a traceback after every image was done."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for command, message in [
+            (["predict", "--model", str(checkpoint), str(images[0]), "-o", str(tmp_path)],
+             f"--output {tmp_path} is a folder: give a file name"),
+            (["predict", "--model", str(checkpoint), str(images[0]), "-o", str(a_file / "p.csv")],
+             f"{a_file} is a file, not a folder"),
+            (["explain", "--model", str(checkpoint), str(images[0]), "--out", str(a_file)],
+             f"--out {a_file} is a file, not a folder"),
+            (["evaluate", "--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(a_file)],
+             f"--out {a_file} is a file, not a folder"),
+            (["export", str(checkpoint), "--out", str(tmp_path)], f"{tmp_path} is a folder")]:
+        assert main(command) == 2, command
+        assert message in capsys.readouterr().err, command
+    assert a_file.read_text() == "keep me"
+
+
+def test_an_isic2018_submission_refuses_two_files_with_one_image_id(checkpoint, tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (80, 80), (120, 80, 60)).save(tmp_path / folder / "ISIC_0000001.jpg")
+    out = tmp_path / "submission.csv"
+    assert main(["predict", "--model", str(checkpoint), str(tmp_path / "a"), str(tmp_path / "b"), "-f", "isic2018",
+                 "-o", str(out), "--runtime", "pytorch"]) == 2
+    assert "1 id(s) come from more than one file: ISIC_0000001" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_opset_the_exporter_cannot_write_is_refused(checkpoint, tmp_path, capsys):
+    """--opset 3 wrote an opset-18 graph and recorded 'opset 3' in it."""
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), "--out", str(out), "--opset", "3", "--parity-count", "1"]) == 2
+    assert "opset 3 was asked for, but the dynamo exporter wrote opset 18" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".model.onnx.*"))

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from dermalens.classes import CLASS_CODES
 from dermalens.cli import main
@@ -184,6 +185,13 @@ def test_data_command_summarises_and_lists_issues(tmp_path, mini_ham10000, capsy
     out = capsys.readouterr().out
     assert code == 1 and name in out and "nv" in out
     assert name in csv_path.read_text()
+    # Once the image is mended the list is rewritten empty: a stale list must not stay behind as current.
+    broken = next(mini_ham10000.rglob(name))
+    Image.new("RGB", (64, 64), (150, 100, 80)).save(broken, format="JPEG")
+    assert main(["data", "--data", str(mini_ham10000), "--format", "ham10000", "--check-images",
+                 "--issues-csv", str(csv_path), "--strict"]) == 0
+    assert "0 issue(s) written to" in capsys.readouterr().out
+    assert pd.read_csv(csv_path).empty and list(pd.read_csv(csv_path).columns) == ["kind", "image_id", "path", "detail"]
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, shared_data):

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except UnknownConfigName as error:   # as for a misspelled option: argparse's way out, the shipped names listed
         raise SystemExit(f"error: {error}") from None
-    except (ConfigError, BadDataError, CheckpointError, FileNotFoundError, LesionLeakageError, ValueError) as error:
+    # OSError: a file or folder that cannot be read or written (it names the path); the commands check
+    # their outputs before the work, so this is the last resort, not the usual answer.
+    except (ConfigError, BadDataError, CheckpointError, OSError, LesionLeakageError, ValueError) as error:
         if args.verbose:   # -v: the whole traceback, for a bug report
             raise
         print(f"error: {error}", file=sys.stderr)

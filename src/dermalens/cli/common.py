@@ -1,7 +1,10 @@
 """Options several subcommands share, worded once."""
 from __future__ import annotations
 
+import argparse
+import os
 from dataclasses import fields
+from pathlib import Path
 
 from ..config import DATASET_FORMATS
 
@@ -19,3 +22,45 @@ def add_data_options(parser, required: bool = False) -> None:
 
 def add_set_option(parser, example: str = "training.max_epochs=3", what: str = "override") -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"{what}, e.g. {example}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (0 or less was taken as "the default" or failed later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_output_file(path: str | None, option: str) -> None:
+    """ValueError naming `option` when `path` cannot be written as a file, found before the work rather
+    than after it (a folder given for a file, a parent that is a file, a parent folder one may not write)."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {path} is a folder: give a file name")
+    _check_parent(target, option, path)
+
+
+def check_output_folder(path: str | None, option: str) -> None:
+    """As `check_output_file`, for an output folder: refused when it is an existing file."""
+    if not path:
+        return
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder")
+    _check_parent(target, option, path)
+
+
+def _check_parent(target: Path, option: str, path: str) -> None:
+    parent = next((p for p in [target.parent, *target.parent.parents] if p.exists()), None)
+    if parent is None:
+        return
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: no permission to write in {parent}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_data_options
+from .common import add_data_options, check_output_file
 
 ISSUES_SHOWN = 20
 
@@ -23,6 +23,7 @@ def run(args) -> int:
     from ..data.check import check_dataset
     from ..data.validation import format_summary, write_issues_csv
 
+    check_output_file(args.issues_csv, "--issues-csv")
     summary, issues = check_dataset(args.data, args.format, check_images=args.check_images,
                                     restrict_to_available=args.restrict_to_available)
     print(format_summary(summary))
@@ -31,7 +32,7 @@ def run(args) -> int:
             print(f"  {issue.kind:17s} {issue.image_id:20s} {issue.path or ''}  {issue.detail}")
         if len(issues) > ISSUES_SHOWN:
             print(f"  ... and {len(issues) - ISSUES_SHOWN} more")
-        if args.issues_csv:
-            write_issues_csv(issues, Path(args.issues_csv))
-            print(f"issues written to {args.issues_csv}")
+    if args.issues_csv:   # also when there are none: an earlier run's list must not stay behind as if current
+        write_issues_csv(issues, Path(args.issues_csv))
+        print(f"{len(issues)} issue(s) written to {args.issues_csv}")
     return 1 if issues and args.strict else 0

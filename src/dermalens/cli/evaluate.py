@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import EvaluationSection
-from .common import add_data_options, add_set_option, setting_choices
+from .common import add_data_options, add_set_option, check_output_folder, setting_choices
 
 
 def add_subcommand(subparsers) -> None:
@@ -32,6 +32,7 @@ def run(args) -> int:
 
     if not args.run and not (args.checkpoint and args.data):
         raise SystemExit("error: give --run RUN_DIR, or --checkpoint FILE with --data PATH")
+    check_output_folder(args.out, "--out")
     if args.checkpoint and not args.run:
         from ..models.hub_reference import resolve_model_reference
 

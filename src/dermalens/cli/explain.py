@@ -7,6 +7,7 @@ from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from ..data.image_files import DEFAULT_EXCLUDE
 from ..explain.batch import DEFAULT_CAM_LAYER, DEFAULT_METHOD, DEFAULT_OUT
 from ..explain.names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS
+from .common import check_output_folder, positive_int
 
 
 def add_subcommand(subparsers) -> None:
@@ -30,7 +31,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--layer", default=DEFAULT_CAM_LAYER, choices=CAM_LAYERS,
                    help="Grad-CAM/Grad-CAM++ target layer: final (the map the head pools; 7x7 at 224 px) "
                         "or stride16 (the last stride-16 stage: 14x14 at 224 px, finer)")
-    p.add_argument("--shap-max-evals", type=int, default=DEFAULT_SHAP_MAX_EVALS,
+    p.add_argument("--shap-max-evals", type=positive_int, default=DEFAULT_SHAP_MAX_EVALS,
                    help=f"model evaluations per image for shap (default {DEFAULT_SHAP_MAX_EVALS}): cost and detail")
     p.add_argument("--exclude", action="append", metavar="GLOB",
                    help=f"skip folder files matching this pattern (default: {', '.join(DEFAULT_EXCLUDE)})")
@@ -41,7 +42,9 @@ def run(args) -> int:
     from ..explain.batch import explain_files
     from ..models.hub_reference import resolve_model_reference
 
+    check_output_folder(args.out, "--out")
     args.model = resolve_model_reference(args.model)
+
     def report(path, error):
         print(f"error: {path}: {error}", file=sys.stderr)
 

@@ -11,6 +11,7 @@ from ..inference.settings import (
     PARITY_TOLERANCE,
     QUANTIZE_METHODS,
 )
+from .common import positive_int
 
 
 def add_subcommand(subparsers) -> None:
@@ -38,7 +39,7 @@ def add_subcommand(subparsers) -> None:
                    help="torch.onnx exporter: torch.export-based (default) or the legacy TorchScript one")
     p.add_argument("--parity-images", nargs="+", metavar="PATH",
                    help="images/folders/globs for the parity check (default: the HAM10000 sample images)")
-    p.add_argument("--parity-count", type=int, default=DEFAULT_PARITY_COUNT, help="at most this many parity images")
+    p.add_argument("--parity-count", type=positive_int, default=DEFAULT_PARITY_COUNT, help="at most this many parity images")
     p.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="max |p_onnx - p_torch| accepted")
     p.set_defaults(func=run)
 

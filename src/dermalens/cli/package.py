@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..classes import RESEARCH_DISCLAIMER
 from ..inference.settings import DEFAULT_EXPORTER, DEFAULT_PARITY_COUNT, EXPORTERS
+from .common import positive_int
 
 
 def add_subcommand(subparsers) -> None:
@@ -19,7 +20,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at --out")
     p.add_argument("--parity-images", nargs="+", metavar="PATH",
                    help="images/folders/globs for the ONNX parity check (default: the HAM10000 sample images)")
-    p.add_argument("--parity-count", type=int, default=DEFAULT_PARITY_COUNT, help="at most this many parity images")
+    p.add_argument("--parity-count", type=positive_int, default=DEFAULT_PARITY_COUNT, help="at most this many parity images")
     p.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER, help="torch.onnx exporter")
     p.add_argument("--push-to-hub", metavar="REPO_ID",
                    help="then upload the folder to this Hugging Face Hub model repository "

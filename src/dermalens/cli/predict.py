@@ -9,13 +9,7 @@ from ..classes import RESEARCH_DISCLAIMER
 from ..inference.output_formats import DEFAULT_OUTPUT_FORMAT, DEFAULT_TOP_K, OUTPUT_FORMATS
 from ..inference.runtimes import RUNTIME_HELP, RUNTIMES
 from ..inference.settings import DEFAULT_BATCH_SIZE
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from .common import check_output_file, positive_int
 
 
 def add_subcommand(subparsers) -> None:
@@ -32,7 +26,7 @@ def add_subcommand(subparsers) -> None:
                    help="table; csv (long: image,rank,class,name,probability); json; isic2018 (the ISIC 2018 "
                         "Task 3 submission CSV: image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images decoded and predicted together (the model runs them, TTA views included, in "
                         "passes of at most 32 inputs)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -45,6 +39,7 @@ def run(args) -> int:
     from ..inference.batch_predict import predict_images
     from ..models.hub_reference import resolve_model_reference
 
+    check_output_file(args.output, "--output")   # before the predictions, not after them
     args.model = resolve_model_reference(args.model)
     result = predict_images(args.model, args.images, top_k=args.top_k, output_format=args.output_format,
                             batch_size=args.batch_size, tta=args.tta, runtime=args.runtime,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import add_data_options, add_set_option
+from .common import add_data_options, add_set_option, check_output_folder, positive_int
 
 
 def add_subcommand(subparsers) -> None:
@@ -17,7 +17,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint; on a "
                    "finished cross-validated run, build what --set now asks for (e.g. training.student=true) from "
                    "its fold models")
-    p.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation over train + val, the fold "
+    p.add_argument("--folds", type=positive_int, metavar="K", help="K-fold cross-validation over train + val, the fold "
                    "models shipped as one ensemble (training.folds; default: the config's)")
     add_set_option(p)
     p.set_defaults(func=run)
@@ -47,6 +47,7 @@ def run(args) -> int:
         if not args.config:
             note_when_no_config_on_cpu()
         config = load_named_config(args.config, overrides, data=args.data, data_format=args.format)
+        check_output_folder(args.run_dir, "--run-dir")
         result = run_training(config, Path(args.run_dir) if args.run_dir else None)
     print(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint} "
           f"(trained {result.train_seconds / 60:.1f} min)")

@@ -19,6 +19,20 @@ class PredictionRun:
     notes: list[str] = field(default_factory=list)
 
 
+def check_unique_image_ids(paths: Sequence[Path]) -> None:
+    """An ISIC 2018 submission has one row per image id (the file name without its extension): two files with
+    one id would give two rows, perhaps with different answers. Refused before anything is predicted."""
+    files_by_id: dict[str, list[Path]] = {}
+    for path in paths:
+        files_by_id.setdefault(Path(path).stem, []).append(Path(path))
+    repeated = {image_id: files for image_id, files in files_by_id.items() if len(files) > 1}
+    if repeated:
+        shown = "; ".join(f"{image_id}: {', '.join(map(str, files))}" for image_id, files in list(repeated.items())[:5])
+        more = f" (and {len(repeated) - 5} more)" if len(repeated) > 5 else ""
+        raise ValueError(f"-f isic2018 writes one row per image id (the file name without extension), and "
+                         f"{len(repeated)} id(s) come from more than one file: {shown}{more}")
+
+
 def predict_images(model: str | Path, images: Sequence[str], *, top_k: int = DEFAULT_TOP_K,
                    output_format: str = DEFAULT_OUTPUT_FORMAT, batch_size: int = DEFAULT_BATCH_SIZE,
                    tta: bool | None = None, runtime: str = "auto", progress: bool = False) -> PredictionRun:
@@ -33,7 +47,11 @@ def predict_images(model: str | Path, images: Sequence[str], *, top_k: int = DEF
 
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     paths = find_image_files(images)
+    if output_format == "isic2018":
+        check_unique_image_ids(paths)
     predictor = load_predictor(check_model_path(model), tta=tta, runtime=runtime)
     check_output_format(output_format, predictor.classes, model)
     notes = []
