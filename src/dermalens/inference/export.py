@@ -107,6 +107,8 @@ def default_sample_images() -> list[Path]:
 def check_images(parity_images: Sequence[str | Path] | None, count: int,
                  seed: int = 0) -> tuple[list[np.ndarray], str]:
     """Up to `count` RGB images for the parity check, and a description of where they came from."""
+    if count < 1:   # a parity check of no image proves nothing (and failed on an empty list)
+        raise ExportError(f"the parity check needs at least 1 image, got a count of {count}")
     if parity_images:
         paths, source = expand_image_paths(parity_images), "given images"
     else:
@@ -154,6 +156,14 @@ def _torch_export(model: nn.Module, path: Path, image_size: int, exporter: str, 
                               do_constant_folding=True,  # folds BatchNorm into the convolutions
                               dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"},
                                             PROBABILITIES_NAME: {0: "batch"}}, **names)
+
+
+def written_opset(path: Path) -> int | None:
+    """The default (ai.onnx) domain's opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
 def write_metadata(path: Path, metadata: dict) -> None:
@@ -210,6 +220,8 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
         raise ExportError(str(error)) from None
     opset = int(opset or DEFAULT_OPSET[exporter])
     out = Path(out)
+    if out.is_dir():   # found now, not after the export's minutes
+        raise ExportError(f"{out} is a folder: give the .onnx file to write, e.g. {out / 'model.onnx'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().eval()
     pre = metadata["preprocessing"]
@@ -238,6 +250,10 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
         except Exception as error:
             raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) failed: "
                               f"{type(error).__name__}: {error}") from error
+        written = written_opset(fp32)
+        if written != opset:   # the dynamo exporter falls back to its own opset when it cannot convert
+            raise ExportError(f"opset {opset} was asked for, but the {exporter} exporter wrote opset {written}; "
+                              f"nothing written (its default is {DEFAULT_OPSET[exporter]})")
         write_metadata(fp32, metadata)
         parity = compare_with_torch(fp32, model, metadata, images, source, temperature, tolerance)
         if not parity.passed:
