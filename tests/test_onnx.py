@@ -237,6 +237,15 @@ def test_calibration_sidecar_sets_the_temperature(exported, tmp_path, sample_ima
     np.testing.assert_allclose(predictor.predict_arrays(sample_images[:2]), expected, atol=1e-6)
 
 
+def test_a_file_that_is_no_checkpoint_is_named_not_run_in_pytorch_instead(tmp_path, caplog):
+    """It was a warning that the ONNX export failed, a fallback to PyTorch, and only then the real error."""
+    garbage = tmp_path / "best.ckpt"
+    garbage.write_text("not a model")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_predictor(garbage)
+    assert "ONNX Runtime" not in caplog.text
+
+
 def test_load_predictor_runs_checkpoints_in_onnx_runtime_by_default(exported, checkpoint, run_dir, tmp_path,
                                                                     monkeypatch, caplog):
     from dermalens.inference.export_cache import export_cache_dir

@@ -57,6 +57,7 @@ def cached_export(checkpoint: str | Path) -> Path:
         try:
             if path.is_file():
                 return path
+            from ..models.calibration_record import CheckpointError
             from .export import ExportError, export_checkpoint
 
             log.info("exporting %s to ONNX for ONNX Runtime (once; kept in %s)", checkpoint, path.parent)
@@ -64,6 +65,8 @@ def cached_export(checkpoint: str | Path) -> Path:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")   # parity on random images when no real ones are at hand
                     export_checkpoint(checkpoint, path, exporter="torchscript")
+            except CheckpointError:
+                raise   # not a model at all: PyTorch cannot run it either, so this is the answer, not a fallback
             except (ExportError, RuntimeError, ValueError, OSError) as error:
                 raise ExportUnavailable(f"the ONNX export failed ({str(error).splitlines()[0]})") from None
         finally:
