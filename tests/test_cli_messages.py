@@ -232,3 +232,13 @@ def test_an_opset_the_exporter_cannot_write_is_refused(checkpoint, tmp_path, cap
     assert main(["export", str(checkpoint), "--out", str(out), "--opset", "3", "--parity-count", "1"]) == 2
     assert "opset 3 was asked for, but the dynamo exporter wrote opset 18" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".model.onnx.*"))
+
+
+def test_python_dash_m_dermalens_is_the_command_line():
+    import subprocess
+    import sys
+
+    from dermalens import __version__
+
+    done = subprocess.run([sys.executable, "-m", "dermalens", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and __version__ in done.stdout

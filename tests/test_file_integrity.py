@@ -27,6 +27,13 @@ def test_image_ids_that_look_like_missing_values_stay_names(tmp_path):
     assert list(split) == ["train", "val", "test"]
 
 
+def test_an_empty_split_file_is_named(tmp_path):
+    path = tmp_path / "split.csv"
+    path.write_text("")
+    with pytest.raises(ValueError, match=f"split file {path} is empty"):   # was pandas' "No columns to parse"
+        read_split_csv(path)
+
+
 def test_written_files_follow_the_umask(tmp_path):
     previous = os.umask(0o077)
     try:

@@ -319,7 +319,10 @@ def read_split_csv(path: Path) -> pd.Series:
     if not path.is_file():
         raise FileNotFoundError(f"split file not found: {path}")
     # keep_default_na=False: an image or lesion called "NA" (or "null", "nan") is a name, not a missing value.
-    table = pd.read_csv(path, dtype={"image_id": str, "lesion_id": str, "split": str}, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, dtype={"image_id": str, "lesion_id": str, "split": str}, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"split file {path} is empty (no header, no rows)") from None
     missing = [c for c in SPLIT_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"split file {path} lacks column(s) {', '.join(missing)}")
