@@ -242,3 +242,21 @@ def test_python_dash_m_dermalens_is_the_command_line():
 
     done = subprocess.run([sys.executable, "-m", "dermalens", "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and __version__ in done.stdout
+
+
+def test_evaluate_lists_the_images_it_skipped_beside_its_report(checkpoint, tmp_path):
+    """--set data.on_bad_data=skip said the items were listed in data_issues.csv; evaluate wrote none."""
+    rng = np.random.default_rng(0)
+    for label in ("nv", "mel"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(tmp_path / "data" / label / f"{label}{i}.jpg")
+    broken = tmp_path / "data" / "mel" / "mel0.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])   # truncated
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "data"), "--format", "folder",
+                 "--split", "all", "--out", str(out), "--no-tta", "--set", "data.on_bad_data=skip",
+                 "--set", "evaluation.n_bootstrap=10", "--set", "data.cache_dir=null"]) == 0
+    listed = list(csv.DictReader((out / "data_issues.csv").open()))
+    assert [Path(row["path"]).name for row in listed] == ["mel0.jpg"]
+    assert "1 bad data item(s) left out, listed in data_issues.csv" in (out / "report.md").read_text()

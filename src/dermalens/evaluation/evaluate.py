@@ -18,10 +18,11 @@ import pandas as pd
 from .. import __version__
 from ..atomic_io import atomic_write_text
 from ..data.prepare import PreparedData, prepare_data
+from ..data.validation import write_issues_csv
 from ..inference.load import load_predictor, logits_for_images, model_record
 from ..inference.postprocess import DecisionRule, calibrated_probabilities
 from ..models.calibration_record import calibration_path
-from ..run_folder import RunFolder
+from ..run_folder import ISSUES_FILE, RunFolder
 from .medmnist import write_medmnist_result
 from .metrics import compute_classification_metrics, expected_calibration_error
 from .report import write_evaluation_report
@@ -144,6 +145,9 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
                                        f"this evaluation ran with TTA {'on' if ev['tta'] else 'off'}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if prepared.issues:   # data.on_bad_data=skip: what was left out is listed beside the figures it changes
+        write_issues_csv(prepared.issues, out_dir / ISSUES_FILE)
+        context["data_issues"] = f"{len(prepared.issues)} bad data item(s) left out, listed in {ISSUES_FILE}"
     if prepared.dataset.name == "dermamnist" and split in ("train", "val", "test") and metrics["auc_macro"] is not None:
         # Rows are in the .npz order (dermamnist_<split>_<index>), as MedMNIST's evaluator expects.
         source_size = int(prepared.dataset.images.shape[1]) if prepared.dataset.images is not None else 28
