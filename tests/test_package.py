@@ -246,6 +246,17 @@ def test_explain_serve_and_export_take_the_package(package, config, checkpoint, 
     assert main(["export", str(package), "--out", str(out), "--parity-images", *images, "--parity-count", "2"]) == 0
     meta = read_onnx_metadata(out)
     assert meta["temperature"] == config["temperature"] and meta["checkpoint"] == WEIGHTS_FILE
+    # The whole served predictor travels: an export of a package dropped its TTA and decision rule.
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(package, calibrated)
+    rule = {**(config["decision"] or {}), "objective": "balanced", "fitted_on": "a test",
+            "class_bias": {code: 0.1 * i for i, code in enumerate(config["classes"])}}
+    (calibrated / CONFIG_FILE).write_text(json.dumps({**config, "tta": True, "decision": rule}))
+    write_sums(calibrated)
+    out = tmp_path / "calibrated.onnx"
+    assert main(["export", str(calibrated), "--out", str(out), "--parity-images", *images, "--parity-count", "1"]) == 0
+    alone = load_predictor(out)   # the .onnx on its own, as a user would share it
+    assert alone.tta is True and alone.decision.class_bias == pytest.approx(rule["class_bias"])
 
 
 def test_a_failed_package_leaves_nothing_and_an_existing_one_is_kept(run_dir, tmp_path, monkeypatch, capsys):

@@ -327,8 +327,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, **o
     if is_package(checkpoint):
         # Its weights file is the provenance; its calibration lives in config.json, not in a record beside it.
         model, meta = load_package(checkpoint)
+        calibration = meta["calibration"]   # all of it: the TTA and the decision rule travel too
         metadata = {**checkpoint_metadata(checkpoint / WEIGHTS_FILE, meta),
-                    "temperature": meta["calibration"]["temperature"]}
+                    "temperature": calibration["temperature"], "tta": bool(calibration["tta"]),
+                    "decision": calibration.get("decision")}
         suffix = ".int8.onnx" if options.get("quantize") == "int8" else ".onnx"
         out = Path(out) if out else checkpoint.parent / f"{checkpoint.name}{suffix}"   # beside the folder
         return export_model(model, metadata, out, **options)
