@@ -69,8 +69,9 @@ def cross_fitted_rule(pool: pd.DataFrame, logits: np.ndarray, classes: list[str]
     labels, folds = pool["label"].to_numpy(), pool["fold"].to_numpy()
     if len(logits) != len(labels) or len(np.unique(folds)) < 2:
         return {}
-    probabilities = calibrated_probabilities(logits, fit_temperature(logits, labels))
-    decided = cross_fitted_decisions(probabilities, labels, folds, classes, accuracy_tolerance)
+    # Temperature and biases both fitted on the other folds: a temperature fitted on every fold's labels
+    # let each fold's own labels move its decisions.
+    decided = cross_fitted_decisions(logits, labels, folds, classes, accuracy_tolerance, logits=True)
     return {"balanced_accuracy": float(balanced_accuracy_score(labels, decided)),
             "accuracy": float(accuracy_score(labels, decided))}
 

@@ -54,6 +54,20 @@ def test_cross_fitted_decisions_use_only_the_other_folds_biases():
         cross_fitted_decisions(probs, labels, np.zeros(len(labels)), CLASSES)
 
 
+def test_cross_fitted_decisions_from_logits_never_see_the_held_out_labels():
+    """The recipe comparison fitted the temperature on every fold's labels before cross-fitting the biases,
+    so a fold's own labels moved its decisions."""
+    probs, labels = imbalanced_predictions(seed=2, n=900)
+    logits = np.log(probs) * 1.7   # over-confident, so the fitted temperature matters
+    folds = np.arange(len(labels)) % 3
+    decided = cross_fitted_decisions(logits, labels, folds, CLASSES, logits=True)
+    shuffled = labels.copy()
+    held_out = np.flatnonzero(folds == 2)
+    shuffled[held_out] = np.random.default_rng(0).permutation(labels[held_out])
+    again = cross_fitted_decisions(logits, shuffled, folds, CLASSES, logits=True)
+    np.testing.assert_array_equal(again[held_out], decided[held_out])
+
+
 def test_an_accuracy_tolerance_lets_the_cross_fitted_rule_trade_accuracy_for_balanced_accuracy():
     # Two classes, two folds alike: recalling the minority (P = 0.4) also flips the 20 majority images at
     # P = 0.45, so it costs 0.1 accuracy for +0.39 balanced accuracy. Without tolerance the rule stays put.

@@ -24,7 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..inference.postprocess import DecisionRule, MelanomaOperatingPoint
+from ..inference.postprocess import DecisionRule, MelanomaOperatingPoint, calibrated_probabilities
+from .calibration import fit_temperature
 
 BIAS_GRID = np.round(np.arange(-3.0, 3.0001, 0.1), 4)
 SWEEPS = 4
@@ -105,13 +106,17 @@ def fit_melanoma_operating_point(probabilities: np.ndarray, labels: np.ndarray, 
 
 
 def cross_fitted_decisions(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray,
-                           classes: Sequence[str], accuracy_tolerance: float = 0.0) -> np.ndarray:
+                           classes: Sequence[str], accuracy_tolerance: float = 0.0, *,
+                           logits: bool = False) -> np.ndarray:
     """Each fold's decisions under biases fitted on the other folds' predictions.
 
     What the rule is worth on predictions it was not fitted on: a recipe
     comparison scores the rule this way, so fitting it cannot flatter it.
     `accuracy_tolerance` is `fit_class_biases`'s: how much accuracy the fitted
-    rule may give up (0, the shipped rule's setting: none).
+    rule may give up (0, the shipped rule's setting: none). logits=True: the
+    scores are logits, and the temperature too is fitted on the other folds
+    (argmax(z / T + bias) moves with T, so a temperature fitted on every fold's
+    labels would let a fold's own labels move its decisions).
     """
     probabilities, labels, folds = np.asarray(probabilities), np.asarray(labels), np.asarray(folds)
     if not len(probabilities) == len(labels) == len(folds):
@@ -121,8 +126,12 @@ def cross_fitted_decisions(probabilities: np.ndarray, labels: np.ndarray, folds:
     decided = np.empty(len(labels), dtype=np.int64)
     for fold in np.unique(folds):
         held_out = folds == fold
-        bias, _ = fit_class_biases(probabilities[~held_out], labels[~held_out], classes, accuracy_tolerance)
-        decided[held_out] = DecisionRule(tuple(classes), bias).decide(probabilities[held_out])
+        scores = probabilities
+        if logits:
+            scores = calibrated_probabilities(probabilities, fit_temperature(probabilities[~held_out],
+                                                                             labels[~held_out]))
+        bias, _ = fit_class_biases(scores[~held_out], labels[~held_out], classes, accuracy_tolerance)
+        decided[held_out] = DecisionRule(tuple(classes), bias).decide(scores[held_out])
     return decided
 
 
