@@ -152,7 +152,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
         # Rows are in the .npz order (dermamnist_<split>_<index>), as MedMNIST's evaluator expects.
         source_size = int(prepared.dataset.images.shape[1]) if prepared.dataset.images is not None else 28
         context["medmnist_result_file"] = write_medmnist_result(
-            out_dir, split, source_size, probs, metrics["auc_macro"], metrics["accuracy"], config["name"]).name
+            out_dir, split, source_size, probs, labels, metrics["auc_macro"], config["name"]).name
     write_predictions_csv(out_dir / PREDICTIONS_FILE, records, labels, probs, probs.argmax(axis=1), decided,
                           meta["classes"], flags)
     metrics_csv = RunFolder(out_dir).metrics_log   # training curves, when out_dir is the run itself

@@ -23,8 +23,11 @@ def medmnist_result_name(split: str, image_size: int, auc: float, accuracy: floa
     return f"{FLAG}{size_flag}_{split}_[AUC]{auc:.3f}_[ACC]{accuracy:.3f}@{run}.csv"
 
 
-def write_medmnist_result(out_dir: Path, split: str, image_size: int, probs: np.ndarray, auc: float,
-                          accuracy: float, run: str) -> Path:
+def write_medmnist_result(out_dir: Path, split: str, image_size: int, probs: np.ndarray, labels: np.ndarray,
+                          auc: float, run: str) -> Path:
+    """The scores of one split, named with their AUC and the top-1 accuracy of these very scores (MedMNIST's
+    evaluator takes their argmax; a decision rule's accuracy would name the file with another number)."""
+    accuracy = float(np.mean(np.asarray(probs).argmax(axis=1) == np.asarray(labels)))
     path = Path(out_dir) / medmnist_result_name(split, image_size, auc, accuracy, run)
     atomic_write_text(path, pd.DataFrame(np.asarray(probs, dtype=np.float64)).to_csv(header=False))
     return path
