@@ -12,12 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
+from dermalens.classes import CLASS_CODES
 from dermalens.cli import main
 from dermalens.inference.onnx_predictor import OnnxPredictor
+from dermalens.inference.postprocess import calibrated_probabilities
 from dermalens.inference.predictor import Predictor
 from dermalens.models.calibration_record import read_calibration
 from dermalens.models.checkpoint import load_classifier
 from dermalens.models.ensemble import LesionEnsemble
+from dermalens.training.cross_validation import summarise
 
 pytestmark = pytest.mark.e2e
 PER_CLASS = 16
@@ -62,7 +65,15 @@ def test_every_pool_image_gets_one_out_of_fold_prediction(cross_validated_run: P
     assert sorted(pool["fold"].unique()) == [1, 2]
     assert summary["images"] == len(pool) == sum(fold["images"] for fold in summary["folds"])
     assert set(summary["mean_sd"]["balanced_accuracy"]) == {"mean", "sd"}
-    assert np.load(cross_validated_run / "out_of_fold_logits.npy").shape == (len(pool), 7)
+    logits = np.load(cross_validated_run / "out_of_fold_logits.npy")
+    assert logits.shape == (len(pool), 7)
+    # Each fold's figures are the pooled row's probabilities, at its temperature (AUC moves with it).
+    folds = pool["fold"].to_numpy()
+    for record in summary["folds"]:
+        rows = folds == record["fold"]
+        expected = summarise(calibrated_probabilities(logits[rows], summary["out_of_fold_temperature"]),
+                             pool["label"].to_numpy()[rows], CLASS_CODES)
+        assert record["auc_macro"] == pytest.approx(expected["auc_macro"])
     # lesion-grouped folds: no lesion in two folds, none in a fold and in test
     assert (split.groupby("lesion_id")["fold"].nunique() == 1).all()
     for fold in (1, 2):

@@ -236,15 +236,19 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
         fold_checkpoints.append(best)
         rows = np.flatnonzero(assignment == fold)
         oof_logits[rows] = out_of_fold_logits(config, best, prepared, rows, activations, progress)
-        fold_probs = calibrated_probabilities(oof_logits[rows])
-        per_fold.append({"fold": fold + 1, "images": int(len(rows)),
-                         **summarise(fold_probs, prepared.labels[rows], prepared.classes)})
     train_seconds = time.perf_counter() - started
 
     pool = np.flatnonzero((assignment >= 0) & (assignment < trained_folds))
     from ..evaluation.calibration import fit_temperature
 
     temperature = fit_temperature(oof_logits[pool], prepared.labels[pool])
+    # Each fold at the temperature of the pooled row: one-vs-rest AUC and the melanoma operating point move
+    # with it, so the folds' mean ± sd and the pooled figures are measured on the same probabilities.
+    for fold in range(trained_folds):
+        rows = np.flatnonzero(assignment == fold)
+        per_fold.append({"fold": fold + 1, "images": int(len(rows)),
+                         **summarise(calibrated_probabilities(oof_logits[rows], temperature), prepared.labels[rows],
+                                     prepared.classes)})
     pooled = summarise(calibrated_probabilities(oof_logits[pool], temperature), prepared.labels[pool],
                        prepared.classes)
     summary = {"folds": per_fold, "mean_sd": mean_and_sd(per_fold), "out_of_fold": pooled,
