@@ -292,3 +292,79 @@ def test_log_lines_are_said_once_without_tips_or_source_lines(tmp_path):
     assert not [line for line in lines if line.lstrip().startswith("warnings.warn(")]
     warned = [line for line in lines if line.startswith("warning: ")]
     assert warned and all(line.endswith("Warning)") for line in warned)
+
+
+def stopped_run(tmp_path: Path) -> Path:
+    """A run folder as a stop after its first epoch leaves it: config.yaml, status and last.ckpt (a stand-in:
+    the checks below refuse before anything reads it)."""
+    from dermalens.config import dump_config, load_config
+
+    run = tmp_path / "stopped"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(load_config(None, [f"{k}={v}" for k, v in TINY.items()])))
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"stand-in")
+    (run / "status.json").write_text(json.dumps({"state": "interrupted"}))
+    return run
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--set", "model.backbone=resnet18"], "model.backbone: 'efficientnet_b3' -> 'resnet18'"),
+    (["--set", "model.image_size=64"], "model.image_size: 32 -> 64"),
+    (["--folds", "3"], "training.folds: 1 -> 3"),
+    (["--set", "seed=5"], "seed: 0 -> 5")])
+def test_a_resume_refuses_to_change_what_its_model_was_trained_as(tmp_path, capsys, change, named):
+    """A changed backbone or class set was written to config.yaml and broke the run for good; a changed image
+    size trained on at another size; another fold count reused fold models of another assignment."""
+    run = stopped_run(tmp_path)
+    before = (run / "config.yaml").read_text()
+    assert main(["train", "--resume", str(run), *change]) == 2
+    assert named in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_a_resume_takes_data_and_refuses_options_it_would_ignore(tmp_path, capsys):
+    run = stopped_run(tmp_path)
+    with pytest.raises(SystemExit, match="drop --config and --run-dir"):
+        main(["train", "--resume", str(run), "--config", "demo", "--run-dir", str(tmp_path / "x")])
+    # --data is a new place for the same data (it was silently ignored), taken as written: the resume goes on
+    # to the checkpoint, which this stand-in fails, and the run now reads its data from there.
+    assert main(["train", "--resume", str(run), "--data", str(tmp_path / "moved #2"), "--format", "synthetic"]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == str(tmp_path / "moved #2")
+
+
+def test_cross_validation_never_trains_into_a_folder_holding_models(tmp_path, capsys):
+    run = stopped_run(tmp_path)
+    assert main(["train", "--config", "demo_dermamnist", "--run-dir", str(run), *settings(), "--folds", "2"]) == 2
+    assert f"run folder {run.resolve()} already holds trained models" in capsys.readouterr().err
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"stand-in"
+
+
+def test_a_write_cut_short_is_no_checkpoint_and_a_lone_best_says_why_it_cannot_resume(tmp_path):
+    from dermalens.config import ConfigError
+    from dermalens.run_folder import RunFolder
+
+    run = stopped_run(tmp_path)
+    (run / "checkpoints" / "last.ckpt").unlink()
+    (run / "checkpoints" / ".last.ckpt.x1.ckpt-partial").write_bytes(b"cut")   # a kill mid-write
+    assert not RunFolder(run).has_checkpoints()   # so a fresh start into it is not refused
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"model")
+    with pytest.raises(ConfigError, match="only best.ckpt .did a write fail, on a full disk"):
+        RunFolder(run).check_resumable()
+
+
+def test_a_failed_cross_validated_run_says_so_in_its_status(tmp_path, monkeypatch):
+    """A fold that failed left the run's status.json at "running" for good."""
+    from dermalens.training import cross_validation
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("a fold failed")
+
+    monkeypatch.setattr(cross_validation, "train", failing)
+    run = tmp_path / "cv"
+    with pytest.raises(RuntimeError, match="a fold failed"):
+        main(["-v", "train", "--config", "demo_dermamnist", "--run-dir", str(run), *settings(), "--folds", "2"])
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "a fold failed" in status["error"]

@@ -104,14 +104,17 @@ class RunFolder:
         return self.config_file.is_file()
 
     def has_checkpoints(self) -> bool:
-        return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
+        """Whether a finished checkpoint file is there (a temp file a kill left mid-write is none: counted, it
+        made a fresh start say "use --resume" while resume said "start it again")."""
+        return self.checkpoints.is_dir() and any(p.suffix == ".ckpt" for p in self.checkpoints.iterdir())
 
-    def read_config(self, overrides: list[str] | None = None) -> dict:
-        """The run's saved config.yaml with `overrides`; ConfigError when this is no run folder."""
+    def read_config(self, overrides: list[str] | None = None, settings: dict | None = None) -> dict:
+        """The run's saved config.yaml with `overrides` (and `settings`, taken as written, as `load_config`
+        takes them); ConfigError when this is no run folder."""
         if not self.is_run():
             raise ConfigError(f"no run folder at {self.path} (no {CONFIG_FILE})" if not self.path.is_dir()
                               else f"{self.path} is not a run folder (no {CONFIG_FILE})")
-        return load_config(self.config_file, overrides)
+        return load_config(self.config_file, overrides, settings)
 
     def read_status(self) -> dict:
         try:
@@ -137,6 +140,10 @@ class RunFolder:
         if not self.is_run():
             raise ConfigError(f"cannot resume: {self.path} is not a run folder (no {CONFIG_FILE})")
         if not self.checkpoint("last").is_file() and not self.read_status().get("training_done"):
+            if self.has_checkpoints():   # best.ckpt written, last.ckpt not: its write failed (a full disk?)
+                raise ConfigError(f"cannot resume: {self.path} has no {CHECKPOINTS}/last.ckpt to go on from, only "
+                                  f"{', '.join(sorted(p.name for p in self.checkpoints.glob('*.ckpt')))} (did a write "
+                                  f"fail, on a full disk?); start again with another --run-dir")
             raise ConfigError(f"cannot resume: {self.path} has no {CHECKPOINTS}/last.ckpt (it stopped before its "
                               f"first epoch ended); start it again")
         return self.path.resolve()

@@ -42,7 +42,13 @@ def run(args) -> int:
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
             raise SystemExit(f"error: cannot resume: no run folder at {run_dir}")
-        result = run_training(run_dir=run_dir, resume=True, overrides=overrides)
+        ignored = [option for option, value in (("--config", args.config), ("--run-dir", args.run_dir)) if value]
+        if ignored:   # they were silently ignored: the run goes on with its own config.yaml, in its own folder
+            raise SystemExit(f"error: --resume continues {run_dir} with its own config.yaml in its own folder; "
+                             f"drop {' and '.join(ignored)} (change a setting with --set)")
+        given = {key: str(value) for key, value in (("path", args.data), ("format", args.format)) if value}
+        result = run_training(run_dir=run_dir, resume=True, overrides=overrides,
+                              settings={"data": given} if given else None)
     else:
         if not args.config:
             note_when_no_config_on_cpu()

@@ -3,17 +3,52 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import ConfigError
 from ..run_folder import RunFolder
 from .cross_validation import CrossValidationResult, format_cross_validation, train_folds
 from .run import TrainResult, train
 
+# What `--resume` may change: where the data and caches are, how long and on what the run goes on, how it
+# is evaluated, and what a finished cross-validated run ships (its ensemble, or a student distilled from its
+# fold models). Anything else would continue a model under another recipe, class set or split: the saved
+# checkpoint would not fit it, or would fit it silently wrong.
+RESUMABLE_CHANGES = ("data.path", "data.cache_dir", "output.", "evaluation.", "training.max_epochs",
+                     "training.max_time", "training.num_workers", "training.progress_bar", "training.eval_batch_size",
+                     "training.log_every_n_steps", "training.checkpoint_every_n_steps", "training.accelerator",
+                     "training.devices", "training.strategy", "training.num_nodes", "training.limit_train_batches",
+                     "training.limit_val_batches", "training.ensemble", "training.student",
+                     "training.distillation_weight", "training.distillation_temperature")
+
+
+def _settings(tree: dict, where: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_settings(value, f"{where}{key}.") if isinstance(value, dict) else {f"{where}{key}": value})
+    return flat
+
+
+def check_resume_changes(saved: dict, config: dict, run_dir: Path) -> None:
+    """ConfigError naming each setting a resume may not change, with the run's value and the new one;
+    checked before anything of the run folder is rewritten."""
+    before, after = _settings(saved), _settings(config)
+    refused = [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+               if before.get(key) != after.get(key)
+               and not any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
+                           for allowed in RESUMABLE_CHANGES)]
+    if refused:
+        raise ConfigError(f"--resume {run_dir} cannot change what its model was trained as: {'; '.join(refused)}. "
+                          f"Start a new run (another --run-dir) for these settings")
+
 
 def run_training(config: dict | None = None, run_dir: Path | None = None, resume: bool = False,
-                 overrides: list[str] | None = None, progress: bool = True) -> TrainResult | CrossValidationResult:
-    """A new run from `config`, or (resume) the run in `run_dir` from its saved config plus `overrides`."""
+                 overrides: list[str] | None = None, progress: bool = True,
+                 settings: dict | None = None) -> TrainResult | CrossValidationResult:
+    """A new run from `config`, or (resume) the run in `run_dir` from its saved config plus `overrides` and
+    `settings` (values taken as written: {"data": {"path": ...}})."""
     if resume:
         folder = RunFolder(run_dir)
-        config = folder.read_config(overrides)
+        config = folder.read_config(overrides, settings)
+        check_resume_changes(folder.read_config(), config, folder.path)
         if config["training"]["folds"] > 1:
             return train_folds(config, folder.path, resume=True, progress=progress)
         return train(config, folder.check_resumable(), resume=True, progress=progress)
