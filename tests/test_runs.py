@@ -368,3 +368,14 @@ def test_a_failed_cross_validated_run_says_so_in_its_status(tmp_path, monkeypatc
         main(["-v", "train", "--config", "demo_dermamnist", "--run-dir", str(run), *settings(), "--folds", "2"])
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and "a fold failed" in status["error"]
+
+
+def test_a_second_training_into_a_busy_run_folder_is_refused_by_name(tmp_path, capsys):
+    """Two trainings in one --run-dir both wrote config.yaml, metrics.csv and best.ckpt."""
+    from dermalens.run_folder import RunFolder
+
+    run = tmp_path / "busy"
+    with RunFolder(run).training_lock():
+        assert train_cli(run) == 2
+        assert f"run folder {run} is in use by another training (pid {os.getpid()}" in capsys.readouterr().err
+    assert not run.exists()   # the lock made the folder and took it away again; nothing else was written

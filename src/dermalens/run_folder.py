@@ -16,7 +16,11 @@ command line, packaging and evaluation read runs without loading training).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +35,7 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CV_FILE = "cv.json"
+LOCK_FILE = ".training.lock"
 OUT_OF_FOLD_LOGITS = "out_of_fold_logits.npy"
 TEACHER_LOGITS = "teacher_logits.npy"     # a distilled run's targets, kept for its resume
 CHECKPOINTS = "checkpoints"
@@ -132,6 +137,42 @@ class RunFolder:
         atomic_write_json(self.status_file, {
             "state": state, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "logs": str(self.logs), **details})
+
+    @contextlib.contextmanager
+    def training_lock(self):
+        """Held while a training writes into this folder: a second training (or a resume while the first
+        still runs) is refused by name, where both used to write into one config, log and best.ckpt.
+
+        One lock per job: the ranks of a multi-process (DDP) job share the folder, so only its first process
+        takes it."""
+        if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+            yield
+            return
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_FILE
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise ConfigError(f"run folder {self.path} is in use by another training ({holder}); wait for "
+                                  f"it to end, or choose another --run-dir") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                # Gone with the job: the folder keeps no trace of it, and a mistake refused before training
+                # leaves no folder it made.
+                lock.unlink(missing_ok=True)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                if created and not any(self.path.iterdir()):
+                    self.path.rmdir()
 
     def check_resumable(self) -> Path:
         """The run folder (resolved) when it can be resumed; ConfigError saying why not otherwise."""

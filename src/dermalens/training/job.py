@@ -1,6 +1,7 @@
 """The one entry point of `dermalens train`: one model, or K fold models (training.folds), fresh or resumed."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..config import ConfigError
@@ -49,12 +50,15 @@ def run_training(config: dict | None = None, run_dir: Path | None = None, resume
         folder = RunFolder(run_dir)
         config = folder.read_config(overrides, settings)
         check_resume_changes(folder.read_config(), config, folder.path)
+        with folder.training_lock():
+            if config["training"]["folds"] > 1:
+                return train_folds(config, folder.path, resume=True, progress=progress)
+            return train(config, folder.check_resumable(), resume=True, progress=progress)
+    # A new folder (no --run-dir) is one no other training knows of; a named one is locked while trained.
+    with RunFolder(run_dir).training_lock() if run_dir else contextlib.nullcontext():
         if config["training"]["folds"] > 1:
-            return train_folds(config, folder.path, resume=True, progress=progress)
-        return train(config, folder.check_resumable(), resume=True, progress=progress)
-    if config["training"]["folds"] > 1:
-        return train_folds(config, run_dir, progress=progress)
-    return train(config, run_dir, progress=progress)
+            return train_folds(config, run_dir, progress=progress)
+        return train(config, run_dir, progress=progress)
 
 
 __all__ = ["format_cross_validation", "run_training"]
