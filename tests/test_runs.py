@@ -379,3 +379,23 @@ def test_a_second_training_into_a_busy_run_folder_is_refused_by_name(tmp_path, c
         assert train_cli(run) == 2
         assert f"run folder {run} is in use by another training (pid {os.getpid()}" in capsys.readouterr().err
     assert not run.exists()   # the lock made the folder and took it away again; nothing else was written
+
+
+def test_a_resume_that_trains_on_drops_the_calibration_of_the_earlier_best(tmp_path, monkeypatch):
+    """Stopped after best.ckpt changed, a resumed run kept the earlier best's temperature and rule beside it,
+    and predict and package used them for other weights."""
+    from dermalens.models.calibration_record import calibration_path
+    from dermalens.training import run as run_module
+    from dermalens.training.errors import TrainingInterrupted
+
+    run = tmp_path / "run"
+    assert train_cli(run, **{"training.max_epochs": 1}) == 0
+    record = calibration_path(run / "checkpoints" / "best.ckpt")
+    assert record.is_file()
+
+    def stopped_before_calibrating(config, run_dir, result, *args, **kwargs):
+        raise TrainingInterrupted(run_dir, result.last_checkpoint, during="evaluation")
+
+    monkeypatch.setattr(run_module, "finish_run", stopped_before_calibrating)
+    assert main(["train", "--resume", str(run), "--set", "training.max_epochs=2"]) == 130
+    assert not record.exists()

@@ -50,6 +50,7 @@ from ..data.prepare import PreparedData, prepare_data, resolve_cache_dir, resolv
 from ..evaluation.evaluate import evaluate_checkpoint
 from ..hardware import resolve_precision
 from ..inference.load import load_predictor, logits_for_images
+from ..models.calibration_record import calibration_path
 from ..models.checkpoint import CHECKPOINT_KEY, read_checkpoint_metadata
 from ..run_folder import LOGS, RunFolder
 from .activation_data import ActivationDataModule
@@ -388,6 +389,13 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     if teacher_logits is not None and not resume:
         save_teacher_logits(RunFolder(run_dir).teacher_logits_file, teacher_logits)
     RunFolder(run_dir).write_status("running", resumed=resume)
+    if resume:
+        # Training goes on, so best.ckpt may change under its calibration record: a stop before the new one is
+        # fitted must leave the model uncalibrated (and say so), not calibrated for other weights.
+        stale = calibration_path(RunFolder(run_dir).checkpoint("best"))
+        if stale.is_file():
+            stale.unlink()
+            log.info("%s removed: training goes on, and the run is calibrated again when it ends", stale.name)
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
     resumed_step = AtomicCheckpointIO().load_checkpoint(last)["global_step"] if resume else None  # no unpickling
     started = time.perf_counter()
