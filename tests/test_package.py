@@ -487,3 +487,12 @@ def test_a_hub_backbone_in_a_package_is_refused_without_asking_timm(package, tmp
     with pytest.raises(PackageError, match="hf-hub:someone/remote-model.*Hugging Face Hub"):
         load_package(copy)
     assert asked == []
+
+
+def test_a_checkpoint_of_another_run_is_refused_by_name(run_dir, tmp_path, capsys):
+    """It was packaged under this run's config and test metrics (a 2-class model with a 7-class run's)."""
+    other = tmp_path / "other.ckpt"
+    shutil.copy(run_dir / "checkpoints" / "best.ckpt", other)
+    assert main(["package", str(run_dir), "--checkpoint", str(other), "--out", str(tmp_path / "pkg")]) == 2
+    assert f"{other} is not a checkpoint of the run {run_dir}" in capsys.readouterr().err
+    assert not (tmp_path / "pkg").exists()

@@ -16,7 +16,7 @@ def add_subcommand(subparsers) -> None:
                     f"take the folder as --model. {RESEARCH_DISCLAIMER}")
     p.add_argument("run", metavar="RUN", help="run folder (runs/<name>)")
     p.add_argument("--out", help="folder to write (default: RUN/package); built beside it and renamed when complete")
-    p.add_argument("--checkpoint", default="best", help="best (default) | last | path to a .ckpt of this run")
+    p.add_argument("--checkpoint", default="best", help="best (default) | last | path to a .ckpt inside this run folder (another run's is refused)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at --out")
     p.add_argument("--parity-images", nargs="+", metavar="PATH",
                    help="images/folders/globs for the ONNX parity check (default: the HAM10000 sample images)")

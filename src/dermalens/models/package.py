@@ -232,6 +232,10 @@ def package_run(run_dir: str | Path, out: str | Path | None = None, *, checkpoin
     if not run_dir.is_dir():
         raise PackageError(f"run folder not found: {run_dir}")
     checkpoint_path = RunFolder(run_dir).checkpoint(checkpoint)
+    if not checkpoint_path.resolve().is_relative_to(run_dir.resolve()):
+        # The package card carries this run's config, data and test metrics: another run's weights would
+        # travel under them (a 2-class model was shipped with a 7-class run's metrics).
+        raise PackageError(f"{checkpoint_path} is not a checkpoint of the run {run_dir}: package that run instead")
     model, meta = load_classifier(checkpoint_path)     # CheckpointError names a missing or foreign file
     calibration = read_calibration(checkpoint_path)
     run_config = read_run_config(run_dir)
