@@ -126,6 +126,14 @@ def test_a_write_that_fails_midway_keeps_the_old_checkpoint(tmp_path, monkeypatc
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]   # no partial file left behind
 
+    def full_disk_as_torch_says_it(obj, handle):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3595328 vs 3595216")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk_as_torch_says_it)
+    with pytest.raises(OSError, match=f"could not write the checkpoint {target} .* MB free there; a full disk"):
+        io.save_checkpoint({"global_step": 3}, target)
+    assert target.read_bytes() == before
+
 
 def test_partial_checkpoints_of_a_killed_write_are_removed_on_the_next_run(tmp_path):
     folder = tmp_path / "checkpoints"

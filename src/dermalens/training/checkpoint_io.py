@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -92,6 +93,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)
+        except (RuntimeError, OSError) as error:
+            temp.unlink(missing_ok=True)
+            # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos": say
+            # which file and how much room is left.
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(f"could not write the checkpoint {path} ({free / 1e6:.0f} MB free there; a full disk?): "
+                          f"{str(error).splitlines()[0]}") from error
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
