@@ -399,3 +399,20 @@ def test_a_resume_that_trains_on_drops_the_calibration_of_the_earlier_best(tmp_p
     monkeypatch.setattr(run_module, "finish_run", stopped_before_calibrating)
     assert main(["train", "--resume", str(run), "--set", "training.max_epochs=2"]) == 130
     assert not record.exists()
+
+
+def test_a_stop_between_folds_is_recorded_in_the_cross_validated_runs_status(tmp_path, monkeypatch, capsys):
+    """SIGTERM while the out-of-fold predictions ran killed the process and left status.json at "running"."""
+    from dermalens.training import cross_validation
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)   # the signal arrives first
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(cross_validation, "out_of_fold_logits", stopped)
+    run = tmp_path / "cv"
+    assert main(["train", "--config", "demo_dermamnist", "--run-dir", str(run),
+                 *settings(**{"training.max_epochs": 1}), "--folds", "2"]) == 130
+    assert json.loads((run / "status.json").read_text())["state"] == "interrupted"
+    assert f"dermalens train --resume {run.resolve()}" in capsys.readouterr().err

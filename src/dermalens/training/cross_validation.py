@@ -50,7 +50,15 @@ from .calibrate import calibrate
 from .errors import TrainingInterrupted
 from .frozen_trunk import TrunkActivations, TrunkSpec
 from .held_out_logits import out_of_fold_logits
-from .run import member_config, new_run_dir, sigterm_raises, train, trunk_cache_dir, with_absolute_paths
+from .run import (
+    lightning_handles_sigterm,
+    member_config,
+    new_run_dir,
+    sigterm_raises,
+    train,
+    trunk_cache_dir,
+    with_absolute_paths,
+)
 from .student import distil_student, ship_student
 
 log = logging.getLogger(__name__)
@@ -193,120 +201,123 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     write_fold_split_csv(prepared, assignment, RunFolder(run_dir).split_file)
     RunFolder(run_dir).write_status("running", folds=folds)
     try:
+        # A stop outside fold training (out-of-fold predictions, the ensemble, the evaluation) is recorded
+        # too; each fold's training handles its own stops (see `lightning_handles_sigterm`).
+        with sigterm_raises():
+            activations = None
+            if training.freeze_stages and training.cached_views:
+                # One cache for every fold: each pool image is a training image in K-1 folds, validated in one.
+                from ..models.classifier import ModelConfig, create_classifier
 
-        activations = None
-        if training.freeze_stages and training.cached_views:
-            # One cache for every fold: each pool image is a training image in K-1 folds, validated in one.
-            from ..models.classifier import ModelConfig, create_classifier
+                model = create_classifier(ModelConfig(**{**config["model"], "num_classes": len(prepared.classes)}))
+                activations = TrunkActivations(model, prepared.images, TrunkSpec(training.freeze_stages, training.cached_views,
+                                                                                 config["seed"]),
+                                               section(AugmentationSection, config["augmentation"]),
+                                               cache_dir=trunk_cache_dir(config), progress=progress)
+                try:
+                    with sigterm_raises():
+                        activations.ensure(np.flatnonzero(assignment >= 0), range(activations.spec.views))
+                except (KeyboardInterrupt, SystemExit) as stop:   # a stop is recorded, as one during training is
+                    RunFolder(run_dir).write_status("interrupted", stage="trunk cache", folds=folds)
+                    raise TrainingInterrupted(run_dir, None, during="trunk cache") from stop
 
-            model = create_classifier(ModelConfig(**{**config["model"], "num_classes": len(prepared.classes)}))
-            activations = TrunkActivations(model, prepared.images, TrunkSpec(training.freeze_stages, training.cached_views,
-                                                                             config["seed"]),
-                                           section(AugmentationSection, config["augmentation"]),
-                                           cache_dir=trunk_cache_dir(config), progress=progress)
-            try:
-                with sigterm_raises():
-                    activations.ensure(np.flatnonzero(assignment >= 0), range(activations.spec.views))
-            except (KeyboardInterrupt, SystemExit) as stop:   # a stop is recorded, as one during training is
-                RunFolder(run_dir).write_status("interrupted", stage="trunk cache", folds=folds)
-                raise TrainingInterrupted(run_dir, None, during="trunk cache") from stop
+            # The budget is shared by every training left: the fold models, then (training.student) one student per
+            # fold and the student itself.
+            student_trainings = folds + 1 if training.student else 0
 
-        # The budget is shared by every training left: the fold models, then (training.student) one student per
-        # fold and the student itself.
-        student_trainings = folds + 1 if training.student else 0
+            def share_of_budget(trainings_left: int) -> str | None:
+                if budget is None:
+                    return None
+                return format_duration((budget - (time.perf_counter() - started)) / trainings_left)
 
-        def share_of_budget(trainings_left: int) -> str | None:
-            if budget is None:
-                return None
-            return format_duration((budget - (time.perf_counter() - started)) / trainings_left)
+            fold_dirs, per_fold, fold_checkpoints = [], [], []
+            oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
+            for fold in range(trained_folds):
+                fold_dir = RunFolder(run_dir).fold(fold + 1).path
+                fold_dirs.append(fold_dir)
+                fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold),
+                                                    split_source=f"fold {fold + 1} of {folds} ({RunFolder(run_dir).split_file})")
+                fold_config = member_config(config, f"fold{fold + 1}",
+                                            share_of_budget(trained_folds - fold + student_trainings))
+                status = RunFolder(fold_dir).read_status()
+                if status.get("state") == "finished":
+                    best = RunFolder(fold_dir).recorded_best_checkpoint(status)
+                else:
+                    can_resume = resume and RunFolder(fold_dir).checkpoint("last").is_file()
+                    log.info("fold %d of %d: %s", fold + 1, folds, "resuming" if can_resume else "training")
+                    with lightning_handles_sigterm():
+                        best = train(fold_config, fold_dir, resume=can_resume, progress=progress,
+                                     prepared=fold_prepared, calibrate_after_training=False,
+                                     callbacks=fold_callbacks(fold + 1) if fold_callbacks else ()).best_checkpoint
+                fold_checkpoints.append(best)
+                rows = np.flatnonzero(assignment == fold)
+                oof_logits[rows] = out_of_fold_logits(config, best, prepared, rows, activations, progress)
+            train_seconds = time.perf_counter() - started
 
-        fold_dirs, per_fold, fold_checkpoints = [], [], []
-        oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
-        for fold in range(trained_folds):
-            fold_dir = RunFolder(run_dir).fold(fold + 1).path
-            fold_dirs.append(fold_dir)
-            fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold),
-                                                split_source=f"fold {fold + 1} of {folds} ({RunFolder(run_dir).split_file})")
-            fold_config = member_config(config, f"fold{fold + 1}",
-                                        share_of_budget(trained_folds - fold + student_trainings))
-            status = RunFolder(fold_dir).read_status()
-            if status.get("state") == "finished":
-                best = RunFolder(fold_dir).recorded_best_checkpoint(status)
-            else:
-                can_resume = resume and RunFolder(fold_dir).checkpoint("last").is_file()
-                log.info("fold %d of %d: %s", fold + 1, folds, "resuming" if can_resume else "training")
-                best = train(fold_config, fold_dir, resume=can_resume, progress=progress, prepared=fold_prepared,
-                             calibrate_after_training=False,
-                             callbacks=fold_callbacks(fold + 1) if fold_callbacks else ()).best_checkpoint
-            fold_checkpoints.append(best)
-            rows = np.flatnonzero(assignment == fold)
-            oof_logits[rows] = out_of_fold_logits(config, best, prepared, rows, activations, progress)
-        train_seconds = time.perf_counter() - started
+            pool = np.flatnonzero((assignment >= 0) & (assignment < trained_folds))
+            from ..evaluation.calibration import fit_temperature
 
-        pool = np.flatnonzero((assignment >= 0) & (assignment < trained_folds))
-        from ..evaluation.calibration import fit_temperature
-
-        temperature = fit_temperature(oof_logits[pool], prepared.labels[pool])
-        # Each fold at the temperature of the pooled row: one-vs-rest AUC and the melanoma operating point move
-        # with it, so the folds' mean ± sd and the pooled figures are measured on the same probabilities.
-        for fold in range(trained_folds):
-            rows = np.flatnonzero(assignment == fold)
-            per_fold.append({"fold": fold + 1, "images": int(len(rows)),
-                             **summarise(calibrated_probabilities(oof_logits[rows], temperature), prepared.labels[rows],
-                                         prepared.classes)})
-        pooled = summarise(calibrated_probabilities(oof_logits[pool], temperature), prepared.labels[pool],
-                           prepared.classes)
-        summary = {"folds": per_fold, "mean_sd": mean_and_sd(per_fold), "out_of_fold": pooled,
-                   "out_of_fold_temperature": float(temperature), "train_seconds": round(train_seconds, 1),
-                   "trunk_seconds": round(activations.seconds_computing, 1) if activations else 0.0,
-                   "images": int(len(pool))}
-        np.save(run_dir / OUT_OF_FOLD_LOGITS, oof_logits[pool])
-        summary["folds_trained"] = trained_folds
-        plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / FIGURES / "cross_validation.png",
-                          title=f"{folds}-fold cross-validation, {trained_folds} fold(s) trained ({len(pool)} images)")
-        result = CrossValidationResult(run_dir, fold_dirs, summary, train_seconds=train_seconds)
-        if training.student:
-            student = distil_student(config, run_dir, prepared, assignment, oof_logits, activations, share_of_budget,
-                                     progress)
-            train_seconds = result.train_seconds = time.perf_counter() - started
-            best = ship_student(student.checkpoint, RunFolder(run_dir).checkpoint("best"), folds, config["training"])
-            fitted_on = f"out-of-fold predictions of {folds} students, each trained without its fold ({len(pool)} images)"
-            summary["calibration"] = calibrate(best, student.out_of_fold, prepared.labels[pool], prepared.classes,
-                                               config["evaluation"], fitted_on)
-            summary["student"] = {
-                "out_of_fold": summarise(calibrated_probabilities(student.out_of_fold,
-                                                                  summary["calibration"]["temperature"]),
-                                         prepared.labels[pool], prepared.classes),
-                "train_seconds": round(student.train_seconds, 1),
-                "caution": "these read high: each out-of-fold student learned from fold models that saw the fold it "
-                           "predicts; compare a student with the ensemble on images neither saw "
-                           "(scripts/weight_averaging.py --own-rule)"}
-            summary["train_seconds"] = round(train_seconds, 1)
-            result.best_checkpoint = best
-        elif training.ensemble:
-            best = build_ensemble_checkpoint(fold_checkpoints, RunFolder(run_dir).checkpoint("best"),
-                                             training.freeze_stages)
-            summary["calibration"] = calibrate(best, oof_logits[pool], prepared.labels[pool], prepared.classes,
-                                               config["evaluation"], f"out-of-fold predictions ({len(pool)} images)")
-            result.best_checkpoint = best
-        atomic_write_json(RunFolder(run_dir).cv_file, summary)
-        if result.best_checkpoint and config["evaluation"]["after_training"] and len(prepared.rows("test")):
-            result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
-                                                 progress=progress, extra_context={
-                                                     "train_seconds": round(train_seconds, 1),
-                                                     "cross_validation": f"{folds} folds (cv.json)" + (
-                                                         "; shipped: one student distilled from them"
-                                                         if training.student else "")})
-        RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint) if result.best_checkpoint else None,
-                     train_seconds=round(train_seconds, 1))
-        return result
+            temperature = fit_temperature(oof_logits[pool], prepared.labels[pool])
+            # Each fold at the temperature of the pooled row: one-vs-rest AUC and the melanoma operating point move
+            # with it, so the folds' mean ± sd and the pooled figures are measured on the same probabilities.
+            for fold in range(trained_folds):
+                rows = np.flatnonzero(assignment == fold)
+                per_fold.append({"fold": fold + 1, "images": int(len(rows)),
+                                 **summarise(calibrated_probabilities(oof_logits[rows], temperature), prepared.labels[rows],
+                                             prepared.classes)})
+            pooled = summarise(calibrated_probabilities(oof_logits[pool], temperature), prepared.labels[pool],
+                               prepared.classes)
+            summary = {"folds": per_fold, "mean_sd": mean_and_sd(per_fold), "out_of_fold": pooled,
+                       "out_of_fold_temperature": float(temperature), "train_seconds": round(train_seconds, 1),
+                       "trunk_seconds": round(activations.seconds_computing, 1) if activations else 0.0,
+                       "images": int(len(pool))}
+            np.save(run_dir / OUT_OF_FOLD_LOGITS, oof_logits[pool])
+            summary["folds_trained"] = trained_folds
+            plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / FIGURES / "cross_validation.png",
+                              title=f"{folds}-fold cross-validation, {trained_folds} fold(s) trained ({len(pool)} images)")
+            result = CrossValidationResult(run_dir, fold_dirs, summary, train_seconds=train_seconds)
+            if training.student:
+                student = distil_student(config, run_dir, prepared, assignment, oof_logits, activations, share_of_budget,
+                                         progress)
+                train_seconds = result.train_seconds = time.perf_counter() - started
+                best = ship_student(student.checkpoint, RunFolder(run_dir).checkpoint("best"), folds, config["training"])
+                fitted_on = f"out-of-fold predictions of {folds} students, each trained without its fold ({len(pool)} images)"
+                summary["calibration"] = calibrate(best, student.out_of_fold, prepared.labels[pool], prepared.classes,
+                                                   config["evaluation"], fitted_on)
+                summary["student"] = {
+                    "out_of_fold": summarise(calibrated_probabilities(student.out_of_fold,
+                                                                      summary["calibration"]["temperature"]),
+                                             prepared.labels[pool], prepared.classes),
+                    "train_seconds": round(student.train_seconds, 1),
+                    "caution": "these read high: each out-of-fold student learned from fold models that saw the fold it "
+                               "predicts; compare a student with the ensemble on images neither saw "
+                               "(scripts/weight_averaging.py --own-rule)"}
+                summary["train_seconds"] = round(train_seconds, 1)
+                result.best_checkpoint = best
+            elif training.ensemble:
+                best = build_ensemble_checkpoint(fold_checkpoints, RunFolder(run_dir).checkpoint("best"),
+                                                 training.freeze_stages)
+                summary["calibration"] = calibrate(best, oof_logits[pool], prepared.labels[pool], prepared.classes,
+                                                   config["evaluation"], f"out-of-fold predictions ({len(pool)} images)")
+                result.best_checkpoint = best
+            atomic_write_json(RunFolder(run_dir).cv_file, summary)
+            if result.best_checkpoint and config["evaluation"]["after_training"] and len(prepared.rows("test")):
+                result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
+                                                     progress=progress, extra_context={
+                                                         "train_seconds": round(train_seconds, 1),
+                                                         "cross_validation": f"{folds} folds (cv.json)" + (
+                                                             "; shipped: one student distilled from them"
+                                                             if training.student else "")})
+            RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint) if result.best_checkpoint else None,
+                         train_seconds=round(train_seconds, 1))
+            return result
     except TrainingInterrupted:
         if RunFolder(run_dir).read_status().get("state") == "running":   # the trunk cache's stop says more
             RunFolder(run_dir).write_status("interrupted", folds=folds)
         raise
-    except KeyboardInterrupt as stop:
+    except (KeyboardInterrupt, SystemExit) as stop:
         RunFolder(run_dir).write_status("interrupted", folds=folds)
-        raise TrainingInterrupted(run_dir, None) from stop
+        raise TrainingInterrupted(run_dir, None, during="cross-validation") from stop
     except Exception as error:   # the folder must not say "running" once nothing runs
         RunFolder(run_dir).write_status("failed", folds=folds, error=f"{type(error).__name__}: {error}")
         raise

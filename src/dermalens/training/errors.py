@@ -12,6 +12,9 @@ class TrainingInterrupted(RuntimeError):
         if during == "trunk cache":
             message = (f"stopped while caching the frozen trunk's activations (what was computed is kept). "
                        f"To continue: dermalens train --resume {run_dir}")
+        elif during == "cross-validation":
+            message = (f"stopped between the fold models' trainings (the finished folds are kept). To continue: "
+                       f"dermalens train --resume {run_dir}")
         elif during == "evaluation":
             message = (f"stopped during the evaluation after training (training had finished). To continue: "
                        f"dermalens train --resume {run_dir} (it calibrates and evaluates, and trains no more)")

@@ -440,6 +440,22 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def lightning_handles_sigterm() -> Iterator[None]:
+    """Inside `sigterm_raises`: the default SIGTERM action back while Lightning trains, so that it installs
+    its own handler (and stops at a step's end, as in a single run) rather than chaining to one that raises
+    mid-step."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:   # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: PreparedData, progress: bool,
                calibrate_after_training: bool, is_global_zero: bool) -> TrainResult:
     """After training: calibrate on validation, evaluate on test once; a stop here is recorded and resumable."""
