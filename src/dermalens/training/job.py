@@ -9,11 +9,12 @@ from ..run_folder import RunFolder
 from .cross_validation import CrossValidationResult, format_cross_validation, train_folds
 from .run import TrainResult, train
 
-# What `--resume` may change: where the data and caches are, how long and on what the run goes on, how it
-# is evaluated, and what a finished cross-validated run ships (its ensemble, or a student distilled from its
+# What `--resume` may change: where the data and caches are (and whether items it cannot use, such as a
+# class folder added since, are skipped: the run's class set and split.csv still decide what it reads), how
+# long and on what the run goes on, how it is evaluated, and what a finished cross-validated run ships (its ensemble, or a student distilled from its
 # fold models). Anything else would continue a model under another recipe, class set or split: the saved
 # checkpoint would not fit it, or would fit it silently wrong.
-RESUMABLE_CHANGES = ("data.path", "data.cache_dir", "output.", "evaluation.", "training.max_epochs",
+RESUMABLE_CHANGES = ("data.path", "data.cache_dir", "data.on_bad_data", "output.", "evaluation.", "training.max_epochs",
                      "training.max_time", "training.num_workers", "training.progress_bar", "training.eval_batch_size",
                      "training.log_every_n_steps", "training.checkpoint_every_n_steps", "training.accelerator",
                      "training.devices", "training.strategy", "training.num_nodes", "training.limit_train_batches",
