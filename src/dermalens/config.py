@@ -340,6 +340,11 @@ def _leaves(tree: dict, where: str = ""):
             yield f"{where}{key}", value
 
 
+def flat_settings(config: dict) -> dict:
+    """{'section.key': value} of every setting."""
+    return dict(_leaves(config))
+
+
 def validate_config(config: dict) -> dict:
     """Types and ranges of every key; ConfigError names the key, the value and what was expected."""
     for key, value in _leaves(config):

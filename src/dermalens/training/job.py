@@ -4,35 +4,28 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ..config import ConfigError
+from ..config import ConfigError, flat_settings
 from ..run_folder import RunFolder
 from .cross_validation import CrossValidationResult, format_cross_validation, train_folds
 from .run import TrainResult, train
 
 # What `--resume` may change: where the data and caches are (and whether items it cannot use, such as a
 # class folder added since, are skipped: the run's class set and split.csv still decide what it reads), how
-# long and on what the run goes on, how it is evaluated, and what a finished cross-validated run ships (its ensemble, or a student distilled from its
-# fold models). Anything else would continue a model under another recipe, class set or split: the saved
-# checkpoint would not fit it, or would fit it silently wrong.
-RESUMABLE_CHANGES = ("data.path", "data.cache_dir", "data.on_bad_data", "output.", "evaluation.", "training.max_epochs",
-                     "training.max_time", "training.num_workers", "training.progress_bar", "training.eval_batch_size",
+# long and on what the run goes on, how it is evaluated, and what a finished cross-validated run ships (its
+# ensemble, or a student distilled from its fold models). Anything else would continue a model under another
+# recipe, class set or split: the saved checkpoint would not fit it, or would fit it silently wrong.
+RESUMABLE_CHANGES = ("data.path", "data.cache_dir", "data.on_bad_data", "output.", "evaluation.",
+                     "training.max_epochs", "training.max_time", "training.num_workers", "training.progress_bar", "training.eval_batch_size",
                      "training.log_every_n_steps", "training.checkpoint_every_n_steps", "training.accelerator",
                      "training.devices", "training.strategy", "training.num_nodes", "training.limit_train_batches",
                      "training.limit_val_batches", "training.ensemble", "training.student",
                      "training.distillation_weight", "training.distillation_temperature")
 
 
-def _settings(tree: dict, where: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_settings(value, f"{where}{key}.") if isinstance(value, dict) else {f"{where}{key}": value})
-    return flat
-
-
 def check_resume_changes(saved: dict, config: dict, run_dir: Path) -> None:
     """ConfigError naming each setting a resume may not change, with the run's value and the new one;
     checked before anything of the run folder is rewritten."""
-    before, after = _settings(saved), _settings(config)
+    before, after = flat_settings(saved), flat_settings(config)
     refused = [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
                if before.get(key) != after.get(key)
                and not any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
