@@ -406,9 +406,9 @@ def test_a_stop_between_folds_is_recorded_in_the_cross_validated_runs_status(tmp
     from dermalens.training import cross_validation
 
     def stopped(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)   # the signal arrives first
-        raise AssertionError("SIGTERM did not stop the run")
+        # What the run's SIGTERM handler (run.sigterm_raises) raises; a real signal sent to the test process
+        # could reach whatever handler another test left behind.
+        raise SystemExit(128 + signal.SIGTERM)
 
     monkeypatch.setattr(cross_validation, "out_of_fold_logits", stopped)
     run = tmp_path / "cv"
