@@ -424,14 +424,12 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
 
 
 @contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """SIGTERM as an exception (Lightning's own handler is gone once fit returns), so a stop is recorded."""
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
+def _sigterm_handled_by(handler) -> Iterator[None]:
+    """`handler` for SIGTERM while the block runs, the previous one after it (off the main thread, where
+    signals cannot be caught, nothing changes)."""
     try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:   # not the main thread: signals cannot be caught here
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:
         yield
         return
     try:
@@ -440,20 +438,20 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def lightning_handles_sigterm() -> Iterator[None]:
+def _raise_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def sigterm_raises():
+    """SIGTERM as an exception (Lightning's own handler is gone once fit returns), so a stop is recorded."""
+    return _sigterm_handled_by(_raise_on_sigterm)
+
+
+def lightning_handles_sigterm():
     """Inside `sigterm_raises`: the default SIGTERM action back while Lightning trains, so that it installs
     its own handler (and stops at a step's end, as in a single run) rather than chaining to one that raises
     mid-step."""
-    try:
-        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except ValueError:   # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return _sigterm_handled_by(signal.SIG_DFL)
 
 
 def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: PreparedData, progress: bool,
