@@ -214,9 +214,8 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                                                                                  config["seed"]),
                                                section(AugmentationSection, config["augmentation"]),
                                                cache_dir=trunk_cache_dir(config), progress=progress)
-                try:
-                    with sigterm_raises():
-                        activations.ensure(np.flatnonzero(assignment >= 0), range(activations.spec.views))
+                try:   # SIGTERM raises here already (the sigterm_raises above); the stop names its stage
+                    activations.ensure(np.flatnonzero(assignment >= 0), range(activations.spec.views))
                 except (KeyboardInterrupt, SystemExit) as stop:   # a stop is recorded, as one during training is
                     RunFolder(run_dir).write_status("interrupted", stage="trunk cache", folds=folds)
                     raise TrainingInterrupted(run_dir, None, during="trunk cache") from stop
