@@ -414,5 +414,76 @@ def test_a_stop_between_folds_is_recorded_in_the_cross_validated_runs_status(tmp
     run = tmp_path / "cv"
     assert main(["train", "--config", "demo_dermamnist", "--run-dir", str(run),
                  *settings(**{"training.max_epochs": 1}), "--folds", "2"]) == 130
-    assert json.loads((run / "status.json").read_text())["state"] == "interrupted"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted"
+    assert status["train_seconds"] > 0   # carried into the resumed job's time and its share of max_time
     assert f"dermalens train --resume {run.resolve()}" in capsys.readouterr().err
+
+
+def test_a_resumed_runs_training_time_includes_its_earlier_runs(tmp_path):
+    """After a resume, train_seconds (status.json, the report) counted only the time since the resume."""
+    run = tmp_path / "run"
+    assert train_cli(run, **{"training.max_epochs": 1}) == 0
+    status_file = run / "status.json"
+    status = json.loads(status_file.read_text())
+    assert status["state"] == "finished" and status["train_seconds"] > 0
+    # As a stop records it; 1000 s stands out from what one more tiny epoch takes.
+    status_file.write_text(json.dumps({**status, "state": "interrupted", "train_seconds": 1000.0}))
+    assert main(["train", "--resume", str(run), "--set", "training.max_epochs=2"]) == 0
+    resumed = json.loads(status_file.read_text())
+    assert resumed["state"] == "finished" and 1000.0 < resumed["train_seconds"] < 1600.0
+
+
+def test_a_stopped_training_records_its_time_for_the_resume(tmp_path, monkeypatch):
+    from dermalens.training import run as run_module
+    from dermalens.training.errors import TrainingInterrupted
+
+    def stopped(*args, **kwargs):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module.L.Trainer, "fit", stopped)
+    with pytest.raises(TrainingInterrupted):
+        run_module.train(tiny_config(), tmp_path / "run")
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["train_seconds"] >= 0.3
+
+
+def tiny_config() -> dict:
+    from dermalens.config_files import load_named_config
+
+    return load_named_config("demo_dermamnist", [f"{key}={value}" for key, value in TINY.items()])
+
+
+def test_the_logs_of_a_killed_resume_are_merged_without_repeating_steps(tmp_path):
+    """A resume killed before it merged left metrics.before-resume.csv; the next resume appended the killed
+    one's rows to all the earlier ones, so the steps the killed resume repeated appeared twice."""
+    from dermalens.training.run import merge_metrics_logs, set_aside_metrics_log
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # The first run logged steps 0-9 and was stopped; its last checkpoint was at step 4. The resume from there
+    # logged steps 5-12 and was killed (kill -9) before it could merge.
+    pd.DataFrame({"step": range(10), "train/loss": np.linspace(1, 0.5, 10)}).to_csv(
+        logs / "metrics.before-resume.csv", index=False)
+    pd.DataFrame({"step": range(5, 13), "train/loss": np.linspace(0.9, 0.4, 8)}).to_csv(
+        logs / "metrics.csv", index=False)
+    earlier = set_aside_metrics_log(tmp_path)
+    assert earlier is not None and not (logs / "metrics.csv").exists()
+    assert pd.read_csv(earlier)["step"].tolist() == list(range(13))
+    # The next resume starts from the killed one's checkpoint at step 8 and logs 9-14.
+    pd.DataFrame({"step": range(9, 15), "train/loss": np.linspace(0.6, 0.3, 6)}).to_csv(
+        logs / "metrics.csv", index=False)
+    merge_metrics_logs(earlier, logs / "metrics.csv", resumed_step=8)
+    assert pd.read_csv(logs / "metrics.csv")["step"].tolist() == list(range(15))
+    assert not earlier.exists()
+
+
+def test_the_kept_logs_are_merged_when_a_killed_resume_logged_nothing(tmp_path):
+    from dermalens.training.run import set_aside_metrics_log
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pd.DataFrame({"step": range(4), "train/loss": np.ones(4)}).to_csv(logs / "metrics.before-resume.csv", index=False)
+    earlier = set_aside_metrics_log(tmp_path)
+    assert earlier is not None and pd.read_csv(earlier)["step"].tolist() == list(range(4))

@@ -190,7 +190,10 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
         # Never overwrite a trained model, nor mix fold models of two recipes or two fold assignments.
         raise ConfigError(f"run folder {run_dir} already holds trained models; use --resume {run_dir} "
                           f"or choose another --run-dir")
-    started = time.perf_counter()
+    # On resume the job's time (reported, and counted against max_time) includes its earlier runs', as
+    # recorded when they stopped.
+    earlier_seconds = float(folder.read_status().get("train_seconds", 0.0)) if resume else 0.0
+    started = time.perf_counter() - earlier_seconds
     budget = parse_duration(training.max_time)
     prepared = prepare_data(config, run_dir if resume else None, progress=progress)
     assignment = assign_folds(prepared, folds, config["seed"])
@@ -199,7 +202,11 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     atomic_write_text(RunFolder(run_dir).config_file, dump_config(config))
     save_run_data(dataclasses.replace(prepared, split=np.where(assignment >= 0, "train", prepared.split)), run_dir)
     write_fold_split_csv(prepared, assignment, RunFolder(run_dir).split_file)
-    RunFolder(run_dir).write_status("running", folds=folds)
+    RunFolder(run_dir).write_status("running", folds=folds, train_seconds=round(earlier_seconds, 1))
+
+    def seconds_so_far() -> float:
+        return round(time.perf_counter() - started, 1)
+
     try:
         # A stop outside fold training (out-of-fold predictions, the ensemble, the evaluation) is recorded
         # too; each fold's training handles its own stops (see `lightning_handles_sigterm`).
@@ -217,7 +224,8 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                 try:   # SIGTERM raises here already (the sigterm_raises above); the stop names its stage
                     activations.ensure(np.flatnonzero(assignment >= 0), range(activations.spec.views))
                 except (KeyboardInterrupt, SystemExit) as stop:   # a stop is recorded, as one during training is
-                    RunFolder(run_dir).write_status("interrupted", stage="trunk cache", folds=folds)
+                    RunFolder(run_dir).write_status("interrupted", stage="trunk cache", folds=folds,
+                                                    train_seconds=seconds_so_far())
                     raise TrainingInterrupted(run_dir, None, during="trunk cache") from stop
 
             # The budget is shared by every training left: the fold models, then (training.student) one student per
@@ -312,13 +320,14 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
             return result
     except TrainingInterrupted:
         if RunFolder(run_dir).read_status().get("state") == "running":   # the trunk cache's stop says more
-            RunFolder(run_dir).write_status("interrupted", folds=folds)
+            RunFolder(run_dir).write_status("interrupted", folds=folds, train_seconds=seconds_so_far())
         raise
     except (KeyboardInterrupt, SystemExit) as stop:
-        RunFolder(run_dir).write_status("interrupted", folds=folds)
+        RunFolder(run_dir).write_status("interrupted", folds=folds, train_seconds=seconds_so_far())
         raise TrainingInterrupted(run_dir, None, during="cross-validation") from stop
     except Exception as error:   # the folder must not say "running" once nothing runs
-        RunFolder(run_dir).write_status("failed", folds=folds, error=f"{type(error).__name__}: {error}")
+        RunFolder(run_dir).write_status("failed", folds=folds, error=f"{type(error).__name__}: {error}",
+                                        train_seconds=seconds_so_far())
         raise
 
 

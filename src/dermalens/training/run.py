@@ -231,10 +231,10 @@ def build_trainer_or_explain(config: dict, run_dir: Path, callbacks: list | None
 def set_aside_metrics_log(run_dir: Path) -> Path | None:
     """Lightning's CSVLogger deletes an existing metrics.csv; keep it to merge after resuming."""
     log_file = RunFolder(run_dir).metrics_log
-    if not log_file.is_file():
-        return None
     kept = log_file.with_name("metrics.before-resume.csv")
-    if kept.is_file():  # an earlier resume was interrupted too: fold it in first
+    if not log_file.is_file():   # an earlier resume killed before it logged anything leaves only the kept rows
+        return kept if kept.is_file() else None
+    if kept.is_file():  # an earlier resume was killed too (before its merge): fold it in first
         merge_metrics_logs(kept, log_file, resumed_step=None)
     log_file.replace(kept)
     return kept
@@ -243,9 +243,13 @@ def set_aside_metrics_log(run_dir: Path) -> Path | None:
 def merge_metrics_logs(earlier: Path, current: Path, resumed_step: int | None) -> None:
     """earlier rows up to the resumed step + the new rows -> current (atomically); earlier is removed."""
     old = pd.read_csv(earlier)
+    new = pd.read_csv(current) if current.is_file() else pd.DataFrame()
     if resumed_step is not None and "step" in old:
         old = old[old["step"] <= resumed_step]
-    new = pd.read_csv(current) if current.is_file() else pd.DataFrame()
+    elif "step" in old and "step" in new and len(new):
+        # An earlier resume was killed before it merged: its rows start where it resumed, and the earlier rows
+        # from there on belong to training it replaced.
+        old = old[old["step"] < new["step"].min()]
     merged = pd.concat([old, new], ignore_index=True)
     atomic_write_text(current, merged.to_csv(index=False))
     earlier.unlink()
@@ -388,7 +392,10 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     save_run_data(prepared, run_dir)
     if teacher_logits is not None and not resume:
         save_teacher_logits(RunFolder(run_dir).teacher_logits_file, teacher_logits)
-    RunFolder(run_dir).write_status("running", resumed=resume)
+    # A resumed model's training time includes its earlier runs' (recorded when they stopped: a kill -9 loses
+    # only the time since the last record).
+    earlier_seconds = float(status.get("train_seconds", 0.0))
+    RunFolder(run_dir).write_status("running", resumed=resume, train_seconds=round(earlier_seconds, 1))
     if resume:
         # Training goes on, so best.ckpt may change under its calibration record: a stop before the new one is
         # fitted must leave the model uncalibrated (and say so), not calibrated for other weights.
@@ -398,24 +405,29 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
             log.info("%s removed: training goes on, and the run is calibrated again when it ends", stale.name)
     earlier_log = set_aside_metrics_log(run_dir) if resume else None
     resumed_step = AtomicCheckpointIO().load_checkpoint(last)["global_step"] if resume else None  # no unpickling
-    started = time.perf_counter()
+    started = time.perf_counter() - earlier_seconds
+
+    def seconds_so_far() -> float:
+        return round(time.perf_counter() - started, 1)
+
     try:
         with warnings.catch_warnings():
             # On resume the earlier metrics.csv was set aside above and is merged back below: nothing is lost.
             warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted")
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     except (KeyboardInterrupt, SystemExit) as stop:   # Lightning turns SIGTERM into SIGTERMException(SystemExit)
-        RunFolder(run_dir).write_status("interrupted", last_checkpoint=str(last) if last.is_file() else None)
+        RunFolder(run_dir).write_status("interrupted", last_checkpoint=str(last) if last.is_file() else None,
+                                        train_seconds=seconds_so_far())
         raise TrainingInterrupted(run_dir, last if last.is_file() else None) from stop
     except Exception as error:
         RunFolder(run_dir).write_status("failed", error=f"{type(error).__name__}: {error}",
-                     traceback=traceback.format_exc(limit=20))
+                                        traceback=traceback.format_exc(limit=20), train_seconds=seconds_so_far())
         raise
     finally:
         if earlier_log is not None and trainer.is_global_zero:
             merge_metrics_logs(earlier_log, RunFolder(run_dir).metrics_log, resumed_step=resumed_step)
     if trainer.received_sigterm:
-        RunFolder(run_dir).write_status("interrupted", last_checkpoint=str(last))
+        RunFolder(run_dir).write_status("interrupted", last_checkpoint=str(last), train_seconds=seconds_so_far())
         raise TrainingInterrupted(run_dir, last)
     seconds = time.perf_counter() - started
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
