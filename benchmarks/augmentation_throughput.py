@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
-    config = load_config(CONFIG, [f"data.path={Path(args.data) / 'ham10000_224'}", "data.format=ham10000"])
+    config = load_config(CONFIG, settings={"data": {"path": str(Path(args.data) / "ham10000_224"), "format": "ham10000"}})
     prepared = prepare_data(config, None, progress=False)
     rows = prepared.rows("train")[:args.images]
     pre = Preprocessing(config["model"]["image_size"], *IMAGENET, config["model"]["geometry"])

@@ -42,8 +42,8 @@ def dermamnist_config(checkpoint: Path, data: Path, config_file: str | None, ima
     run_config = checkpoint.resolve().parent.parent / "config.yaml"
     source = Path(config_file) if config_file else (run_config if run_config.is_file() else None)
     npz = data / "dermamnist.npz" if data.is_dir() else data
-    return load_config(source, [f"data.path={npz}", "data.format=dermamnist", f"model.image_size={image_size}",
-                                *overrides])
+    return load_config(source, [f"model.image_size={image_size}", *overrides],
+                       {"data": {"path": str(npz), "format": "dermamnist"}})   # the path as given, not as YAML
 
 
 def onnx_probabilities(predictor: OnnxPredictor, images: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -41,8 +41,9 @@ def main() -> None:
     for name, changes in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        overrides = [f"data.path={args.data}", "evaluation.after_training=false", *args.set, *changes]
-        config = load_config(resolve_config_path(args.config), overrides)
+        overrides = ["evaluation.after_training=false", *args.set, *changes]
+        # The folder name as given, not read as YAML (a folder named "2024" or "scans #2").
+        config = load_config(resolve_config_path(args.config), overrides, {"data": {"path": str(args.data)}})
         run_dir = out / name.split(" ")[0].replace("-", "_").lower()
         if len(changes):
             run_dir = out / changes[0].split("=")[0].replace(".", "_")

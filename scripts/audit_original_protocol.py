@@ -101,8 +101,8 @@ def run_arm(name: str, config_name: str, data: Path, run_dir: Path, minutes: flo
         return json.loads((run_dir / "metrics.json").read_text())
     budget = f"00:00:{int(minutes):02d}:{int(round((minutes % 1) * 60)):02d}"
     config = load_config(resolve_config_path(config_name),
-                         [f"data.path={data}", "data.format=ham10000", f"training.max_time={budget}",
-                          f"name={name}", *extra])
+                         [f"training.max_time={budget}", f"name={name}", *extra],
+                         {"data": {"path": str(data), "format": "ham10000"}})   # the path as given, not as YAML
     started = time.perf_counter()
     result = train(config, run_dir)
     print(f"{name}: trained and evaluated in {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)

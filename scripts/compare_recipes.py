@@ -123,8 +123,8 @@ def run_variant(config_name: str, data: str, base_overrides: list[str], name: st
                 folds: int, out: Path, first_folds: int | None = None, existing_only: bool = False) -> dict | None:
     folder = out / name.replace(" ", "_").replace("/", "-")
     config = load_config(resolve_config_path(config_name),
-                         [f"data.path={data}", *base_overrides, f"training.folds={folds}",
-                          "training.ensemble=false", *overrides])
+                         [*base_overrides, f"training.folds={folds}", "training.ensemble=false", *overrides],
+                         {"data": {"path": str(data)}})   # the folder name as given, not read as YAML
     if (folder / "config.yaml").is_file():
         # A variant folder is reused, finished or not; one trained with other settings (another comparison
         # that wrote to the same OUT) must not pass for this variant.

@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
-    config = load_config(resolve_config_path(args.config), [f"data.path={args.data}", *args.set,
-                                                           "training.ensemble=false"])
+    config = load_config(resolve_config_path(args.config), [*args.set, "training.ensemble=false"],
+                         {"data": {"path": str(args.data)}})   # the folder name as given, not read as YAML
     args.out.mkdir(parents=True, exist_ok=True)
     differences = []
     if args.in_source_run is not None and (args.in_source_run / "config.yaml").is_file():

@@ -113,3 +113,19 @@ def test_a_variant_folder_trained_with_other_settings_is_refused_by_name(tmp_pat
     (folder / "config.yaml").write_text(dump_config(load_config(resolve_config_path("ham10000_cpu"), settings)))
     row = script.run_variant("ham10000_cpu", str(tmp_path), [], "base", [], 3, tmp_path / "out")
     assert row["out_of_fold"]["balanced_accuracy"] == 0.5      # the same settings: reused, not retrained
+
+
+def test_the_data_folder_is_taken_as_named(tmp_path, monkeypatch):
+    """--data went through the YAML overrides: a folder named "scans #2" became "scans" (a comment)."""
+    script = load_script("compare_recipes")
+    data = tmp_path / "scans #2"
+    seen = {}
+
+    def train_folds(config, folder, **kwargs):
+        seen["path"] = config["data"]["path"]
+        raise SystemExit("stop before training")
+
+    monkeypatch.setattr(script, "train_folds", train_folds)
+    with pytest.raises(SystemExit, match="stop before training"):
+        script.run_variant("ham10000_cpu", str(data), [], "base", [], 3, tmp_path / "out")
+    assert seen["path"] == str(data)
