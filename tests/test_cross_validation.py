@@ -154,6 +154,29 @@ def test_the_ensemble_and_its_rule_travel_through_the_package_and_the_server(cro
     assert answer["top_class"] == max(answer["probabilities"], key=answer["probabilities"].get)
 
 
+def test_a_resume_keeps_the_runs_folds_when_an_image_is_gone(cross_validated_run: Path, tmp_path, shared_data):
+    """A resume drew the folds again: with one pool image gone from the data, most others moved to another
+    fold, and the finished fold models were scored on images they had trained on."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cross_validated_run, run)
+    data = mini_ham10000(tmp_path / "ham", shared_data)
+    before = pd.read_csv(run / "split.csv")
+    gone = before.loc[before["fold"] == 1, "image_id"].iloc[0]
+    (data / "HAM10000_images_part_1" / f"{gone}.jpg").unlink()
+    metadata = pd.read_csv(data / "HAM10000_metadata.csv")
+    metadata[metadata["image_id"] != gone].to_csv(data / "HAM10000_metadata.csv", index=False)
+
+    assert main(["train", "--resume", str(run), "--data", str(data), "--format", "ham10000"]) == 0
+    after = pd.read_csv(run / "split.csv").set_index("image_id")
+    kept = before[before["image_id"] != gone].set_index("image_id")
+    assert gone not in after.index
+    pd.testing.assert_series_equal(after.loc[kept.index, "fold"], kept["fold"])
+    # Each kept pool image is still predicted by the fold model that did not train on it.
+    assert json.loads((run / "cv.json").read_text())["images"] == int((kept["fold"] > 0).sum())
+
+
 def test_a_finished_run_resumed_as_a_student_ships_one_distilled_model(cross_validated_run: Path, tmp_path):
     """`training.student`: the fold models' out-of-fold logits teach one model of the whole pool, which is
     shipped, calibrated on students that each trained without the fold they predict; the folds are not retrained."""

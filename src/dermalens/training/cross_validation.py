@@ -107,6 +107,26 @@ def assign_folds(prepared: PreparedData, folds: int, seed: int) -> np.ndarray:
     return assignment
 
 
+def saved_folds(prepared: PreparedData, split_file: Path, folds: int) -> np.ndarray:
+    """The fold of each pool row as the run's split.csv records it (-1 for test and excluded rows).
+
+    A resume must score each fold's images with the fold model that did not train on them: the folds are
+    read, not drawn again, since an image gone from the data would move many others to another fold."""
+    table = pd.read_csv(split_file, dtype={"image_id": str}, keep_default_na=False)
+    if "fold" not in table:
+        raise ConfigError(f"{split_file} has no fold column: it is not a cross-validated run's split")
+    fold_of = dict(zip(table["image_id"], pd.to_numeric(table["fold"], errors="coerce")))
+    pool = np.isin(prepared.split, ("train", "val"))
+    image_ids = prepared.dataset.records["image_id"].to_numpy()
+    recorded = np.array([fold_of.get(image_id, np.nan) for image_id in image_ids], dtype=float)
+    unknown = pool & ~np.isin(recorded, np.arange(1, folds + 1))
+    if unknown.any():
+        shown = ", ".join(image_ids[unknown][:5])
+        raise ConfigError(f"{split_file} gives {int(unknown.sum())} training image(s) no fold of 1..{folds} "
+                          f"(e.g. {shown}); the run's folds cannot be rebuilt")
+    return np.where(pool, np.nan_to_num(recorded, nan=0.0).astype(np.int64) - 1, -1)
+
+
 def fold_split(prepared: PreparedData, assignment: np.ndarray, fold: int) -> np.ndarray:
     split = np.asarray(prepared.split, dtype=object).copy()
     pool = assignment >= 0
@@ -196,7 +216,10 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     started = time.perf_counter() - earlier_seconds
     budget = parse_duration(training.max_time)
     prepared = prepare_data(config, run_dir if resume else None, progress=progress)
-    assignment = assign_folds(prepared, folds, config["seed"])
+    if resume and folder.split_file.is_file():
+        assignment = saved_folds(prepared, folder.split_file, folds)
+    else:
+        assignment = assign_folds(prepared, folds, config["seed"])
     config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RunFolder(run_dir).config_file, dump_config(config))
