@@ -119,3 +119,30 @@ def test_tta_views_are_flips_in_one_batch_and_merge_back():
     logits = np.arange(12 * 2, dtype=np.float32).reshape(12, 2)
     assert np.allclose(merge_views(logits, 3), logits.reshape(4, 3, 2).mean(axis=0))
     assert tta_views(batch, False).shape == batch.shape
+
+
+def test_the_table_and_csv_of_predict_say_the_models_decision_and_melanoma_flag():
+    """`dermalens predict` listed only the most probable classes: where the fitted rule picked another class
+    (and raised the melanoma flag), the table and CSV said nothing of what the JSON, page and explain said."""
+    import csv
+    import io
+
+    from dermalens.inference.output_formats import format_predictions
+    from dermalens.inference.postprocess import MelanomaOperatingPoint
+    from dermalens.inference.prediction import as_prediction
+
+    rule = DecisionRule(CLASSES, {"mel": 0.3}, objective="balanced accuracy", fitted_on="validation",
+                        melanoma=MelanomaOperatingPoint(threshold=0.35, specificity=0.8))
+    probs = [0.1, 0.0, 0.0, 0.0, 0.4, 0.5, 0.0]
+    rows = [as_prediction("lesion.jpg", probs, CLASSES, rule).to_dict(3),
+            as_prediction("plain.jpg", probs, CLASSES).to_dict(3)]
+    table = format_predictions(rows, [], "table", "pytorch")
+    decided, plain = table.split("plain.jpg")
+    assert "decision: mel (the decision rule's choice; the most probable class is nv)" in decided
+    assert "melanoma flag RAISED" in decided
+    assert "  decision: nv\n" in plain and "melanoma flag" not in plain
+    assert "decision rule: balanced accuracy (fitted on validation)\ndecision rule: raw argmax\n" in plain
+    lines = list(csv.DictReader(io.StringIO(format_predictions(rows, [], "csv", "pytorch"))))
+    assert [(line["rank"], line["class"], line["predicted_class"], line["melanoma_flag"]) for line in lines[:3]] == [
+        ("1", "nv", "mel", "true"), ("2", "mel", "mel", "true"), ("3", "akiec", "mel", "true")]
+    assert {(line["predicted_class"], line["melanoma_flag"]) for line in lines[3:]} == {("nv", "")}

@@ -23,8 +23,9 @@ def add_subcommand(subparsers) -> None:
                    help=f"classes listed per image, most probable first (table, csv, json; default {DEFAULT_TOP_K}; "
                         f"more than the model has lists them all)")
     p.add_argument("--output-format", "-f", choices=OUTPUT_FORMATS, default=DEFAULT_OUTPUT_FORMAT,
-                   help="table; csv (long: image,rank,class,name,probability); json; isic2018 (the ISIC 2018 "
-                        "Task 3 submission CSV: image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)")
+                   help="table (the top classes and the model's decision); csv (long: image,rank,class,name,"
+                        "probability,predicted_class,melanoma_flag); json; isic2018 (the ISIC 2018 Task 3 "
+                        "submission CSV: image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images decoded and predicted together (the model runs them, TTA views included, in "

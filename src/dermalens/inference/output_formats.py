@@ -31,11 +31,15 @@ def format_predictions(rows: list[dict], failures: list[str], fmt: str, runtime:
                    "disclaimer": RESEARCH_DISCLAIMER}, out, indent=2)
         out.write("\n")
     elif fmt == "csv":
+        # Long: one line per listed class; the model's decision (its fitted rule, which may pick another class
+        # than rank 1) and its melanoma flag repeat on each line of the image.
         writer = csv.writer(out)
-        writer.writerow(["image", "rank", "class", "name", "probability"])
+        writer.writerow(["image", "rank", "class", "name", "probability", "predicted_class", "melanoma_flag"])
         for row in rows:
+            flag = "" if row["melanoma_flag"] is None else str(row["melanoma_flag"]).lower()
             for rank, item in enumerate(row["top_k"], 1):
-                writer.writerow([row["image"], rank, item["class"], item["name"], f"{item['probability']:.6f}"])
+                writer.writerow([row["image"], rank, item["class"], item["name"], f"{item['probability']:.6f}",
+                                 row["predicted_class"], flag])
     elif fmt == "isic2018":
         # One row per image, the image id being the file stem, as isic-challenge-scoring reads it.
         writer = csv.writer(out)
@@ -48,5 +52,20 @@ def format_predictions(rows: list[dict], failures: list[str], fmt: str, runtime:
             out.write(f"{row['image']}\n")
             for rank, item in enumerate(row["top_k"], 1):
                 out.write(f"  {rank}. {item['class']:6s} {item['probability']:7.2%}  {item['name']}\n")
+            out.write(f"  {decision_line(row)}\n")
+        for rule in dict.fromkeys(row["decision_rule"] for row in rows):   # once, not on every image's line
+            out.write(f"decision rule: {rule}\n")
         out.write(f"{RESEARCH_DISCLAIMER}\n")
     return out.getvalue()
+
+
+def decision_line(row: dict) -> str:
+    """What the model reports for an image (`Prediction.to_dict`): its decided class, under the rule it was
+    shipped with, and its melanoma flag; as the JSON answer, the web page and `dermalens explain` say it."""
+    line = f"decision: {row['predicted_class']}"
+    if row["predicted_class"] != row["top_class"]:
+        line += f" (the decision rule's choice; the most probable class is {row['top_class']})"
+    if row["melanoma_flag"] is not None:
+        line += "; melanoma flag " + ("RAISED (P(mel) at or above the model's operating point)"
+                                      if row["melanoma_flag"] else "not raised")
+    return line
