@@ -489,3 +489,20 @@ def test_every_open_dataset_keyword_is_taken_by_some_reader():
     open_keywords = {name for name, p in inspect.signature(open_dataset).parameters.items()
                      if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert open_keywords == {option for reader in READERS.values() for option in reader.options}
+
+
+def test_the_isic2018_set_to_read_is_the_one_named_whatever_the_format_setting(tmp_path, sample_dir, sample_metadata):
+    """data.subset was passed only with data.format=isic2018 (with auto, the default, the first set was read
+    silently), and a named isic2018 format could not read a folder holding only the Test set."""
+    from dermalens.config import load_config
+    from dermalens.data.prepare import load_dataset
+
+    both = tmp_path / "both"
+    _build_isic2018(both, sample_dir, sample_metadata, split="Training")
+    _build_isic2018(both, sample_dir, sample_metadata, split="Test")
+    for fmt in ("auto", "isic2018"):
+        config = load_config(None, ["data.subset=Test"], {"data": {"path": str(both), "format": fmt}})
+        assert set(load_dataset(config).records["official_split"]) == {"test"}, fmt
+    only_test = tmp_path / "only_test"
+    _build_isic2018(only_test, sample_dir, sample_metadata, split="Test")
+    assert set(open_dataset(only_test, fmt="isic2018").records["official_split"]) == {"test"}

@@ -104,8 +104,8 @@ def _open_data_path(config: dict, classes: Sequence[str] | None) -> LesionDatase
     if not path.exists():
         raise ConfigError(f"data path not found: {path} (from --data / data.path / $DERMALENS_DATA)")
     kwargs = {"restrict_to_available": data["restrict_to_available"]} if data["format"] in ("auto", "ham10000") else {}
-    if data["format"] == "isic2018" and data.get("subset"):
-        kwargs["split"] = data["subset"]
+    if data["format"] in ("auto", "isic2018") and data.get("subset"):
+        kwargs["split"] = data["subset"]   # auto passes it only to a reader that takes it (ISIC 2018)
     if data["format"] in ("auto", "folder"):
         # Only a folder reader takes these (auto passes a detected reader only what it takes).
         kwargs.update(classes=classes, lesion_csv=data.get("lesion_ids"))

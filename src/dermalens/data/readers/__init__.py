@@ -99,8 +99,8 @@ def open_dataset(
     A named format refuses, with a TypeError, an option its reader does not
     take. With 'auto' only the options the detected reader takes are passed,
     so one call can carry ``restrict_to_available`` whatever the folder turns
-    out to be, and a detected ISIC 2018 folder reads the first set it holds
-    (Training, Validation, Test) unless ``split`` names one.
+    out to be. An ISIC 2018 folder (detected or named) reads the first set it
+    holds (Training, Validation, Test) unless ``split`` names one.
     """
     if fmt != "auto" and fmt not in READERS:
         raise ValueError(f"unknown dataset format {fmt!r}; use one of {', '.join(DATASET_FORMATS)}")
@@ -114,8 +114,13 @@ def open_dataset(
         raise ValueError(f"a dataset path is needed for format {fmt!r}")
     path = Path(path)
     if fmt != "auto":
+        reader = READERS[fmt]
+        # A named format reads a folder as 'auto' would once it knows the format (an ISIC 2018 folder holding
+        # only the Test set reads that set); options given still win.
+        fits = reader.auto_options is not None and reader.detect is not None and reader.detect(path)
+        defaults = reader.auto_options(path) if fits else {}
         try:
-            return READERS[fmt].read(path, **_named_format_options(fmt, given))
+            return reader.read(path, **{**defaults, **_named_format_options(fmt, given)})
         except DataFormatError as error:
             raise _with_format_hint(error, path, fmt) from None
     reader = READERS[detect_format(path)]
