@@ -159,3 +159,15 @@ def test_corrupt_cache_file_is_rebuilt(mini_ham10000, tmp_path):
     cached.write_bytes(cached.read_bytes()[:200])  # e.g. a disk that filled up
     images, _ = build_image_cache(dataset, 16, tmp_path, progress=False)
     np.testing.assert_array_equal(images, expected)
+
+
+def test_raising_the_pixel_limit_decodes_again(mini_ham10000, tmp_path, monkeypatch):
+    """The cache served the failures (and black rows) of a lower DERMALENS_MAX_IMAGE_PIXELS after the user
+    raised it, as the error told them to."""
+    dataset = read_ham10000(mini_ham10000).subset(range(3))
+    monkeypatch.setenv("DERMALENS_MAX_IMAGE_PIXELS", "1000")
+    images, issues = build_image_cache(dataset, 32, tmp_path, progress=False)
+    assert len(issues) == 3 and images.max() == 0
+    monkeypatch.delenv("DERMALENS_MAX_IMAGE_PIXELS")
+    images, issues = build_image_cache(dataset, 32, tmp_path, progress=False)
+    assert issues == [] and (images.reshape(3, -1).max(axis=1) > 0).all()   # every image decoded

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from dermalens.atomic_io import atomic_write_text
 from dermalens.data.geometry import CENTER_SQUARE, check_geometry, fit_to_square
 from dermalens.data.readers import DataIssue, LesionDataset
+from dermalens.data.readers.images import max_image_pixels
 from dermalens.user_cache import mark_used
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,10 @@ def cache_key(dataset: LesionDataset, size: int, geometry: str = CENTER_SQUARE) 
                 rows.append([image_id, path, stat.st_size, stat.st_mtime_ns])
             except (OSError, TypeError):  # missing file, or no path at all: decoding will report it
                 rows.append([image_id, path, None, None])
+    # The pixel limit decides which images decode at all: raising it (as its error message says to) must not
+    # reuse the failures, and the blank rows, cached under the lower one.
     digest.update(json.dumps({"name": dataset.name, "size": int(size), "resize": RESIZE_VERSION, "geometry": geometry,
-                              "rows": rows}).encode())
+                              "max_image_pixels": max_image_pixels(), "rows": rows}).encode())
     if dataset.images is not None and (dataset.records["array_index"] >= 0).any():
         digest.update(memoryview(np.ascontiguousarray(dataset.images)).cast("B"))
     return digest.hexdigest()
