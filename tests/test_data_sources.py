@@ -506,3 +506,23 @@ def test_the_isic2018_set_to_read_is_the_one_named_whatever_the_format_setting(t
     only_test = tmp_path / "only_test"
     _build_isic2018(only_test, sample_dir, sample_metadata, split="Test")
     assert set(open_dataset(only_test, fmt="isic2018").records["official_split"]) == {"test"}
+
+
+def test_one_isic2018_set_is_split_as_drawn_and_said_so(tmp_path, sample_dir, sample_metadata):
+    """Every record of one ISIC 2018 set carries the same official split, so a split drawn now was reported
+    as "official splits", and the warning that a set without lesion groupings is split per image was skipped."""
+    import warnings
+
+    from dermalens.config import load_config
+    from dermalens.data.prepare import prepare_data
+    from dermalens.evaluation.evaluate import split_method
+
+    _build_isic2018(tmp_path / "isic", sample_dir, sample_metadata, groupings=False)
+    config = load_config(None, ["data.cache_dir=null", "model.image_size=32", "data.test_fraction=0.25",
+                                "data.val_fraction=0.25"], {"data": {"path": str(tmp_path / "isic")}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = prepare_data(config, progress=False)
+    assert prepared.split_source == "drawn now (seed 0)"
+    assert any("the split is per image" in str(w.message) for w in caught)
+    assert split_method(prepared, "test").startswith("split per image (no lesion ids)")

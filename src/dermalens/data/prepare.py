@@ -26,6 +26,7 @@ from .readers import LesionDataset, make_synthetic_dataset, open_dataset
 from .split import (
     SourceSplitError,
     assert_no_lesion_leakage,
+    has_official_splits,
     official_or_grouped_split,
     read_split_csv,
     source_split,
@@ -156,7 +157,7 @@ def prepare_data(config: dict, run_dir: Path | None = None, progress: bool = Tru
     else:
         split = official_or_grouped_split(dataset, data_cfg["val_fraction"], data_cfg["test_fraction"],
                                           config["seed"]).to_numpy().astype(object)
-        official = dataset.records["official_split"].notna().all()
+        official = has_official_splits(dataset.records)
         source = "official splits" if official else "drawn now (seed %d)" % config["seed"]
         if not official and not dataset.is_synthetic and (dataset.records["lesion_id"] == dataset.records["image_id"]).all():
             warnings.warn(f"{dataset.name} data at {dataset.root} has no lesion ids: the split is per image (no lesion "

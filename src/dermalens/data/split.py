@@ -282,6 +282,13 @@ def assert_no_lesion_leakage(records: pd.DataFrame, split: pd.Series) -> None:
         raise LesionLeakageError(f"{len(leaky)} lesion(s) appear in more than one split: {shown}{more}")
 
 
+def has_official_splits(records: pd.DataFrame) -> bool:
+    """Whether the source's own train/val/test splits are used (every record has one, and all three occur):
+    one ISIC 2018 set alone is all 'train' (or 'test'), and its split is drawn."""
+    official = records["official_split"]
+    return bool(official.notna().all()) and set(official) == set(OFFICIAL_SPLITS)
+
+
 def official_or_grouped_split(
     dataset: LesionDataset,
     val_fraction: float = 0.15,
@@ -293,8 +300,8 @@ def official_or_grouped_split(
     """The source's own splits when every record has one and train/val/test all occur
     (DermaMNIST); otherwise a lesion-grouped split. ``classes`` names the labels in
     messages (None: the dataset's own class set, else HAM10000's)."""
-    official = dataset.records["official_split"]
-    if official.notna().all() and set(official) == set(OFFICIAL_SPLITS):
+    if has_official_splits(dataset.records):
+        official = dataset.records["official_split"]
         return pd.Series(official.to_numpy(dtype=object), index=dataset.records.index, name="split")
     if classes is None:
         classes = getattr(dataset, "classes", None)

@@ -18,6 +18,7 @@ import pandas as pd
 from .. import __version__
 from ..atomic_io import atomic_write_text
 from ..data.prepare import PreparedData, prepare_data
+from ..data.split import has_official_splits
 from ..data.validation import write_issues_csv
 from ..inference.load import load_predictor, logits_for_images, model_record
 from ..inference.postprocess import DecisionRule, calibrated_probabilities
@@ -46,7 +47,7 @@ def split_method(prepared: PreparedData, split: str) -> str:
     if split == "all":
         return "every image of the data set (no split)"
     records = prepared.dataset.records
-    if records["official_split"].notna().all():
+    if has_official_splits(records):
         return "official splits (per image)"
     if (records["lesion_id"] == records["image_id"]).all():
         return "split per image (no lesion ids): photos of one lesion may sit in different splits"
