@@ -487,3 +487,15 @@ def test_the_kept_logs_are_merged_when_a_killed_resume_logged_nothing(tmp_path):
     pd.DataFrame({"step": range(4), "train/loss": np.ones(4)}).to_csv(logs / "metrics.before-resume.csv", index=False)
     earlier = set_aside_metrics_log(tmp_path)
     assert earlier is not None and pd.read_csv(earlier)["step"].tolist() == list(range(4))
+
+
+def test_a_resumed_run_without_class_balancing_ends_where_an_uninterrupted_one_does(tmp_path):
+    """With sampler.balanced false the shuffle was seeded once per loader: the loader a resume builds
+    repeated epoch 0's order in epoch 1, and the resumed run ended elsewhere."""
+    natural = {"sampler.balanced": "false"}
+    assert train_cli(tmp_path / "whole", **natural, **{"training.max_epochs": 2}) == 0
+    assert train_cli(tmp_path / "resumed", **natural, **{"training.max_epochs": 1}) == 0
+    assert main(["train", "--resume", str(tmp_path / "resumed"), "--set", "training.max_epochs=2"]) == 0
+    whole, resumed = val_curve(tmp_path / "whole"), val_curve(tmp_path / "resumed")
+    assert resumed["epoch"].tolist() == whole["epoch"].tolist() == [0, 1]
+    np.testing.assert_allclose(resumed["val/loss"].to_numpy(), whole["val/loss"].to_numpy(), rtol=1e-6)

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import AugmentationSection, SamplerSection, TrainingSection
 from .preprocess import Preprocessing
-from .sampler import ClassBalancedSampler, evaluation_sampler
+from .sampler import ClassBalancedSampler, EpochShuffleSampler, evaluation_sampler
 from .transforms import build_eval_transform, build_train_transform
 
 
@@ -103,10 +103,8 @@ class LesionDataModule(L.LightningDataModule):
             sampler = ClassBalancedSampler(self.labels[dataset.indices], self.samples_per_class,
                                            seed=self.seed, power=self.balance_power)
             return self._loader(dataset, sampler=sampler, batch_size=self.batch_size)
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, generator=generator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=self.pin_memory)
+        return self._loader(dataset, sampler=EpochShuffleSampler(len(dataset), seed=self.seed),
+                            batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader(self.dataset("val"))

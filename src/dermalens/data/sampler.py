@@ -62,6 +62,31 @@ class ClassBalancedSampler(Sampler[int]):
         return iter(torch.as_tensor(order).tolist())
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """Every index once per epoch, in an order drawn from (seed, epoch): the natural class mix.
+
+    Where `shuffle=True` with a seeded generator would do, but that generator is seeded once per DataLoader,
+    and a resumed run builds a new loader: its first epoch would repeat epoch 0's order, and the run would not
+    end where the uninterrupted one does.
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = int(size)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        self.epoch += 1  # a new order next epoch even if nobody calls set_epoch
+        return iter(order.tolist())
+
+
 # Evaluation under DDP: Lightning's default DistributedSampler pads the
 # validation set with repeats, which synced metrics would count twice.
 class UnpaddedDistributedSampler(DistributedSampler):

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..config import SamplerSection, TrainingSection
-from ..data.sampler import ClassBalancedSampler
+from ..data.sampler import ClassBalancedSampler, EpochShuffleSampler
 from .frozen_trunk import IDENTITY_VIEW, TrunkActivations
 
 
@@ -108,7 +108,7 @@ class ActivationDataModule(L.LightningDataModule):
             row_sampler = ClassBalancedSampler(self.labels[rows], settings.samples_per_class, seed=self.seed,
                                                power=settings.power)
         else:
-            row_sampler = _Shuffled(len(rows), self.seed)
+            row_sampler = EpochShuffleSampler(len(rows), self.seed)
         row_sampler.set_epoch(getattr(self, "_epoch", 0))
         sampler = ViewSampler(row_sampler, self.activations.spec.views, self.seed)
         sampler.set_epoch(getattr(self, "_epoch", 0))
@@ -120,21 +120,3 @@ class ActivationDataModule(L.LightningDataModule):
         views = ActivationViews(self.activations, self.rows("val"), self.labels)
         return DataLoader(Subset(views, range(IDENTITY_VIEW, len(views), views.views)),
                           batch_size=self.training_settings.eval_batch_size, num_workers=0)
-
-
-class _Shuffled(Sampler[int]):
-    """A seeded permutation per epoch (the natural class mix)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        self.epoch += 1
-        return iter(order.tolist())
