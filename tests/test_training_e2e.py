@@ -197,6 +197,27 @@ def test_data_command_summarises_and_lists_issues(tmp_path, mini_ham10000, capsy
     assert pd.read_csv(csv_path).empty and list(pd.read_csv(csv_path).columns) == ["kind", "image_id", "path", "detail"]
 
 
+def test_data_command_reads_a_users_own_classes_and_the_data_variable(tmp_path, sample_dir, capsys, monkeypatch):
+    """Its own advice (--set data.classes=[...]) was refused by `dermalens data`, and --data, documented as
+    defaulting to $DERMALENS_DATA, was required."""
+    images = sorted(sample_dir.glob("ISIC_*.jpg"))[:4]
+    for name, chosen in (("benign", images[:2]), ("malignant", images[2:])):
+        (tmp_path / "own" / name).mkdir(parents=True)
+        for image in chosen:
+            (tmp_path / "own" / name / image.name).symlink_to(image)
+    assert main(["data", "--data", str(tmp_path / "own"), "--format", "folder"]) == 0
+    assert "is not a class. Classes:" in capsys.readouterr().out
+    assert main(["data", "--data", str(tmp_path / "own"), "--format", "folder", "--strict",
+                 "--set", "data.classes=[benign,malignant]"]) == 0
+    out = capsys.readouterr().out
+    assert "benign" in out and "malignant" in out and "issues: none" in out
+    monkeypatch.setenv("DERMALENS_DATA", str(tmp_path / "own"))
+    assert main(["data", "--format", "folder", "--set", "data.classes=[benign,malignant]"]) == 0
+    assert "images: 4" in capsys.readouterr().out
+    assert main(["data", "--set", "model.image_size=64"]) == 2
+    assert "data settings only" in capsys.readouterr().err
+
+
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, shared_data):
     code = main(["train", "--config", "demo_dermamnist", "--data", str(shared_data), "--run-dir", str(tmp_path / "r"),
                  "--set", "training.epochs=3"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_data_options, check_output_file
+from .common import add_data_options, add_set_option, check_output_file
 
 ISSUES_SHOWN = 20
 
@@ -11,7 +11,8 @@ ISSUES_SHOWN = 20
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("data", help="validate and summarise a dataset",
                               epilog="example: dermalens data --data $DERMALENS_DATA/ham10000_224 --check-images")
-    add_data_options(p, required=True)
+    add_data_options(p)
+    add_set_option(p, example="data.classes=[benign,malignant]", what="a data setting, as training takes it")
     p.add_argument("--check-images", action="store_true", help="decode every image to find unreadable ones")
     p.add_argument("--restrict-to-available", action="store_true", help="HAM10000: only rows whose image exists")
     p.add_argument("--issues-csv", help="write the list of bad items here")
@@ -25,7 +26,7 @@ def run(args) -> int:
 
     check_output_file(args.issues_csv, "--issues-csv")
     summary, issues = check_dataset(args.data, args.format, check_images=args.check_images,
-                                    restrict_to_available=args.restrict_to_available)
+                                    restrict_to_available=args.restrict_to_available, overrides=args.set)
     print(format_summary(summary))
     if issues:
         for issue in issues[:ISSUES_SHOWN]:

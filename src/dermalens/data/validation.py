@@ -165,9 +165,10 @@ def format_summary(summary: dict) -> str:
         title += "  (SYNTHETIC - not real data)"
     lines = [title, f"images: {summary['n_images']}   lesions: {summary['n_lesions']}", ""]
     n_images = max(summary["n_images"], 1)
-    lines.append(f"{'class':<8}{'images':>9}{'share':>9}{'lesions':>10}")
+    width = max([8, *(len(code) + 1 for code in summary["images_per_class"])])   # a user's own class names
+    lines.append(f"{'class':<{width}}{'images':>9}{'share':>9}{'lesions':>10}")
     for code, count in summary["images_per_class"].items():
-        lines.append(f"{code:<8}{count:>9}{count / n_images:>9.1%}{summary['lesions_per_class'][code]:>10}")
+        lines.append(f"{code:<{width}}{count:>9}{count / n_images:>9.1%}{summary['lesions_per_class'][code]:>10}")
     if summary.get("official_splits"):
         lines += ["", "official splits: " + ", ".join(f"{s} {n}" for s, n in summary["official_splits"].items())]
     issues = summary.get("issues_by_kind") or {}

@@ -81,7 +81,7 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None,
         row_filter.issues.append(DataIssue(
             "unknown_label", "", str(folder),
             f"folder {folder.name!r} ({len(images[folder])} images) is not a class"
-            + (f": did you mean {hint!r}?" if hint else "") + f" Classes: {', '.join(vocabulary)}; {fix}"))
+            + (f": did you mean {hint!r}?" if hint else ".") + f" Classes: {', '.join(vocabulary)}; {fix}"))
     dataset_classes = tuple(vocabulary) if classes is not None else ham10000_order(f.name for f in class_folders)
     lesion_of, source_of = read_lesion_ids(root, lesion_csv)
     rows = []
