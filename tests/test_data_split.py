@@ -131,6 +131,13 @@ def test_split_csv_round_trip(tmp_path, mini_ham10000):
     with pytest.warns(UserWarning, match=r"1 image\(s\) are not in the run's saved split"):
         aligned = split_for_records(dataset.records, saved.iloc[:-1], missing="excluded")
     assert aligned.tolist() == [*split.iloc[:-1].tolist(), "excluded"]
+    # A run whose folder lost an image: its figures cover fewer images than it was split with, and a warning
+    # says how many of each split (it was left out silently).
+    gone = dataset.records["image_id"].iloc[0]
+    with pytest.warns(UserWarning, match=rf"1 image\(s\) of the run's saved split are no longer in the data "
+                                         rf"\({saved[gone]} 1\), e.g. {gone}"):
+        kept = split_for_records(dataset.records.iloc[1:], saved)
+    assert kept.tolist() == split.iloc[1:].tolist()
 
 
 def test_read_split_csv_rejects_bad_files(tmp_path):

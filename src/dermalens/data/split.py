@@ -351,6 +351,12 @@ def split_for_records(records: pd.DataFrame, saved: pd.Series, missing: str | No
     ``missing`` None that is an error, else it gets the split ``missing``
     and a warning names how many.
     """
+    gone = saved[~saved.index.isin(records["image_id"])]
+    if len(gone):
+        # The run was split (and trained, or scored) with them: its figures now cover fewer images.
+        per_split = ", ".join(f"{name} {count}" for name, count in gone.value_counts().sort_index().items())
+        warnings.warn(f"{len(gone)} image(s) of the run's saved split are no longer in the data ({per_split}), "
+                      f"e.g. {', '.join(map(str, gone.index[:5]))}; they are left out", stacklevel=2)
     split = records["image_id"].map(saved)
     absent = records.loc[split.isna(), "image_id"].tolist()
     if absent and missing is None:
