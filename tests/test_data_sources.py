@@ -99,6 +99,23 @@ def test_dermamnist_missing_keys_raise_naming_file_and_keys(tmp_path):
         read_dermamnist(tmp_path / "absent.npz")
 
 
+def test_a_damaged_dermamnist_member_is_named_not_a_traceback(tmp_path):
+    """np.load reads members lazily: a flipped byte inside a compressed member raised zipfile.BadZipFile
+    (a traceback) where a truncated file was already named."""
+    rng = np.random.default_rng(0)
+    arrays = {f"{split}_{kind}": (rng.integers(0, 256, (60, 28, 28, 3), dtype=np.uint8) if kind == "images"
+                                  else np.zeros((60, 1), np.uint8))
+              for split in ("train", "val", "test") for kind in ("images", "labels")}
+    path = tmp_path / "damaged.npz"
+    np.savez_compressed(path, **arrays)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 6                      # inside train_images, the first member
+    data[middle:middle + 50] = bytes(255 - b for b in data[middle:middle + 50])
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match=r"damaged\.npz is damaged: its train_images cannot be read"):
+        read_dermamnist(path)
+
+
 def test_download_dermamnist_offline_raises_quickly(tmp_path):
     started = time.monotonic()
     with pytest.raises(DatasetUnavailable, match="127.0.0.1:9"):

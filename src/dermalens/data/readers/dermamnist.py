@@ -7,6 +7,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,8 @@ def read_dermamnist(npz_path: Path) -> LesionDataset:
             )
         images_per_split, labels_per_split = [], []
         for split in OFFICIAL_SPLITS:
-            images, labels = archive[f"{split}_images"], archive[f"{split}_labels"].reshape(-1)
+            images, labels = _read_member(archive, npz_path, f"{split}_images"), \
+                _read_member(archive, npz_path, f"{split}_labels").reshape(-1)
             if images.ndim != 4 or images.shape[-1] != 3:
                 raise DataFormatError(
                     f"DermaMNIST file {npz_path}: {split}_images has shape {images.shape}, expected (N,H,W,3)"
@@ -141,6 +143,14 @@ def download_dermamnist(dest_dir: Path, timeout: float = 30, url: str | None = N
     finally:
         temp_path.unlink(missing_ok=True)
     return target
+
+
+def _read_member(archive, npz_path: Path, key: str) -> np.ndarray:
+    # np.load reads members lazily: a damaged (deflated) member fails only here, with zip or zlib errors.
+    try:
+        return archive[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataFormatError(f"DermaMNIST file {npz_path} is damaged: its {key} cannot be read ({error})") from None
 
 
 def looks_like_dermamnist(path: Path) -> bool:
