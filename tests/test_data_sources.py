@@ -543,3 +543,13 @@ def test_one_isic2018_set_is_split_as_drawn_and_said_so(tmp_path, sample_dir, sa
     assert prepared.split_source == "drawn now (seed 0)"
     assert any("the split is per image" in str(w.message) for w in caught)
     assert split_method(prepared, "test").startswith("split per image (no lesion ids)")
+
+
+def test_a_lesion_id_csv_giving_one_image_two_lesions_is_refused_by_line(tmp_path):
+    """The last row won silently, so which lesion (and split) the image joined was the order of the rows."""
+    (tmp_path / "nv").mkdir()
+    lesions = tmp_path / "lesion_ids.csv"
+    lesions.write_text("image_id,lesion_id\nnv0,L1\nnv1,L2\nnv0,L1\nnv0,L2\n")
+    with pytest.raises(DataFormatError, match=r"lesion_ids\.csv gives 1 image\(s\) two lesion ids: nv0 "
+                                              r"\(again on line 5\)"):
+        read_class_folders(tmp_path, lesion_csv=lesions)

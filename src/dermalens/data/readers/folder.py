@@ -137,7 +137,15 @@ def read_lesion_ids(root: Path, lesion_csv: Path | str | None) -> tuple[dict[str
     if blank:
         raise DataFormatError(f"lesion-id CSV {lesion_csv}: empty image_id or lesion_id on line(s) "
                               f"{', '.join(blank[:10])}")
-    ids = {str(image).strip(): str(lesion).strip() for image, lesion in zip(table["image_id"], table["lesion_id"])}
+    ids: dict[str, str] = {}
+    conflicts: dict[str, list[str]] = {}
+    for line, (image, lesion) in enumerate(zip(table["image_id"], table["lesion_id"]), start=2):
+        image, lesion = str(image).strip(), str(lesion).strip()
+        if ids.setdefault(image, lesion) != lesion:   # one image, two lesions: which split it joins is a guess
+            conflicts.setdefault(image, []).append(str(line))
+    if conflicts:
+        shown = "; ".join(f"{image} (again on line {', '.join(lines)})" for image, lines in list(conflicts.items())[:5])
+        raise DataFormatError(f"lesion-id CSV {lesion_csv} gives {len(conflicts)} image(s) two lesion ids: {shown}")
     sources = ({str(image).strip(): str(source).strip() for image, source in zip(table["image_id"], table["source"])
                 if not is_blank(source)} if "source" in table.columns else {})
     log.info("lesion ids for %d images from %s%s", len(ids), lesion_csv,
