@@ -10,7 +10,8 @@ biases cross-fitted over the folds (fitted on the other folds' out-of-fold
 predictions, applied to this fold's), so the rule too is scored on
 predictions it was not fitted on. A variant whose folder already holds
 cv.json is not rerun, so an interrupted comparison continues where it
-stopped; `--existing-only` renders the table from the variants already
+stopped (a folder trained with other settings or on other data is refused,
+not reused); `--existing-only` renders the table from the variants already
 trained and trains nothing.
 
     python scripts/compare_recipes.py --config ham10000_cpu --data $DERMALENS_DATA/ham10000_224 \\
@@ -39,6 +40,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import load_config, recipe_differences
 from dermalens.config_files import resolve_config_path
+from dermalens.data.prepare import resolve_data_path, test_sources
 from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.decision import cross_fitted_decisions
 from dermalens.inference.postprocess import calibrated_probabilities
@@ -119,6 +121,21 @@ def reference_row(text: str, folds: int, first_folds: int | None, rule_tolerance
             "rule_headroom": [{"accuracy_tolerance": t, **rules[t]} for t in rule_tolerances]}
 
 
+def data_differences(run_config: dict, config: dict) -> list[str]:
+    """'key: run value -> this value' where a run folder's config read other data than `config` does: another
+    folder (compared resolved: a relative --data and the absolute path a run records are one folder), format,
+    class set (where both name one: 'auto' is whatever the data holds) or held-out sources."""
+    def described(cfg: dict) -> dict:
+        data, path = cfg.get("data") or {}, resolve_data_path({"data": {"path": None, **(cfg.get("data") or {})}})
+        return {"data.path": str(path.resolve()) if path else None, "data.format": data.get("format"),
+                "data.classes": data.get("classes") if isinstance(data.get("classes"), list) else None,
+                "data.test_sources": test_sources({"data": data})}
+
+    theirs, mine = described(run_config), described(config)
+    return [f"{key}: {theirs[key]!r} -> {mine[key]!r}" for key in theirs
+            if theirs[key] != mine[key] and not (key == "data.classes" and None in (theirs[key], mine[key]))]
+
+
 def run_variant(config_name: str, data: str, base_overrides: list[str], name: str, overrides: list[str],
                 folds: int, out: Path, first_folds: int | None = None, existing_only: bool = False) -> dict | None:
     folder = out / name.replace(" ", "_").replace("/", "-")
@@ -128,9 +145,9 @@ def run_variant(config_name: str, data: str, base_overrides: list[str], name: st
     if (folder / "config.yaml").is_file():
         # A variant folder is reused, finished or not; one trained with other settings (another comparison
         # that wrote to the same OUT) must not pass for this variant.
-        differences = recipe_differences(yaml.safe_load((folder / "config.yaml").read_text()), config,
-                                         extra_keys=("training.folds", "data.test_fraction", "seed"),
-                                         ignore_unrecorded=True)
+        recorded = yaml.safe_load((folder / "config.yaml").read_text())
+        differences = recipe_differences(recorded, config, extra_keys=("training.folds", "data.test_fraction", "seed"),
+                                         ignore_unrecorded=True) + data_differences(recorded, config)
         if differences:
             raise SystemExit(f"error: {folder} holds variant {name!r} trained with other settings "
                              f"({'; '.join(differences)}); use another --out or remove that folder")

@@ -129,3 +129,32 @@ def test_the_data_folder_is_taken_as_named(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="stop before training"):
         script.run_variant("ham10000_cpu", str(data), [], "base", [], 3, tmp_path / "out")
     assert seen["path"] == str(data)
+
+
+def test_a_variant_folder_trained_on_other_data_is_refused_by_name(tmp_path, monkeypatch):
+    """The reuse check compared the recipe only: a rerun with another --data passed the old rows off as new."""
+    from dermalens.config_files import resolve_config_path
+
+    script = load_script("compare_recipes")
+    folder = tmp_path / "out" / "base"
+    finished_run(folder)
+    cv = json.loads((folder / "cv.json").read_text())
+    cv["out_of_fold"] = {"balanced_accuracy": 0.5, "recall": {code: 0.5 for code in CLASSES}}
+    cv["mean_sd"] = {"balanced_accuracy": {"mean": 0.5, "sd": 0.0}}
+    (folder / "cv.json").write_text(json.dumps(cv))
+    (tmp_path / "ham").mkdir()
+    settings = ["training.folds=3", "training.ensemble=false"]
+    recorded = load_config(resolve_config_path("ham10000_cpu"), [*settings, f"data.path={tmp_path / 'ham'}"])
+    recorded["data"]["classes"] = CLASSES       # a run records the class set it read
+    (folder / "config.yaml").write_text(dump_config(recorded))
+    with pytest.raises(SystemExit, match=r"trained with other settings \(data.path: '.*ham' -> '.*other'\)"):
+        script.run_variant("ham10000_cpu", str(tmp_path / "other"), [], "base", [], 3, tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"data.test_sources: \[\] -> \['rosendahl'\]"):
+        script.run_variant("ham10000_cpu", str(tmp_path / "ham"), ["data.test_sources=rosendahl"], "base", [], 3,
+                           tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"data.classes: \['akiec'.*\] -> \['mel', 'nv'\]"):
+        script.run_variant("ham10000_cpu", str(tmp_path / "ham"), ["data.classes=[mel, nv]"], "base", [], 3,
+                           tmp_path / "out")
+    monkeypatch.chdir(tmp_path)   # the same folder named relatively: reused
+    row = script.run_variant("ham10000_cpu", "ham", [], "base", [], 3, tmp_path / "out")
+    assert row["out_of_fold"]["balanced_accuracy"] == 0.5
