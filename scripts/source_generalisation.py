@@ -24,7 +24,10 @@ of the train + val pool; its test images are then left out on both sides),
 which saves the K trainings. Each out-of-source model trains with the
 config's per-model budget, as each fold model of the run did; one already
 finished in OUT/without-S is reused (the table says so), so a new in-source run
-is compared in seconds.
+is compared in seconds. OUT/in-source and OUT/without-S are reused (or
+resumed) only when their config.yaml holds this command's settings (recipe,
+--set, --folds, seed, test fraction, data); otherwise the script stops and
+names the differences.
 
 Results: OUT/generalisation.json and OUT/generalisation.md.
 """
@@ -49,9 +52,12 @@ from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import sensitivity_at_specificity
 from dermalens.evaluation.plots import plot_source_generalisation
 from dermalens.inference.postprocess import calibrated_probabilities
-from dermalens.run_folder import CV_FILE
+from dermalens.run_folder import CONFIG_FILE, CV_FILE
 from dermalens.training.cross_validation import train_folds
 from dermalens.training.run import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_recipes import data_differences  # noqa: E402  (a sibling script)
 
 MIN_IMAGES = 10
 
@@ -73,13 +79,43 @@ def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
     return out
 
 
+def in_source_config(config: dict, folds: int) -> dict:
+    """The in-source cross-validation's config: K lesion-grouped folds over all images, no test split."""
+    cv_config = json.loads(json.dumps(config))
+    cv_config["data"]["test_fraction"] = 0.0
+    cv_config["training"].update(folds=folds, ensemble=False)
+    return cv_config
+
+
+def held_out_config(config: dict, source: str) -> dict:
+    """The out-of-source model's config: one model trained on the other sources, tested on every image of `source`."""
+    held_out = json.loads(json.dumps(config))
+    held_out["data"]["test_sources"] = [source]
+    held_out["training"]["folds"] = 1
+    held_out["evaluation"]["n_bootstrap"] = 0
+    return held_out
+
+
+def check_reusable(folder: Path, config: dict, extra_keys: tuple[str, ...]) -> None:
+    """A folder of OUT is reused (finished) or resumed (not yet) only when it was trained with `config`: one from
+    another recipe, --folds, --set or data (an earlier command writing to the same OUT) must not pass for it."""
+    if not (folder / CONFIG_FILE).is_file():
+        return
+    recorded = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    differences = recipe_differences(recorded, config, extra_keys=extra_keys, ignore_unrecorded=True) \
+        + data_differences(recorded, config)
+    if differences:
+        raise SystemExit(f"error: {folder} was trained with other settings ({'; '.join(differences)}); "
+                         "use another --out or remove that folder")
+
+
 def in_source(config: dict, out: Path, folds: int, run: Path | None = None) -> pd.DataFrame:
     """Out-of-fold probabilities of every image, from K-fold CV over all sources (or over `run`'s pool)."""
     folder = run if run is not None else out / "in-source"
+    if run is None:
+        cv_config = in_source_config(config, folds)
+        check_reusable(folder, cv_config, ("training.folds", "seed", "data.test_fraction"))
     if run is None and not (folder / CV_FILE).is_file():
-        cv_config = json.loads(json.dumps(config))
-        cv_config["data"]["test_fraction"] = 0.0
-        cv_config["training"].update(folds=folds, ensemble=False)
         train_folds(cv_config, folder, resume=folder.exists(), progress=sys.stderr.isatty())
     if not (folder / CV_FILE).is_file():
         raise SystemExit(f"error: {folder} holds no finished cross-validation ({CV_FILE} missing)")
@@ -98,12 +134,11 @@ def in_source(config: dict, out: Path, folds: int, run: Path | None = None) -> p
 def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, bool]:
     """The held-out model's predictions on `source`, and whether that model was trained now (else reused from OUT)."""
     folder = out / f"without-{source}"
+    held_out = held_out_config(config, source)
+    check_reusable(folder, held_out, ("training.folds", "seed", "data.test_fraction", "data.val_fraction",
+                                      "data.test_sources"))
     trained_now = not (folder / "predictions.csv").is_file()
     if trained_now:
-        held_out = json.loads(json.dumps(config))
-        held_out["data"]["test_sources"] = [source]
-        held_out["training"]["folds"] = 1
-        held_out["evaluation"]["n_bootstrap"] = 0
         train(held_out, folder, resume=(folder / "checkpoints" / "last.ckpt").is_file(),
               progress=sys.stderr.isatty())
     return pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}), trained_now

@@ -101,3 +101,47 @@ def test_an_in_source_run_of_another_recipe_is_named_in_the_generalisation_table
     assert "models reused from an earlier run of this command (OUT/without-SOURCE): rosendahl." in \
         module.markdown([reused], ["--sources", "rosendahl"])
     assert "reused" not in module.markdown([dict(row, out_of_source_reused=False)], ["--sources", "rosendahl"])
+
+
+def test_a_source_generalisation_folder_of_other_settings_is_refused_not_reused(tmp_path):
+    """OUT/in-source was reused whenever it held cv.json, OUT/without-S whenever it held predictions.csv,
+    whatever the recipe, --folds or --set of the new command."""
+    import json
+
+    import numpy as np
+
+    from dermalens.config import dump_config
+    from dermalens.config_files import resolve_config_path
+
+    module = load_script("source_generalisation")
+    out = tmp_path / "out"
+
+    def config(*overrides: str) -> dict:
+        return load_config(resolve_config_path("ham10000_cpu"), [*overrides, "training.ensemble=false"],
+                           {"data": {"path": str(tmp_path)}})
+
+    inside = out / "in-source"
+    inside.mkdir(parents=True)
+    (inside / "config.yaml").write_text(dump_config(module.in_source_config(config(), 5)))
+    (inside / "cv.json").write_text(json.dumps({}))
+    pd.DataFrame({"image_id": ["a", "b"], "lesion_id": ["A", "B"], "label": [0, 1], "fold": [1, 2]}).to_csv(
+        inside / "split.csv", index=False)
+    np.save(inside / "out_of_fold_logits.npy", np.array([[2.0, 0.0], [0.0, 2.0]]))
+    with pytest.raises(SystemExit, match=r"in-source was trained with other settings \(training.folds: 5 -> 3\); "
+                                         r"use another --out"):
+        module.in_source(config(), out, 3)
+    with pytest.raises(SystemExit, match=r"optimizer.lr: .* -> 0.5"):
+        module.in_source(config("optimizer.lr=0.5"), out, 5)
+    assert len(module.in_source(config(), out, 5)) == 2      # the same settings: reused
+
+    without = out / "without-rosendahl"
+    without.mkdir()
+    (without / "config.yaml").write_text(dump_config(module.held_out_config(config(), "rosendahl")))
+    pd.DataFrame({"image_id": ["a"]}).to_csv(without / "predictions.csv", index=False)
+    with pytest.raises(SystemExit, match=r"without-rosendahl was trained with other settings \(seed: 0 -> 3\)"):
+        module.out_of_source(config("seed=3"), out, "rosendahl")
+    with pytest.raises(SystemExit, match=r"data.path: '.*' -> '.*elsewhere'"):
+        module.out_of_source({**config(), "data": {**config()["data"], "path": str(tmp_path / "elsewhere")}},
+                             out, "rosendahl")
+    predictions, trained_now = module.out_of_source(config(), out, "rosendahl")
+    assert not trained_now and list(predictions["image_id"]) == ["a"]
