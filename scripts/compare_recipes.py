@@ -38,7 +38,7 @@ import yaml
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
-from dermalens.config import load_config, recipe_differences
+from dermalens.config import ConfigError, load_config, recipe_differences
 from dermalens.config_files import resolve_config_path
 from dermalens.data.prepare import resolve_data_path, test_sources
 from dermalens.evaluation.calibration import fit_temperature
@@ -136,12 +136,21 @@ def data_differences(run_config: dict, config: dict) -> list[str]:
             if theirs[key] != mine[key] and not (key == "data.classes" and None in (theirs[key], mine[key]))]
 
 
+def variant_config(config_name: str, data: str, base_overrides: list[str], overrides: list[str],
+                   folds: int) -> dict:
+    """A variant's config: the config, --set, K folds without an ensemble, then its own overrides
+    (ConfigError for a key, value or --folds it cannot take)."""
+    if folds < 2:
+        raise ConfigError(f"--folds must be 2 or more (the variants are scored out of fold), got {folds}")
+    return load_config(resolve_config_path(config_name),
+                       [*base_overrides, f"training.folds={folds}", "training.ensemble=false", *overrides],
+                       {"data": {"path": str(data)}})   # the folder name as given, not read as YAML
+
+
 def run_variant(config_name: str, data: str, base_overrides: list[str], name: str, overrides: list[str],
                 folds: int, out: Path, first_folds: int | None = None, existing_only: bool = False) -> dict | None:
     folder = out / name.replace(" ", "_").replace("/", "-")
-    config = load_config(resolve_config_path(config_name),
-                         [*base_overrides, f"training.folds={folds}", "training.ensemble=false", *overrides],
-                         {"data": {"path": str(data)}})   # the folder name as given, not read as YAML
+    config = variant_config(config_name, data, base_overrides, overrides, folds)
     if (folder / "config.yaml").is_file():
         # A variant folder is reused, finished or not; one trained with other settings (another comparison
         # that wrote to the same OUT) must not pass for this variant.
@@ -222,6 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.variant and not args.reference:
         parser.error("name at least one --variant or --reference")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    variants = [parse_variant(text) for text in args.variant]
+    try:
+        # Every variant's config is built before the first one trains: a typo in the last --variant (or in --set,
+        # or --folds 1) fails now, not after hours of training. --config, --set and --folds first, named as such.
+        variant_config(args.config, args.data, args.set, [], args.folds)
+        for name, overrides in variants:
+            try:
+                variant_config(args.config, args.data, args.set, overrides, args.folds)
+            except ConfigError as error:
+                raise ConfigError(f"--variant {name!r}: {error}") from None
+    except (ConfigError, yaml.YAMLError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/compare_recipes.py " + " ".join(
         f"'{a}'" if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))
@@ -232,18 +254,21 @@ def main(argv: list[str] | None = None) -> int:
         print(table_line(rows[-1]), flush=True)
 
     rows = []
-    for text in args.reference:
-        rows.append(reference_row(text, args.folds, args.first_folds, args.rule_headroom))
-        write(rows)
-    for text in args.variant:
-        name, overrides = parse_variant(text)
-        row = run_variant(args.config, args.data, args.set, name, overrides, args.folds, args.out,
-                          args.first_folds, args.existing_only)
-        if row is None:
-            print(f"{name}: not trained yet, left out (--existing-only)", flush=True)
-            continue
-        rows.append(row)
-        write(rows)
+    try:
+        for text in args.reference:
+            rows.append(reference_row(text, args.folds, args.first_folds, args.rule_headroom))
+            write(rows)
+        for name, overrides in variants:
+            row = run_variant(args.config, args.data, args.set, name, overrides, args.folds, args.out,
+                              args.first_folds, args.existing_only)
+            if row is None:
+                print(f"{name}: not trained yet, left out (--existing-only)", flush=True)
+                continue
+            rows.append(row)
+            write(rows)
+    except ConfigError as error:   # a reference run's config, a folder that cannot be resumed: said, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -46,7 +46,7 @@ import yaml
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
-from dermalens.config import load_config, recipe_differences
+from dermalens.config import ConfigError, load_config, recipe_differences
 from dermalens.config_files import resolve_config_path
 from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import sensitivity_at_specificity
@@ -60,6 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_recipes import data_differences  # noqa: E402  (a sibling script)
 
 MIN_IMAGES = 10
+# Settings beside the recipe that a reused folder of OUT must share with this command (the data is compared too).
+IN_SOURCE_KEYS = ("training.folds", "seed", "data.test_fraction")
+HELD_OUT_KEYS = ("training.folds", "seed", "data.test_fraction", "data.val_fraction", "data.test_sources")
 
 
 def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
@@ -114,7 +117,7 @@ def in_source(config: dict, out: Path, folds: int, run: Path | None = None) -> p
     folder = run if run is not None else out / "in-source"
     if run is None:
         cv_config = in_source_config(config, folds)
-        check_reusable(folder, cv_config, ("training.folds", "seed", "data.test_fraction"))
+        check_reusable(folder, cv_config, IN_SOURCE_KEYS)
     if run is None and not (folder / CV_FILE).is_file():
         train_folds(cv_config, folder, resume=folder.exists(), progress=sys.stderr.isatty())
     if not (folder / CV_FILE).is_file():
@@ -135,13 +138,25 @@ def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, b
     """The held-out model's predictions on `source`, and whether that model was trained now (else reused from OUT)."""
     folder = out / f"without-{source}"
     held_out = held_out_config(config, source)
-    check_reusable(folder, held_out, ("training.folds", "seed", "data.test_fraction", "data.val_fraction",
-                                      "data.test_sources"))
+    check_reusable(folder, held_out, HELD_OUT_KEYS)
     trained_now = not (folder / "predictions.csv").is_file()
     if trained_now:
         train(held_out, folder, resume=(folder / "checkpoints" / "last.ckpt").is_file(),
               progress=sys.stderr.isatty())
     return pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}), trained_now
+
+
+def image_sources(data: Path) -> dict[str, str]:
+    """image_id -> source (HAM10000's `dataset` column) of every image of `data` that names one."""
+    metadata_file = data / "HAM10000_metadata.csv"
+    if not metadata_file.is_file():
+        raise ConfigError(f"{metadata_file} not found: --data must be a HAM10000 folder, whose metadata names "
+                          "each image's source (its dataset column)")
+    metadata = pd.read_csv(metadata_file, dtype={"image_id": str})
+    if "dataset" not in metadata:
+        raise ConfigError(f"{metadata_file} has no dataset column: it names no image's source")
+    metadata = metadata.dropna(subset=["dataset"])
+    return dict(zip(metadata["image_id"], metadata["dataset"].astype(str)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,8 +172,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
-    config = load_config(resolve_config_path(args.config), [*args.set, "training.ensemble=false"],
-                         {"data": {"path": str(args.data)}})   # the folder name as given, not read as YAML
+    try:
+        # Everything a typo can break is checked before the first model trains (hours before the held-out ones).
+        config = load_config(resolve_config_path(args.config), [*args.set, "training.ensemble=false"],
+                             {"data": {"path": str(args.data)}})   # the folder name as given, not read as YAML
+        if args.in_source_run is None and args.folds < 2:
+            raise ConfigError(f"--folds must be 2 or more (the in-source side is cross-validated), got {args.folds}")
+        source_of = image_sources(Path(args.data))
+        known = sorted(set(source_of.values()))
+        unknown = [source for source in args.sources or [] if source not in known]
+        if unknown:
+            raise ConfigError(f"--sources {', '.join(unknown)}: not a source of {args.data}; its sources are "
+                              f"{', '.join(known)}")
+        # A folder of OUT from another command is refused now, not after the in-source side has trained.
+        if args.in_source_run is None:
+            check_reusable(args.out / "in-source", in_source_config(config, args.folds), IN_SOURCE_KEYS)
+        for source in args.sources or known:
+            check_reusable(args.out / f"without-{source}", held_out_config(config, source), HELD_OUT_KEYS)
+        generalisation(args, config, source_of, started, argv if argv is not None else sys.argv[1:])
+    except (ConfigError, yaml.YAMLError) as error:   # ConfigError, from training too: a folder it cannot resume
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def generalisation(args: argparse.Namespace, config: dict, source_of: dict[str, str], started: float,
+                   argv: list[str]) -> None:
+    """Both sides for each source, scored; the table, JSON and figure written into --out."""
     args.out.mkdir(parents=True, exist_ok=True)
     differences = []
     if args.in_source_run is not None and (args.in_source_run / "config.yaml").is_file():
@@ -168,8 +208,6 @@ def main(argv: list[str] | None = None) -> int:
                             "compare the out-of-source column with another held-out run instead",
                             args.in_source_run, "; ".join(differences))
     inside = in_source(config, args.out, args.folds, args.in_source_run)
-    metadata = pd.read_csv(Path(args.data) / "HAM10000_metadata.csv", dtype={"image_id": str})
-    source_of = dict(zip(metadata["image_id"], metadata["dataset"]))
     inside["source"] = inside["image_id"].map(source_of)
     classes = list(config["data"]["classes"]) if isinstance(config["data"]["classes"], list) else \
         ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
@@ -190,11 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         atomic_write_json(args.out / "generalisation.json", {"rows": rows, "min_images": MIN_IMAGES,
                                                               "minutes": round((time.perf_counter() - started) / 60, 1)})
-    atomic_write_text(args.out / "generalisation.md", markdown(rows, argv if argv is not None else sys.argv[1:],
-                                                              differences))
+    atomic_write_text(args.out / "generalisation.md", markdown(rows, argv, differences))
     plot_source_generalisation(rows, args.out / "generalisation.png")
     print((args.out / "generalisation.md").read_text())
-    return 0
 
 
 def markdown(rows: list[dict], argv: list[str], differences: list[str] = ()) -> str:

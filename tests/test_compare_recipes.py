@@ -158,3 +158,25 @@ def test_a_variant_folder_trained_on_other_data_is_refused_by_name(tmp_path, mon
     monkeypatch.chdir(tmp_path)   # the same folder named relatively: reused
     row = script.run_variant("ham10000_cpu", "ham", [], "base", [], 3, tmp_path / "out")
     assert row["out_of_fold"]["balanced_accuracy"] == 0.5
+
+
+def test_every_variant_and_setting_is_checked_before_any_training(tmp_path, monkeypatch, capsys):
+    """A bad second --variant failed after the first had trained; a bad override or --folds 1 ended in a
+    traceback."""
+    script = load_script("compare_recipes")
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("trained before every variant was checked")
+
+    monkeypatch.setattr(script, "train_folds", no_training)
+    base = ["--config", "ham10000_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert script.main([*base, "--variant", "base", "--variant", "x: sampler.power"]) == 2
+    assert "error: --variant 'x': override 'sampler.power' must look like section.key=value" in \
+        capsys.readouterr().err
+    assert script.main([*base, "--variant", "base", "--variant", "x: nosuch.key=1"]) == 2
+    assert "error: --variant 'x': unknown config key 'nosuch'" in capsys.readouterr().err
+    assert script.main([*base, "--variant", "base", "--set", "training.max_epochs"]) == 2
+    assert "error: override 'training.max_epochs' must look like section.key=value" in capsys.readouterr().err
+    assert script.main([*base, "--variant", "base", "--folds", "1"]) == 2
+    assert "error: --folds must be 2 or more" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

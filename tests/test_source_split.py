@@ -145,3 +145,29 @@ def test_a_source_generalisation_folder_of_other_settings_is_refused_not_reused(
                              out, "rosendahl")
     predictions, trained_now = module.out_of_source(config(), out, "rosendahl")
     assert not trained_now and list(predictions["image_id"]) == ["a"]
+
+
+def test_source_generalisation_refuses_a_bad_setting_or_source_before_training(tmp_path, monkeypatch, capsys):
+    """An unknown --sources name failed after the in-source side had trained (hours); a bad --set or --folds 1
+    ended in a traceback."""
+    module = load_script("source_generalisation")
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("trained before the settings were checked")
+
+    monkeypatch.setattr(module, "train_folds", no_training)
+    monkeypatch.setattr(module, "train", no_training)
+    data = tmp_path / "ham"
+    data.mkdir()
+    pd.DataFrame({"image_id": ["a", "b"], "lesion_id": ["A", "B"], "dx": ["nv", "mel"],
+                  "dataset": ["rosendahl", "vidir_modern"]}).to_csv(data / "HAM10000_metadata.csv", index=False)
+    base = ["--config", "ham10000_cpu", "--data", str(data), "--out", str(tmp_path / "out")]
+    assert module.main([*base, "--sources", "rosendal"]) == 2
+    assert "error: --sources rosendal: not a source of" in capsys.readouterr().err
+    assert module.main([*base, "--set", "training.max_epochs"]) == 2
+    assert "error: override 'training.max_epochs' must look like section.key=value" in capsys.readouterr().err
+    assert module.main([*base, "--folds", "1"]) == 2
+    assert "error: --folds must be 2 or more" in capsys.readouterr().err
+    assert module.main([*base[:3], str(tmp_path), *base[4:]]) == 2
+    assert "HAM10000_metadata.csv not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
