@@ -24,7 +24,9 @@ fitted on the pool, argmax, and the decision rule cross-fitted over the folds.
 
 Every crop is one more pass through the network per view: K crops cost K
 times the flip TTA's time. The per-crop logits are kept in OUT/crop_logits.npz,
-so a rerun with the same run and crops only rescores them. Results: OUT/crop_tta.json
+with the run folder and each fold model's checkpoint (size and modification
+time), so a rerun with the same run, models and crops only rescores them;
+any other is computed again. Results: OUT/crop_tta.json
 and OUT/crop_tta.md.
 """
 from __future__ import annotations
@@ -149,6 +151,19 @@ def out_of_fold_crop_logits(run: Path, data: str, names: list[str], pool: pd.Dat
     return out
 
 
+def fold_models(run: Path, folds) -> list[str]:
+    """Each fold model's identity, 'fold-K/checkpoints/best.ckpt SIZE MTIME_NS' ('... missing' where there is
+    none): kept crop logits are reused only for the same run and the same checkpoints (a run folder trained
+    again in place, or another run whose pool happens to match, keeps its image ids)."""
+    identities = []
+    for fold in folds:
+        name = f"fold-{fold}/checkpoints/best.ckpt"
+        checkpoint = run / name
+        stat = checkpoint.stat() if checkpoint.is_file() else None
+        identities.append(f"{name} {stat.st_size} {stat.st_mtime_ns}" if stat else f"{name} missing")
+    return identities
+
+
 def command_line(argv: list[str]) -> str:
     """The command as a reader can rerun it: the data folder named as $DERMALENS_DATA, not this machine's path."""
     command = "python scripts/crop_tta.py " + " ".join(argv)
@@ -198,15 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cached = np.load(kept) if kept.is_file() else None
     flips = not args.no_flips
+    run, models = str(args.run.resolve()), fold_models(args.run, sorted(pool["fold"].unique()))
     if cached is not None and list(cached["names"]) == names and list(cached["image_ids"]) == list(pool["image_id"]) \
-            and bool(cached["flips"] if "flips" in cached.files else True) == flips:
+            and bool(cached["flips"] if "flips" in cached.files else True) == flips \
+            and "run" in cached.files and str(cached["run"]) == run \
+            and "models" in cached.files and list(cached["models"]) == models:
         crop_logits, minutes = cached["logits"], float(cached["minutes"])
     else:
+        if cached is not None:
+            logging.info("%s was computed for another run, models, crops or flips: computing them again", kept)
         crop_logits = out_of_fold_crop_logits(args.run, args.data, names, pool, classes, flips)
         minutes = (time.perf_counter() - started) / 60
         staging = args.out / "crop_logits.tmp.npz"
         np.savez(staging, logits=crop_logits, names=np.array(names), image_ids=pool["image_id"].to_numpy(str),
-                 minutes=minutes, flips=flips)
+                 minutes=minutes, flips=flips, run=run, models=np.array(models))
         staging.replace(kept)
     parity = float(np.abs(crop_logits[0] - saved).max()) if saved.shape == crop_logits[0].shape else float("nan")
     rows = crop_set_rows(crop_sets(names, flips), crop_logits, pool, classes)

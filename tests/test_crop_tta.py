@@ -87,7 +87,8 @@ def test_kept_crop_logits_are_rescored_without_a_model_and_noise_crops_score_low
     out = tmp_path / "out"
     out.mkdir()
     np.savez(out / "crop_logits.npz", logits=logits, names=np.array(names),
-             image_ids=pool["image_id"].to_numpy(str), minutes=1.5)
+             image_ids=pool["image_id"].to_numpy(str), minutes=1.5, run=str((tmp_path / "run").resolve()),
+             models=np.array(script.fold_models(tmp_path / "run", [1, 2, 3])))
 
     def no_model(*_args, **_kwargs):
         raise AssertionError("kept crop logits were computed again")
@@ -129,3 +130,34 @@ def test_a_folder_that_is_not_a_cross_validated_run_or_a_bad_scale_is_refused_by
                      "--scales", "0.875", "1.5"])
     assert "between 0 and 1; got [1.5]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_kept_crop_logits_of_another_run_or_other_models_are_computed_again(script, tmp_path, monkeypatch):
+    """The check compared crop names, image ids and flips: another run over the same pool (or the same run
+    trained again in place) was scored with the first run's crop logits."""
+    pool, informative = finished_run(tmp_path / "run")
+    finished_run(tmp_path / "other")
+    checkpoint = tmp_path / "run" / "fold-1" / "checkpoints" / "best.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    names = script.crop_names([0.875])
+    calls = []
+
+    def computed(run, data, names, pool, classes, flips=True):
+        calls.append(Path(run).name)
+        return np.repeat(informative[None], len(names), axis=0)
+
+    monkeypatch.setattr(script, "out_of_fold_crop_logits", computed)
+    out = tmp_path / "out"
+    for run in ("run", "run", "other"):
+        assert script.main(["--run", str(tmp_path / run), "--data", str(tmp_path), "--out", str(out),
+                            "--scales", "0.875"]) == 0
+    assert calls == ["run", "other"]          # the second look at "run" rescored its kept logits
+    kept = np.load(out / "crop_logits.npz")
+    assert str(kept["run"]) == str((tmp_path / "other").resolve()) and list(kept["names"]) == names
+    assert script.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(out),
+                        "--scales", "0.875"]) == 0
+    checkpoint.write_bytes(b"weights trained again")      # the same run folder, another fold-1 model
+    assert script.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(out),
+                        "--scales", "0.875"]) == 0
+    assert calls == ["run", "other", "run", "run"]
