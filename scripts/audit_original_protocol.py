@@ -20,11 +20,16 @@ the same recipe (configs/ham10000_cpu.yaml), seed and training budget:
   real test images whose lesions the model never saw.
 
 Prints a markdown table (each metric, both protocols, the inflation) and
-writes audit.json and audit.md into --out. Research tool, not a diagnosis.
+writes audit.json and audit.md into --out. A rerun with the same --out
+reuses the pool and the finished arms only when they were made with the
+same settings (data, --config, --per-class, --seed, --minutes, --set; kept
+in audit_settings.json beside each), and refuses other settings by name.
+Research tool, not a diagnosis.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -47,6 +52,7 @@ from dermalens.evaluation.evaluate import git_commit
 from dermalens.training.run import train
 
 AUGMENTED_FOLDER = "HAM10000_images_augmented"
+SETTINGS_FILE = "audit_settings.json"   # beside the pool and in each arm's folder
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro")
 PER_CLASS_F1 = ("mel", "df", "bcc", "akiec", "vasc", "bkl", "nv")
 
@@ -58,9 +64,32 @@ def augmenter(config: dict) -> A.Compose:
     return A.Compose([s for s in steps if not isinstance(s, A.Normalize) and type(s).__name__ != "ToTensorV2"])
 
 
-def build_augmented_pool(data: Path, config: dict, per_class: int, out: Path, seed: int) -> Path:
-    """The original protocol's data set on disk: per_class images per class, each its own 'lesion'."""
-    if (out / HAM10000_METADATA).is_file():
+def check_settings(folder: Path, settings: dict, what: str, made: bool) -> None:
+    """`folder` (the pool or an arm) is reused only if it was made with `settings`: they are written beside it
+    before it is made, and a rerun with others is refused (audit.json would record settings its figures do
+    not come from). `made`: the folder holds a finished pool or arm."""
+    recorded_file = folder / SETTINGS_FILE
+    if recorded_file.is_file():
+        recorded = json.loads(recorded_file.read_text())
+        differences = [f"{key}: {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
+                       if recorded.get(key) != value]
+        if differences:
+            raise SystemExit(f"error: {folder} holds {what} made with other settings ({'; '.join(differences)}); "
+                             "use another --out or remove that folder")
+        return
+    if made:
+        raise SystemExit(f"error: {folder} holds {what} that records no settings ({SETTINGS_FILE}; made by an "
+                         "older version of this script); use another --out or remove that folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(recorded_file, settings)
+
+
+def build_augmented_pool(data: Path, config: dict, per_class: int, out: Path, seed: int, settings: dict) -> Path:
+    """The original protocol's data set on disk: per_class images per class, each its own 'lesion'.
+    `settings`: what made it (data, recipe, --per-class, --seed, --set), checked on reuse."""
+    made = (out / HAM10000_METADATA).is_file()
+    check_settings(out, settings, "an augmented pool", made)
+    if made:
         print(f"reusing the augmented pool in {out}", file=sys.stderr)
         return out
     dataset = open_dataset(data, "ham10000")
@@ -93,10 +122,12 @@ def build_augmented_pool(data: Path, config: dict, per_class: int, out: Path, se
     return out
 
 
-def run_arm(name: str, config_name: str, data: Path, run_dir: Path, minutes: float, extra: list[str]) -> dict:
-    if (run_dir / "metrics.json").is_file():
-        import json
-
+def run_arm(name: str, config_name: str, data: Path, run_dir: Path, minutes: float, extra: list[str],
+            settings: dict) -> dict:
+    """One arm trained and scored on its test split (`settings`: what made it, checked on reuse)."""
+    made = (run_dir / "metrics.json").is_file()
+    check_settings(run_dir, settings, f"the {name} arm", made)
+    if made:
         print(f"{name}: reusing {run_dir}", file=sys.stderr)
         return json.loads((run_dir / "metrics.json").read_text())
     budget = f"00:00:{int(minutes):02d}:{int(round((minutes % 1) * 60)):02d}"
@@ -143,12 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = load_config(resolve_config_path(args.config), [f"seed={args.seed}", *args.set])
-    pool = build_augmented_pool(Path(args.data), config, args.per_class, out / "augmented_pool", args.seed)
+    # What made each part, kept beside it: a rerun with other settings would reuse parts made with the old
+    # ones while audit.json records the new.
+    common = {"data": str(Path(args.data).expanduser().resolve()), "config": args.config, "seed": args.seed,
+              "overrides": args.set}
+    pool_settings = {**common, "per_class": args.per_class}
+    pool = build_augmented_pool(Path(args.data), config, args.per_class, out / "augmented_pool", args.seed,
+                                pool_settings)
     extra = [f"seed={args.seed}", *args.set]
     original = summary(run_arm("audit_original_protocol", args.config, pool, out / "original_protocol",
-                               args.minutes, extra))
+                               args.minutes, extra, {**pool_settings, "minutes": args.minutes}))
     grouped = summary(run_arm("audit_lesion_grouped", args.config, Path(args.data), out / "lesion_grouped",
-                              args.minutes, extra))
+                              args.minutes, extra, {**common, "minutes": args.minutes}))
     text = table(original, grouped)
     atomic_write_json(out / "audit.json", {
         "settings": {"data": str(args.data), "config": args.config, "per_class": args.per_class,
