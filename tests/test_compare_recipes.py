@@ -91,17 +91,22 @@ def test_the_table_shows_a_reference_row_without_minutes(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "comparison.json").read_text())[0]["folds_trained"] == 1
 
 
+def finished_variant(folder: Path) -> None:
+    """A finished variant folder whose out-of-fold balanced accuracy reads 0.5 (to tell reuse from retraining)."""
+    finished_run(folder)
+    cv = json.loads((folder / "cv.json").read_text())
+    cv["out_of_fold"] = {"balanced_accuracy": 0.5, "recall": {code: 0.5 for code in CLASSES}}
+    cv["mean_sd"] = {"balanced_accuracy": {"mean": 0.5, "sd": 0.0}}
+    (folder / "cv.json").write_text(json.dumps(cv))
+
+
 def test_a_variant_folder_trained_with_other_settings_is_refused_by_name(tmp_path):
     """Two comparisons writing to one OUT would otherwise pass one's variant off as the other's."""
     from dermalens.config_files import resolve_config_path
 
     script = load_script("compare_recipes")
     folder = tmp_path / "out" / "base"
-    finished_run(folder)
-    cv = json.loads((folder / "cv.json").read_text())
-    cv["out_of_fold"] = {"balanced_accuracy": 0.5, "recall": {code: 0.5 for code in CLASSES}}
-    cv["mean_sd"] = {"balanced_accuracy": {"mean": 0.5, "sd": 0.0}}
-    (folder / "cv.json").write_text(json.dumps(cv))
+    finished_variant(folder)
     settings = [f"data.path={tmp_path}", "training.folds=3", "training.ensemble=false"]
     other = load_config(resolve_config_path("ham10000_cpu"), [*settings, "model.image_size=192"])
     (folder / "config.yaml").write_text(dump_config(other))
@@ -137,11 +142,7 @@ def test_a_variant_folder_trained_on_other_data_is_refused_by_name(tmp_path, mon
 
     script = load_script("compare_recipes")
     folder = tmp_path / "out" / "base"
-    finished_run(folder)
-    cv = json.loads((folder / "cv.json").read_text())
-    cv["out_of_fold"] = {"balanced_accuracy": 0.5, "recall": {code: 0.5 for code in CLASSES}}
-    cv["mean_sd"] = {"balanced_accuracy": {"mean": 0.5, "sd": 0.0}}
-    (folder / "cv.json").write_text(json.dumps(cv))
+    finished_variant(folder)
     (tmp_path / "ham").mkdir()
     settings = ["training.folds=3", "training.ensemble=false"]
     recorded = load_config(resolve_config_path("ham10000_cpu"), [*settings, f"data.path={tmp_path / 'ham'}"])
