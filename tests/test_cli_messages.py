@@ -234,6 +234,36 @@ def test_an_opset_the_exporter_cannot_write_is_refused(checkpoint, tmp_path, cap
     assert not out.exists() and not list(tmp_path.glob(".model.onnx.*"))
 
 
+def test_export_refuses_to_write_over_the_checkpoint_or_another_non_onnx_file(checkpoint, tmp_path, capsys):
+    """--out best.ckpt exported the model and then replaced best.ckpt with the .onnx file: the model was lost."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = tmp_path / "best.ckpt"
+    model.write_bytes(checkpoint.read_bytes())
+    other = tmp_path / "last.ckpt"
+    other.write_bytes(checkpoint.read_bytes())
+    link = tmp_path / "link.onnx"
+    link.symlink_to(model)
+    for out, message in [(model, f"{model} is the model being exported: the export would replace it"),
+                         (link, f"{link} is the model being exported"),
+                         (other, f"{other} exists and is not an ONNX model: the export would replace it")]:
+        assert main(["export", str(model), "--out", str(out), "--parity-count", "1"]) == 2, out
+        assert message in capsys.readouterr().err, out
+    assert model.read_bytes() == other.read_bytes() == checkpoint.read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
+    # An earlier export is what --out is meant to replace.
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    earlier = tmp_path / "earlier.onnx"
+    onnx.save(helper.make_model(graph), str(earlier))
+    # Imported here, not above: without the check the commands above must fail the test, not this import.
+    from dermalens.inference.export import check_output_path
+
+    check_output_path(earlier, model)
+
+
 def test_python_dash_m_dermalens_is_the_command_line():
     import subprocess
     import sys

@@ -23,7 +23,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("checkpoint", help="dermalens checkpoint (.ckpt), model package folder, or a package on the "
                                       "Hugging Face Hub: hf-hub:user/repo[@revision]")
     p.add_argument("--out", help="output file (default: <checkpoint stem>.onnx beside it, which `dermalens predict "
-                                 "--model <ckpt>` then uses; .int8.onnx with --quantize int8)")
+                                 "--model <ckpt>` then uses; .int8.onnx with --quantize int8); an existing file "
+                                 "is replaced only when it is an ONNX model")
     p.add_argument("--web", metavar="OUT", help="instead: write a static web page into the folder OUT that runs the "
                    "model in the browser (ONNX Runtime Web; the photo never leaves the device; open OUT/index.html "
                    "from disk or put OUT on any static host)")

@@ -198,6 +198,36 @@ def compare_with_torch(onnx_path: Path, model: nn.Module, metadata: dict, images
                         float((got.argmax(1) == expected.argmax(1)).mean()), tolerance)
 
 
+def is_onnx_model(path: Path) -> bool:
+    """Whether the file at `path` reads as an ONNX model with a graph (a checkpoint, a zip or text does not)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:   # protobuf's DecodeError and whatever else a foreign file makes onnx raise
+        return False
+    # Other bytes may parse as a protobuf message by chance; an export always has a version and graph nodes.
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def check_output_path(out: Path, source: Path | None = None) -> None:
+    """ExportError, before the export's minutes, when writing `out` would destroy what is not an earlier export.
+
+    The export replaces the file at `out`: given the checkpoint itself (or any other file that is no ONNX
+    model, such as another checkpoint), the trained model was gone and an .onnx file stood in its place.
+    """
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder: give the .onnx file to write, e.g. {out / 'model.onnx'}")
+    if not out.exists():
+        return
+    if source is not None and source.exists() and os.path.samefile(out, source):
+        raise ExportError(f"{out} is the model being exported: the export would replace it; give another file "
+                          f"to write, e.g. {out.with_suffix('.onnx')}")
+    if not is_onnx_model(out):
+        raise ExportError(f"{out} exists and is not an ONNX model: the export would replace it; give a new "
+                          f"file name, or an earlier .onnx export to replace")
+
+
 def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter: str = "dynamo",
                  opset: int | None = None, parity_images: Sequence[str | Path] | None = None,
                  parity_count: int = DEFAULT_PARITY_COUNT, tolerance: float = PARITY_TOLERANCE,
@@ -220,8 +250,7 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
         raise ExportError(str(error)) from None
     opset = int(opset or DEFAULT_OPSET[exporter])
     out = Path(out)
-    if out.is_dir():   # found now, not after the export's minutes
-        raise ExportError(f"{out} is a folder: give the .onnx file to write, e.g. {out / 'model.onnx'}")
+    check_output_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().eval()
     pre = metadata["preprocessing"]
@@ -333,7 +362,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, **o
                     "decision": calibration.get("decision")}
         suffix = ".int8.onnx" if options.get("quantize") == "int8" else ".onnx"
         out = Path(out) if out else checkpoint.parent / f"{checkpoint.name}{suffix}"   # beside the folder
+        check_output_path(out, checkpoint / WEIGHTS_FILE)
         return export_model(model, metadata, out, **options)
-    model, meta = load_classifier(checkpoint)  # CheckpointError names a missing or foreign file
     out = Path(out) if out else default_output(checkpoint, options.get("quantize"))
+    check_output_path(out, checkpoint)   # before loading: the checkpoint itself must not be the output
+    model, meta = load_classifier(checkpoint)  # CheckpointError names a missing or foreign file
     return export_model(model, checkpoint_metadata(checkpoint, meta), out, **options)
