@@ -264,6 +264,28 @@ def test_export_refuses_to_write_over_the_checkpoint_or_another_non_onnx_file(ch
     check_output_path(earlier, model)
 
 
+def test_an_unusable_cache_falls_back_to_pytorch_in_one_line_naming_it(checkpoint, images, tmp_path, monkeypatch,
+                                                                      capsys, caplog):
+    """A cache under a file (or read-only, or full) failed predict and explain with "[Errno 20] Not a directory"."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    monkeypatch.setenv("DERMALENS_CACHE", str(a_file / "cache"))
+    folder = a_file / "cache" / "onnx"
+    for command in (["predict", "--model", str(checkpoint), str(images[0]), "-f", "json"],
+                    ["explain", "--model", str(checkpoint), str(images[0]), "--out", str(tmp_path / "maps")]):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dermalens"):
+            assert main(command) == 0, capsys.readouterr().err
+        said = [record.getMessage() for record in caplog.records if "PyTorch" in record.getMessage()]
+        assert len(said) == 1 and f"the per-user cache folder {folder} cannot hold the ONNX export" in said[0] \
+            and "Not a directory" in said[0] and "set DERMALENS_CACHE to a writable folder" in said[0], said
+    # ONNX Runtime asked for by name: an error that says why, not a silent PyTorch.
+    assert main(["predict", "--model", str(checkpoint), str(images[0]), "--runtime", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert f"runtime onnxruntime cannot run {checkpoint}: the per-user cache folder {folder}" in err
+    assert a_file.read_text() == "keep me"
+
+
 def test_python_dash_m_dermalens_is_the_command_line():
     import subprocess
     import sys

@@ -217,9 +217,12 @@ class ConfigError(ValueError):
     pass
 
 
+CACHE_VARIABLE = "DERMALENS_CACHE"   # the environment variable that places the per-user cache
+
+
 def user_cache_dir() -> Path:
     """One cache per user, whatever the current directory: $DERMALENS_CACHE, else $XDG_CACHE_HOME/dermalens."""
-    configured = os.environ.get("DERMALENS_CACHE")
+    configured = os.environ.get(CACHE_VARIABLE)
     if configured:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic_io import file_sha256
-from ..config import user_cache_dir
+from ..config import CACHE_VARIABLE, user_cache_dir
 from ..user_cache import mark_used
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ class ExportUnavailable(RuntimeError):
     """The checkpoint could not be run through ONNX Runtime here; the message says why in one line."""
 
 
+def unusable_cache(folder: Path, error: OSError) -> str:
+    return (f"the per-user cache folder {folder} cannot hold the ONNX export ({error}); set {CACHE_VARIABLE} "
+            f"to a writable folder")
+
+
 def cached_export(checkpoint: str | Path) -> Path:
     """The parity-checked ONNX export of `checkpoint`, from the cache or made now (once, under a lock)."""
     checkpoint = Path(checkpoint)
@@ -51,8 +56,12 @@ def cached_export(checkpoint: str | Path) -> Path:
     if path.is_file():
         mark_used(path)   # `dermalens cache --older-than` goes by last use
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a+") as lock:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a+")
+    except OSError as error:   # under a file, read-only or full: PyTorch still runs the model ("auto")
+        raise ExportUnavailable(unusable_cache(path.parent, error)) from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # two processes starting on one checkpoint export it once
         try:
             if path.is_file():
@@ -67,7 +76,9 @@ def cached_export(checkpoint: str | Path) -> Path:
                     export_checkpoint(checkpoint, path, exporter="torchscript")
             except CheckpointError:
                 raise   # not a model at all: PyTorch cannot run it either, so this is the answer, not a fallback
-            except (ExportError, RuntimeError, ValueError, OSError) as error:
+            except OSError as error:   # the export is written into the cache: a full disk ends here
+                raise ExportUnavailable(unusable_cache(path.parent, error)) from None
+            except (ExportError, RuntimeError, ValueError) as error:
                 raise ExportUnavailable(f"the ONNX export failed ({str(error).splitlines()[0]})") from None
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
