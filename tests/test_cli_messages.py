@@ -180,6 +180,34 @@ def test_each_explain_call_adds_its_rows_to_the_summary(checkpoint, images, tmp_
     assert rows == [("lesion_0.jpg", "gradcam"), ("lesion_0.jpg", "gradcam++"), ("lesion_1.jpg", "gradcam")]
 
 
+def test_explain_calls_into_one_folder_keep_each_images_files(checkpoint, tmp_path):
+    """a/x.jpg, then b/x.jpg into the same --out: the second overwrote x_gradcam.png, and the first call's row in
+    summary.csv then named the other image's picture."""
+    rng = np.random.default_rng(1)
+    photos = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        photos.append(tmp_path / folder / "lesion.jpg")
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos[-1])
+    out = tmp_path / "maps"
+    explain = ["explain", "--model", str(checkpoint), "--out", str(out)]
+    assert main([*explain, str(photos[0])]) == 0
+    first = (out / "lesion_gradcam.npy").read_bytes()
+    assert main([*explain, str(photos[1])]) == 0
+    assert main([*explain, str(photos[0]), "--method", "gradcam++"]) == 0
+    with (out / "summary.csv").open(newline="") as handle:
+        rows = [(row["image"], row["method"], row["overlay"], row["raw_map"]) for row in csv.DictReader(handle)]
+    assert rows == [(str(photos[0]), "gradcam", "lesion_gradcam.png", "lesion_gradcam.npy"),
+                    (str(photos[1]), "gradcam", "lesion-2_gradcam.png", "lesion-2_gradcam.npy"),
+                    (str(photos[0]), "gradcam++", "lesion_gradcam++.png", "lesion_gradcam++.npy")]
+    assert (out / "lesion_gradcam.npy").read_bytes() == first
+    assert (out / "lesion-2_gradcam.npy").read_bytes() != first
+    # The first image again: its own files and row are replaced, nothing else.
+    assert main([*explain, str(photos[0])]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["lesion-2_gradcam.png", "lesion_gradcam++.png",
+                                                         "lesion_gradcam.png"]
+
+
 @pytest.mark.parametrize("command, option", [
     (["predict", "--batch-size", "0"], "--batch-size"), (["predict", "--batch-size", "-1"], "--batch-size"),
     (["export", "--parity-count", "0"], "--parity-count"), (["package", "--parity-count", "0"], "--parity-count"),

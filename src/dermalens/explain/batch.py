@@ -38,6 +38,46 @@ def unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+def output_stem(name: str) -> str | None:
+    """The image stem of an output file <stem>_<method>.png/.npy (None: not an explanation file)."""
+    for method in METHODS:
+        for suffix in (".png", ".npy"):
+            if name.endswith(f"_{method}{suffix}"):
+                return name[:-len(f"_{method}{suffix}")] or None
+    return None
+
+
+class FolderStems:
+    """The output stems of an --out folder across calls.
+
+    Stems were unique within one call only: a second call with another image of the same file name (a/x.jpg,
+    then b/x.jpg) overwrote x_gradcam.png, and the earlier summary row then named the wrong picture. An image
+    explained before keeps its stem (its files are replaced, as its row is); a new image gets a stem that no
+    earlier row and no file in the folder uses.
+    """
+
+    def __init__(self, out: Path, earlier_rows: list[dict]):
+        self.own: dict[str, str] = {}   # image (as summary.csv names it) -> its stem
+        for row in earlier_rows:
+            for column in ("overlay", "raw_map"):
+                stem = output_stem(row.get(column) or "")
+                if stem is not None:
+                    self.own.setdefault(row["image"], stem)
+        self.taken = set(self.own.values())
+        if out.is_dir():
+            self.taken |= {stem for stem in map(output_stem, (p.name for p in out.iterdir())) if stem}
+        self.used: set[str] = set()   # stems this call gave out
+
+    def stem(self, image: Path) -> str:
+        own = self.own.get(str(image))
+        if own is not None and own not in self.used:
+            self.used.add(own)
+            return own
+        stem = unique_stem(image, self.taken)   # and now taken
+        self.used.add(stem)
+        return stem
+
+
 def read_summary_rows(path: Path) -> list[dict]:
     """The rows an earlier call wrote into the folder's summary.csv ([] when there is none)."""
     if not path.is_file():
@@ -87,9 +127,11 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
     images = find_image_files(inputs, tuple(exclude) if exclude else DEFAULT_EXCLUDE)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, errors, used = [], [], set()
+    earlier = read_summary_rows(out / SUMMARY_CSV)
+    stems = FolderStems(out, earlier)
+    rows, errors = [], []
     for path in tqdm(images, desc=f"explain ({method})", unit="image", disable=None if len(images) > 1 else True):
-        stem = unique_stem(path, used)
+        stem = stems.stem(path)
         try:
             image = read_rgb_image(path)
             explanation = explainer.explain(image, method, target_class, shap_max_evals=shap_max_evals,
@@ -109,7 +151,7 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
 
     new_rows = [{k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()} for row in rows]
     new_rows += [{"image": error["image"], "method": method, "error": error["error"]} for error in errors]
-    atomic_write_text(out / SUMMARY_CSV, summary_csv(read_summary_rows(out / SUMMARY_CSV), new_rows, method))
+    atomic_write_text(out / SUMMARY_CSV, summary_csv(earlier, new_rows, method))
     atomic_write_json(out / "summary.json", {
         "settings": {
             "model": str(model), "method": method, "target_class": target_class,
