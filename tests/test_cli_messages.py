@@ -208,6 +208,23 @@ def test_explain_calls_into_one_folder_keep_each_images_files(checkpoint, tmp_pa
                                                          "lesion_gradcam.png"]
 
 
+def test_a_shap_budget_below_ten_is_refused_before_any_image(checkpoint, images, tmp_path, capsys):
+    """--shap-max-evals 5 printed the same error once per image, after each image was predicted, and wrote a
+    folder of error rows."""
+    out = tmp_path / "maps"
+    with pytest.raises(SystemExit) as stop:
+        main(["explain", "--model", str(checkpoint), *map(str, images), "--method", "shap",
+              "--shap-max-evals", "5", "--out", str(out)])
+    assert stop.value.code == 2
+    assert "argument --shap-max-evals: must be at least 10, got 5" in capsys.readouterr().err
+    # The API checks it too, before loading the model.
+    from dermalens.explain.batch import explain_files
+
+    with pytest.raises(ValueError, match="shap_max_evals must be at least 10, got 5"):
+        explain_files(checkpoint, list(map(str, images)), method="shap", shap_max_evals=5, out=out)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("command, option", [
     (["predict", "--batch-size", "0"], "--batch-size"), (["predict", "--batch-size", "-1"], "--batch-size"),
     (["export", "--parity-count", "0"], "--parity-count"), (["package", "--parity-count", "0"], "--parity-count"),

@@ -102,3 +102,21 @@ def test_the_explanation_check_refuses_ablation_cam_of_an_ensemble_before_any_wo
         script.main(["--model", str(checkpoint), "--data", str(tmp_path / "data"), "--methods", "gradcam,ablationcam",
                      "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_explain_refuses_ablation_cam_of_an_ensemble_once_before_any_image(tmp_path: Path, capsys):
+    """docs/explanations.md promises the refusal by name before any work; it came once per image, after each was
+    predicted, with the output folder made and an error row per image."""
+    from dermalens.cli import main
+
+    checkpoint = save_ensemble(LesionEnsemble(members(2, shared_stages=3), 3).eval(), tmp_path / "best.ckpt")
+    images = [tmp_path / f"lesion_{i}.jpg" for i in range(3)]
+    for path in images:
+        cv2.imwrite(str(path), np.full((64, 64, 3), 128, np.uint8))
+    out = tmp_path / "maps"
+    assert main(["explain", "--model", str(checkpoint), *map(str, images), "--method", "ablationcam",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("Ablation-CAM") == 1 and f"error: {checkpoint}: Ablation-CAM ablates" in err
+    assert "ensemble of 2 classifiers: use gradcam, gradcam++ or shap" in err
+    assert not out.exists()

@@ -24,15 +24,22 @@ def add_set_option(parser, example: str = "training.max_epochs=3", what: str = "
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"{what}, e.g. {example}")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (0 or less was taken as "the default" or failed later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number_at_least(minimum: int):
+    """argparse type: a whole number of at least `minimum`, refused at parse time, before any work."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+# A count of at least 1 (0 or less was taken as "the default" or failed later).
+positive_int = whole_number_at_least(1)
 
 
 def check_output_file(path: str | None, option: str) -> None:

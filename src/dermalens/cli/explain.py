@@ -6,8 +6,8 @@ import sys
 from ..classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from ..data.image_files import DEFAULT_EXCLUDE
 from ..explain.batch import DEFAULT_CAM_LAYER, DEFAULT_METHOD, DEFAULT_OUT
-from ..explain.names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS
-from .common import check_output_folder, positive_int
+from ..explain.names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHOD_LABELS, METHODS, MIN_SHAP_MAX_EVALS
+from .common import check_output_folder, whole_number_at_least
 
 
 def add_subcommand(subparsers) -> None:
@@ -31,8 +31,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--layer", default=DEFAULT_CAM_LAYER, choices=CAM_LAYERS,
                    help="Grad-CAM/Grad-CAM++ target layer: final (the map the head pools; 7x7 at 224 px) "
                         "or stride16 (the last stride-16 stage: 14x14 at 224 px, finer)")
-    p.add_argument("--shap-max-evals", type=positive_int, default=DEFAULT_SHAP_MAX_EVALS,
-                   help=f"model evaluations per image for shap (default {DEFAULT_SHAP_MAX_EVALS}): cost and detail")
+    p.add_argument("--shap-max-evals", type=whole_number_at_least(MIN_SHAP_MAX_EVALS), default=DEFAULT_SHAP_MAX_EVALS,
+                   help=f"model evaluations per image for shap (default {DEFAULT_SHAP_MAX_EVALS}, at least "
+                        f"{MIN_SHAP_MAX_EVALS}): cost and detail")
     p.add_argument("--exclude", action="append", metavar="GLOB",
                    help=f"skip folder files matching this pattern (default: {', '.join(DEFAULT_EXCLUDE)})")
     p.set_defaults(func=run)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..classes import RESEARCH_DISCLAIMER, class_index
 from ..data.image_files import DEFAULT_EXCLUDE, find_image_files
-from .names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHODS
+from .names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHODS, MIN_SHAP_MAX_EVALS
 
 SUMMARY_COLUMNS = ("image", "predicted_class", "predicted_probability", "target_class", "target_probability",
                    "method", "seconds", "centre_energy_share", "centroid_x", "centroid_y", "overlay", "raw_map", "error")
@@ -112,18 +112,28 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
     from .. import __version__
     from ..atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from ..evaluation.evaluate import git_commit
-    from ..inference.load import answering_and_pytorch
+    from ..inference.load import load_predictor, pytorch_predictor
     from ..inference.model_files import check_model_path
     from ..inference.prediction import read_rgb_image
     from .api import Explainer, save_overlay_png
 
-    # The probabilities shown are `dermalens predict`'s for the same image (its runtime, TTA and temperature),
-    # as the web app shows them; the map needs the PyTorch model's gradients.
-    answering, pytorch = answering_and_pytorch(check_model_path(model, needs_pytorch=True))
+    # Options are checked before any image: found per image, each gave one error (and an error row) per image.
+    if method == "shap" and shap_max_evals < MIN_SHAP_MAX_EVALS:
+        raise ValueError(f"shap_max_evals must be at least {MIN_SHAP_MAX_EVALS}, got {shap_max_evals}")
+    model_path = check_model_path(model, needs_pytorch=True)
+    pytorch = pytorch_predictor(model_path)   # the map needs the PyTorch model's gradients
     explainer = Explainer.from_predictor(pytorch, cam_layer=layer)
     if target_class is not None and target_class not in explainer.classes:
-        # Checked before any image: the model's class set is only known once it is loaded.
+        # The model's class set is only known once it is loaded.
         class_index(target_class, explainer.classes)   # raises, naming the classes and a likely meant one
+    refused = explainer.refusals([method])   # Ablation-CAM of an ensemble, by name
+    if refused:
+        raise ValueError(f"{model}: {refused[method]}")
+    # Only now the predictor that answers (it may export the model to ONNX first): the probabilities shown are
+    # `dermalens predict`'s for the same image (its runtime, TTA and temperature), as the web app shows them.
+    answering = load_predictor(model_path)
+    if hasattr(answering, "model"):   # PyTorch answers: one model kept in memory, not two
+        answering = pytorch
     images = find_image_files(inputs, tuple(exclude) if exclude else DEFAULT_EXCLUDE)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

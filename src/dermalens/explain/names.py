@@ -48,6 +48,7 @@ REGISTRY: dict[str, MethodEntry] = {entry.name: entry for entry in (
 METHODS = tuple(REGISTRY)
 METHOD_LABELS = {name: entry.label for name, entry in REGISTRY.items()}
 DEFAULT_SHAP_MAX_EVALS = 300
+MIN_SHAP_MAX_EVALS = 10   # shap's partition explainer needs this many evaluations for a map at all
 
 
 def check_method(method: str) -> str:

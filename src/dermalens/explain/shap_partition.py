@@ -21,7 +21,7 @@ import torch
 from ..data.preprocess import Preprocessing
 from ..data.transforms import preprocess_image
 from .base import Attribution, AttributionMethod, model_device, private_module_tree
-from .names import DEFAULT_SHAP_MAX_EVALS
+from .names import DEFAULT_SHAP_MAX_EVALS, MIN_SHAP_MAX_EVALS
 
 BLUR_FRACTION = 0.25   # the blur kernel's side as a fraction of the image side
 BATCH_SIZE = 50        # masked images per forward pass
@@ -66,8 +66,8 @@ class ShapPartitionExplainer(AttributionMethod):
     def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int, *,
                   max_evals: int | None = None) -> Attribution:
         max_evals = int(max_evals or self.max_evals)
-        if max_evals < 10:
-            raise ValueError(f"shap_max_evals must be at least 10, got {max_evals}")
+        if max_evals < MIN_SHAP_MAX_EVALS:
+            raise ValueError(f"shap_max_evals must be at least {MIN_SHAP_MAX_EVALS}, got {max_evals}")
         with self.lock:
             explainer = self.partition_explainer()
             explainer.masker.last_xid = None
