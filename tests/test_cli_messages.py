@@ -228,10 +228,13 @@ def test_a_shap_budget_below_ten_is_refused_before_any_image(checkpoint, images,
 @pytest.mark.parametrize("command, option", [
     (["predict", "--batch-size", "0"], "--batch-size"), (["predict", "--batch-size", "-1"], "--batch-size"),
     (["export", "--parity-count", "0"], "--parity-count"), (["package", "--parity-count", "0"], "--parity-count"),
+    (["export", "--calibration-count", "0"], "--calibration-count"),
+    (["export", "--calibration-count", "-2"], "--calibration-count"),
     (["explain", "--shap-max-evals", "0"], "--shap-max-evals"), (["train", "--folds", "0"], "--folds")])
 def test_counts_below_one_are_refused_by_argparse(command, option, capsys):
     """--batch-size -1 predicted nothing and exited 0; --parity-count 0 was an IndexError; --shap-max-evals 0
-    and --folds 0 were taken as the default."""
+    and --folds 0 were taken as the default; --calibration-count 0 dropped the given calibration images and -n
+    took all but n of them."""
     name, *rest = command
     positional = {"predict": ["--model", "best.ckpt", "x.jpg"], "export": ["best.ckpt"], "package": ["runs/x"],
                   "explain": ["--model", "best.ckpt", "x.jpg"], "train": []}[name]

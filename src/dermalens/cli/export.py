@@ -33,7 +33,8 @@ def add_subcommand(subparsers) -> None:
                    help="static: activation ranges calibrated on training images (default)")
     p.add_argument("--calibration-images", nargs="+", metavar="PATH",
                    help="images/folders/globs for int8 calibration (default: the run's training split)")
-    p.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT)
+    p.add_argument("--calibration-count", type=positive_int, default=DEFAULT_CALIBRATION_COUNT,
+                   help=f"at most this many int8 calibration images (default {DEFAULT_CALIBRATION_COUNT})")
     opsets = ", ".join(f"{opset} with {name}" for name, opset in DEFAULT_OPSET.items())
     p.add_argument("--opset", type=int, help=f"ONNX opset (default {opsets})")
     p.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
