@@ -334,6 +334,28 @@ def test_an_unusable_cache_falls_back_to_pytorch_in_one_line_naming_it(checkpoin
     assert a_file.read_text() == "keep me"
 
 
+def test_export_web_refuses_the_options_of_an_onnx_file_by_name(checkpoint, tmp_path, monkeypatch, capsys):
+    """--web wrote its page and silently ignored --quantize, --out, --exporter, --opset, --parity-*, --tolerance."""
+    from dermalens.inference import web_export
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the page was written")
+
+    monkeypatch.setattr(web_export, "write_web_bundle", not_reached)
+    page = tmp_path / "page"
+    web = ["export", str(checkpoint), "--web", str(page)]
+    assert main([*web, "--quantize", "int8"]) == 2
+    assert "--web writes a page with its own export; --quantize applies only to an .onnx file: leave it out" \
+        in capsys.readouterr().err
+    # A given option is refused even at its default value: the user asked for it.
+    assert main([*web, "--out", str(tmp_path / "m.onnx"), "--exporter", "dynamo", "--opset", "18",
+                 "--parity-images", str(tmp_path), "--parity-count", "4", "--tolerance", "1e-3",
+                 "--calibration-count", "8"]) == 2
+    assert ("--out, --calibration-count, --opset, --exporter, --parity-images, --parity-count, --tolerance apply "
+            "only to an .onnx file: leave them out") in capsys.readouterr().err
+    assert not page.exists()
+
+
 def test_python_dash_m_dermalens_is_the_command_line():
     import subprocess
     import sys

@@ -29,27 +29,55 @@ def add_subcommand(subparsers) -> None:
                    "model in the browser (ONNX Runtime Web; the photo never leaves the device; open OUT/index.html "
                    "from disk or put OUT on any static host)")
     p.add_argument("--quantize", choices=["int8"], help="write an int8 model (accuracy changes: measure it)")
-    p.add_argument("--quantize-method", choices=QUANTIZE_METHODS, default=DEFAULT_QUANTIZE_METHOD,
+    p.add_argument("--quantize-method", choices=QUANTIZE_METHODS,
                    help="static: activation ranges calibrated on training images (default)")
     p.add_argument("--calibration-images", nargs="+", metavar="PATH",
                    help="images/folders/globs for int8 calibration (default: the run's training split)")
-    p.add_argument("--calibration-count", type=positive_int, default=DEFAULT_CALIBRATION_COUNT,
+    p.add_argument("--calibration-count", type=positive_int,
                    help=f"at most this many int8 calibration images (default {DEFAULT_CALIBRATION_COUNT})")
     opsets = ", ".join(f"{opset} with {name}" for name, opset in DEFAULT_OPSET.items())
     p.add_argument("--opset", type=int, help=f"ONNX opset (default {opsets})")
-    p.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
-                   help="torch.onnx exporter: torch.export-based (default) or the legacy TorchScript one")
+    p.add_argument("--exporter", choices=EXPORTERS,
+                   help=f"torch.onnx exporter: torch.export-based ({DEFAULT_EXPORTER}, the default) or the legacy "
+                        f"TorchScript one")
     p.add_argument("--parity-images", nargs="+", metavar="PATH",
                    help="images/folders/globs for the parity check (default: the HAM10000 sample images)")
-    p.add_argument("--parity-count", type=positive_int, default=DEFAULT_PARITY_COUNT, help="at most this many parity images")
-    p.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="max |p_onnx - p_torch| accepted")
+    p.add_argument("--parity-count", type=positive_int,
+                   help=f"at most this many parity images (default {DEFAULT_PARITY_COUNT})")
+    p.add_argument("--tolerance", type=float,
+                   help=f"max |p_onnx - p_torch| accepted (default {PARITY_TOLERANCE:g})")
     p.set_defaults(func=run)
+
+
+# What shapes the .onnx file, by argparse dest: none of it applies to --web, which makes its own export. Their
+# argparse default is None so that a given option can be told from an unset one (--web ignored them silently).
+ONNX_FILE_OPTIONS = {"out": "--out", "quantize": "--quantize", "quantize_method": "--quantize-method",
+                     "calibration_images": "--calibration-images", "calibration_count": "--calibration-count",
+                     "opset": "--opset", "exporter": "--exporter", "parity_images": "--parity-images",
+                     "parity_count": "--parity-count", "tolerance": "--tolerance"}
+ONNX_FILE_DEFAULTS = {"quantize_method": DEFAULT_QUANTIZE_METHOD, "calibration_count": DEFAULT_CALIBRATION_COUNT,
+                      "exporter": DEFAULT_EXPORTER, "parity_count": DEFAULT_PARITY_COUNT,
+                      "tolerance": PARITY_TOLERANCE}
+
+
+def check_web_options(args) -> None:
+    """ValueError naming the .onnx-file options given with --web, before any work."""
+    given = [option for dest, option in ONNX_FILE_OPTIONS.items() if getattr(args, dest) is not None]
+    if given:
+        raise ValueError(f"--web writes a page with its own export; {', '.join(given)} "
+                         f"{'applies' if len(given) == 1 else 'apply'} only to an .onnx file: leave "
+                         f"{'it' if len(given) == 1 else 'them'} out, or write the .onnx file without --web")
 
 
 def run(args) -> int:
     from ..inference.export_job import describe_export, export_with_calibration
     from ..models.hub_reference import is_hub_reference, resolve_model_reference
 
+    if args.web:
+        check_web_options(args)   # before the Hub reference below sets --out
+    for dest, default in ONNX_FILE_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
     if is_hub_reference(args.checkpoint) and not args.out:   # never write into the Hugging Face cache
         args.out = f"{args.checkpoint.partition('@')[0].rsplit('/', 1)[-1]}.onnx"
     args.checkpoint = resolve_model_reference(args.checkpoint)
