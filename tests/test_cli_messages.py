@@ -225,6 +225,21 @@ def test_a_shap_budget_below_ten_is_refused_before_any_image(checkpoint, images,
     assert not out.exists()
 
 
+def test_explain_records_the_layer_the_method_used(checkpoint, images, tmp_path):
+    """--method ablationcam --layer stride16 recorded cam_layer "stride16"; Ablation-CAM always uses the final map."""
+    import json
+
+    from dermalens.explain.api import Explainer
+
+    for method, layer in [("ablationcam", "final"), ("gradcam", "stride16")]:
+        out = tmp_path / method
+        assert main(["explain", "--model", str(checkpoint), str(images[0]), "--method", method,
+                     "--layer", "stride16", "--out", str(out)]) == 0
+        assert json.loads((out / "summary.json").read_text())["settings"]["cam_layer"] == layer, method
+    explainer = Explainer.from_checkpoint(checkpoint, cam_layer="stride16")
+    assert explainer.method("shap").layer_used is None
+
+
 @pytest.mark.parametrize("command, option", [
     (["predict", "--batch-size", "0"], "--batch-size"), (["predict", "--batch-size", "-1"], "--batch-size"),
     (["export", "--parity-count", "0"], "--parity-count"), (["package", "--parity-count", "0"], "--parity-count"),

@@ -30,7 +30,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--layer", default=DEFAULT_CAM_LAYER, choices=CAM_LAYERS,
                    help="Grad-CAM/Grad-CAM++ target layer: final (the map the head pools; 7x7 at 224 px) "
-                        "or stride16 (the last stride-16 stage: 14x14 at 224 px, finer)")
+                        "or stride16 (the last stride-16 stage: 14x14 at 224 px, finer). Only these two methods "
+                        "take it: Ablation-CAM always uses final, SHAP no layer; summary.json records the layer "
+                        "used")
     p.add_argument("--shap-max-evals", type=whole_number_at_least(MIN_SHAP_MAX_EVALS), default=DEFAULT_SHAP_MAX_EVALS,
                    help=f"model evaluations per image for shap (default {DEFAULT_SHAP_MAX_EVALS}, at least "
                         f"{MIN_SHAP_MAX_EVALS}): cost and detail")

@@ -51,6 +51,12 @@ class AttributionMethod:
         self.temperature = float(temperature)   # the model's calibration: softmax(logits / temperature)
         self.cam_layer = cam_layer               # names.CAM_LAYERS; methods that read no layer ignore it
 
+    @property
+    def layer_used(self) -> str | None:
+        """The layer (names.CAM_LAYERS) this method's maps come from; None for a method that reads no layer.
+        What a record of an explanation names: the layer asked for is not always the one used."""
+        return None
+
     def attribute(self, image: np.ndarray, input_tensor: torch.Tensor, class_index: int, *,
                   max_evals: int | None = None) -> Attribution:
         """image: RGB uint8 at the model's input size; input_tensor: that image preprocessed, (1, 3, S, S).

@@ -166,7 +166,8 @@ def explain_files(model: str | Path, inputs: Sequence[str], *, method: str = DEF
         "settings": {
             "model": str(model), "method": method, "target_class": target_class,
             "shap_max_evals": shap_max_evals if method == "shap" else None,
-            "cam_layer": layer, "runtime": answering.runtime, "temperature": explainer.temperature,
+            "cam_layer": explainer.method(method).layer_used,   # Ablation-CAM: always final; SHAP: none
+            "runtime": answering.runtime, "temperature": explainer.temperature,
             "preprocessing": explainer.preprocessing.to_dict(),
             "dermalens_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -85,6 +85,10 @@ class CamMethod(AttributionMethod):
         self.lock = threading.Lock()
         target_layers(self.view, cam_layer)   # an unknown layer fails here, not at the first request
 
+    @property
+    def layer_used(self) -> str:
+        return self.cam_layer   # Ablation-CAM sets "final", whatever was asked for
+
     def build_cam(self) -> BaseCAM:
         return self.cam_class(model=self.view, target_layers=target_layers(self.view, self.cam_layer))
 
