@@ -303,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     correct = [labels.get(i) == r["target_class"] for i, r in ((r["image"], r) for r in records if r["method"] == methods[0])]
     atomic_write_json(out / "sanity.json", {
         "settings": {"model": str(args.model), "data": str(data / SAMPLE_DIR), "methods": methods,
-                     "shap_max_evals": args.shap_max_evals, "seed": args.seed, "cam_layer": args.layer,
+                     "shap_max_evals": args.shap_max_evals, "seed": args.seed,
+                     # the layer each method read (Ablation-CAM always the final one, SHAP none), not the one asked for
+                     "cam_layer": {m: explainer.method(m).layer_used for m in methods},
                      "deletion_fractions": list(metrics.DELETION_FRACTIONS), "deletion_fill": "road (no noise)" if args.fill == "road" else "mean colour",
                      "preprocessing": explainer.preprocessing.to_dict(), "temperature": explainer.temperature,
                      "dermalens_version": __version__, "git_commit": git_commit(),

@@ -120,3 +120,26 @@ def test_explain_refuses_ablation_cam_of_an_ensemble_once_before_any_image(tmp_p
     assert err.count("Ablation-CAM") == 1 and f"error: {checkpoint}: Ablation-CAM ablates" in err
     assert "ensemble of 2 classifiers: use gradcam, gradcam++ or shap" in err
     assert not out.exists()
+
+
+def test_the_explanation_check_records_the_layer_each_method_read(tmp_path: Path):
+    """sanity.json named the --layer asked for, though Ablation-CAM always reads the final layer."""
+    import json
+
+    from dermalens.models.checkpoint import save_classifier
+
+    model = members(1)[0]
+    checkpoint = save_classifier(model, {"classes": ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"],
+                                         "model_config": {**vars(model.config)},
+                                         "preprocessing": model.preprocessing.to_dict()}, tmp_path / "best.ckpt")
+    sample = tmp_path / "data" / "ham10000_sample"
+    sample.mkdir(parents=True)
+    cv2.imwrite(str(sample / "ISIC_0000001.jpg"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    cv2.imwrite(str(sample / "ISIC_0000001_segmentation.png"), mask)
+    script = load_script("explanation_sanity")
+    script.main(["--model", str(checkpoint), "--data", str(tmp_path / "data"), "--methods", "gradcam,ablationcam",
+                 "--layer", "stride16", "--examples", "1", "--out", str(tmp_path / "out")])
+    settings = json.loads((tmp_path / "out" / "sanity.json").read_text())["settings"]
+    assert settings["cam_layer"] == {"gradcam": "stride16", "ablationcam": "final"}
