@@ -230,6 +230,54 @@ def test_model_card_states_licence_disclaimer_split_metrics_and_limits(package, 
     assert f"dermalens predict --model {package.name}" in card
 
 
+def test_model_card_says_what_the_model_is_how_it_decides_and_where_it_was_fitted(config):
+    """The card called an ensemble of five one classifier, said the temperature was fitted on validation when
+    it was fitted out of fold, never named the decision rule its headline figures came from, and claimed
+    lesion-grouped splits and seven HAM10000 classes whatever the data."""
+    import copy
+
+    from dermalens.models.model_card import render_model_card
+
+    ensemble = copy.deepcopy(config)
+    ensemble["ensemble"] = {"members": 5, "shared_trunk_stages": 4}
+    ensemble["calibration_fitted_on"] = "out-of-fold predictions (5063 images)"
+    ensemble["training"]["monitor"] = None
+    ensemble["tta"] = True
+    ensemble["decision"] = {"objective": "balanced accuracy, accuracy kept", "fitted_on": "out-of-fold predictions",
+                            "class_bias": {code: (0.7 if code == "akiec" else 0.0) for code in config["classes"]},
+                            "melanoma_operating_point": {"threshold": 0.156, "specificity": 0.8, "sensitivity": 0.86,
+                                                         "fitted_on": "out-of-fold predictions"}}
+    test = ensemble["test_metrics"]
+    test["decision_rule"] = ensemble["decision"]
+    test["raw_argmax"] = {"balanced_accuracy": 0.5123, "accuracy": 0.7, "macro_f1": 0.4, "ci95": {}}
+    card = render_model_card(ensemble, "model")
+    assert "# dermalens lesion classifier: ensemble of 5 x " in card
+    assert "5 such models (the fold models of a lesion-grouped cross-validation) answer as one" in card
+    assert "no checkpoint chosen on a validation metric" in card and "chosen on `None`" not in card
+    assert "fitted on out-of-fold predictions (5063 images) with flip" in card and "validation split" not in card
+    assert "akiec +0.70" in card and "P(mel) >= 0.156" in card and "| balanced accuracy, raw argmax | 0.512 |" in card
+    assert "mean of the four flipped views' logits / T" in card
+
+    other = copy.deepcopy(config)
+    other["classes"] = ["mel", "nv"]
+    other["training"]["split_method"] = "split per image (no lesion ids): photos of one lesion may sit in different splits"
+    card = render_model_card(other, "model")
+    assert "into 2 classes (mel, nv)" in card and "seven HAM10000" not in card
+    assert "never in two splits" not in card
+    assert "never in two splits" in render_model_card(config, "model")   # this run's split is lesion-grouped
+
+
+def test_the_data_licence_is_stated_at_packaging(run_dir, tmp_path, capsys):
+    """The card said to state a folder's licence "here", but editing the card breaks its checksum."""
+    out = tmp_path / "licensed"
+    assert main(["package", str(run_dir), "--out", str(out), "--data-licence", "CC BY 4.0 (our clinic's photos)"]) == 0
+    written = json.loads((out / CONFIG_FILE).read_text())
+    assert written["training"]["data_licence"] == "CC BY 4.0 (our clinic's photos)"
+    assert "- Licence: CC BY 4.0 (our clinic's photos)" in (out / CARD_FILE).read_text()
+    assert main(["package", str(run_dir), "--out", str(tmp_path / "x"), "--data-licence", " "]) == 2
+    assert "--data-licence is empty" in capsys.readouterr().err
+
+
 def test_explain_serve_and_export_take_the_package(package, config, checkpoint, images, tmp_path):
     from dermalens.explain.api import Explainer
     from dermalens.serving.app import create_app

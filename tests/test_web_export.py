@@ -252,3 +252,14 @@ def test_export_web_command_and_refusals(runtime, checkpoint, bundle, tmp_path, 
     with pytest.raises(WebExportError, match="top_k"):
         write_web_bundle(checkpoint, tmp_path / "other", top_k=0)
     assert not (tmp_path / "other").exists()
+
+
+def test_the_page_names_an_ensemble_as_one():
+    """The page called a five-member ensemble "tf_efficientnet_lite0 + CBAM"."""
+    from dermalens.inference.web_export import model_name
+
+    config = {"backbone": "tf_efficientnet_lite0", "cbam": True}
+    assert model_name("tf_efficientnet_lite0", config, '{"members": 5, "shared_trunk_stages": 4}') == \
+        "ensemble of 5 x tf_efficientnet_lite0 + CBAM"
+    assert model_name("tf_efficientnet_lite0", config, {"members": 3}) == "ensemble of 3 x tf_efficientnet_lite0 + CBAM"
+    assert model_name("tf_efficientnet_lite0", config, None) == "tf_efficientnet_lite0 + CBAM"

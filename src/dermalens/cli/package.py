@@ -18,6 +18,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--out", help="folder to write (default: RUN/package); built beside it and renamed when complete")
     p.add_argument("--checkpoint", default="best", help="best (default) | last | path to a .ckpt inside this run folder (another run's is refused)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at --out")
+    p.add_argument("--data-licence", metavar="TEXT",
+                   help="the training images' licence, for the card and config.json (a folder of your own images: "
+                        "dermalens cannot know it; the package's checksums forbid adding it by hand later)")
     p.add_argument("--parity-images", nargs="+", metavar="PATH",
                    help="images/folders/globs for the ONNX parity check (default: the HAM10000 sample images)")
     p.add_argument("--parity-count", type=positive_int, default=DEFAULT_PARITY_COUNT, help="at most this many parity images")
@@ -35,7 +38,10 @@ def run(args) -> int:
     from ..models.package import package_run
     from ..models.package_reader import ONNX_FILE, WEIGHTS_FILE
 
+    if args.data_licence is not None and not args.data_licence.strip():
+        raise ValueError("--data-licence is empty: give the licence of the training images")
     folder = package_run(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite,
+                         data_licence=args.data_licence,
                          export_onnx=onnx_writer(args.exporter, args.parity_images, args.parity_count))
     sizes = ", ".join(f"{name} {(folder / name).stat().st_size / 1e6:.1f} MB" for name in (WEIGHTS_FILE, ONNX_FILE))
     print(f"wrote {folder}/: config.json, {sizes}, MODEL_CARD.md, SHA256SUMS\n"

@@ -131,6 +131,18 @@ def _decision_record(predictor: OnnxPredictor, model: Path) -> dict | None:
             "melanoma_specificity": None if melanoma is None else melanoma.specificity}
 
 
+def model_name(backbone: str, model_config: dict, ensemble) -> str:
+    """What the page calls the model: an ensemble says how many members answer as one."""
+    name = f"{backbone} + CBAM" if model_config.get("cbam") else backbone
+    if isinstance(ensemble, str):   # ONNX metadata carries it as JSON text
+        try:
+            ensemble = json.loads(ensemble)
+        except ValueError:
+            ensemble = None
+    members = ensemble.get("members") if isinstance(ensemble, dict) else None
+    return f"ensemble of {members} x {name}" if members else name
+
+
 def web_record(predictor: OnnxPredictor, decision: dict | None, model_sha256: str, top_k: int | None = None) -> dict:
     """What the page applies, and shows about the model: one JSON document, also saved as preprocessing.json."""
     pre = predictor.preprocessing
@@ -156,7 +168,7 @@ def web_record(predictor: OnnxPredictor, decision: dict | None, model_sha256: st
         "temperature": float(predictor.temperature),
         "decision": decision,
         "top_k": top_k,
-        "model": {"name": f"{backbone} + CBAM" if model_config.get("cbam") else backbone,
+        "model": {"name": model_name(backbone, model_config, meta.get("ensemble")),
                   "version": meta.get("version"), "epoch": meta.get("epoch"),
                   # The file's name only: a page is shared, and a folder of the training machine says nothing.
                   "checkpoint": Path(meta["checkpoint"]).name if meta.get("checkpoint") else None,

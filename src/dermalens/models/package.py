@@ -60,12 +60,13 @@ DATA_SOURCES = {
     "dermamnist": {"title": f"DermaMNIST (MedMNIST v2, Yang et al., Sci Data 2023): {_HAM10000} at 28 px",
                    "licence": _NON_COMMERCIAL, "hub_licence": "cc-by-nc-sa-4.0"},
     "folder": {"title": "a folder of images, one subfolder per class",
-               "licence": "unknown to dermalens: the licence of those images binds these weights; state it here "
-                          "before sharing them", "hub_licence": "other"},
+               "licence": "unknown to dermalens: the licence of those images binds these weights; state it before "
+                          "sharing them (`dermalens package RUN --data-licence TEXT`)", "hub_licence": "other"},
     "synthetic": {"title": "GENERATED images (data.format=synthetic), NOT REAL lesions",
                   "licence": "none (generated data)", "hub_licence": "other"},
 }
-_UNKNOWN_SOURCE = {"title": "unknown", "licence": "unknown: check the training data's licence before sharing",
+_UNKNOWN_SOURCE = {"title": "unknown", "licence": "unknown: check the training data's licence before sharing "
+                                                  "(`dermalens package RUN --data-licence TEXT` states it)",
                    "hub_licence": "other"}
 
 
@@ -164,8 +165,11 @@ def read_test_metrics(run_dir: Path, checkpoint: Path, epoch: int | None) -> dic
 
 
 def build_config(meta: dict, calibration: dict, checkpoint: Path, run_config: dict, test: dict | None,
-                 onnx: dict | None) -> dict:
-    """config.json: everything needed to rebuild, preprocess, calibrate and judge the model."""
+                 onnx: dict | None, data_licence: str | None = None) -> dict:
+    """config.json: everything needed to rebuild, preprocess, calibrate and judge the model.
+
+    data_licence: the training images' licence as the packager states it (the card and config.json are
+    checksummed, so it cannot be added by editing them afterwards); None: what dermalens knows of the data."""
     context = (test or {}).get("context", {})
     data = run_config.get("data", {})
     dataset = data.get("format") if data.get("format") not in (None, "auto") else None
@@ -197,7 +201,7 @@ def build_config(meta: dict, calibration: dict, checkpoint: Path, run_config: di
         "training": {
             "dataset": dataset,
             "data": source["title"],
-            "data_licence": source["licence"],
+            "data_licence": data_licence.strip() if data_licence else source["licence"],
             "hub_licence": source["hub_licence"],
             "synthetic_data": bool(context.get("synthetic_data", dataset == "synthetic")),
             "split_method": context.get("split_method"),
@@ -220,7 +224,7 @@ def build_config(meta: dict, calibration: dict, checkpoint: Path, run_config: di
 
 def package_run(run_dir: str | Path, out: str | Path | None = None, *, checkpoint: str | Path = "best",
                 export_onnx: Callable[[Path, Path, Callable[[Any], Any]], dict] | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, data_licence: str | None = None) -> Path:
     """Write the model folder of a run (default RUN/package); returns its path.
 
     export_onnx(checkpoint, destination, strip) writes model.onnx and returns
@@ -257,7 +261,8 @@ def package_run(run_dir: str | Path, out: str | Path | None = None, *, checkpoin
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(staging / WEIGHTS_FILE), metadata={"format": "pt", "dermalens": PACKAGE_FORMAT})
         onnx = strip(export_onnx(checkpoint_path, staging / ONNX_FILE, strip)) if export_onnx else None
-        config = strip(to_jsonable(build_config(meta, calibration, checkpoint_path, run_config, test, onnx)))
+        config = strip(to_jsonable(build_config(meta, calibration, checkpoint_path, run_config, test, onnx,
+                                                       data_licence)))
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
         (staging / CARD_FILE).write_text(render_model_card(config, out.name))
         check_no_local_paths(staging, local_paths)
