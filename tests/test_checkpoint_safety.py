@@ -153,3 +153,32 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_checkpoint_of_another_version_or_with_weights_missing_is_named(tmp_path, capsys):
+    """Both ended in a TypeError or RuntimeError traceback that did not name the file (predict, package, export)."""
+    from dermalens.models.checkpoint import CHECKPOINT_KEY, save_classifier
+    from dermalens.models.classifier import create_classifier
+
+    model = create_classifier(backbone="tf_efficientnet_lite0", image_size=32, pretrained="none", num_classes=7)
+    meta = {"classes": ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"], "model_config": {**vars(model.config)},
+            "preprocessing": model.preprocessing.to_dict()}
+    newer = save_classifier(model, {**meta, "model_config": {**meta["model_config"], "stochastic_depth_mode": "x"}},
+                            tmp_path / "newer.ckpt")
+    with pytest.raises(CheckpointError, match=r"newer\.ckpt: its model settings cannot be read by dermalens .*"
+                                              r"stochastic_depth_mode"):
+        load_classifier(newer)
+    good = save_classifier(model, meta, tmp_path / "good.ckpt")
+    checkpoint = torch.load(good, weights_only=True)
+    del checkpoint["state_dict"]["model.head.weight"]
+    torch.save(checkpoint, tmp_path / "partial.ckpt")
+    assert CHECKPOINT_KEY in checkpoint
+    with pytest.raises(CheckpointError, match=r"partial\.ckpt: its weights do not fit the model it describes "
+                                              r"\(Missing key\(s\) in state_dict: \"head\.weight\""):
+        load_classifier(tmp_path / "partial.ckpt")
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (120, 80, 60)).save(image)
+    assert main(["predict", "--model", str(newer), "--runtime", "pytorch", str(image)]) == 2
+    assert "newer.ckpt: its model settings cannot be read" in capsys.readouterr().err

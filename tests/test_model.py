@@ -78,6 +78,19 @@ def test_weights_file_for_another_architecture_is_refused(tmp_path):
     assert torch.equal(other.backbone.conv_stem.weight, lite.backbone.conv_stem.weight)
 
 
+def test_a_weights_file_that_is_no_weights_is_named(tmp_path):
+    """A text file or JSON given as model.pretrained ended in a KeyError or UnpicklingError traceback."""
+    lite = create_classifier(backbone="tf_efficientnet_lite0", image_size=64, pretrained="none")
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes\.pth \(model\.pretrained\) is not a PyTorch weights file"):
+        load_weights_file(lite.backbone, text)
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(ValueError, match=r"tensor\.pth \(model\.pretrained\) holds a Tensor, not a state dict"):
+        load_weights_file(lite.backbone, tensor)
+
+
 def test_missing_pretrained_weights_warn_loudly(monkeypatch):
     # HF_HUB_OFFLINE is set by conftest, so timm fails fast and we must say so.
     with pytest.warns(PretrainedWeightsWarning, match="RANDOM weights"):

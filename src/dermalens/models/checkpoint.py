@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .. import __version__
 from ..atomic_io import atomic_write_bytes
 from ..classes import validate_class_set
 from ..data.preprocess import Preprocessing
@@ -95,7 +96,11 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     trust: allow full unpickling of a checkpoint that needs it (`load_checkpoint_dict`)."""
     checkpoint = read_checkpoint_metadata(path, trust)
     meta = dict(checkpoint[CHECKPOINT_KEY])
-    config = ModelConfig(**meta["model_config"])
+    try:
+        config = ModelConfig(**meta["model_config"])
+    except (KeyError, TypeError) as error:   # written by another dermalens version, or damaged
+        raise CheckpointError(f"{path}: its model settings cannot be read by dermalens {__version__} ({error}); "
+                              "a checkpoint from a newer dermalens needs that version") from None
     try:
         meta["classes"] = list(validate_class_set(meta.get("classes") or (), f"{path}: the saved class list",
                                                   num_outputs=config.num_classes))
@@ -104,8 +109,12 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     # An ensemble of fold models (models/ensemble.py) says so in its metadata; a single classifier does not.
     model = build_ensemble(config, meta["ensemble"]) if meta.get("ensemble") else create_classifier(
         config, load_pretrained=False)
-    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
+    state = {k[len("model."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:   # missing, extra or misshapen weights: never half-load a model
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise CheckpointError(f"{path}: its weights do not fit the model it describes ({first[:300]})") from None
     model.weights_source = f"checkpoint:{Path(path).name}"
     meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"])
     meta["checkpoint"] = str(path)

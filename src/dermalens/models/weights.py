@@ -131,7 +131,14 @@ def load_weights_file(backbone: nn.Module, path: Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # torch raises pickle's, zip's or its own errors for a file that is no weights
+        raise ValueError(f"pretrained weights file {path} (model.pretrained) is not a PyTorch weights file: "
+                         f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"pretrained weights file {path} (model.pretrained) holds a {type(raw).__name__}, not a "
+                         "state dict")
     state = _extract_backbone_state(raw, backbone)
     expected = backbone.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith("classifier")}
