@@ -129,6 +129,15 @@ def test_a_port_in_use_is_one_line_naming_it(capsys):
                            f"serve still running?): choose another with --port, or --port 0 for any free port")
 
 
+def test_every_error_of_the_usage_kind_ends_with_exit_status_2(tmp_path, capsys):
+    """docs/troubleshooting.md says errors end with status 2; a bad server limit and evaluate without its
+    inputs ended with 1 (as did a misspelt config name and a resume of a missing folder: tests/test_runs.py)."""
+    assert main(["serve", "--model", "model.ckpt", "--queue-timeout", "inf"]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", "x.ckpt"]) == 2
+    assert "error: give --run RUN_DIR, or --checkpoint FILE with --data PATH" in capsys.readouterr().err
+
+
 def test_a_class_folder_read_as_ham10000_says_what_it_looks_like(tmp_path, capsys):
     data = tmp_path / "my_folder"
     for code in ("mel", "nv"):

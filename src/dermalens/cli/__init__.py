@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 130
-    except UnknownConfigName as error:   # as for a misspelled option: argparse's way out, the shipped names listed
-        raise SystemExit(f"error: {error}") from None
+    except UnknownConfigName as error:   # as for a misspelled option (argparse's exit status 2), the names listed
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     # OSError: a file or folder that cannot be read or written (it names the path); the commands check
     # their outputs before the work, so this is the last resort, not the usual answer.
     except (ConfigError, BadDataError, CheckpointError, OSError, LesionLeakageError, ValueError) as error:

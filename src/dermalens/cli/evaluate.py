@@ -1,7 +1,7 @@
 """`dermalens evaluate`: score a checkpoint; writes only into its own output folder."""
 from __future__ import annotations
 
-from ..config import EvaluationSection
+from ..config import ConfigError, EvaluationSection
 from .common import add_data_options, add_set_option, check_output_folder, setting_choices
 
 
@@ -31,7 +31,7 @@ def run(args) -> int:
     from ..evaluation.targets import evaluate_target
 
     if not args.run and not (args.checkpoint and args.data):
-        raise SystemExit("error: give --run RUN_DIR, or --checkpoint FILE with --data PATH")
+        raise ConfigError("give --run RUN_DIR, or --checkpoint FILE with --data PATH")
     check_output_folder(args.out, "--out")
     if args.checkpoint and not args.run:
         from ..models.hub_reference import resolve_model_reference

@@ -56,11 +56,8 @@ def run(args) -> int:
     from ..serving.launch import serve
 
     args.model = resolve_model_reference(args.model)
-    try:
-        limits = Limits(args.predict_slots, args.predict_queue, args.explain_slots, args.explain_queue,
-                        args.queue_timeout, args.explain_timeout)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    limits = Limits(args.predict_slots, args.predict_queue, args.explain_slots, args.explain_queue,
+                    args.queue_timeout, args.explain_timeout)   # a ValueError names the limit: exit status 2
     serve(args.model, host=args.host, port=args.port, threads=args.threads, max_upload_mb=args.max_upload_mb,
           max_megapixels=args.max_megapixels, torch_threads=args.torch_threads, runtime=args.runtime, limits=limits)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..config import ConfigError
 from .common import add_data_options, add_set_option, check_output_folder, positive_int
 
 
@@ -41,10 +42,10 @@ def run(args) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
-            raise SystemExit(f"error: cannot resume: no run folder at {run_dir}")
+            raise ConfigError(f"cannot resume: no run folder at {run_dir}")
         ignored = [option for option, value in (("--config", args.config), ("--run-dir", args.run_dir)) if value]
         if ignored:   # they were silently ignored: the run goes on with its own config.yaml, in its own folder
-            raise SystemExit(f"error: --resume continues {run_dir} with its own config.yaml in its own folder; "
+            raise ConfigError(f"--resume continues {run_dir} with its own config.yaml in its own folder; "
                              f"drop {' and '.join(ignored)} (change a setting with --set)")
         given = {key: str(value) for key, value in (("path", args.data), ("format", args.format)) if value}
         result = run_training(run_dir=run_dir, resume=True, overrides=overrides,
