@@ -348,8 +348,56 @@ def flat_settings(config: dict) -> dict:
     return dict(_leaves(config))
 
 
+# What training logs for the validation split (training/module.py; a test keeps the two lists equal): the
+# metrics best.ckpt, early stopping and the plateau scheduler can follow.
+MONITORED_METRICS = ("val/loss", "val/accuracy", "val/balanced_accuracy", "val/macro_f1", "val/auc_macro")
+
+
+def _max_time_as_written(value):
+    """YAML 1.1 reads an unquoted 12:00:00:00 as a base-60 integer (2592000): give back the DD:HH:MM:SS."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return value
+    parts = []
+    while value:
+        value, part = divmod(value, 60)
+        parts.append(part)
+    if len(parts) > 4:
+        return value
+    parts += [0] * (4 - len(parts))
+    return ":".join(f"{part:02d}" for part in reversed(parts))
+
+
+def _check_training_limits(training: dict) -> None:
+    """Settings that would train nothing, or ask Lightning for what it refuses, named before any folder."""
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = training[key]
+        if value is None:
+            continue
+        smallest = 0 if key == "limit_val_batches" else None
+        if isinstance(value, float) and not (0 < value <= 1 or (value == 0 and smallest == 0)):
+            raise ConfigError(f"config key 'training.{key}' must be a fraction in (0, 1] or a number of batches, "
+                              f"got {value!r}")
+        if isinstance(value, int) and (value < 0 or (value == 0 and smallest is None)):
+            raise ConfigError(f"config key 'training.{key}' must be a positive number of batches (or a fraction), "
+                              f"got {value!r}")
+    if training["monitor"] is not None and training["limit_val_batches"] == 0:
+        raise ConfigError(f"training.limit_val_batches=0 runs no validation, which training.monitor "
+                          f"({training['monitor']}) follows: set training.monitor=null or validate")
+    if training["monitor"] is not None and training["monitor"] not in MONITORED_METRICS:
+        raise ConfigError(f"config key 'training.monitor' must be null or one of {', '.join(MONITORED_METRICS)}, "
+                          f"got {training['monitor']!r}")
+    decay = training["ema_decay"]
+    if decay is not None and not 0 < decay < 1:
+        raise ConfigError(f"config key 'training.ema_decay' must be in (0, 1) or null, got {decay!r}")
+    every = training["checkpoint_every_n_steps"]
+    if every is not None and every < 1:
+        raise ConfigError(f"config key 'training.checkpoint_every_n_steps' must be positive or null, got {every!r}")
+
+
 def validate_config(config: dict) -> dict:
     """Types and ranges of every key; ConfigError names the key, the value and what was expected."""
+    if isinstance(config.get("training"), dict) and "max_time" in config["training"]:
+        config["training"]["max_time"] = _max_time_as_written(config["training"]["max_time"])
     for key, value in _leaves(config):
         if key not in _SPECS:   # _merge refuses these; a config built by hand may still hold one
             raise ConfigError(f"unknown config key '{key}'")
@@ -384,6 +432,19 @@ def validate_config(config: dict) -> dict:
     if max_time is not None and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", max_time.strip()):
         raise ConfigError(f"config key 'training.max_time' must be DD:HH:MM:SS (e.g. \"00:01:00:00\" for one hour), "
                           f"got {max_time!r}")
+    if max_time is not None and not any(int(part) for part in max_time.strip().split(":")):
+        raise ConfigError(f"config key 'training.max_time' is {max_time!r}: no time to train; give a budget or null")
+    _check_training_limits(config["training"])
+    seed = config["seed"]
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"config key 'seed' must be in [0, 2^32), got {seed!r}")
+    alpha = config["loss"]["alpha"]
+    if isinstance(alpha, str) and alpha not in ("inverse", "inverse_sqrt"):
+        raise ConfigError(f"config key 'loss.alpha' must be inverse, inverse_sqrt, a list of numbers or null, "
+                          f"got {alpha!r}")
+    if isinstance(alpha, list) and not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a >= 0
+                                           for a in alpha):
+        raise ConfigError(f"config key 'loss.alpha' must list a non-negative number per class, got {alpha!r}")
     weight = config["training"]["distillation_weight"]
     if not 0 <= weight <= 1:
         raise ConfigError(f"config key 'training.distillation_weight' must be in [0, 1], got {weight!r}")
@@ -403,8 +464,8 @@ def dump_config(config: dict) -> str:
 # Settings that change what a model learns: two runs that differ in any of them trained two recipes.
 RECIPE_SECTIONS = ("model", "augmentation", "sampler", "loss", "optimizer", "scheduler")
 RECIPE_TRAINING_KEYS = ("max_epochs", "batch_size", "freeze_stages", "cached_views", "ema_decay", "mixup_alpha",
-                        "monitor", "early_stopping_patience", "precision", "distillation_weight",
-                        "distillation_temperature")
+                        "monitor", "monitor_mode", "early_stopping_patience", "precision", "distillation_weight",
+                        "distillation_temperature", "limit_train_batches", "limit_val_batches")
 _UNRECORDED = object()
 
 

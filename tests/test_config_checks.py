@@ -1,0 +1,55 @@
+"""Settings that would fail a run after its data was read, or train nothing, are refused when the config loads."""
+from __future__ import annotations
+
+import pytest
+
+from dermalens.config import MONITORED_METRICS, ConfigError, load_config, recipe_differences
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("override, named", [
+    ("training.monitor=val/balanced_acc", "'training.monitor' must be null or one of val/loss"),
+    ("training.monitor=train/loss", "'training.monitor' must be null or one of"),
+    ("training.limit_val_batches=0", "training.limit_val_batches=0 runs no validation, which training.monitor"),
+    ("training.limit_train_batches=0", "'training.limit_train_batches' must be a positive number of batches"),
+    ("training.limit_train_batches=1.5", "'training.limit_train_batches' must be a fraction in (0, 1]"),
+    ("training.max_time=00:00:00:00", "no time to train"),
+    ("training.ema_decay=1.5", "'training.ema_decay' must be in (0, 1) or null, got 1.5"),
+    ("training.checkpoint_every_n_steps=-1", "'training.checkpoint_every_n_steps' must be positive or null"),
+    ("seed=-1", "'seed' must be in [0, 2^32), got -1"),
+    ("loss.alpha=inverted", "'loss.alpha' must be inverse, inverse_sqrt, a list of numbers or null, got 'inverted'"),
+    ("loss.alpha=[a, b, c, d, e, f, g]", "'loss.alpha' must list a non-negative number per class"),
+])
+def test_a_setting_that_would_fail_the_run_later_is_named_at_load(override, named):
+    """Each of these passed the config and failed after the data was read (a KeyError, Lightning's refusal
+    naming other settings, numpy's bounds, a missing last.ckpt), leaving a failed run folder."""
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert named in str(error.value)
+
+
+def test_what_validation_can_be_monitored_is_what_training_logs():
+    import torch
+
+    from dermalens.training.module import validation_metrics
+
+    metrics = validation_metrics(3)
+    metrics.update(torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]]), torch.tensor([0, 1, 2]))
+    assert set(MONITORED_METRICS) == {"val/loss", *(f"val/{name}" for name in metrics.compute())}
+
+
+def test_an_unquoted_budget_is_read_as_written_and_no_validation_is_fine_without_a_monitor():
+    # YAML 1.1 reads 12:00:00:00 as the base-60 integer 2592000.
+    assert load_config(None, ["training.max_time=12:00:00:00"])["training"]["max_time"] == "12:00:00:00"
+    assert load_config(None, ["training.max_time=1:02:03:04"])["training"]["max_time"] == "01:02:03:04"
+    config = load_config(None, ["training.monitor=null", "scheduler.name=cosine", "training.limit_val_batches=0"])
+    assert config["training"]["limit_val_batches"] == 0
+
+
+def test_settings_that_change_what_is_learnt_or_kept_are_recipe_differences():
+    base = load_config(None, ["training.monitor=val/loss", "training.monitor_mode=min"])
+    assert recipe_differences(base, load_config(None, ["training.monitor=val/loss", "training.monitor_mode=max"])) \
+        == ["training.monitor_mode: 'min' -> 'max'"]
+    assert recipe_differences(load_config(), load_config(None, ["training.limit_train_batches=0.1"])) == \
+        ["training.limit_train_batches: None -> 0.1"]
