@@ -81,3 +81,11 @@ def test_the_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it():
     # T^2 scaling: the same KL at T=1 and at T=2 on logits twice as large, times 4.
     assert float(distillation_loss(2 * student.detach(), (2 * teacher / 2).softmax(1), 2.0)) == pytest.approx(
         4 * float(distillation_loss(student.detach(), teacher.softmax(1), 1.0)), rel=1e-5)
+
+
+def test_a_class_without_training_images_does_not_shrink_the_other_weights():
+    """Counted in the mean-1 normalisation, an absent class (clamped to one image) shrank every real
+    sample's weight 15x for one of seven classes."""
+    weights = class_weights_from_counts([100] * 6 + [0])
+    assert weights[:6].tolist() == pytest.approx([1.0] * 6) and weights[6] == 1.0
+    assert class_weights_from_counts([0, 0]).tolist() == [1.0, 1.0]

@@ -16,19 +16,26 @@ from ..config import LossSection
 
 
 def class_weights_from_counts(counts: Sequence[int], mode: str = "inverse") -> torch.Tensor:
-    """Per-class weights from class frequencies, normalised to mean 1.
+    """Per-class weights from class frequencies, normalised to mean 1 over the classes present.
 
     mode 'inverse' weights by 1/n_c, 'inverse_sqrt' by 1/sqrt(n_c) (gentler
     when the balanced sampler already evens the classes out).
     """
-    counts_t = torch.as_tensor(list(counts), dtype=torch.float64).clamp(min=1)
+    counts_t = torch.as_tensor(list(counts), dtype=torch.float64)
+    present = counts_t > 0
     if mode == "inverse":
-        weights = 1.0 / counts_t
+        weights = 1.0 / counts_t.clamp(min=1)
     elif mode == "inverse_sqrt":
-        weights = 1.0 / counts_t.sqrt()
+        weights = 1.0 / counts_t.clamp(min=1).sqrt()
     else:
         raise ValueError(f"unknown class weight mode {mode!r}; use 'inverse' or 'inverse_sqrt'")
-    return (weights / weights.mean()).float()
+    if not present.any():
+        return torch.ones(len(counts_t))
+    # Mean 1 over the classes that have training images: a class without any (a partial download, a fold)
+    # takes no part in the loss, and counted in the mean it shrank every other weight (15x for one of seven).
+    weights = weights / weights[present].mean()
+    weights[~present] = 1.0
+    return weights.float()
 
 
 class FocalLoss(nn.Module):
