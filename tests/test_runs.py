@@ -499,3 +499,44 @@ def test_a_resumed_run_without_class_balancing_ends_where_an_uninterrupted_one_d
     whole, resumed = val_curve(tmp_path / "whole"), val_curve(tmp_path / "resumed")
     assert resumed["epoch"].tolist() == whole["epoch"].tolist() == [0, 1]
     np.testing.assert_allclose(resumed["val/loss"].to_numpy(), whole["val/loss"].to_numpy(), rtol=1e-6)
+
+
+def test_no_monitor_with_mode_min_trains(tmp_path):
+    """monitor null with monitor_mode min gave best.ckpt's callback the state key of last.ckpt's, and Lightning
+    refused the run with a traceback."""
+    assert train_cli(tmp_path / "run", **{"training.monitor": "null", "training.monitor_mode": "min",
+                                         "scheduler.name": "cosine", "training.max_epochs": 1}) == 0
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_step_checkpoints_keep_the_end_of_training_in_last_ckpt(tmp_path):
+    """With checkpoint_every_n_steps, Lightning turned the per-epoch last.ckpt off: 14 steps in all, every 5,
+    left last.ckpt at step 10, and a resume repeated the last four."""
+    from dermalens.training.checkpoint_io import AtomicCheckpointIO
+
+    assert train_cli(tmp_path / "run", **{"training.checkpoint_every_n_steps": 5, "training.max_epochs": 2}) == 0
+    steps = AtomicCheckpointIO().load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]
+    assert steps == 2 * 7   # 7 class-balanced batches an epoch (7 classes x 16 samples / 16)
+
+
+def test_a_backbone_typo_is_named_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    from dermalens.data import prepare
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the data was read before the backbone was checked")
+
+    monkeypatch.setattr(prepare, "build_image_cache", not_yet)
+    assert train_cli(tmp_path / "run", **{"model.backbone": "efficientnet_b99"}) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone 'efficientnet_b99' is not a timm architecture; did you mean" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_trains_what_its_config_says_folds_included(tmp_path, monkeypatch, capsys, shared_data):
+    """dermalens demo trained one model whatever training.folds said (its config.yaml then recorded folds 2)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--data", str(shared_data), "--config", "demo_dermamnist", *settings(**{"training.folds": 2, "training.max_epochs": 1,
+                                                                     "name": "demo-folds"})]) == 0
+    run = next((tmp_path / "runs").glob("demo-folds*"))
+    assert (run / "cv.json").is_file() and (run / "fold-2" / "checkpoints" / "best.ckpt").is_file()
+    assert "cross-validation, 2 folds" in capsys.readouterr().out

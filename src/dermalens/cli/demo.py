@@ -22,7 +22,12 @@ def run(args) -> int:
 
     result = run_demo(args.data, args.config, args.set)
     print(f"run folder: {result.run_dir}")
+    if getattr(result, "summary", None):   # a cross-validated config: its folds, as `dermalens train` shows them
+        from ..training.job import format_cross_validation
+
+        print(format_cross_validation(result.summary))
     if result.metrics:
         print(format_metrics_summary(result.metrics, result.run_dir))
-    print(f"try: dermalens predict --model {result.best_checkpoint} <image.jpg>")
+    if result.best_checkpoint:
+        print(f"try: dermalens predict --model {result.best_checkpoint} <image.jpg>")
     return 0

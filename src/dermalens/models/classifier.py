@@ -102,6 +102,18 @@ def _splittable(backbone: nn.Module) -> bool:
     return all(hasattr(backbone, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
 
 
+
+def check_backbone_name(name: str) -> None:
+    """ValueError naming a backbone timm does not know (and the nearest names it does), so that a typo is found
+    before the data is read, not after every image was decoded."""
+    if name.startswith("hf-hub:") or timm.is_model(name):
+        return
+    import difflib
+
+    near = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    raise ValueError(f"model.backbone {name!r} is not a timm architecture"
+                     + (f"; did you mean {', '.join(near)}?" if near else "") + " (`timm.list_models()` lists them)")
+
 def create_classifier(config: ModelConfig | None = None, load_pretrained: bool = True, **overrides) -> LesionClassifier:
     """Build a classifier; `load_pretrained=False` when weights come from a checkpoint next."""
     config = config or ModelConfig()

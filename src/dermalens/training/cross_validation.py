@@ -44,6 +44,7 @@ from ..evaluation.metrics import compute_classification_metrics, sensitivity_at_
 from ..evaluation.plots import plot_fold_metrics
 from ..inference.postprocess import calibrated_probabilities
 from ..models.checkpoint import load_classifier, save_classifier
+from ..models.classifier import check_backbone_name
 from ..models.ensemble import LesionEnsemble, trunks_identical
 from ..run_folder import FIGURES, OUT_OF_FOLD_LOGITS, RunFolder
 from .calibrate import calibrate
@@ -215,6 +216,7 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     earlier_seconds = float(folder.read_status().get("train_seconds", 0.0)) if resume else 0.0
     started = time.perf_counter() - earlier_seconds
     budget = parse_duration(training.max_time)
+    check_backbone_name(config["model"]["backbone"])   # before the data is read
     prepared = prepare_data(config, run_dir if resume else None, progress=progress)
     if resume and folder.split_file.is_file():
         assignment = saved_folds(prepared, folder.split_file, folds)

@@ -63,7 +63,8 @@ def demo_config(data: str | None, config_name: str | None, overrides: list[str] 
 
 def run_demo(data: str | None = None, config_name: str | None = None, overrides: list[str] | None = None,
              announce: Callable[[str], None] = print):
-    """Train (and evaluate) the demo model; the `TrainResult`."""
-    from .run import train
+    """Train (and evaluate) the demo model as `dermalens train` would (cross-validated where the config says
+    training.folds > 1); the `TrainResult` or `CrossValidationResult`."""
+    from .job import run_training
 
-    return train(demo_config(data, config_name, overrides, announce))
+    return run_training(demo_config(data, config_name, overrides, announce))

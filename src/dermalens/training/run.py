@@ -52,6 +52,7 @@ from ..hardware import resolve_precision
 from ..inference.load import load_predictor, logits_for_images
 from ..models.calibration_record import calibration_path
 from ..models.checkpoint import CHECKPOINT_KEY, read_checkpoint_metadata
+from ..models.classifier import check_backbone_name
 from ..run_folder import LOGS, RunFolder
 from .activation_data import ActivationDataModule
 from .calibrate import calibrate
@@ -180,13 +181,22 @@ def build_trainer(config: dict, run_dir: Path,
     t = config["training"]
     folder = RunFolder(run_dir).checkpoints
     # Fixed names, never "-v1": a resumed or moved run keeps writing best.ckpt / last.ckpt.
-    best = RunFolderCheckpoint(dirpath=folder, filename="best", monitor=t["monitor"], mode=t["monitor_mode"],
+    # Without a monitor, best.ckpt is the last epoch and the mode means nothing: a fixed one keeps its callback's
+    # state key apart from last.ckpt's (with monitor None and mode "min" the two were the same, and Lightning
+    # refused the run).
+    best = RunFolderCheckpoint(dirpath=folder, filename="best", monitor=t["monitor"],
+                               mode=t["monitor_mode"] if t["monitor"] else "max",
                                save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    # last.ckpt after every epoch (or every N steps), improved or not: an interruption loses at most that.
-    every_n_steps = t.get("checkpoint_every_n_steps")
+    # last.ckpt after every epoch, improved or not: an interruption loses at most that; with
+    # checkpoint_every_n_steps also every N steps (Lightning's step setting turns the epoch one off, so it is a
+    # second callback: the end of training is always in last.ckpt).
     last = RunFolderCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1,
-                               enable_version_counter=False, every_n_train_steps=every_n_steps or None)
+                               enable_version_counter=False)
     callbacks = [ReseedEachEpoch(config["seed"]), best, last, LearningRateMonitor(logging_interval="epoch")]
+    if t.get("checkpoint_every_n_steps"):
+        callbacks.insert(3, RunFolderCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1,
+                                                enable_version_counter=False,
+                                                every_n_train_steps=t["checkpoint_every_n_steps"]))
     if t["early_stopping_patience"] > 0 and t["monitor"]:
         callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["monitor_mode"],
                                        patience=t["early_stopping_patience"]))
@@ -360,7 +370,9 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
             # Never overwrite a trained model: continuing is an explicit choice.
             raise ConfigError(f"run folder {run_dir} already holds checkpoints; use --resume {run_dir} "
                               f"or choose another --run-dir")
-    # Everything that can fail on the data fails here, before the run folder exists.
+    # Everything that can fail on the data fails here, before the run folder exists (a backbone typo first:
+    # reading the data can take minutes).
+    check_backbone_name(config["model"]["backbone"])
     if prepared is None:
         prepared = prepare_data(config, run_dir if resume else None, progress=progress)
     counts = check_training_classes(prepared)
