@@ -108,14 +108,15 @@ def assign_folds(prepared: PreparedData, folds: int, seed: int) -> np.ndarray:
     return assignment
 
 
-def saved_folds(prepared: PreparedData, split_file: Path, folds: int) -> np.ndarray:
-    """The fold of each pool row as the run's split.csv records it (-1 for test and excluded rows).
+def saved_folds(prepared: PreparedData, split_file: Path, folds: int) -> np.ndarray | None:
+    """The fold of each pool row as the run's split.csv records it (-1 for test and excluded rows); None when
+    it records none (a split.csv written before the folds were drawn, as a nested run's is: draw them).
 
     A resume must score each fold's images with the fold model that did not train on them: the folds are
     read, not drawn again, since an image gone from the data would move many others to another fold."""
     table = pd.read_csv(split_file, dtype={"image_id": str}, keep_default_na=False)
     if "fold" not in table:
-        raise ConfigError(f"{split_file} has no fold column: it is not a cross-validated run's split")
+        return None
     fold_of = dict(zip(table["image_id"], pd.to_numeric(table["fold"], errors="coerce")))
     pool = np.isin(prepared.split, ("train", "val"))
     image_ids = prepared.dataset.records["image_id"].to_numpy()
@@ -218,9 +219,8 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     budget = parse_duration(training.max_time)
     check_backbone_name(config["model"]["backbone"])   # before the data is read
     prepared = prepare_data(config, run_dir if resume else None, progress=progress)
-    if resume and folder.split_file.is_file():
-        assignment = saved_folds(prepared, folder.split_file, folds)
-    else:
+    assignment = saved_folds(prepared, folder.split_file, folds) if resume and folder.split_file.is_file() else None
+    if assignment is None:
         assignment = assign_folds(prepared, folds, config["seed"])
     config = {**config, "data": {**config["data"], "classes": list(prepared.classes)}}
     run_dir.mkdir(parents=True, exist_ok=True)
