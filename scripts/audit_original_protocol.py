@@ -69,19 +69,21 @@ def check_settings(folder: Path, settings: dict, what: str, made: bool) -> None:
     before it is made, and a rerun with others is refused (audit.json would record settings its figures do
     not come from). `made`: the folder holds a finished pool or arm."""
     recorded_file = folder / SETTINGS_FILE
-    if recorded_file.is_file():
-        recorded = json.loads(recorded_file.read_text())
-        differences = [f"{key}: {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
-                       if recorded.get(key) != value]
-        if differences:
-            raise SystemExit(f"error: {folder} holds {what} made with other settings ({'; '.join(differences)}); "
-                             "use another --out or remove that folder")
+    if not made:
+        # Nothing finished here (a first run, or one that failed part-way): this run's settings are the ones
+        # that count, whatever an earlier, failed attempt recorded.
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(recorded_file, settings)
         return
-    if made:
+    if not recorded_file.is_file():
         raise SystemExit(f"error: {folder} holds {what} that records no settings ({SETTINGS_FILE}; made by an "
                          "older version of this script); use another --out or remove that folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(recorded_file, settings)
+    recorded = json.loads(recorded_file.read_text())
+    differences = [f"{key}: {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
+                   if recorded.get(key) != value]
+    if differences:
+        raise SystemExit(f"error: {folder} holds {what} made with other settings ({'; '.join(differences)}); "
+                         "use another --out or remove that folder")
 
 
 def build_augmented_pool(data: Path, config: dict, per_class: int, out: Path, seed: int, settings: dict) -> Path:

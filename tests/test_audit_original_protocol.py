@@ -70,3 +70,14 @@ def test_a_pool_made_before_settings_were_recorded_is_refused(script, tmp_path):
     (out / "augmented_pool" / script.SETTINGS_FILE).unlink()
     with pytest.raises(SystemExit, match=r"records no settings \(audit_settings.json; made by an older version"):
         script.main(["--data", str(data), "--out", str(out)])
+
+
+def test_a_failed_first_attempt_does_not_block_the_corrected_rerun(script, tmp_path):
+    """The settings were recorded before the pool was made: a run that failed (a wrong --data) left them, and
+    the rerun with the right data was refused as if a finished pool of other settings were there."""
+    pool = tmp_path / "out" / "augmented_pool"
+    script.check_settings(pool, {"data": "wrong", "per_class": 2}, "an augmented pool", made=False)
+    script.check_settings(pool, {"data": "right", "per_class": 2}, "an augmented pool", made=False)
+    assert json.loads((pool / script.SETTINGS_FILE).read_text())["data"] == "right"
+    with pytest.raises(SystemExit, match=r"data: 'right' -> 'other'"):
+        script.check_settings(pool, {"data": "other", "per_class": 2}, "an augmented pool", made=True)
