@@ -38,7 +38,7 @@ import yaml
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
-from dermalens.config import ConfigError, load_config, recipe_differences
+from dermalens.config import ConfigError, load_config, parse_override, recipe_differences
 from dermalens.config_files import resolve_config_path
 from dermalens.data.prepare import resolve_data_path, test_sources
 from dermalens.evaluation.calibration import fit_temperature
@@ -234,8 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = [parse_variant(text) for text in args.variant]
     try:
         # Every variant's config is built before the first one trains: a typo in the last --variant (or in --set,
-        # or --folds 1) fails now, not after hours of training. --config, --set and --folds first, named as such.
-        variant_config(args.config, args.data, args.set, [], args.folds)
+        # or --folds 1) fails now, not after hours of training. Without variants, --config, --set and --folds
+        # alone; with them, only as each variant completes them (a --set may need a variant's settings).
+        if not variants:
+            variant_config(args.config, args.data, args.set, [], args.folds)
+        if args.folds < 2:
+            variant_config(args.config, args.data, [], [], args.folds)   # says why, once
+        for item in args.set or []:
+            parse_override(item)   # a malformed --set is named as such, not as the first variant's
         for name, overrides in variants:
             try:
                 variant_config(args.config, args.data, args.set, overrides, args.folds)

@@ -181,3 +181,7 @@ def test_every_variant_and_setting_is_checked_before_any_training(tmp_path, monk
     assert script.main([*base, "--variant", "base", "--folds", "1"]) == 2
     assert "error: --folds must be 2 or more" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # A --set that only holds with each variant's own settings is no error (it was, checked alone).
+    assert script.main([*base, "--set", "scheduler.name=plateau", "--existing-only",
+                        "--variant", "by loss: training.monitor=val/loss, training.monitor_mode=min",
+                        "--variant", "by bacc: training.monitor=val/balanced_accuracy"]) == 0
