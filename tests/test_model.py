@@ -96,3 +96,13 @@ def test_missing_pretrained_weights_warn_loudly(monkeypatch):
     with pytest.warns(PretrainedWeightsWarning, match="RANDOM weights"):
         model = create_classifier(backbone="efficientnet_b3", image_size=64, pretrained="auto")
     assert model.weights_source.startswith("random")
+
+
+def test_backbone_names_timm_resolves_itself_pass_the_early_check():
+    from dermalens.models.classifier import check_backbone_name
+
+    for name in ("tf_efficientnet_lite0", "efficientnet_b3.ra2_in1k", "hf-hub:user/repo", "hf_hub:user/repo",
+                 "local-dir:/models/my_backbone"):
+        check_backbone_name(name)
+    with pytest.raises(ValueError, match=r"'efficientnet_b99' is not a timm architecture; did you mean"):
+        check_backbone_name("efficientnet_b99")

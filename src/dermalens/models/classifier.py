@@ -106,7 +106,7 @@ def _splittable(backbone: nn.Module) -> bool:
 def check_backbone_name(name: str) -> None:
     """ValueError naming a backbone timm does not know (and the nearest names it does), so that a typo is found
     before the data is read, not after every image was decoded."""
-    if name.startswith("hf-hub:") or timm.is_model(name):
+    if ":" in name or timm.is_model(name):   # hf-hub:, hf_hub:, local-dir:: timm resolves those itself
         return
     import difflib
 
