@@ -43,6 +43,7 @@ def test_an_unquoted_budget_is_read_as_written_and_no_validation_is_fine_without
     # YAML 1.1 reads 12:00:00:00 as the base-60 integer 2592000.
     assert load_config(None, ["training.max_time=12:00:00:00"])["training"]["max_time"] == "12:00:00:00"
     assert load_config(None, ["training.max_time=1:02:03:04"])["training"]["max_time"] == "01:02:03:04"
+    assert load_config(None, ["training.max_time=60:00:00:00"])["training"]["max_time"] == "60:00:00:00"
     config = load_config(None, ["training.monitor=null", "scheduler.name=cosine", "training.limit_val_batches=0"])
     assert config["training"]["limit_val_batches"] == 0
 

@@ -357,14 +357,10 @@ def _max_time_as_written(value):
     """YAML 1.1 reads an unquoted 12:00:00:00 as a base-60 integer (2592000): give back the DD:HH:MM:SS."""
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         return value
-    parts = []
-    while value:
-        value, part = divmod(value, 60)
-        parts.append(part)
-    if len(parts) > 4:
-        return value
-    parts += [0] * (4 - len(parts))
-    return ":".join(f"{part:02d}" for part in reversed(parts))
+    minutes, seconds = divmod(value, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 60)   # base 60 throughout, as YAML read it: the first part is the days
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
 def _check_training_limits(training: dict) -> None:
