@@ -239,7 +239,7 @@ def test_model_card_says_what_the_model_is_how_it_decides_and_where_it_was_fitte
     from dermalens.models.model_card import render_model_card
 
     ensemble = copy.deepcopy(config)
-    ensemble["ensemble"] = {"members": 5, "shared_trunk_stages": 4}
+    ensemble["ensemble"] = {"members": 5, "shared_trunk_stages": 4, "member_epochs": [5, 5, 5, 5, 5]}
     ensemble["calibration_fitted_on"] = "out-of-fold predictions (5063 images)"
     ensemble["training"]["monitor"] = None
     ensemble["tta"] = True
@@ -253,7 +253,13 @@ def test_model_card_says_what_the_model_is_how_it_decides_and_where_it_was_fitte
     card = render_model_card(ensemble, "model")
     assert "# dermalens lesion classifier: ensemble of 5 x " in card
     assert "5 such models (the fold models of a lesion-grouped cross-validation) answer as one" in card
-    assert "no checkpoint chosen on a validation metric" in card and "chosen on `None`" not in card
+    assert "each member: its weights at the end of training (epochs 5, 5, 5, 5, 5), no checkpoint chosen" in card
+    assert "chosen on `None`" not in card
+    ensemble["training"]["monitor"] = "val/loss"
+    ensemble["ensemble"]["member_epochs"] = [2, 7, 3, 4, 4]
+    assert "each member: the checkpoint of its best epoch on `val/loss` (epochs 2, 7, 3, 4, 4)" in \
+        render_model_card(ensemble, "model")   # the package's own epoch is the first member's alone
+    ensemble["training"]["monitor"] = None
     assert "fitted on out-of-fold predictions (5063 images) with flip" in card and "validation split" not in card
     assert "akiec +0.70" in card and "P(mel) >= 0.156" in card and "| balanced accuracy, raw argmax | 0.512 |" in card
     assert "mean of the four flipped views' logits / T" in card

@@ -78,8 +78,12 @@ def _weights_line(config: dict, training: dict) -> str:
     monitor = training.get("monitor")
     chosen = (f"the checkpoint of epoch {training.get('epoch')}, chosen on `{monitor}`" if monitor
               else "the weights at the end of training (no checkpoint chosen on a validation metric)")
-    if ensemble:
-        chosen = f"each member: {chosen.removeprefix('the ')}"
+    if ensemble:   # each member has its own epoch: the package's top-level one is the first member's
+        epochs = ensemble.get("member_epochs")
+        listed = f" (epochs {', '.join(map(str, epochs))})" if epochs else ""
+        chosen = (f"each member: the checkpoint of its best epoch on `{monitor}`{listed}" if monitor
+                  else f"each member: its weights at the end of training{listed}, no checkpoint chosen on a "
+                       "validation metric")
     return (f"- Backbone weights at the start of training: {training.get('backbone_weights_at_start')}; "
             f"{chosen}; trained with dermalens {config.get('dermalens_version')}.")
 

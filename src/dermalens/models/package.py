@@ -194,7 +194,8 @@ def build_config(meta: dict, calibration: dict, checkpoint: Path, run_config: di
         "decision": calibration.get("decision"),
         # An ensemble of fold models (models/ensemble.py): how many, and whether they share a frozen trunk.
         "ensemble": ({"members": meta["ensemble"]["members"],
-                      "shared_trunk_stages": meta["ensemble"].get("shared_trunk_stages", 0)}
+                      "shared_trunk_stages": meta["ensemble"].get("shared_trunk_stages", 0),
+                      "member_epochs": meta["ensemble"].get("member_epochs")}
                      if meta.get("ensemble") else None),
         "val_metrics": dict(meta.get("val_metrics") or {}),
         "test_metrics": test_metrics,
