@@ -159,7 +159,9 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> 
     """A markdown table (also readable as plain text)."""
     if not rows:
         return "(no rows)"
-    columns = list(columns or rows[0].keys())
+    # Every key of every row, in order of first appearance: a key only later rows have (the serve start-up
+    # rows' peak memory) must not be dropped.
+    columns = list(columns or dict.fromkeys(key for row in rows for key in row))
 
     def cell(value) -> str:
         if value is None:

@@ -25,6 +25,7 @@ samples and the summary says so instead of failing the benchmark.
 """
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import threading
@@ -89,7 +90,8 @@ def floor_samples(samples: list[tuple[float, float]], bin_s: float = FLOOR_BIN_S
         bins.setdefault(int((t - origin) // bin_s), []).append((t, mb))
     # The spacing the samples really have (a busy machine samples late), not the one asked for.
     spacing = statistics.median(b[0] - a[0] for a, b in zip(samples, samples[1:])) if len(samples) > 1 else 0
-    needed = max(1, int(0.5 * bin_s / spacing)) if spacing > 0 else 1
+    # ceil: with samples a little over 5 s apart, int() asked for 2 of a full bin's 6 where half is 3
+    needed = max(1, math.ceil(0.5 * bin_s / spacing - 1e-9)) if spacing > 0 else 1
     return [(statistics.fmean(t for t, _ in members), min(mb for _, mb in members))
             for _, members in sorted(bins.items()) if len(members) >= needed]
 

@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -235,6 +236,62 @@ def test_load_clients_cycle_the_methods_and_count_each_apart():
     # The soak ran on the clock (not the one --requests) and every answer falls in its first minute.
     assert soak["requests"] == soak["counts"]["2xx"] == soak["per_minute"][0]["requests"] > 1
     assert soak["status_codes"] == {"200": soak["requests"]} and soak["duration_minutes"] == round(0.5 / 60, 3)
+
+
+class HalfBusyServer(BaseHTTPRequestHandler):
+    """Every other prediction: 503 at once; the others 200 after 50 ms."""
+    calls = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        HalfBusyServer.calls += 1
+        busy = HalfBusyServer.calls % 2 == 0
+        if not busy:
+            time.sleep(0.05)
+        self.send_response(503 if busy else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_percentiles_are_nearest_rank_and_only_served_predictions_are_timed():
+    """round(x + 0.5) rounds halves to even: the p95 of 20 values was their maximum. And 503s, answered at
+    once, were counted as served: shorter latencies and twice the throughput."""
+    load_clients = load_script("load_clients")
+    values = list(range(1, 21))
+    assert load_clients.percentile(values, 95) == 19 and load_clients.percentile(values, 50) == 10
+    assert load_clients.percentile(list(range(1, 15)), 50) == 7 and load_clients.percentile(list(range(1, 101)), 99) == 99
+    assert load_clients.percentile([5.0], 95) == 5.0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HalfBusyServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = load_clients.run_load(f"http://127.0.0.1:{server.server_address[1]}", b"x", "x.jpg", 20, 1, 10, 60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result["counts"] == {"2xx": 10, "5xx": 10}
+    assert result["latency_ms"]["p50"] >= 50 and result["latency_ms"]["mean"] >= 50   # the served ones only
+    assert result["non_2xx_latency_ms"]["p50"] < 50
+    assert result["requests_per_second"] == pytest.approx(10 / result["wall_seconds"], rel=0.02)
+
+
+def test_a_short_last_bin_is_left_out_of_the_memory_floor_whatever_the_spacing():
+    """int() of half a bin's samples asked for 2 of 6 when samples came 5.01 s apart: a last bin of two
+    samples on a peak was kept and tilted the floor."""
+    process_memory = load_script("process_memory")
+    samples = [(t * 5.01, 100.0) for t in range(24)] + [(24 * 5.01, 900.0), (24 * 5.01 + 1, 900.0)]
+    floor = process_memory.floor_samples(samples, 30.0)
+    assert [mb for _, mb in floor] == [100.0] * 4
+
+
+def test_a_table_shows_every_rows_keys():
+    """Only the first row's keys became columns: the serve start-up rows' peak memory was dropped."""
+    bench_common = load_script("bench_common")
+    table = bench_common.format_table([{"runtime": "ort", "img_per_s": 16.1}, {"runtime": "serve", "seconds": 4.4,
+                                                                              "peak_rss_mb": 930.1}])
+    assert table.splitlines()[0] == "| runtime | img_per_s | seconds | peak_rss_mb |" and "930.1" in table
 
 
 def test_memory_slope_ignores_the_first_half_of_the_window_and_transient_peaks():
