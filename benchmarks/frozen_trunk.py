@@ -6,8 +6,8 @@
 Times, on one machine in one run, a training step (forward, focal loss,
 backward, AdamW step) of EfficientNet-Lite + CBAM at 224 px, batch 32:
 
-- full: every layer trained, on images (channels-last; bf16 autocast where
-  the CPU has bf16 instructions, as `precision: auto` chooses);
+- full: every layer trained, on images (channels-last; fp32 as the recipe
+  trains, or `--precision bf16|auto`);
 - trunk frozen, computed every step: the stem and first N stages frozen,
   run forward each step;
 - trunk cached (training/frozen_trunk.py): the top trained on stored
@@ -26,21 +26,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import interleaved_timings, publish_result  # noqa: E402
 from dermalens.hardware import cpu_has_fast_bf16  # noqa: E402
 from dermalens.models.classifier import create_classifier  # noqa: E402
 from dermalens.training.frozen_trunk import _TrunkRunner  # noqa: E402
+from dermalens.training.losses import FocalLoss  # noqa: E402
 
 BATCH = 32
 
 
-def training_step(model, stages: int, inputs: torch.Tensor, labels: torch.Tensor, cached: bool):
+def training_step(model, stages: int, inputs: torch.Tensor, labels: torch.Tensor, cached: bool, bf16: bool):
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    bf16 = cpu_has_fast_bf16()
+    loss_fn = FocalLoss(gamma=2.0)   # the recipe's loss
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -48,7 +48,7 @@ def training_step(model, stages: int, inputs: torch.Tensor, labels: torch.Tensor
                 logits = model.forward_from_trunk(inputs, stages)
             else:
                 logits = model(inputs)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -62,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--stages", type=int, nargs="+", default=[4, 5], help="trunk sizes to time")
     parser.add_argument("--calls", type=int, default=12, help="timed steps per candidate")
+    parser.add_argument("--precision", choices=("32-true", "bf16", "auto"), default="32-true",
+                        help="training precision of every candidate: 32-true (default, as configs/ham10000_cpu.yaml "
+                             "trains), bf16 autocast, or auto (bf16 where the CPU has bf16 instructions)")
     parser.add_argument("--out", help="result JSON (default benchmarks/results/frozen_trunk.json)")
     args = parser.parse_args(argv)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and cpu_has_fast_bf16())
     torch.manual_seed(0)
     size = args.image_size
     images = torch.randn(BATCH, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -71,15 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     candidates, trunk_rates = {}, {}
 
     full = create_classifier(backbone=args.backbone, image_size=size).to(memory_format=torch.channels_last).train()
-    candidates["full"] = training_step(full, 0, images, labels, cached=False)
+    candidates["full"] = training_step(full, 0, images, labels, cached=False, bf16=bf16)
     for stages in args.stages:
         frozen = create_classifier(backbone=args.backbone, image_size=size).to(memory_format=torch.channels_last)
         for module in frozen.trunk_modules(stages):
             module.requires_grad_(False).eval()
-        candidates[f"trunk {stages} stages frozen, computed"] = training_step(frozen, stages, images, labels, False)
+        candidates[f"trunk {stages} stages frozen, computed"] = training_step(frozen, stages, images, labels, False, bf16)
         with torch.no_grad():
             activations = frozen.forward_trunk(images, stages).contiguous(memory_format=torch.channels_last)
-        candidates[f"trunk {stages} stages frozen, cached"] = training_step(frozen, stages, activations, labels, True)
+        candidates[f"trunk {stages} stages frozen, cached"] = training_step(frozen, stages, activations, labels, True, bf16)
         runner = _TrunkRunner(frozen, stages, size, Path(__import__("tempfile").gettempdir()))
         batch = images.contiguous().numpy()
         runner(batch)   # exports and checks the ONNX trunk
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             row["trunk img/s (eager)"] = round(rates["eager"], 1)
         rows.append(row)
     settings = {"backbone": args.backbone, "image_size": size, "batch": BATCH, "calls": args.calls,
-                "bf16_autocast": cpu_has_fast_bf16(), "threads": torch.get_num_threads()}
+                "precision": args.precision, "bf16_autocast": bf16, "loss": "focal (gamma 2)",
+                "threads": torch.get_num_threads()}
     notes = ["img/s: median training step over interleaved blocks; a cached step trains the top on stored "
              "activations, so each cached view costs one trunk forward pass once, then this rate per use."]
     publish_result("frozen_trunk", rows, settings, notes, out=args.out,

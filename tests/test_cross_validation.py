@@ -168,7 +168,8 @@ def test_a_resume_keeps_the_runs_folds_when_an_image_is_gone(cross_validated_run
     metadata = pd.read_csv(data / "HAM10000_metadata.csv")
     metadata[metadata["image_id"] != gone].to_csv(data / "HAM10000_metadata.csv", index=False)
 
-    assert main(["train", "--resume", str(run), "--data", str(data), "--format", "ham10000"]) == 0
+    assert main(["train", "--resume", str(run), "--data", str(data), "--format", "ham10000",
+                 "--set", "evaluation.after_training=false"]) == 0   # the test figures are not the point here
     after = pd.read_csv(run / "split.csv").set_index("image_id")
     kept = before[before["image_id"] != gone].set_index("image_id")
     assert gone not in after.index

@@ -420,20 +420,6 @@ def test_a_stop_between_folds_is_recorded_in_the_cross_validated_runs_status(tmp
     assert f"dermalens train --resume {run.resolve()}" in capsys.readouterr().err
 
 
-def test_a_resumed_runs_training_time_includes_its_earlier_runs(tmp_path):
-    """After a resume, train_seconds (status.json, the report) counted only the time since the resume."""
-    run = tmp_path / "run"
-    assert train_cli(run, **{"training.max_epochs": 1}) == 0
-    status_file = run / "status.json"
-    status = json.loads(status_file.read_text())
-    assert status["state"] == "finished" and status["train_seconds"] > 0
-    # As a stop records it; 1000 s stands out from what one more tiny epoch takes.
-    status_file.write_text(json.dumps({**status, "state": "interrupted", "train_seconds": 1000.0}))
-    assert main(["train", "--resume", str(run), "--set", "training.max_epochs=2"]) == 0
-    resumed = json.loads(status_file.read_text())
-    assert resumed["state"] == "finished" and 1000.0 < resumed["train_seconds"] < 1600.0
-
-
 def test_a_stopped_training_records_its_time_for_the_resume(tmp_path, monkeypatch):
     from dermalens.training import run as run_module
     from dermalens.training.errors import TrainingInterrupted
@@ -491,14 +477,22 @@ def test_the_kept_logs_are_merged_when_a_killed_resume_logged_nothing(tmp_path):
 
 def test_a_resumed_run_without_class_balancing_ends_where_an_uninterrupted_one_does(tmp_path):
     """With sampler.balanced false the shuffle was seeded once per loader: the loader a resume builds
-    repeated epoch 0's order in epoch 1, and the resumed run ended elsewhere."""
+    repeated epoch 0's order in epoch 1, and the resumed run ended elsewhere. And after a resume,
+    train_seconds (status.json, the report) counted only the time since the resume."""
     natural = {"sampler.balanced": "false"}
     assert train_cli(tmp_path / "whole", **natural, **{"training.max_epochs": 2}) == 0
-    assert train_cli(tmp_path / "resumed", **natural, **{"training.max_epochs": 1}) == 0
-    assert main(["train", "--resume", str(tmp_path / "resumed"), "--set", "training.max_epochs=2"]) == 0
-    whole, resumed = val_curve(tmp_path / "whole"), val_curve(tmp_path / "resumed")
+    resumed_run = tmp_path / "resumed"
+    assert train_cli(resumed_run, **natural, **{"training.max_epochs": 1}) == 0
+    status = json.loads((resumed_run / "status.json").read_text())
+    assert status["state"] == "finished" and status["train_seconds"] > 0
+    # As a stop records it; 1000 s stands out from what one more tiny epoch takes.
+    (resumed_run / "status.json").write_text(json.dumps({**status, "state": "interrupted", "train_seconds": 1000.0}))
+    assert main(["train", "--resume", str(resumed_run), "--set", "training.max_epochs=2"]) == 0
+    whole, resumed = val_curve(tmp_path / "whole"), val_curve(resumed_run)
     assert resumed["epoch"].tolist() == whole["epoch"].tolist() == [0, 1]
     np.testing.assert_allclose(resumed["val/loss"].to_numpy(), whole["val/loss"].to_numpy(), rtol=1e-6)
+    status = json.loads((resumed_run / "status.json").read_text())
+    assert status["state"] == "finished" and 1000.0 < status["train_seconds"] < 1600.0
 
 
 def test_no_monitor_with_mode_min_trains(tmp_path):

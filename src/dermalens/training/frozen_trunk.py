@@ -6,7 +6,7 @@ ImageNet weights they give the same activations for the same view of an
 image every epoch. So the trunk (`training.freeze_stages` stages) is run
 once over a fixed set of views per image, the activations are kept (float16)
 in the per-user cache, and the remaining stages, CBAM and the head are
-trained on them: 2.5x the samples per minute of training the whole network
+trained on them: 2.7x the samples per minute of training the whole network
 with 4 stages frozen (benchmarks/results/frozen_trunk.json, docs/training.md). The checkpoint still
 holds the whole network (the trunk keeps its ImageNet weights), so evaluation,
 export and explanations see an ordinary model.
