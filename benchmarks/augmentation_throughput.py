@@ -36,7 +36,6 @@ import argparse
 import math
 import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -257,16 +256,11 @@ def time_setting(name: str, aug: AugmentationSection, pre: Preprocessing, images
                                 sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(0)))
             loaders.append(loader)
             stream = endless(loader)
-            cpu[pipeline] = []
-
-            def call(stream=stream, seconds=cpu[pipeline]):
-                started = time.process_time()
-                next(stream)
-                seconds.append(time.process_time() - started)
-            calls[pipeline] = call
-        # block_warmup covers what a worker prefetched while the other pipelines were timed.
+            calls[pipeline] = lambda stream=stream: next(stream)
+        # block_warmup covers what a worker prefetched while the other pipelines were timed; the CPU time is
+        # of the timed batches only (the warm-ups were counted in it too).
         timings = interleaved_timings(calls, args.batches, warmup=1, block=args.block,
-                                      block_warmup=1 + 2 * (workers > 0))
+                                      block_warmup=1 + 2 * (workers > 0), cpu_seconds=cpu)
         base = args.batch_size / float(np.median(timings["albumentations"]))
         for pipeline, seconds in timings.items():
             rate = args.batch_size / float(np.median(seconds))

@@ -82,8 +82,12 @@ def machine_info() -> dict:
 
 
 def interleaved_timings(candidates: dict[str, Callable[[], object]], calls: int, warmup: int = 2,
-                        block: int = 8, block_warmup: int = 2) -> dict[str, np.ndarray]:
+                        block: int = 8, block_warmup: int = 2,
+                        cpu_seconds: dict[str, list[float]] | None = None) -> dict[str, np.ndarray]:
     """Seconds per call of each candidate: `calls` timed calls each, in alternating blocks of `block`.
+
+    cpu_seconds: filled with this process's CPU time of each timed call (not of the untimed warm-ups), per
+    candidate.
 
     Alternating the candidates block by block means a burst of load from
     another process hits all of them alike, so ratios measured in one run
@@ -102,9 +106,14 @@ def interleaved_timings(candidates: dict[str, Callable[[], object]], calls: int,
             for _ in range(block_warmup):
                 fn()
             for _ in range(block):
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 fn()
                 times[name].append(time.perf_counter() - started)
+                if cpu_seconds is not None:
+                    cpu_seconds.setdefault(name, []).append(time.process_time() - cpu_started)
+    if cpu_seconds is not None:
+        for name in cpu_seconds:
+            del cpu_seconds[name][calls:]
     return {name: np.asarray(values[:calls]) for name, values in times.items()}
 
 

@@ -1,6 +1,6 @@
 """Seconds per image for each explanation method, on CPU.
 
-    python benchmarks/explain_cost.py                      # B3+CBAM at 300 px and Lite0+CBAM at 64 px
+    python benchmarks/explain_cost.py                      # B3+CBAM at 300 px, Lite0+CBAM at 64 and 224 px, with reference rows
     python benchmarks/explain_cost.py --setups lite0-cbam-224 --no-reference   # one member of the CPU recipe
     python benchmarks/explain_cost.py --model runs/ham10000_cpu/checkpoints/best.ckpt   # a trained model as served
 
@@ -108,7 +108,8 @@ def reference_rows(setup: str, model: torch.nn.Module, explainer: Explainer, ima
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated from {', '.join(SETUPS)}")
+    parser.add_argument("--setups", default=",".join(SETUPS),
+                        help=f"comma-separated from {', '.join(SETUPS)} (default: all)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=5, help="warm calls per CAM method")
     parser.add_argument("--shap-repeats", type=int, default=2, help="warm calls for shap")

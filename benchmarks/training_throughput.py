@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2], help="training.num_workers values")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per phase (default 20; 6 for full, "
-                        "where fewer let one slow step decide)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per phase (default 20; 6 for full "
+                        "and 10 for ham10000_cpu, slower steps where fewer let one slow step decide)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="alternating real/model-bound pairs")
     parser.add_argument("--batch-size", type=int, help="override training.batch_size")

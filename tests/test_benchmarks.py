@@ -433,3 +433,22 @@ def test_suite_footprint_reports_the_peak_of_what_a_run_writes_and_removes_it(tm
     assert row["exit_code"] == 0 and "1 passed" in row["summary"]
     assert 30 <= row["peak_disk_mb"] < 200
     assert set(Path(tempfile.gettempdir()).glob("dermalens-suite-*")) == before   # its folder is gone
+
+
+def test_cpu_time_is_of_the_timed_calls_only():
+    """augmentation_throughput's CPU time per image took the median over the untimed warm-up batches too."""
+    bench_common = load_script("bench_common")
+    costs = iter([0.2] * 100)
+    seen: list[int] = []
+
+    def busy():
+        seen.append(1)
+        deadline = time.process_time() + next(costs) / 10
+        while time.process_time() < deadline:
+            pass
+
+    cpu: dict[str, list[float]] = {}
+    timings = bench_common.interleaved_timings({"a": busy}, calls=4, warmup=2, block=2, block_warmup=1,
+                                               cpu_seconds=cpu)
+    assert len(seen) == 2 + 2 * (1 + 2) and len(timings["a"]) == 4 and len(cpu["a"]) == 4
+    assert all(seconds >= 0.015 for seconds in cpu["a"])
