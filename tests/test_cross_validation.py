@@ -140,6 +140,8 @@ def test_the_ensemble_and_its_rule_travel_through_the_package_and_the_server(cro
     # The server answers with the rule's class, the most probable class beside it.
     photo = sorted(sample_dir.glob("ISIC_*.jpg"))[0]
     app = create_app(checkpoint)
+    # The page and /api/model name the ensemble (they called it one tf_efficientnet_lite0 + CBAM).
+    assert app.test_client().get("/api/model").get_json()["name"] == "ensemble of 2 x (tf_efficientnet_lite0 + CBAM)"
     answer = app.test_client().post(
         "/api/predict", data={"image": (io.BytesIO(photo.read_bytes()), "lesion.jpg")}).get_json()
     probabilities = np.array([answer["probabilities"][code] for code in rule.classes])

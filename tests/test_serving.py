@@ -387,12 +387,22 @@ def test_one_answer_per_upload_on_the_page_the_caption_and_the_report(serving_ch
     assert max(abs(single[c] - predicted["probabilities"][c]) for c in CLASS_CODES) > 1e-5
 
 
-def test_answers_and_explanations_follow_the_models_decision_rule(serving_checkpoint, sample_jpeg, tmp_path):
+def test_answers_and_explanations_follow_the_models_decision_rule(serving_checkpoint, sample_jpeg, tmp_path,
+                                                                  monkeypatch):
     """A fitted rule decides the class answered (and explained by default), the most probable class beside it,
-    through ONNX Runtime as through PyTorch; the melanoma flag comes from the operating point."""
+    through ONNX Runtime as through PyTorch; the melanoma flag comes from the operating point. The downloaded
+    report states that answer too (it titled the most probable class and highlighted its bar)."""
     import shutil
 
     from dermalens.models.calibration_record import write_calibration
+    from dermalens.serving import report as report_module
+    from dermalens.serving import routes
+
+    titles = []
+    real_suptitle = report_module.Figure.suptitle
+    monkeypatch.setattr(report_module.Figure, "suptitle",
+                        lambda figure, text, **kwargs: titles.append(text) or real_suptitle(figure, text, **kwargs))
+    assert routes.report_png is report_module.report_png
 
     def ask(client, path="/api/predict"):
         return client.post(path, data={"image": (io.BytesIO(sample_jpeg), "a.jpg")})
@@ -414,6 +424,10 @@ def test_answers_and_explanations_follow_the_models_decision_rule(serving_checkp
         assert answer["decision_rule"] == "balanced (fitted on test records)" and answer["melanoma_flag"] is True
         explained = ask(client, "/api/explain")
         assert explained.status_code == 200 and explained.headers["X-Target-Class"] == ruled
+        assert ask(client, "/api/report").status_code == 200
+        assert titles[-1].startswith("dermalens: tf_efficientnet_lite0") and f"answer {ruled} (" in titles[-1]
+        assert f"most probable {plain['top_class']} (" in titles[-1]
+        assert "decision rule: balanced (fitted on test records); melanoma flag RAISED" in titles[-1]
 
 
 # --- the downloadable report ------------------------------------------------------

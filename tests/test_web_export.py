@@ -255,11 +255,13 @@ def test_export_web_command_and_refusals(runtime, checkpoint, bundle, tmp_path, 
 
 
 def test_the_page_names_an_ensemble_as_one():
-    """The page called a five-member ensemble "tf_efficientnet_lite0 + CBAM"."""
-    from dermalens.inference.web_export import model_name
+    """The page called a five-member ensemble "tf_efficientnet_lite0 + CBAM"; one name for every output."""
+    from dermalens.models.description import model_name
 
     config = {"backbone": "tf_efficientnet_lite0", "cbam": True}
-    assert model_name("tf_efficientnet_lite0", config, '{"members": 5, "shared_trunk_stages": 4}') == \
-        "ensemble of 5 x tf_efficientnet_lite0 + CBAM"
-    assert model_name("tf_efficientnet_lite0", config, {"members": 3}) == "ensemble of 3 x tf_efficientnet_lite0 + CBAM"
-    assert model_name("tf_efficientnet_lite0", config, None) == "tf_efficientnet_lite0 + CBAM"
+    assert model_name({"model_config": config, "ensemble": '{"members": 5, "shared_trunk_stages": 4}'}) == \
+        "ensemble of 5 x (tf_efficientnet_lite0 + CBAM)"
+    assert model_name({"model_config": config, "ensemble": {"members": 3}}) == "ensemble of 3 x (tf_efficientnet_lite0 + CBAM)"
+    assert model_name({"model_config": config}) == "tf_efficientnet_lite0 + CBAM"
+    assert model_name({"model_config": {"backbone": "efficientnet_b3"}, "distilled_from": {"teacher": "5 fold models"}}) \
+        == "efficientnet_b3, distilled from 5 fold models"

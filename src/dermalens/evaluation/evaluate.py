@@ -23,6 +23,7 @@ from ..data.validation import write_issues_csv
 from ..inference.load import load_predictor, logits_for_images, model_record
 from ..inference.postprocess import DecisionRule, calibrated_probabilities
 from ..models.calibration_record import calibration_path
+from ..models.description import model_name
 from ..run_folder import ISSUES_FILE, RunFolder
 from .medmnist import write_medmnist_result
 from .metrics import compute_classification_metrics, expected_calibration_error
@@ -119,7 +120,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     metrics["ece_before_temperature"] = float(expected_calibration_error(calibrated_probabilities(logits), labels))
     metrics["split"] = split
     context = {
-        "model": describe_model(meta),
+        "model": model_name(meta),
         "image_size": pre.image_size,
         "geometry": pre.geometry,
         "backbone_weights_at_start": meta.get("weights_source", "unknown"),
@@ -160,15 +161,6 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     write_evaluation_report(out_dir, metrics, probs, labels, title=f"dermalens evaluation: {config['name']}",
                             context=context, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
     return {**metrics, "context": context}
-
-
-def describe_model(meta: dict) -> str:
-    config = meta["model_config"]
-    name = f"{config['backbone']} + {'CBAM' if config['cbam'] else 'no CBAM'}"
-    ensemble, teacher = meta.get("ensemble"), meta.get("distilled_from")
-    if teacher:
-        name += f", distilled from {teacher['teacher']}"
-    return f"ensemble of {ensemble['members']} x ({name})" if ensemble else name
 
 
 def melanoma_flag_metrics(flags: np.ndarray, is_melanoma: np.ndarray, point) -> dict:

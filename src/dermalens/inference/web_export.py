@@ -37,6 +37,7 @@ from ..atomic_io import file_sha256
 from ..classes import RESEARCH_DISCLAIMER, class_name
 from ..data.preprocess import normalisation_tables
 from ..models.calibration_record import read_calibration
+from ..models.description import model_name
 from .onnx_predictor import LOGITS_NAME, OnnxPredictor
 from .postprocess import DecisionRule
 from .runtimes import OnnxModelError
@@ -131,18 +132,6 @@ def _decision_record(predictor: OnnxPredictor, model: Path) -> dict | None:
             "melanoma_specificity": None if melanoma is None else melanoma.specificity}
 
 
-def model_name(backbone: str, model_config: dict, ensemble) -> str:
-    """What the page calls the model: an ensemble says how many members answer as one."""
-    name = f"{backbone} + CBAM" if model_config.get("cbam") else backbone
-    if isinstance(ensemble, str):   # ONNX metadata carries it as JSON text
-        try:
-            ensemble = json.loads(ensemble)
-        except ValueError:
-            ensemble = None
-    members = ensemble.get("members") if isinstance(ensemble, dict) else None
-    return f"ensemble of {members} x {name}" if members else name
-
-
 def web_record(predictor: OnnxPredictor, decision: dict | None, model_sha256: str, top_k: int | None = None) -> dict:
     """What the page applies, and shows about the model: one JSON document, also saved as preprocessing.json."""
     pre = predictor.preprocessing
@@ -150,8 +139,6 @@ def web_record(predictor: OnnxPredictor, decision: dict | None, model_sha256: st
     if color not in COLOR_POLICIES:
         raise WebExportError(f"the page implements the colour policies {', '.join(COLOR_POLICIES)}, not {color!r}")
     meta = predictor.metadata
-    model_config = dict(meta.get("model_config") or {})
-    backbone = model_config.get("backbone") or meta.get("backbone") or "unknown"
     metrics = meta.get("val_metrics") or {}
     return {
         "format": RECORD_FORMAT, "format_version": 1,
@@ -168,7 +155,7 @@ def web_record(predictor: OnnxPredictor, decision: dict | None, model_sha256: st
         "temperature": float(predictor.temperature),
         "decision": decision,
         "top_k": top_k,
-        "model": {"name": model_name(backbone, model_config, meta.get("ensemble")),
+        "model": {"name": model_name(meta),
                   "version": meta.get("version"), "epoch": meta.get("epoch"),
                   # The file's name only: a page is shared, and a folder of the training machine says nothing.
                   "checkpoint": Path(meta["checkpoint"]).name if meta.get("checkpoint") else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..classes import CLASS_CODES as HAM10000_CODES
 from ..classes import RESEARCH_DISCLAIMER, class_name
 from ..reporting import ci_of, format_interval, format_metric_ci, format_value
+from .description import model_name
 
 __all__ = ["render_model_card"]
 
@@ -63,8 +64,7 @@ def _ensemble(config: dict) -> dict | None:
 
 
 def _model_name(arch: dict, pre: dict, ensemble: dict | None) -> str:
-    name = f"{arch['backbone']}{' + CBAM' if arch.get('cbam') else ''}, {pre['image_size']} px"
-    return f"ensemble of {ensemble['members']} x {name}" if ensemble else name
+    return f"{model_name({'model_config': arch, 'ensemble': ensemble})}, {pre['image_size']} px"
 
 
 def _class_sentence(classes: list[str]) -> str:

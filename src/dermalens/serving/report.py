@@ -38,13 +38,17 @@ def matching(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.ndarray, method: str,
-               target_class: str, model_name: str, source: str) -> bytes:
+               target_class: str, model_name: str, source: str, decided_class: str | None = None,
+               decision_rule: str = "raw argmax", melanoma_flag: bool | None = None) -> bytes:
     """image: RGB uint8 (H, W, 3); heatmap: float (h, w) in [0, 1] over the whole image, at any size;
-    probabilities: class code -> p, the served predictor's (the map comes from one view)."""
+    probabilities: class code -> p, the served predictor's (the map comes from one view); decided_class,
+    decision_rule, melanoma_flag: the served answer (`Prediction`), which a fitted rule may make another class
+    than the most probable one; the picture states that answer, as the page does."""
     heatmap = thin(np.asarray(heatmap, dtype=np.float32))
     shown = matching(image, heatmap.shape)
     ranked = sorted(probabilities.items(), key=lambda item: item[1])   # barh draws bottom-up: top class last
     top = ranked[-1][0]
+    answer = decided_class or top
     label = METHOD_LABELS.get(method, method)
     with _DRAW_LOCK:
         # Constrained layout keeps the titles, class names and the note clear of each other.
@@ -71,7 +75,7 @@ def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.n
         codes = [code for code, _ in ranked]
         values = [p for _, p in ranked]
         drawn = bars.barh([f"{code}: {class_name(code)}" for code in codes], values,
-                          color=["#c05621" if code == top else "#2f6f9f" for code in codes])
+                          color=["#c05621" if code == answer else "#2f6f9f" for code in codes])
         bars.bar_label(drawn, labels=[f"{p:.1%}" for p in values], padding=3, fontsize=9)
         bars.set_xlim(0, 1.15)
         bars.set_xlabel("probability")
@@ -79,8 +83,13 @@ def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.n
         bars.tick_params(axis="y", labelsize=9)
         bars.spines[["top", "right"]].set_visible(False)
 
-        figure.suptitle(f"dermalens: {model_name}, most probable {top} ({class_name(top)}) "
-                        f"{probabilities[top]:.1%}", fontsize=14, fontweight="bold", parse_math=False)
+        title = f"dermalens: {model_name}, answer {answer} ({class_name(answer)}) {probabilities[answer]:.1%}"
+        if answer != top:
+            title += f"; most probable {top} ({class_name(top)}) {probabilities[top]:.1%}"
+        detail = f"decision rule: {decision_rule}"
+        if melanoma_flag is not None:
+            detail += "; melanoma flag " + ("RAISED" if melanoma_flag else "not raised")
+        figure.suptitle(f"{title}\n{detail}", fontsize=13, fontweight="bold", parse_math=False)
         figure.supxlabel(RESEARCH_DISCLAIMER, fontsize=12,
                          bbox={"boxstyle": "round", "facecolor": "#fff4e5", "edgecolor": "#f0b429"})
         buffer = io.BytesIO()

@@ -196,7 +196,8 @@ def report():
 
     def draw(explanation) -> bytes:   # runs on the explanation worker, inside its slot
         return report_png(image.rgb, prediction.probabilities, explanation.heatmap, method,
-                          explanation.target_class, name, image.filename)
+                          explanation.target_class, name, image.filename, prediction.decided_class,
+                          prediction.decision_rule, prediction.melanoma_flag)
 
     png = run_explanation(image, method, target or prediction.decided_class, prediction.probabilities, draw)
     response = current_app.response_class(png, mimetype="image/png")

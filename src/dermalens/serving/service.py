@@ -44,6 +44,7 @@ import numpy as np
 
 from .. import __version__
 from ..classes import RESEARCH_DISCLAIMER, class_index, class_name
+from ..models.description import model_name
 from .capacity import Capacity, Limits, WorkerPool
 from .uploads import DEFAULT_MAX_PIXELS, DecodedImage, decode_upload
 
@@ -201,11 +202,6 @@ def make_explainer(api: ModuleType, predictor: "Predictor"):
     return api.Explainer.from_predictor(predictor)
 
 
-def model_display_name(model_config: dict) -> str:
-    name = model_config.get("backbone", "unknown")
-    return f"{name} + CBAM" if model_config.get("cbam") else name
-
-
 def describe_model(predictor) -> dict:
     """What /api/model and the page show: the model, its classes, input and validation metrics.
     Works for any predictor with `metadata`, `preprocessing`, `temperature` and `tta`."""
@@ -215,7 +211,7 @@ def describe_model(predictor) -> dict:
     metrics = {key.removeprefix("val/"): float(value) for key, value in (meta.get("val_metrics") or {}).items()}
     checkpoint = meta.get("checkpoint")
     return {
-        "name": model_display_name(model_config),
+        "name": model_name(meta),
         "backbone": model_config.get("backbone"),
         "cbam": bool(model_config.get("cbam", False)),
         "version": meta.get("version"),
