@@ -405,4 +405,12 @@ def test_evaluate_lists_the_images_it_skipped_beside_its_report(checkpoint, tmp_
                  "--set", "evaluation.n_bootstrap=10", "--set", "data.cache_dir=null"]) == 0
     listed = list(csv.DictReader((out / "data_issues.csv").open()))
     assert [Path(row["path"]).name for row in listed] == ["mel0.jpg"]
-    assert "1 bad data item(s) left out, listed in data_issues.csv" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "1 bad data item(s) left out, listed in data_issues.csv" in report
+    assert "| ECE before temperature scaling |" in report   # what the temperature bought, as the docs say
+    # Mended and scored again into the same folder: the earlier list must not stay as if it were this one's.
+    Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(broken)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "data"), "--format", "folder",
+                 "--split", "all", "--out", str(out), "--no-tta", "--set", "evaluation.n_bootstrap=10",
+                 "--set", "data.cache_dir=null"]) == 0
+    assert not (out / "data_issues.csv").exists() and "data_issues" not in (out / "report.md").read_text()

@@ -230,3 +230,13 @@ def test_a_finished_run_resumed_as_a_student_ships_one_distilled_model(cross_val
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["decision_rule"]["class_bias"] == calibration["decision"]["class_bias"]
     assert "distilled from the out-of-fold logits of 2 fold models" in (run / "report.md").read_text()
+
+
+def test_a_cross_validated_run_has_no_val_split_to_evaluate_and_says_where_its_figures_are(
+        cross_validated_run: Path, capsys):
+    """The error suggested --split all, which would score the run's own training images with its test ones."""
+    assert main(["evaluate", "--run", str(cross_validated_run), "--split", "val"]) == 2
+    err = capsys.readouterr().err
+    assert "a cross-validated run keeps no validation split: its out-of-fold figures are in cv.json" in err
+    assert "--split all" not in err
+    assert not list(cross_validated_run.glob("eval-*-val"))

@@ -553,3 +553,16 @@ def test_a_lesion_id_csv_giving_one_image_two_lesions_is_refused_by_line(tmp_pat
     with pytest.raises(DataFormatError, match=r"lesion_ids\.csv gives 1 image\(s\) two lesion ids: nv0 "
                                               r"\(again on line 5\)"):
         read_class_folders(tmp_path, lesion_csv=lesions)
+
+
+def test_an_official_isic2018_set_scored_whole_is_named_in_the_report(tmp_path, sample_dir, sample_metadata):
+    """Scored whole, the Test set and the Training set were both "every image of the data set (no split)"."""
+    from dermalens.config import load_config
+    from dermalens.data.prepare import prepare_data
+    from dermalens.evaluation.evaluate import split_method
+
+    _build_isic2018(tmp_path / "isic", sample_dir, sample_metadata, split="Test")
+    config = load_config(None, ["data.cache_dir=null", "model.image_size=32"],
+                         {"data": {"path": str(tmp_path / "isic"), "format": "isic2018"}})
+    prepared = prepare_data(config, progress=False, split_needed=False)
+    assert split_method(prepared, "all") == "every image of the official ISIC 2018 Test set (no split)"

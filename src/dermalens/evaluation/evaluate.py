@@ -43,11 +43,19 @@ def git_commit() -> str:
         return "unknown"
 
 
-def split_method(prepared: PreparedData, split: str) -> str:
-    """How the evaluated images were chosen, said plainly (a folder without lesion ids is split per image)."""
-    if split == "all":
-        return "every image of the data set (no split)"
+def split_method(prepared: PreparedData, split: str, own_run: bool = False) -> str:
+    """How the evaluated images were chosen, said plainly (a folder without lesion ids is split per image).
+
+    own_run: the data is the run's own, read through its split.csv."""
     records = prepared.dataset.records
+    if split == "all":
+        sets = set(records["official_split"].dropna())
+        if prepared.dataset.name == "isic2018" and len(sets) == 1:
+            named = {"train": "Training", "val": "Validation", "test": "Test"}.get(sets.pop(), "?")
+            return f"every image of the official ISIC 2018 {named} set (no split)"
+        if own_run:
+            return "every image of the run's data, its training images included (optimistic figures)"
+        return "every image of the data set (no split)"
     if has_official_splits(records):
         return "official splits (per image)"
     if (records["lesion_id"] == records["image_id"]).all():
@@ -84,6 +92,11 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
         raise ValueError(f"checkpoint expects {pre.image_size}px images, the prepared data is {prepared.images.shape[1]}px")
     rows = prepared.rows(split)
     if len(rows) == 0:
+        if split_dir is not None:   # the run's own data: --split all would score its training images too
+            cross_validated = RunFolder(split_dir).cv_file.is_file()
+            raise ValueError(f"split '{split}' of the run {split_dir} is empty; nothing to evaluate"
+                             + (" (a cross-validated run keeps no validation split: its out-of-fold figures are "
+                                f"in {RunFolder(split_dir).cv_file.name})" if cross_validated and split == "val" else ""))
         raise ValueError(f"split '{split}' of {prepared.dataset.root} is empty; nothing to evaluate"
                          + ("" if split == "all" else " (use --split all to score every image)"))
     log.info("evaluating %s on %s split %s (%d images; split from %s); calibration record: %s; TTA: %s",
@@ -128,7 +141,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
         "checkpoint_epoch": meta.get("epoch"),
         "data": f"{prepared.dataset.name} ({prepared.dataset.root})",
         "split": f"{split} ({len(labels)} images)",
-        "split_method": split_method(prepared, split),
+        "split_method": split_method(prepared, split, own_run=split_dir is not None),
         "tta": "flips (4 views)" if ev["tta"] else "none",
         "runtime": predictor.runtime,
         "temperature": round(temperature, 4),
@@ -150,6 +163,8 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     if prepared.issues:   # data.on_bad_data=skip: what was left out is listed beside the figures it changes
         write_issues_csv(prepared.issues, out_dir / ISSUES_FILE)
         context["data_issues"] = f"{len(prepared.issues)} bad data item(s) left out, listed in {ISSUES_FILE}"
+    elif (out_dir / ISSUES_FILE).is_file():   # an earlier evaluation's list must not pass for this one's
+        (out_dir / ISSUES_FILE).unlink()
     if prepared.dataset.name == "dermamnist" and split in ("train", "val", "test") and metrics["auc_macro"] is not None:
         # Rows are in the .npz order (dermamnist_<split>_<index>), as MedMNIST's evaluator expects.
         source_size = int(prepared.dataset.images.shape[1]) if prepared.dataset.images is not None else 28

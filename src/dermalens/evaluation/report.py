@@ -142,6 +142,8 @@ def render_report_markdown(
 
     lines += ["## Headline metrics", ""]
     rows = [[label, _cell(metrics.get(key)), _interval(ci95, key)] for label, key in _HEADLINE_ROWS]
+    if metrics.get("ece_before_temperature") is not None:   # what the temperature bought
+        rows.append(["ECE before temperature scaling", _cell(metrics["ece_before_temperature"]), "n/a"])
     for label, code in _HEADLINE_CLASS_F1:
         if code in metrics.get("per_class", {}):
             rows.append([label, _cell(metrics["per_class"][code]["f1"]), _interval(ci95, f"f1_{code}")])
@@ -169,8 +171,9 @@ def render_report_markdown(
     )
     defined = metrics.get("ci95_defined_resamples") or {}
     partial = [f"{k} {v}" for k, v in defined.items() if k.startswith(("f1_", "recall_"))]
-    lines += ["", "n/a: the class has no images in this split (or no interval: too few resamples hold it). "
-              "Per-class CIs use only the resamples where the statistic is defined"
+    lines += ["", "n/a: the class has no images in this split (sensitivity, F1, AUC), is never predicted (PPV), "
+              "or has no interval (too few resamples hold it). Macro F1 counts a class predicted here but without "
+              "images as 0. Per-class CIs use only the resamples where the statistic is defined"
               + (f"; resamples used where fewer than all: {', '.join(partial)}." if partial else "."), ""]
 
     lines += _decision_rule_section(metrics)

@@ -120,6 +120,9 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
         chosen = _isic2018_set_or_warn(resolved, chosen)
     elif split_dir is not None:
         check_run_split(split_dir, chosen, redraw_split)
+        if chosen == "all":
+            warnings.warn(f"--split all of the run's own data scores the images {split_dir} trained on too: the "
+                          "figures are optimistic (the report says so)", stacklevel=2)
     if not tta:
         resolved["evaluation"]["tta"] = False
     name = resolved["data"].get("subset") or Path(resolved["data"]["path"] or resolved["data"]["format"]).stem
