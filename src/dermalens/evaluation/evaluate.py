@@ -49,12 +49,12 @@ def split_method(prepared: PreparedData, split: str, own_run: bool = False) -> s
     own_run: the data is the run's own, read through its split.csv."""
     records = prepared.dataset.records
     if split == "all":
+        if own_run:   # first: a run trained on one ISIC 2018 set is an official set too
+            return "every image of the run's data, its training images included (optimistic figures)"
         sets = set(records["official_split"].dropna())
         if prepared.dataset.name == "isic2018" and len(sets) == 1:
             named = {"train": "Training", "val": "Validation", "test": "Test"}.get(sets.pop(), "?")
             return f"every image of the official ISIC 2018 {named} set (no split)"
-        if own_run:
-            return "every image of the run's data, its training images included (optimistic figures)"
         return "every image of the data set (no split)"
     if has_official_splits(records):
         return "official splits (per image)"
