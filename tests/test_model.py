@@ -106,3 +106,5 @@ def test_backbone_names_timm_resolves_itself_pass_the_early_check():
         check_backbone_name(name)
     with pytest.raises(ValueError, match=r"'efficientnet_b99' is not a timm architecture; did you mean"):
         check_backbone_name("efficientnet_b99")
+    with pytest.raises(ValueError, match=r"'resnet18:x' is not a timm architecture"):
+        check_backbone_name("resnet18:x")   # a colon alone is no source timm knows

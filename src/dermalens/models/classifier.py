@@ -103,10 +103,13 @@ def _splittable(backbone: nn.Module) -> bool:
 
 
 
+TIMM_SOURCES = ("hf-hub:", "hf_hub:", "local-dir:")   # timm's model-name prefixes for weights from elsewhere
+
+
 def check_backbone_name(name: str) -> None:
     """ValueError naming a backbone timm does not know (and the nearest names it does), so that a typo is found
     before the data is read, not after every image was decoded."""
-    if ":" in name or timm.is_model(name):   # hf-hub:, hf_hub:, local-dir:: timm resolves those itself
+    if name.lower().startswith(TIMM_SOURCES) or timm.is_model(name):   # timm resolves these sources itself
         return
     import difflib
 
