@@ -38,7 +38,7 @@ import yaml
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
-from dermalens.config import ConfigError, load_config, parse_override, recipe_differences
+from dermalens.config import ConfigError, load_config, recipe_differences
 from dermalens.config_files import resolve_config_path
 from dermalens.data.prepare import resolve_data_path, test_sources
 from dermalens.evaluation.calibration import fit_temperature
@@ -236,16 +236,19 @@ def main(argv: list[str] | None = None) -> int:
         # Every variant's config is built before the first one trains: a typo in the last --variant (or in --set,
         # or --folds 1) fails now, not after hours of training. Without variants, --config, --set and --folds
         # alone; with them, only as each variant completes them (a --set may need a variant's settings).
-        if not variants:
+        try:
             variant_config(args.config, args.data, args.set, [], args.folds)
-        if args.folds < 2:
-            variant_config(args.config, args.data, [], [], args.folds)   # says why, once
-        for item in args.set or []:
-            parse_override(item)   # a malformed --set is named as such, not as the first variant's
+            alone = None
+        except ConfigError as error:   # --config, --set or --folds, unless the variants' settings mend it
+            alone = error
+        if alone is not None and not variants:
+            raise alone
         for name, overrides in variants:
             try:
                 variant_config(args.config, args.data, args.set, overrides, args.folds)
             except ConfigError as error:
+                if alone is not None and str(error) == str(alone):
+                    raise alone from None   # not this variant's doing: named as --config's or --set's own
                 raise ConfigError(f"--variant {name!r}: {error}") from None
     except (ConfigError, yaml.YAMLError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -181,6 +181,11 @@ def test_every_variant_and_setting_is_checked_before_any_training(tmp_path, monk
     assert script.main([*base, "--variant", "base", "--folds", "1"]) == 2
     assert "error: --folds must be 2 or more" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # A --config or --set error is named as such, not as the first variant's.
+    assert script.main([*base[:1], "nosuchcfg", *base[2:], "--variant", "A: training.max_epochs=2"]) == 2
+    assert "error: config not found: nosuchcfg" in capsys.readouterr().err
+    assert script.main([*base, "--variant", "A: training.max_epochs=2", "--set", "training.max_epoch=3"]) == 2
+    assert "error: unknown config key 'training.max_epoch'" in capsys.readouterr().err
     # A --set that only holds with each variant's own settings is no error (it was, checked alone).
     assert script.main([*base, "--set", "scheduler.name=plateau", "--existing-only",
                         "--variant", "by loss: training.monitor=val/loss, training.monitor_mode=min",
