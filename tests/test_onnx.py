@@ -421,3 +421,17 @@ def test_parity_check_falls_back_to_random_images_with_a_warning(monkeypatch, tm
     with pytest.warns(UserWarning, match="random images"):
         images, source = check_images(None, 16)
     assert source == "random" and 0 < len(images) <= 4 and images[0].dtype == np.uint8
+
+
+def test_a_students_teacher_travels_in_the_export_and_names_the_model(checkpoint):
+    """The page and an ONNX-served model called a distilled student a plain network: its export dropped
+    what taught it."""
+    from dermalens.inference.export import checkpoint_metadata
+    from dermalens.inference.onnx_predictor import decode_metadata, encode_metadata
+    from dermalens.models.description import model_name
+
+    _, meta = load_classifier(checkpoint)
+    meta["distilled_from"] = {"teacher": "the out-of-fold logits of 5 fold models", "weight": 0.5}
+    carried = decode_metadata(encode_metadata(checkpoint_metadata(checkpoint, meta)))
+    assert carried["distilled_from"] == meta["distilled_from"]
+    assert model_name(carried) == "tf_efficientnet_lite0 + CBAM, distilled from the out-of-fold logits of 5 fold models"

@@ -264,6 +264,10 @@ def test_model_card_says_what_the_model_is_how_it_decides_and_where_it_was_fitte
     assert "akiec +0.70" in card and "P(mel) >= 0.156" in card and "| balanced accuracy, raw argmax | 0.512 |" in card
     assert "mean of the four flipped views' logits / T" in card
 
+    student = copy.deepcopy(config)
+    student["distilled_from"] = {"teacher": "the out-of-fold logits of 5 fold models"}
+    assert ", distilled from the out-of-fold logits of 5 fold models, " in render_model_card(student, "model")
+
     other = copy.deepcopy(config)
     other["classes"] = ["mel", "nv"]
     other["training"]["split_method"] = "split per image (no lesion ids): photos of one lesion may sit in different splits"

@@ -329,6 +329,7 @@ def checkpoint_metadata(checkpoint: Path, meta: dict) -> dict:
         "tta": bool(calibration["tta"]),
         "decision": calibration.get("decision"),
         "ensemble": meta.get("ensemble"),
+        "distilled_from": meta.get("distilled_from"),   # a student says what taught it, as its checkpoint does
         "version": meta.get("version", __version__),
         "backbone": meta["model_config"].get("backbone"),
         "model_config": meta["model_config"],

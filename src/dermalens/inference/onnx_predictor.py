@@ -44,7 +44,7 @@ PROBABILITIES_NAME = "probabilities"  # softmax(logits / temperature at export t
 METADATA_PREFIX = "dermalens."
 # Metadata values that are JSON documents rather than plain strings.
 _JSON_KEYS = ("classes", "preprocessing", "model_config", "val_metrics", "parity", "int8_parity", "quantization",
-              "temperature", "checkpoint_size", "epoch", "opset", "decision", "ensemble")
+              "temperature", "checkpoint_size", "epoch", "opset", "decision", "ensemble", "distilled_from")
 
 
 def encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:

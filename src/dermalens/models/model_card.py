@@ -63,8 +63,10 @@ def _ensemble(config: dict) -> dict | None:
     return config.get("ensemble") or None
 
 
-def _model_name(arch: dict, pre: dict, ensemble: dict | None) -> str:
-    return f"{model_name({'model_config': arch, 'ensemble': ensemble})}, {pre['image_size']} px"
+def _model_name(config: dict) -> str:
+    meta = {"model_config": config["architecture"], "ensemble": config.get("ensemble"),
+            "distilled_from": config.get("distilled_from")}
+    return f"{model_name(meta)}, {config['preprocessing']['image_size']} px"
 
 
 def _class_sentence(classes: list[str]) -> str:
@@ -116,7 +118,7 @@ def render_model_card(config: dict, folder_name: str) -> str:
     test = config.get("test_metrics") or {}
     synthetic = training.get("synthetic_data")
     ensemble = _ensemble(config)
-    name = _model_name(arch, pre, ensemble)
+    name = _model_name(config)
     fitted_on = config.get("calibration_fitted_on")
     split_method = training.get("split_method") or ""
     ham_derived = training.get("dataset") in ("ham10000", "isic2018", "dermamnist")

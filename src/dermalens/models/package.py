@@ -197,6 +197,7 @@ def build_config(meta: dict, calibration: dict, checkpoint: Path, run_config: di
                       "shared_trunk_stages": meta["ensemble"].get("shared_trunk_stages", 0),
                       "member_epochs": meta["ensemble"].get("member_epochs")}
                      if meta.get("ensemble") else None),
+        "distilled_from": meta.get("distilled_from"),   # a student: what taught it
         "val_metrics": dict(meta.get("val_metrics") or {}),
         "test_metrics": test_metrics,
         "training": {

@@ -149,6 +149,7 @@ def package_metadata(folder: Path, config: dict) -> dict:
         "calibration": {"temperature": float(config.get("temperature", 1.0)), "tta": bool(config.get("tta", False)),
                         "fitted_on": config.get("calibration_fitted_on"), "decision": config.get("decision")},
         "ensemble": config.get("ensemble"),
+        "distilled_from": config.get("distilled_from"),
         "checkpoint": str(folder),     # what the model was loaded from (shown by serve)
         "package": str(folder),
     }
