@@ -247,7 +247,7 @@ def test_the_official_isic2018_test_set_is_scored_whole(tmp_path, sample_dir, sa
                  "--format", fmt, "--split", "test", "--out", str(out), "--set", "evaluation.n_bootstrap=20"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_samples"] == 50 and metrics["split"] == "all"      # every image, never re-split
-    assert metrics["context"]["split_method"] == "every image of the data set (no split)"
+    assert metrics["context"]["split_method"] == "every image of the official ISIC 2018 Test set (no split)"
 
 
 def test_predict_writes_an_isic2018_submission(tmp_path, sample_dir):
