@@ -27,13 +27,12 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from dermalens.cli import resolve_config_path
-from dermalens.config import ConfigError, load_config, recipe_differences
+from dermalens.config import ConfigError, load_config
 from dermalens.evaluation.evaluate import evaluate_checkpoint
 from dermalens.evaluation.report import atomic_write_json, atomic_write_text
 from dermalens.run_folder import RunFolder
+from dermalens.training.job import folder_settings_differences
 from dermalens.training.run import train
 
 VARIANTS = {
@@ -60,15 +59,15 @@ def validation_metrics(config: dict, run_dir: Path) -> tuple[dict, float]:
     finished variant is read back, an interrupted one resumed from its last checkpoint (a fresh start in
     its folder was refused: "already holds checkpoints")."""
     folder = RunFolder(run_dir)
-    if folder.config_file.is_file():
-        # Scored with a decision rule fitted on the validation split (an older ablation), or trained with other
-        # settings (another ablation writing to this OUT): not this variant's figures.
-        differences = recipe_differences(yaml.safe_load(folder.config_file.read_text()), config,
-                                         extra_keys=("seed", "data.val_fraction", "data.test_fraction",
-                                                     *(item.split("=")[0] for item in UNFITTED)))
-        if differences:
-            raise SystemExit(f"error: {run_dir} holds a variant trained with other settings "
-                             f"({'; '.join(differences)}); use another --out or remove that folder")
+    # Scored with a decision rule fitted on the validation split (an older ablation, which records no such
+    # setting: compared as unset), or trained with other settings (another ablation writing to this OUT): not
+    # this variant's figures.
+    differences = folder_settings_differences(run_dir, config, ignore_unrecorded=False,
+                                              extra_keys=("seed", "data.val_fraction", "data.test_fraction",
+                                                          *(item.split("=")[0] for item in UNFITTED)))
+    if differences:
+        raise SystemExit(f"error: {run_dir} holds a variant trained with other settings "
+                         f"({'; '.join(differences)}); use another --out or remove that folder")
     status = folder.read_status()
     if status.get("state") == "finished":
         seconds = float(status.get("train_seconds", 0.0))

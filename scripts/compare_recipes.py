@@ -38,14 +38,14 @@ import yaml
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
-from dermalens.config import ConfigError, load_config, recipe_differences
+from dermalens.config import ConfigError, load_config
 from dermalens.config_files import resolve_config_path
-from dermalens.data.prepare import resolve_data_path, test_sources
 from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.decision import cross_fitted_decisions
 from dermalens.inference.postprocess import calibrated_probabilities
 from dermalens.run_folder import CONFIG_FILE, CV_FILE, OUT_OF_FOLD_LOGITS
 from dermalens.training.cross_validation import mean_and_sd, summarise, train_folds
+from dermalens.training.job import folder_settings_differences
 
 COLUMNS = (("balanced_accuracy", "OOF bal. acc."), ("accuracy", "OOF acc."), ("auc_macro", "OOF macro AUC"),
            ("mel_sensitivity_at_80_specificity", "OOF mel sens. @80% spec."))
@@ -121,21 +121,6 @@ def reference_row(text: str, folds: int, first_folds: int | None, rule_tolerance
             "rule_headroom": [{"accuracy_tolerance": t, **rules[t]} for t in rule_tolerances]}
 
 
-def data_differences(run_config: dict, config: dict) -> list[str]:
-    """'key: run value -> this value' where a run folder's config read other data than `config` does: another
-    folder (compared resolved: a relative --data and the absolute path a run records are one folder), format,
-    class set (where both name one: 'auto' is whatever the data holds) or held-out sources."""
-    def described(cfg: dict) -> dict:
-        data, path = cfg.get("data") or {}, resolve_data_path({"data": {"path": None, **(cfg.get("data") or {})}})
-        return {"data.path": str(path.resolve()) if path else None, "data.format": data.get("format"),
-                "data.classes": data.get("classes") if isinstance(data.get("classes"), list) else None,
-                "data.test_sources": test_sources({"data": data})}
-
-    theirs, mine = described(run_config), described(config)
-    return [f"{key}: {theirs[key]!r} -> {mine[key]!r}" for key in theirs
-            if theirs[key] != mine[key] and not (key == "data.classes" and None in (theirs[key], mine[key]))]
-
-
 def variant_config(config_name: str, data: str, base_overrides: list[str], overrides: list[str],
                    folds: int) -> dict:
     """A variant's config: the config, --set, K folds without an ensemble, then its own overrides
@@ -151,15 +136,12 @@ def run_variant(config_name: str, data: str, base_overrides: list[str], name: st
                 folds: int, out: Path, first_folds: int | None = None, existing_only: bool = False) -> dict | None:
     folder = out / name.replace(" ", "_").replace("/", "-")
     config = variant_config(config_name, data, base_overrides, overrides, folds)
-    if (folder / "config.yaml").is_file():
-        # A variant folder is reused, finished or not; one trained with other settings (another comparison
-        # that wrote to the same OUT) must not pass for this variant.
-        recorded = yaml.safe_load((folder / "config.yaml").read_text())
-        differences = recipe_differences(recorded, config, extra_keys=("training.folds", "data.test_fraction", "seed"),
-                                         ignore_unrecorded=True) + data_differences(recorded, config)
-        if differences:
-            raise SystemExit(f"error: {folder} holds variant {name!r} trained with other settings "
-                             f"({'; '.join(differences)}); use another --out or remove that folder")
+    # A variant folder is reused, finished or not; one trained with other settings (another comparison that
+    # wrote to the same OUT) must not pass for this variant.
+    differences = folder_settings_differences(folder, config, extra_keys=("training.folds", "data.test_fraction", "seed"))
+    if differences:
+        raise SystemExit(f"error: {folder} holds variant {name!r} trained with other settings "
+                         f"({'; '.join(differences)}); use another --out or remove that folder")
     if (folder / CV_FILE).is_file():
         summary = json.loads((folder / CV_FILE).read_text())
     elif existing_only:

@@ -52,12 +52,10 @@ from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import sensitivity_at_specificity
 from dermalens.evaluation.plots import plot_source_generalisation
 from dermalens.inference.postprocess import calibrated_probabilities
-from dermalens.run_folder import CONFIG_FILE, CV_FILE
+from dermalens.run_folder import CV_FILE
 from dermalens.training.cross_validation import train_folds
+from dermalens.training.job import folder_settings_differences
 from dermalens.training.run import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_recipes import data_differences  # noqa: E402  (a sibling script)
 
 MIN_IMAGES = 10
 # Settings beside the recipe that a reused folder of OUT must share with this command (the data is compared too).
@@ -102,11 +100,7 @@ def held_out_config(config: dict, source: str) -> dict:
 def check_reusable(folder: Path, config: dict, extra_keys: tuple[str, ...]) -> None:
     """A folder of OUT is reused (finished) or resumed (not yet) only when it was trained with `config`: one from
     another recipe, --folds, --set or data (an earlier command writing to the same OUT) must not pass for it."""
-    if not (folder / CONFIG_FILE).is_file():
-        return
-    recorded = yaml.safe_load((folder / CONFIG_FILE).read_text())
-    differences = recipe_differences(recorded, config, extra_keys=extra_keys, ignore_unrecorded=True) \
-        + data_differences(recorded, config)
+    differences = folder_settings_differences(folder, config, extra_keys)
     if differences:
         raise SystemExit(f"error: {folder} was trained with other settings ({'; '.join(differences)}); "
                          "use another --out or remove that folder")

@@ -4,7 +4,10 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ..config import ConfigError, flat_settings
+import yaml
+
+from ..config import ConfigError, flat_settings, recipe_differences
+from ..data.prepare import resolve_data_path, test_sources
 from ..run_folder import RunFolder
 from .cross_validation import CrossValidationResult, format_cross_validation, train_folds
 from .run import TrainResult, train
@@ -33,6 +36,34 @@ def check_resume_changes(saved: dict, config: dict, run_dir: Path) -> None:
     if refused:
         raise ConfigError(f"--resume {run_dir} cannot change what its model was trained as: {'; '.join(refused)}. "
                           f"Start a new run (another --run-dir) for these settings")
+
+
+def data_differences(run_config: dict, config: dict) -> list[str]:
+    """'key: run value -> this value' where a run folder's config read other data than `config` does: another
+    folder (compared resolved: a relative --data and the absolute path a run records are one folder), format,
+    class set (where both name one: 'auto' is whatever the data holds) or held-out sources."""
+    def described(cfg: dict) -> dict:
+        data, path = cfg.get("data") or {}, resolve_data_path({"data": {"path": None, **(cfg.get("data") or {})}})
+        return {"data.path": str(path.resolve()) if path else None, "data.format": data.get("format"),
+                "data.classes": data.get("classes") if isinstance(data.get("classes"), list) else None,
+                "data.test_sources": test_sources({"data": data})}
+
+    theirs, mine = described(run_config), described(config)
+    return [f"{key}: {theirs[key]!r} -> {mine[key]!r}" for key in theirs
+            if theirs[key] != mine[key] and not (key == "data.classes" and None in (theirs[key], mine[key]))]
+
+
+def folder_settings_differences(folder: Path, config: dict, extra_keys: tuple[str, ...] = (),
+                                ignore_unrecorded: bool = True) -> list[str]:
+    """How the run folder's config.yaml differs from `config` in recipe, `extra_keys` and data ([] when the
+    folder has no config yet): the research scripts reuse or resume a folder only when this is empty, so that
+    results of another command writing to the same output are never passed off as this one's."""
+    config_file = RunFolder(folder).config_file
+    if not config_file.is_file():
+        return []
+    recorded = yaml.safe_load(config_file.read_text())
+    return recipe_differences(recorded, config, extra_keys=extra_keys, ignore_unrecorded=ignore_unrecorded) \
+        + data_differences(recorded, config)
 
 
 def run_training(config: dict | None = None, run_dir: Path | None = None, resume: bool = False,
