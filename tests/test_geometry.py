@@ -1,6 +1,7 @@
 """The geometry policy: how a photo of any size becomes the model's square input, and back."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -55,3 +56,25 @@ def test_preprocessing_records_the_policy_and_reads_old_records_as_squash():
     assert Preprocessing.from_dict(pre.to_dict()) == pre
     legacy = {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
     assert Preprocessing.from_dict(legacy).geometry == SQUASH
+
+
+def test_an_enlarged_image_is_the_same_picture_with_or_without_intel_ipp():
+    """x86 OpenCV wheels resize INTER_CUBIC through Intel IPP, whose rounding differs from OpenCV's own
+    code (ARM builds, the in-browser page) in a few per cent of the pixels: dermalens uses OpenCV's own
+    code everywhere, and leaves the calling thread's IPP switch as it found it."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (100, 180, 3), dtype=np.uint8)
+    used = cv2.ipp.useIPP()
+    try:
+        cv2.ipp.setUseIPP(True)
+        ipp_available = cv2.ipp.useIPP()   # False on builds without IPP
+        with_ipp = fit_to_square(small, 224, "squash")
+        assert cv2.ipp.useIPP() == ipp_available
+        cv2.ipp.setUseIPP(False)
+        without_ipp = fit_to_square(small, 224, "squash")
+        assert not cv2.ipp.useIPP()
+        opencv_own = cv2.resize(small, (224, 224), interpolation=cv2.INTER_CUBIC)
+    finally:
+        cv2.ipp.setUseIPP(used)
+    assert np.array_equal(with_ipp, without_ipp), int(np.count_nonzero(with_ipp != without_ipp))
+    assert np.array_equal(without_ipp, opencv_own)

@@ -38,7 +38,7 @@ from dermalens.user_cache import mark_used
 log = logging.getLogger(__name__)
 
 # Bump whenever fit_to_square changes its output, so old caches are not reused.
-RESIZE_VERSION = "area-down-cubic-up-v2"
+RESIZE_VERSION = "area-down-cubic-up-v3"   # v3: INTER_CUBIC by OpenCV's own code, not IPP
 _DECODE_WORKERS = 2  # PIL and cv2 release the GIL while decoding/resizing
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, cv2.error)
 

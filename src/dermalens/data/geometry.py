@@ -58,8 +58,27 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     height, width = image.shape[:2]
     if (height, width) == (size, size):
         return np.ascontiguousarray(image).copy()
-    interpolation = cv2.INTER_AREA if size * size <= height * width else cv2.INTER_CUBIC
-    return cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=interpolation)
+    image = np.ascontiguousarray(image)
+    if size * size <= height * width:
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return _resize_cubic_without_ipp(image, size)
+
+
+def _resize_cubic_without_ipp(image: np.ndarray, size: int) -> np.ndarray:
+    """INTER_CUBIC by OpenCV's own code, on every machine.
+
+    x86 OpenCV wheels hand INTER_CUBIC to Intel IPP, which rounds one level
+    apart from OpenCV's own code in a few per cent of the pixels; ARM builds
+    and the in-browser page (web/preprocess.js) run OpenCV's own code. Turning
+    IPP off here gives one picture everywhere. OpenCV keeps the switch per
+    thread, so other threads' resizes are untouched.
+    """
+    used = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+    finally:
+        cv2.ipp.setUseIPP(used)
 
 
 def fit_to_square(image: np.ndarray, size: int, policy: str) -> np.ndarray:

@@ -5,10 +5,10 @@
 // Why resize by hand: a canvas drawImage resize is bilinear (and browser
 // specific), while the Python side uses OpenCV: INTER_AREA when the image
 // shrinks, INTER_CUBIC when it grows (data/geometry.py). The area resize below
-// follows OpenCV's algorithm step by step in float32 (Math.fround), so it gives
-// OpenCV's bytes exactly; the cubic and mixed-scale paths use OpenCV's
-// fixed-point coefficients and may differ from its SIMD code by one level in
-// a few pixels. tests/test_web_export.py checks both against OpenCV.
+// follows OpenCV's algorithm step by step in float32 (Math.fround); the cubic
+// and mixed-scale paths use OpenCV's fixed-point weights and the arithmetic of
+// its vectorised row passes. Each gives OpenCV's bytes exactly (OpenCV's own
+// code, as data/geometry.py runs it); tests/test_web_preprocess.py checks them.
 //
 // Plain script: a global `DermalensPreprocess` in a page, module.exports in node.
 "use strict";
@@ -18,7 +18,7 @@
   const CENTER_SQUARE = "center_square";
   const SQUASH = "squash";
   const COEF_SCALE = 2048;            // OpenCV's INTER_RESIZE_COEF_SCALE (11 bits)
-  const FIXED_BITS = 22;              // two rounds of 11-bit coefficients
+  const FIXED_UNIT = fround(1 / (COEF_SCALE * COEF_SCALE));   // two rounds of 11-bit coefficients
 
   function roundHalfEven(x) {         // cvRound / saturate_cast: round half to even
     const floor = Math.floor(x);
@@ -184,17 +184,19 @@
       return rows.get(sy);
     };
     const out = new Uint8Array(dh * dw * 3);
-    const half = 2 ** (FIXED_BITS - 1);
-    const unit = 2 ** FIXED_BITS;
+    const betaFloat = yw.map((weights) => weights.map((b) => fround(b * FIXED_UNIT)));
     for (let y = 0; y < dh; y++) {
       const lines = yofs[y].map(horizontal);
       const beta = yw[y];
       for (let i = 0; i < dw * 3; i++) {
         let value;
         if (mode === "cubic") {
-          let acc = 0;
-          for (let k = 0; k < lines.length; k++) acc += lines[k][i] * beta[k];
-          value = Math.floor((acc + half) / unit);
+          // OpenCV's vectorised cubic rows (VResizeCubicVec_32s8u): each weight as a float32 fraction,
+          // products and sums in float32 from the last row to the first, rounded half to even.
+          const w = betaFloat[y];
+          let acc = fround(lines[3][i] * w[3]);
+          for (let k = 2; k >= 0; k--) acc = fround(fround(lines[k][i] * w[k]) + acc);
+          value = roundHalfEven(acc);
         } else {
           // OpenCV's vectorised linear rows (VResizeLinearVec_32s8u): 16-bit high products, then a 2-bit round.
           const t0 = Math.floor(beta[0] * Math.floor(lines[0][i] / 16) / 65536);
