@@ -10,6 +10,7 @@ the head on cached features takes seconds on a 2-core CPU.
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import threading
@@ -520,3 +521,29 @@ def test_dermalens_explain_shows_what_dermalens_predict_answers(small_model, tmp
     # The PyTorch model's own bf16 answer is another one: the caption used to show it.
     bf16 = Predictor.from_checkpoint(checkpoint).predict([image])[0]
     assert abs(bf16.probabilities[row["predicted_class"]] - row["predicted_probability"]) > 1e-5
+
+@pytest.mark.parametrize("threshold", [0.0, 1.01])   # every image flagged / none
+def test_dermalens_explain_states_the_melanoma_flag_predict_states(small_model, tmp_path, monkeypatch, threshold):
+    from dermalens.cli import main
+    from dermalens.explain import api
+    from dermalens.inference.load import load_predictor
+    from dermalens.inference.postprocess import DecisionRule, MelanomaOperatingPoint
+    from dermalens.models.calibration_record import write_calibration
+
+    checkpoint = write_checkpoint(small_model, tmp_path / "model.ckpt")
+    rule = DecisionRule(classes=tuple(CLASS_CODES), objective="balanced",
+                        melanoma=MelanomaOperatingPoint(threshold=threshold, specificity=0.8, fitted_on="val"))
+    write_calibration(checkpoint, temperature=1.0, tta=False, n_images=10, decision=rule.to_dict())
+    image = tmp_path / "lesion.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image)
+    captions = []
+    monkeypatch.setattr(api, "caption_lines", lambda *args: captions.append(caption_lines(*args)) or captions[-1])
+    assert main(["explain", "--model", str(checkpoint), str(image), "--out", str(tmp_path / "out")]) == 0
+    answered = load_predictor(checkpoint).predict([image])[0]
+    assert answered.melanoma_flag is (threshold == 0.0)
+    [row] = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
+    assert row["melanoma_flag"] is answered.melanoma_flag
+    stated = "Melanoma flag: RAISED" if answered.melanoma_flag else "Melanoma flag: not raised"
+    assert stated in captions[0][1]
+    with (tmp_path / "out" / "summary.csv").open() as handle:
+        assert next(csv.DictReader(handle))["melanoma_flag"] == str(answered.melanoma_flag)

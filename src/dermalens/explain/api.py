@@ -78,6 +78,7 @@ class Explanation:
     tta: bool = False
     temperature: float = 1.0
     decided_class: str | None = None    # the class the model's decision rule reports (None: the most probable)
+    melanoma_flag: bool | None = None   # P(mel) at or above the model's operating point (None: it has none)
     disclaimer: str = field(default=RESEARCH_DISCLAIMER, repr=False)
 
     @property
@@ -104,6 +105,7 @@ class Explanation:
             "target_probability": self.probabilities[self.target_class],
             "predicted_class": self.predicted_class,
             "predicted_probability": self.probabilities[self.predicted_class],
+            "melanoma_flag": self.melanoma_flag,
             "probabilities": dict(self.probabilities),
             "centre_energy_share": self.centre_energy_share,
             "centroid_x": centroid_x,   # the heatmap's centre of mass, as a fraction of width / height
@@ -240,15 +242,16 @@ class Explainer:
         shown = display_image(image)   # heatmap and overlay at display size, whatever the upload's size
         heatmap = heatmap_at_size(attribution.raw_map, *shown.shape[:2], geometry=pre.geometry)
         target = self.classes[target_index]
+        flag = self.melanoma_flag(probs)
         overlay = render_overlay(shown, heatmap, caption_lines(method, target, probs, self.tta, self.temperature,
-                                                               decided))
+                                                               decided, flag))
         return Explanation(
             method=method, target_class=target, probabilities=probs, heatmap=heatmap,
             raw_map=np.asarray(attribution.raw_map, dtype=np.float32), overlay=overlay,
             class_maps=({self.classes[k]: m for k, m in attribution.class_maps.items()}
                         if attribution.class_maps is not None else None),
             seconds=time.perf_counter() - started, image_size=(int(image.shape[0]), int(image.shape[1])),
-            tta=self.tta, temperature=self.temperature, decided_class=decided,
+            tta=self.tta, temperature=self.temperature, decided_class=decided, melanoma_flag=flag,
         )
 
     def decided_class(self, probabilities: dict[str, float]) -> str:
@@ -258,6 +261,13 @@ class Explainer:
         row = np.array([[probabilities[code] for code in self.classes]])
         return self.classes[int(self.decision.decide(row)[0])]
 
+    def melanoma_flag(self, probabilities: dict[str, float]) -> bool | None:
+        """The predictor's melanoma flag for these probabilities (None: its rule has no operating point)."""
+        if self.decision is None:
+            return None
+        flags = self.decision.melanoma_flags(np.array([[probabilities[code] for code in self.classes]]))
+        return None if flags is None else bool(flags[0])
+
 
 def predictor_description(tta: bool, temperature: float) -> str:
     views = "mean of 4 flipped views" if tta else "one view"
@@ -265,16 +275,20 @@ def predictor_description(tta: bool, temperature: float) -> str:
 
 
 def caption_lines(method: str, target: str, probabilities: dict[str, float], tta: bool = False,
-                  temperature: float = 1.0, predicted: str | None = None) -> list[str]:
-    """The overlay's caption: the predictor's answer (how it was computed), the map's class and view."""
+                  temperature: float = 1.0, predicted: str | None = None,
+                  melanoma_flag: bool | None = None) -> list[str]:
+    """The overlay's caption: the predictor's answer (how it was computed) and its melanoma flag when it
+    has an operating point, as `dermalens predict` states them; the map's class and view."""
     predicted = predicted or max(probabilities, key=probabilities.get)
-    return [
-        f"Model output: {predicted} ({class_name(predicted)}) {probabilities[predicted]:.1%} "
-        f"({predictor_description(tta, temperature)})",
-        f"{method_label(method)} map for: {target} ({class_name(target)}) {probabilities[target]:.1%}; "
-        f"map from the unflipped image only",
-        RESEARCH_DISCLAIMER,
-    ]
+    lines = [f"Model output: {predicted} ({class_name(predicted)}) {probabilities[predicted]:.1%} "
+             f"({predictor_description(tta, temperature)})"]
+    if melanoma_flag is not None:
+        lines.append("Melanoma flag: " + ("RAISED (P(mel) at or above the model's operating point)"
+                                          if melanoma_flag else "not raised"))
+    lines += [f"{method_label(method)} map for: {target} ({class_name(target)}) {probabilities[target]:.1%}; "
+              f"map from the unflipped image only",
+              RESEARCH_DISCLAIMER]
+    return lines
 
 
 def explain_image(model: torch.nn.Module, image: np.ndarray, preprocessing: Preprocessing, method: str = "gradcam",
