@@ -13,7 +13,10 @@ The search space, one `--space KEY=KIND:ARGS` each (KEY a config key, as `--set`
 Every value is checked against the config before the study starts.
 
 A trial is the config, then `--set`, then the trial's values, trained by the code `dermalens train --folds K`
-runs (train_folds; no ensemble, the first `--first-folds` folds only) in OUT/trial-NNNN/, and scored by
+runs (train_folds; the first `--first-folds` folds only, each with the share of `training.max_time` it
+has in the whole K-fold job; no ensemble or student is built and nothing is evaluated on the test split:
+the tuner sets training.ensemble, training.student and evaluation.after_training to false) in
+OUT/trial-NNNN/, and scored by
 its out-of-fold `--metric` (cv.json; balanced accuracy by default), which the study maximises. Only the
 train + val pool is trained and scored: the test split is drawn as the config says and never looked at,
 so choosing a trial does not touch it.
@@ -96,6 +99,15 @@ class Dimension:
             return f"{self.key}={trial.suggest_int(self.key, int(self.low), int(self.high))}"
         return f"{self.key}={trial.suggest_float(self.key, self.low, self.high, log=self.kind == 'loguniform')!r}"
 
+    @property
+    def canonical(self) -> str:
+        """The dimension as one text, whatever way the numbers were written (1e-4, 0.0001)."""
+        if self.kind == "choice":
+            return f"{self.key}=choice:{','.join(self.choices)}"
+        if self.kind == "int":
+            return f"{self.key}=int:{int(self.low)}:{int(self.high)}"
+        return f"{self.key}={self.kind}:{self.low!r}:{self.high!r}"
+
     def extremes(self) -> list[str]:
         """Overrides that together try every kind of value the trials can get (for checks before the study)."""
         if self.kind == "choice":
@@ -136,15 +148,28 @@ def parse_space(text: str) -> Dimension:
     return Dimension(text, key, kind, low, high)
 
 
+# A trial trains fold models and is scored out of fold: nothing is shipped, and the test split is never
+# scored (an ensemble or a student would be built and evaluated on it). Set by the tuner, refused in
+# --set and --space.
+TRIAL_SETTINGS = {"training.ensemble": "false", "training.student": "false", "evaluation.after_training": "false"}
+
+
 def trial_config(args, overrides: list[str]) -> dict:
-    """The config one trial trains: the named config, --set, the fold settings, then the trial's values."""
-    return load_named_config(args.config, [*args.set, f"training.folds={args.folds}", "training.ensemble=false",
-                                           *overrides], data=args.data)
+    """The config one trial trains: the named config, --set, the fold settings, the trial's values, then
+    TRIAL_SETTINGS."""
+    fixed = [f"{key}={value}" for key, value in TRIAL_SETTINGS.items()]
+    return load_named_config(args.config, [*args.set, f"training.folds={args.folds}", *overrides, *fixed],
+                             data=args.data)
 
 
 def check_settings(args, space: list[Dimension]) -> dict:
     """Each dimension's values load as a config (key, type, range), the data is there; the base config."""
     keys = [dim.key for dim in space]
+    given = [(f"--set {o}", o.partition("=")[0].strip(), o.partition("=")[2].strip().lower()) for o in args.set]
+    for text, key, value in [*given, *((f"--space {dim.text}", dim.key, None) for dim in space)]:
+        if key in TRIAL_SETTINGS and value != TRIAL_SETTINGS[key]:
+            raise ValueError(f"{text}: the tuner sets {key}={TRIAL_SETTINGS[key]}: a trial trains fold models "
+                             "only, scored out of fold, and never touches the test split")
     for dim in space:
         if keys.count(dim.key) > 1 or any(o.partition("=")[0].strip() == dim.key for o in args.set):
             raise ValueError(f"--space {dim.text!r}: {dim.key} is given twice (in --space or --set)")
@@ -165,8 +190,19 @@ def study_settings(args, base: dict, space: list[Dimension]) -> dict:
     config = json.loads(json.dumps(base))
     config["data"]["path"] = None
     settings = {"config": config, "folds": args.folds, "first_folds": args.first_folds, "metric": args.metric,
-                "space": sorted(dim.text for dim in space)}
+                "prune_on": args.prune_on, "space": sorted(dim.canonical for dim in space)}
     return json.loads(json.dumps(settings))   # as the storage gives it back (JSON)
+
+
+def as_compared(recorded: dict) -> dict:
+    """A study's recorded settings in today's form: studies made before `prune_on` was recorded pruned on
+    the default metric, and a space written another way (1e-4 or 0.0001) is the same space."""
+    recorded = {"prune_on": PRUNE_METRICS[0], **recorded}
+    try:
+        recorded["space"] = sorted(parse_space(text).canonical for text in recorded.get("space", []))
+    except ValueError:
+        pass   # compared as recorded
+    return recorded
 
 
 def differences(old, new, where: str = "") -> list[str]:
@@ -201,7 +237,7 @@ def open_study(args, settings: dict) -> optuna.Study:
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", settings)
-    elif recorded != settings:
+    elif (recorded := as_compared(recorded)) != settings:
         changed = differences(recorded, settings)
         raise ValueError(f"study {args.study_name!r} in {shown(args.storage)} was made with other settings "
                          f"({'; '.join(changed[:6])}); give the same ones, or another --study-name")

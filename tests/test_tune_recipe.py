@@ -186,3 +186,38 @@ def test_a_malformed_space_is_refused_naming_it(tmp_path: Path, capsys, space: s
     err = capsys.readouterr().err
     assert f"--space {space!r}" in err and why in err
     assert not out.exists()
+
+
+def test_a_rerun_with_another_pruning_metric_is_refused_and_one_written_otherwise_is_not(tuned: Path,
+                                                                                        tmp_path: Path, capsys):
+    out = shutil.copytree(tuned, tmp_path / "out")
+    assert run(arguments(out, 1, SPACE, TINY, STUDY, "--prune-on", "val/accuracy")) == 2
+    assert "prune_on: 'val/balanced_accuracy' then, 'val/accuracy' now" in capsys.readouterr().err
+    assert len(optuna.load_study(study_name=STUDY, storage=storage(out)).trials) == 2
+    same_space = ["optimizer.lr=loguniform:0.0001:0.003", "sampler.power=choice:0.5,1.0"]   # 1e-4:3e-3
+    assert run(arguments(out, 1, same_space)) == 0
+    assert len(optuna.load_study(study_name=STUDY, storage=storage(out)).trials) == 3
+
+
+@pytest.mark.parametrize("given", [["--set", "training.student=true"], ["--set", "evaluation.after_training=true"],
+                                   ["--space", "training.ensemble=choice:true,false"]])
+def test_settings_that_would_score_the_test_split_are_refused(tmp_path: Path, capsys, given: list[str]):
+    out = tmp_path / "out"
+    assert run([*arguments(out, 1), *given]) == 2
+    err = capsys.readouterr().err
+    assert "the tuner sets" in err and "never touches the test split" in err
+    assert not out.exists()
+    args = tune.parse_args(arguments(out, 1))[0]
+    trial = tune.trial_config(args, [])
+    assert (trial["training"]["ensemble"], trial["training"]["student"], trial["evaluation"]["after_training"]) \
+        == (False, False, False)
+
+
+def test_a_trial_of_the_first_fold_gets_that_folds_share_of_the_budget(tmp_path: Path):
+    """With two folds and a 30-minute job, fold 1 trains for at most about 15 minutes, as in the whole job:
+    the command best.md gives then trains each fold as the trial did."""
+    out = tmp_path / "out"
+    assert run(arguments(out, 1, SPACE, {**TINY, "training.max_time": "00:00:30:00"})) == 0
+    fold = load_named_config(str(out / "trial-0000" / "fold-1" / "config.yaml"))
+    days, hours, minutes, seconds = map(int, str(fold["training"]["max_time"]).split(":"))
+    assert 14 * 60 <= ((days * 24 + hours) * 60 + minutes) * 60 + seconds <= 15 * 60

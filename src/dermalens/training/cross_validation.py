@@ -269,8 +269,10 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                 fold_dirs.append(fold_dir)
                 fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold),
                                                     split_source=f"fold {fold + 1} of {folds} ({RunFolder(run_dir).split_file})")
+                # Each fold gets the share it has in the whole K-fold job, also when only the first folds
+                # are trained: a cheap look (first_folds) then trains each fold as the full job would.
                 fold_config = member_config(config, f"fold{fold + 1}",
-                                            share_of_budget(trained_folds - fold + student_trainings))
+                                            share_of_budget(folds - fold + student_trainings))
                 status = RunFolder(fold_dir).read_status()
                 if status.get("state") == "finished":
                     best = RunFolder(fold_dir).recorded_best_checkpoint(status)
