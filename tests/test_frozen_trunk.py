@@ -100,6 +100,28 @@ def test_validation_during_training_reads_one_view_per_image_and_computes_no_oth
     np.testing.assert_array_equal(batch.numpy(), cache.array[[2, 4], 0].astype(np.float32))
 
 
+def test_under_ddp_each_rank_validates_its_own_images_and_none_twice(images, tmp_path):
+    """Three validation images on two processes: shards of 2 and 1, not Lightning's padded 2 + 2 (which
+    counts one image twice in the synced validation metrics)."""
+    from types import SimpleNamespace
+
+    from dermalens.config import SamplerSection, TrainingSection
+    from dermalens.training.activation_data import ActivationDataModule
+
+    cache = TrunkActivations(model(), images, TrunkSpec(STAGES, 2, seed=0), AUGMENTATION, cache_dir=tmp_path,
+                             progress=False)
+    split = np.array(["train", "val", "val", "train", "val"])
+    data = ActivationDataModule(cache, np.array([0, 1, 0, 1, 1]), split, sampler=SamplerSection(balanced=False),
+                                training=TrainingSection(eval_batch_size=8), seed=0)
+    shards = []
+    for rank in (0, 1):
+        data.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        loader = data.val_dataloader()
+        shards.append(list(loader.sampler))
+        assert sum(len(labels) for _, labels in loader) == len(shards[-1])
+    assert sorted(shards[0] + shards[1]) == [0, 1, 2] and len(shards[0]) + len(shards[1]) == 3
+
+
 def test_the_trunk_cache_stays_inside_the_cache_folder_one_names(tmp_path, monkeypatch):
     from dermalens.training.run import trunk_cache_dir
 

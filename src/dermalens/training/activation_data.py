@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..config import SamplerSection, TrainingSection
-from ..data.sampler import ClassBalancedSampler, EpochShuffleSampler
+from ..data.sampler import ClassBalancedSampler, EpochShuffleSampler, evaluation_sampler
 from .frozen_trunk import IDENTITY_VIEW, TrunkActivations
 
 
@@ -118,5 +118,7 @@ class ActivationDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         # The identity view of each row: index position * views + IDENTITY_VIEW of the training dataset.
         views = ActivationViews(self.activations, self.rows("val"), self.labels)
-        return DataLoader(Subset(views, range(IDENTITY_VIEW, len(views), views.views)),
+        identity = Subset(views, range(IDENTITY_VIEW, len(views), views.views))
+        # Under DDP each image once (Lightning's own sampler would pad the shards with repeats).
+        return DataLoader(identity, sampler=evaluation_sampler(identity, self.trainer),
                           batch_size=self.training_settings.eval_batch_size, num_workers=0)
