@@ -568,3 +568,12 @@ def test_an_official_isic2018_set_scored_whole_is_named_in_the_report(tmp_path, 
     assert split_method(prepared, "all") == "every image of the official ISIC 2018 Test set (no split)"
     # A run trained on one ISIC 2018 set, scored whole on its own data: optimistic, whatever the set.
     assert split_method(prepared, "all", own_run=True).endswith("its training images included (optimistic figures)")
+
+
+@pytest.mark.parametrize("content", [b"", b"label,image\n0,a.png\n"], ids=["empty", "text"])
+def test_a_dermamnist_file_that_is_no_archive_is_named_not_a_traceback(tmp_path, content):
+    """np.load raised EOFError (a traceback) for an empty file and called a text file "pickled" data."""
+    path = tmp_path / "dermamnist.npz"
+    path.write_bytes(content)
+    with pytest.raises(DataFormatError, match=r"dermamnist\.npz is not a complete \.npz archive"):
+        read_dermamnist(path)

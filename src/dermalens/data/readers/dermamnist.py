@@ -54,9 +54,12 @@ def read_dermamnist(npz_path: Path) -> LesionDataset:
     if npz_path.is_dir():
         npz_path = npz_path / DERMAMNIST_FILENAME
     require_file(npz_path, "DermaMNIST file")
+    if not zipfile.is_zipfile(npz_path):   # np.load would call an empty file "No data left" and text "pickled"
+        raise DataFormatError(f"DermaMNIST file {npz_path} is not a complete .npz archive (empty, cut short or not a zip file); "
+                              "download it again")
     try:
         archive = np.load(npz_path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataFormatError(f"DermaMNIST file {npz_path} is not a readable .npz: {error}") from error
     with archive:
         required = [f"{s}_{kind}" for s in OFFICIAL_SPLITS for kind in ("images", "labels")]
@@ -134,10 +137,12 @@ def download_dermamnist(dest_dir: Path, timeout: float = 30, url: str | None = N
             raise DatasetUnavailable(f"download from {url} has MD5 {digest.hexdigest()}, expected {md5} "
                                      f"(incomplete or changed file); nothing was kept")
         try:
+            if not zipfile.is_zipfile(temp_path):
+                raise ValueError("not a zip file")
             with np.load(temp_path, allow_pickle=False) as archive:
                 if "train_images" not in archive.files:
                     raise ValueError("no train_images key")
-        except (OSError, ValueError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise DatasetUnavailable(f"download from {url} is not a DermaMNIST .npz: {error}") from error
         os.replace(temp_path, target)
     finally:
