@@ -209,7 +209,8 @@ def test_validation_auc_leaves_out_classes_absent_from_the_split():
         balanced_accuracy_score(labels, probs.argmax(1)), abs=1e-6)
     predicted = probs.argmax(1)
     assert float(values["accuracy"]) == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
-    assert float(values["macro_f1"]) == pytest.approx(f1_score(labels, predicted, average="macro"), abs=1e-6)
+    assert float(values["macro_f1"]) == pytest.approx(f1_score(labels, predicted, labels=present, average="macro"),
+                                                      abs=1e-6)
 
 
 def test_a_five_class_run_resumes_and_evaluates_with_its_classes(five_class_run, tmp_path):

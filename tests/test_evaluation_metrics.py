@@ -73,7 +73,7 @@ def test_tiny_example_matches_hand_computed_values(tiny_metrics):
     assert m["per_class"]["nv"]["recall"] == pytest.approx(2 / 3)
     assert m["per_class"]["nv"]["precision"] == pytest.approx(2 / 4)
     assert m["per_class"]["nv"]["f1"] == pytest.approx(4 / 7)
-    # Macro F1 over classes seen in labels or predictions: akiec, bcc, mel, nv.
+    # Macro F1 over the classes the labels hold: akiec, bcc, mel, nv.
     assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2 + 4 / 7) / 4)
     assert [m["per_class"][c]["support"] for c in CLASS_CODES] == [2, 3, 0, 0, 2, 3, 0]
     # Every sample has confidence 0.7 and 60% are right: ECE = |0.6 - 0.7|.
@@ -310,3 +310,20 @@ def test_melanoma_sensitivity_at_fixed_specificity():
     assert points["sensitivity_at_80_specificity"]["value"] == 1.0
     low, high = points["sensitivity_at_90_specificity"]["ci95"]
     assert low <= 0.9 <= high and points["sensitivity_at_90_specificity"]["resamples_used"] == 200
+
+
+def test_macro_f1_averages_over_the_classes_present_and_counts_calls_of_absent_ones_apart():
+    """A nevus/melanoma set from another clinic: the model calls a few images bkl. scikit-learn's default
+    macro F1 would add an F1 of 0 for bkl (0.28 here where both present classes score ~0.8)."""
+    from sklearn.metrics import f1_score
+
+    mel, nv, bkl = (CLASS_CODES.index(c) for c in ("mel", "nv", "bkl"))
+    labels = np.array([mel] * 10 + [nv] * 30)
+    predictions = np.array([mel] * 8 + [bkl] * 2 + [nv] * 25 + [mel] * 3 + [bkl] * 2)
+    m = compute_classification_metrics(probs_from_predictions(predictions), labels, n_bootstrap=200)
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, predictions, labels=[mel, nv], average="macro"))
+    assert m["macro_f1"] > 0.8 > f1_score(labels, predictions, average="macro")
+    assert m["absent_classes"] == ["akiec", "bcc", "bkl", "df", "vasc"]
+    assert m["predictions_of_absent_classes"] == {"bkl": 4}
+    low, high = m["ci95"]["macro_f1"]
+    assert 0.6 < low <= m["macro_f1"] <= high <= 1.0

@@ -405,7 +405,7 @@ def test_cli_writes_overlays_raw_maps_and_a_summary_and_reports_bad_images(small
     row = summary["images"][0]
     assert 0 <= row["centre_energy_share"] <= 1 and row["predicted_class"] in CLASS_CODES
     lines = (out / "summary.csv").read_text().splitlines()
-    assert lines[0].startswith("image,predicted_class,predicted_probability,target_class")
+    assert lines[0].startswith("image,predicted_class,predicted_probability,melanoma_flag,target_class")
     assert len(lines) == 4 and "broken.jpg" in lines[-1]
 
     code = main(["explain", "--model", str(checkpoint), str(folder / "lesion_a.jpg"), "--method", "shap",

@@ -18,7 +18,6 @@ from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     confusion_matrix,
-    f1_score,
     precision_recall_fscore_support,
     roc_auc_score,
 )
@@ -237,8 +236,8 @@ class _ResampleStatistics:
 
         Definitions match the point estimates: balanced accuracy averages
         recall over classes present in the resample (as scikit-learn does);
-        macro F1 averages over classes present in truth or predictions
-        (scikit-learn's default label set). Per-class statistics are NaN
+        macro F1 averages over classes present in the resample's truth, as
+        balanced accuracy does. Per-class statistics are NaN
         (the resample is not used for that interval) where undefined: recall,
         F1 and sensitivity when the class is absent from the resample's truth,
         specificity/NPV without negatives, PPV without predictions. Counting
@@ -258,7 +257,8 @@ class _ResampleStatistics:
             out = {
                 "accuracy": true_positive.sum(axis=1) / weights.sum(axis=1),
                 "balanced_accuracy": np.nanmean(recall, axis=1),
-                "macro_f1": np.nanmean(f1, axis=1),
+                # Over the classes the resample's labels hold (absent ones are NaN), as the point estimate.
+                "macro_f1": np.nanmean(np.where(support > 0, f1, np.nan), axis=1),
                 "ece": self.ece(weights),
                 "brier": self.mean_per_sample(weights, self._brier),
                 "nll": self.mean_per_sample(weights, self._nll),
@@ -449,10 +449,13 @@ def compute_classification_metrics(
             "accuracy": float(accuracy_score(labels, predictions)),
             # Mean recall over classes present in labels: the ISIC 2018 metric.
             "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
-            # Macro over classes seen in labels or predictions: a class that is
-            # neither true nor predicted anywhere says nothing about the model.
-            "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
         }
+    # Macro F1 over the classes the labels hold, as balanced accuracy and macro AUC average: on a set
+    # without some classes (another clinic's six, a nevus/melanoma set) scikit-learn's default would add
+    # an F1 of 0 for each absent class the model predicts now and then. Those predictions are counted
+    # apart (predictions_of_absent_classes).
+    present = support > 0
+    metrics["macro_f1"] = float(f1[present].mean()) if present.any() else 0.0
 
     per_class_auc = [_one_vs_rest_auc(probs, labels, k) for k in class_indices]
     auc_classes = [k for k in class_indices if per_class_auc[k] is not None]
@@ -468,6 +471,9 @@ def compute_classification_metrics(
     metrics["classes"] = classes
     n = len(labels)
     predicted_count = np.bincount(predictions, minlength=len(classes))
+    metrics["absent_classes"] = [code for k, code in enumerate(classes) if support[k] == 0]
+    metrics["predictions_of_absent_classes"] = {code: int(predicted_count[k]) for k, code in enumerate(classes)
+                                                if support[k] == 0 and predicted_count[k] > 0}
     true_negative = n - support - predicted_count + np.diag(np.asarray(metrics["confusion_matrix"]))
 
     def ratio(numerator, denominator):

@@ -155,6 +155,15 @@ def render_report_markdown(
         f"({metrics.get('n_bootstrap', 0)} resamples); n/a where not computed or undefined.",
         "",
     ]
+    absent = metrics.get("absent_classes") or []
+    if absent:
+        present = len(classes) - len(absent)
+        called = metrics.get("predictions_of_absent_classes") or {}
+        lines += [f"Classes without images here: {', '.join(absent)}. Balanced accuracy, macro F1 and macro AUC "
+                  f"average over the {present} classes present; the model called "
+                  + (", ".join(f"{count} image(s) {code}" for code, count in called.items()) if called
+                     else "no image")
+                  + " one of the absent classes (each an error in accuracy and in its true class's recall).", ""]
 
     lines += ["## Per-class results", ""]
     rows = []
@@ -172,8 +181,7 @@ def render_report_markdown(
     defined = metrics.get("ci95_defined_resamples") or {}
     partial = [f"{k} {v}" for k, v in defined.items() if k.startswith(("f1_", "recall_"))]
     lines += ["", "n/a: the class has no images in this split (sensitivity, F1, AUC), is never predicted (PPV), "
-              "or has no interval (too few resamples hold it). Macro F1 counts a class predicted here but without "
-              "images as 0. Per-class CIs use only the resamples where the statistic is defined"
+              "or has no interval (too few resamples hold it). Per-class CIs use only the resamples where the statistic is defined"
               + (f"; resamples used where fewer than all: {', '.join(partial)}." if partial else "."), ""]
 
     lines += _decision_rule_section(metrics)

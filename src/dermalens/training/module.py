@@ -48,9 +48,8 @@ class ValidationMetrics(MetricCollection):
             values = super().compute()
         tp, fp, _, fn, support = values["stats"].double().unbind(dim=1)   # per class
         present = support > 0
-        in_truth_or_predicted = present | (fp > 0)   # macro F1 as metrics.py and scikit-learn count it
         recall = tp[present] / support[present]
-        f1 = 2 * tp[in_truth_or_predicted] / (2 * tp + fp + fn)[in_truth_or_predicted]
+        f1 = 2 * tp[present] / (2 * tp + fp + fn)[present]   # over the classes present, as metrics.py
         return {
             "accuracy": (tp.sum() / support.sum()).float(),
             "balanced_accuracy": recall.mean().float(),
