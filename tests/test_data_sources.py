@@ -577,3 +577,35 @@ def test_a_dermamnist_file_that_is_no_archive_is_named_not_a_traceback(tmp_path,
     path.write_bytes(content)
     with pytest.raises(DataFormatError, match=r"dermamnist\.npz is not a complete \.npz archive"):
         read_dermamnist(path)
+
+
+def test_evaluating_an_isic2018_folder_names_the_set_and_never_a_run_folder(tmp_path, sample_dir, sample_metadata,
+                                                                             serving_checkpoint):
+    """A folder with the Training and Test sets was scored as its Training set (HAM10000, which the recipes train
+    on) under `--split all`, "every image"; two clinics' ISIC-layout folders shared eval-Test-test/; and --out
+    could replace a run's own test report."""
+    import warnings
+
+    from dermalens.config import ConfigError
+    from dermalens.evaluation.targets import resolve_target
+
+    both, clinic_a, clinic_b = tmp_path / "both", tmp_path / "clinic_a", tmp_path / "clinic_b"
+    _build_isic2018(both, sample_dir, sample_metadata, split="Training")
+    _build_isic2018(both, sample_dir, sample_metadata, split="Test")
+    with pytest.raises(ConfigError, match=r"holds the ISIC 2018 sets Training, Test: give --split test"):
+        resolve_target(checkpoint=serving_checkpoint, data=str(both))
+    with pytest.warns(UserWarning, match="Training set is HAM10000"):
+        training = resolve_target(checkpoint=serving_checkpoint, data=str(both), split="train")
+    assert training.config["data"]["subset"] == "Training" and training.out_dir.name == "eval-both-Training"
+    for clinic in (clinic_a, clinic_b):
+        _build_isic2018(clinic, sample_dir, sample_metadata, split="Test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # one set in the folder: scored whole, no slice, no warning
+        targets = [resolve_target(checkpoint=serving_checkpoint, data=str(clinic)) for clinic in (clinic_a, clinic_b)]
+    assert [(t.config["data"]["subset"], t.split) for t in targets] == [("Test", "all")] * 2
+    assert [t.out_dir.name for t in targets] == ["eval-clinic_a-Test", "eval-clinic_b-Test"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: run\n")
+    with pytest.raises(ConfigError, match=r"is a run folder: its metrics.json, report.md and predictions.csv"):
+        resolve_target(checkpoint=serving_checkpoint, data=str(clinic_a), out=run)

@@ -131,14 +131,20 @@ def test_report_writes_every_file(tmp_path, evaluation, metrics_csv):
 
 def test_report_flags_synthetic_data_and_missing_classes(tmp_path):
     labels = np.array([0, 1, 4, 5] * 10)  # bkl, df, vasc absent
-    probs = calibrated_probabilities(np.eye(NUM_CLASSES)[labels] * 2.0, 1.0)
+    logits = np.eye(NUM_CLASSES)[labels] * 2.0
+    logits[:3, CLASS_CODES.index("df")] = 5.0   # three images called df, a class without images here
+    probs = calibrated_probabilities(logits, 1.0)
     metrics = compute_classification_metrics(probs, labels, n_bootstrap=20)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "training_curves.png").write_bytes(b"an earlier run's curves")
     written = write_evaluation_report(
         tmp_path, metrics, probs, labels, title="Smoke run",
         context={"data": "synthetic", "synthetic_data": True},
     )
     assert "training_curves" not in written  # no metrics.csv given
+    assert not (tmp_path / "figures" / "training_curves.png").exists()   # nor an earlier run's curves
     text = written["report_md"].read_text()
+    assert "Classes without images here: bkl, df, vasc." in text and "3 image(s) df" in text
     assert SYNTHETIC_DATA_WARNING in text
     # The warning comes before anything else but the title.
     assert text.index(SYNTHETIC_DATA_WARNING) < text.index(RESEARCH_DISCLAIMER) < text.index("## Context")

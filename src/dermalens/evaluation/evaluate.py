@@ -25,6 +25,7 @@ from ..inference.postprocess import DecisionRule, calibrated_probabilities
 from ..models.calibration_record import calibration_path
 from ..models.description import model_name
 from ..run_folder import ISSUES_FILE, RunFolder
+from .medmnist import FLAG as MEDMNIST_FLAG
 from .medmnist import write_medmnist_result
 from .metrics import compute_classification_metrics, expected_calibration_error
 from .report import write_evaluation_report
@@ -165,6 +166,8 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
         context["data_issues"] = f"{len(prepared.issues)} bad data item(s) left out, listed in {ISSUES_FILE}"
     elif (out_dir / ISSUES_FILE).is_file():   # an earlier evaluation's list must not pass for this one's
         (out_dir / ISSUES_FILE).unlink()
+    for earlier in out_dir.glob(f"{MEDMNIST_FLAG}*@*.csv"):   # an earlier evaluation's file must not pass for this one's
+        earlier.unlink()
     if prepared.dataset.name == "dermamnist" and split in ("train", "val", "test") and metrics["auc_macro"] is not None:
         # Rows are in the .npz order (dermamnist_<split>_<index>), as MedMNIST's evaluator expects.
         source_size = int(prepared.dataset.images.shape[1]) if prepared.dataset.images is not None else 28

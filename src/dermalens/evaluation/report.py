@@ -245,10 +245,11 @@ def write_evaluation_report(
             n_bins=int(metrics.get("ece_bins", 15)),
         ),
     }
-    if metrics_csv is not None:
-        training_curves = plot_training_curves(metrics_csv, figures_dir / "training_curves.png")
-        if training_curves is not None:
-            written["training_curves"] = training_curves
+    training_curves = plot_training_curves(metrics_csv, figures_dir / "training_curves.png") if metrics_csv else None
+    if training_curves is not None:
+        written["training_curves"] = training_curves
+    else:   # an earlier run's curves in a reused folder must not pass for this evaluation's
+        (figures_dir / "training_curves.png").unlink(missing_ok=True)
 
     figure_links = {name: path.relative_to(out_dir).as_posix() for name, path in written.items()}
     written["metrics_json"] = atomic_write_json(

@@ -62,11 +62,21 @@ def _in_hub_cache(path: Path) -> bool:
 def _isic2018_set_or_warn(config: dict, split: str) -> str:
     """An official ISIC 2018 set is read as such and scored whole; another split of foreign data is a slice."""
     from ..data.readers import detect_format
+    from ..data.readers.isic2018 import available_isic2018_splits
 
     fmt = config["data"]["format"]
     fmt = detect_format(Path(config["data"]["path"])) if fmt == "auto" else fmt
+    if fmt == "isic2018" and split == "all" and not config["data"].get("subset"):
+        sets = available_isic2018_splits(Path(config["data"]["path"]))
+        if len(sets) > 1:   # the reader would take the first one (Training), not "every image"
+            raise ConfigError(f"{config['data']['path']} holds the ISIC 2018 sets {', '.join(sets)}: give "
+                              "--split test (or train, val) to score one of them whole")
+        split = next((key for key, name in ISIC2018_SETS.items() if name in sets), split)
     if fmt == "isic2018" and split in ISIC2018_SETS:
         config["data"]["format"], config["data"]["subset"] = "isic2018", ISIC2018_SETS[split]
+        if split == "train":
+            warnings.warn("ISIC 2018's Training set is HAM10000, the images dermalens' recipes train on: a model "
+                          "trained on HAM10000 has seen them, and its figures here are optimistic", stacklevel=3)
         return "all"
     if split != "all":
         warnings.warn(f"--split {split} of a data set that is not the run's own re-splits it and scores a "
@@ -125,8 +135,13 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
                           "figures are optimistic (the report says so)", stacklevel=2)
     if not tta:
         resolved["evaluation"]["tta"] = False
-    name = resolved["data"].get("subset") or Path(resolved["data"]["path"] or resolved["data"]["format"]).stem
-    out_dir = Path(out) if out else out_root / f"eval-{name}-{split or chosen}"
+    name = Path(resolved["data"]["path"] or resolved["data"]["format"]).stem
+    # An official set is named with its folder: two clinics' ISIC-layout folders must not share eval-Test-test/.
+    scored = resolved["data"].get("subset") or split or chosen
+    out_dir = Path(out) if out else out_root / f"eval-{name}-{scored}"
+    if RunFolder(out_dir).is_run():
+        raise ConfigError(f"--out {out_dir} is a run folder: its metrics.json, report.md and predictions.csv are "
+                          "the run's own test report; give another folder")
     return EvaluationTarget(resolved, checkpoint, out_dir, chosen, split_dir)
 
 
