@@ -302,12 +302,18 @@ def test_isic2018_rows_that_are_not_one_hot_are_issues(tmp_path, sample_dir, sam
     gt.loc[1, ["MEL", "NV"]] = 1.0  # two classes
     gt.to_csv(gt_path, index=False)
     (tmp_path / "ISIC2018_Task3_Training_Input" / f"{rows['image_id'][2]}.jpg").unlink()
+    # An image the CSV does not list was left out silently.
+    (tmp_path / "ISIC2018_Task3_Training_Input" / "ISIC_9999999.jpg").symlink_to(
+        sample_dir / f"{rows['image_id'][3]}.jpg")
     dataset = read_isic2018(tmp_path)
     assert len(dataset) == 9
     assert [(i.kind, i.image_id) for i in dataset.issues] == [
         ("unknown_label", rows["image_id"][0]), ("unknown_label", rows["image_id"][1]),
-        ("missing_file", rows["image_id"][2]),
+        ("missing_file", rows["image_id"][2]), ("unlabelled_image", "ISIC_9999999"),
     ]
+    # The values named by column (the file's order is not the label order).
+    assert "MEL=1.0" in dataset.issues[1].detail and "NV=1.0" in dataset.issues[1].detail
+    assert "has no row in ISIC2018_Task3_Training_GroundTruth.csv" in dataset.issues[3].detail
 
 
 def test_isic2018_without_groupings_warns_and_uses_image_ids(tmp_path, sample_dir, sample_metadata):

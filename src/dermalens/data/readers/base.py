@@ -39,7 +39,7 @@ from ..image_files import IMAGE_SUFFIXES, list_image_files
 from .images import decode_image_file
 
 RECORD_COLUMNS = ("image_id", "lesion_id", "label", "path", "array_index", "official_split", "source")
-ISSUE_KINDS = ("missing_file", "unreadable_image", "unknown_label", "duplicate_id", "empty")
+ISSUE_KINDS = ("missing_file", "unreadable_image", "unknown_label", "unlabelled_image", "duplicate_id", "empty")
 OFFICIAL_SPLITS = ("train", "val", "test")
 
 

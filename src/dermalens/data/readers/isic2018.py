@@ -118,8 +118,9 @@ def read_isic2018(root: Path, split: str = "Training") -> LesionDataset:
         image_id = str(image_id).strip()
         column = _one_hot_label(one_hot)
         if column is None:
+            values = ", ".join(f"{name}={value}" for name, value in zip(ISIC2018_COLUMNS, one_hot))
             issues.append(DataIssue("unknown_label", image_id, None,
-                                    f"{where}: ground truth {one_hot} is not exactly one-hot"))
+                                    f"{where}: ground truth {values} is not exactly one-hot"))
             continue
         file = files.get(image_id)
         if file is None:
@@ -128,6 +129,12 @@ def read_isic2018(root: Path, split: str = "Training") -> LesionDataset:
             continue
         rows.append(make_record(image_id, lesion_ids.get(image_id, image_id), label_of_column[column],
                             path=str(file), official_split=official_split))
+    # An image the CSV does not list has no ground truth: named, never left out silently.
+    listed = {str(image_id).strip() for image_id in table["image"]}
+    for image_id, file in sorted(files.items()):
+        if image_id not in listed:
+            issues.append(DataIssue("unlabelled_image", image_id, str(file),
+                                    f"{file} has no row in {gt_csv.name}, so no ground truth"))
     records = records_frame(rows)
     flag_if_empty(records, issues, root)
     return LesionDataset(name="isic2018", root=root, records=records, issues=issues)
