@@ -615,3 +615,25 @@ def test_evaluating_an_isic2018_folder_names_the_set_and_never_a_run_folder(tmp_
     (run / "config.yaml").write_text("name: run\n")
     with pytest.raises(ConfigError, match=r"is a run folder: its metrics.json, report.md and predictions.csv"):
         resolve_target(checkpoint=serving_checkpoint, data=str(clinic_a), out=run)
+
+
+def test_an_isic2018_submission_says_when_its_argmax_is_not_the_models_decision(tmp_path, sample_dir,
+                                                                                 serving_checkpoint):
+    """The ISIC scorer takes each row's argmax; the file holds the calibrated probabilities, so where the model's
+    fitted rule decides another class the submission is scored on the raw argmax: said, with how many."""
+    import shutil
+
+    from dermalens.inference.batch_predict import predict_images
+    from dermalens.inference.postprocess import DecisionRule
+    from dermalens.models.calibration_record import write_calibration
+
+    checkpoint = shutil.copy(serving_checkpoint, tmp_path / "model.ckpt")
+    photos = [str(path) for path in sorted(sample_dir.glob("ISIC_*.jpg"))[:3]]
+    plain = predict_images(checkpoint, photos, output_format="isic2018", runtime="pytorch")
+    assert not any("isic2018" in note for note in plain.notes)   # no rule: the argmax is the decision
+    rule = DecisionRule(tuple(CLASS_CODES), {"vasc": 50.0}, objective="balanced", fitted_on="val")
+    write_calibration(checkpoint, temperature=1.0, tta=False, n_images=10, decision=rule.to_dict())
+    ruled = predict_images(checkpoint, photos, output_format="isic2018", runtime="pytorch")
+    assert ruled.text == plain.text                              # the same probabilities are written
+    [note] = [note for note in ruled.notes if "isic2018" in note]
+    assert "for 3 of 3 images that is not the class the model's decision rule reports" in note

@@ -61,5 +61,12 @@ def predict_images(model: str | Path, images: Sequence[str], *, top_k: int = DEF
         top_k = len(predictor.classes)
     predictions, failures = predict_files(predictor, paths, batch_size=batch_size, progress=progress)
     rows = [p.to_dict(top_k) for p in predictions]
+    if output_format == "isic2018":
+        moved = sum(row["predicted_class"] != row["top_class"] for row in rows)
+        if moved:
+            notes.append(f"-f isic2018 writes the calibrated probabilities, and the ISIC scorer takes their argmax: "
+                         f"for {moved} of {len(rows)} images that is not the class the model's decision rule "
+                         f"reports (its per-class biases are not in the probabilities); `dermalens evaluate` "
+                         f"scores the rule and the raw argmax side by side")
     text = format_predictions(rows, failures, output_format, predictor.runtime)
     return PredictionRun(text, len(rows), len(paths), failures, notes)
