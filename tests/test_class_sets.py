@@ -142,6 +142,9 @@ def test_evaluating_data_with_a_class_the_model_lacks(five_class_run, shared_dat
     for code in ("akiec", "bcc", "bkl"):
         assert metrics["per_class"][code]["recall"] is None and metrics["per_class"][code]["auc"] is None
     assert metrics["per_class"]["mel"]["support"] == 4
+    assert metrics["absent_classes"] == ["akiec", "bcc", "bkl"]
+    # Named with the data scored, not the default config's name ("run").
+    assert (out / "report.md").read_text().startswith("# dermalens evaluation: external (every image")
     assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == before
 
 

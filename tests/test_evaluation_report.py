@@ -104,6 +104,7 @@ def test_report_writes_every_file(tmp_path, evaluation, metrics_csv):
         "confusion_matrix", "classes", "per_class", "ci95", "n_samples", "n_bootstrap", "context",
     }
     assert saved["context"] == CONTEXT
+    assert saved["disclaimer"] == RESEARCH_DISCLAIMER   # the file people pass around says it too
     assert saved["accuracy"] == pytest.approx(metrics["accuracy"])
     assert saved["ci95"]["f1_mel"] == pytest.approx(metrics["ci95"]["f1_mel"])
 

@@ -176,7 +176,10 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     write_predictions_csv(out_dir / PREDICTIONS_FILE, records, labels, probs, probs.argmax(axis=1), decided,
                           meta["classes"], flags)
     metrics_csv = RunFolder(out_dir).metrics_log   # training curves, when out_dir is the run itself
-    write_evaluation_report(out_dir, metrics, probs, labels, title=f"dermalens evaluation: {config['name']}",
+    # A run's own split is named with the run; other data with the data set (a checkpoint on external data
+    # carries a default config whose name says nothing).
+    scored = config["name"] if split_dir is not None else f"{prepared.dataset.root.name} ({split_method(prepared, split)})"
+    write_evaluation_report(out_dir, metrics, probs, labels, title=f"dermalens evaluation: {scored}",
                             context=context, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
     return {**metrics, "context": context}
 

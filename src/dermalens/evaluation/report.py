@@ -253,7 +253,7 @@ def write_evaluation_report(
 
     figure_links = {name: path.relative_to(out_dir).as_posix() for name, path in written.items()}
     written["metrics_json"] = atomic_write_json(
-        out_dir / "metrics.json", {**metrics, "context": dict(context)}
+        out_dir / "metrics.json", {**metrics, "context": dict(context), "disclaimer": RESEARCH_DISCLAIMER}
     )
     written["report_md"] = atomic_write_text(
         out_dir / "report.md",
