@@ -80,7 +80,7 @@ def test_exif_orientation_is_applied(format_dir, photo):
     assert np.abs(decoded.astype(int) - original).mean() < 6
 
 
-def test_transparency_is_composited_on_mid_grey(format_dir, photo):
+def test_transparency_is_composited_on_mid_grey(format_dir, photo, tmp_path):
     decoded = decode_image_file(format_dir / "png-alpha.png")
     original = rgb_of(photo)
     assert (decoded[:40] == ALPHA_BACKGROUND).all() and (decoded[-40:] == ALPHA_BACKGROUND).all()
@@ -91,6 +91,11 @@ def test_transparency_is_composited_on_mid_grey(format_dir, photo):
     palette.putpalette([0, 0, 0, 255, 255, 255])
     palette.info["transparency"] = 0                                          # palette entry 0 = transparent
     assert (pil_to_rgb(palette) == ALPHA_BACKGROUND).all()
+    # A 16-bit grey PNG with a grey value marked transparent (it came out black).
+    deep = np.array([[0, 0], [0, 65535]], dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep-key.png", transparency=0)
+    keyed = decode_image_file(tmp_path / "deep-key.png")
+    assert (keyed[0] == ALPHA_BACKGROUND).all() and keyed[1, 1].tolist() == [255, 255, 255]
 
 
 def test_cmyk_is_converted_through_its_icc_profile(tmp_path, photo):

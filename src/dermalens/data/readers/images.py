@@ -103,9 +103,13 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     colour hides under it, often black.
     """
     if img.mode in _SIXTEEN_BIT_MODES:
-        grey = np.asarray(img, dtype=np.float64)
-        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+        values = np.asarray(img)
+        grey = np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+        key = img.info.get("transparency")
+        if isinstance(key, int):   # a grey value marked transparent: fully transparent, so the background
+            rgb[values == key] = ALPHA_BACKGROUND
+        return np.ascontiguousarray(rgb)
     if img.mode == "F":
         grey = np.asarray(img, dtype=np.float64)
         scale = 255.0 if np.nanmax(grey, initial=0.0) <= 1.0 else 1.0
