@@ -182,3 +182,35 @@ def test_a_checkpoint_of_another_version_or_with_weights_missing_is_named(tmp_pa
     Image.new("RGB", (40, 40), (120, 80, 60)).save(image)
     assert main(["predict", "--model", str(newer), "--runtime", "pytorch", str(image)]) == 2
     assert "newer.ckpt: its model settings cannot be read" in capsys.readouterr().err
+
+
+def test_a_checkpoint_naming_a_hub_backbone_reaches_no_network_unless_trusted_or_its_own_run(
+        tmp_path, serving_checkpoint, no_trust, monkeypatch):
+    """timm builds an `hf-hub:` backbone from a config.json it downloads: a checkpoint from elsewhere must not
+    make dermalens fetch from a repository it names (a package was refused already; a .ckpt was not)."""
+    import timm
+
+    from dermalens.models import checkpoint as checkpoint_module
+    from dermalens.models.checkpoint import loads_own_checkpoints
+
+    state = torch.load(serving_checkpoint, map_location="cpu", weights_only=True)
+    state["dermalens"]["model_config"]["backbone"] = "hf-hub:someone/lesion-backbone"
+    path = tmp_path / "hub.ckpt"
+    torch.save(state, path)
+    asked = []
+
+    def create_model(name, *args, **kwargs):
+        asked.append(name)
+        raise RuntimeError("the network would be reached here")
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    with pytest.raises(CheckpointError, match=rf"'hf-hub:someone/lesion-backbone' is a Hugging Face Hub model.*"
+                                              rf"{TRUST_VARIABLE}=1"):
+        load_classifier(path)
+    assert asked == []
+    with pytest.raises(RuntimeError, match="the network would be reached here"):   # a training job's own file
+        loads_own_checkpoints(checkpoint_module.load_classifier)(path)
+    monkeypatch.setenv(TRUST_VARIABLE, "1")
+    with pytest.raises(RuntimeError, match="the network would be reached here"):   # trusted by the user
+        load_classifier(path)
+    assert asked == ["hf-hub:someone/lesion-backbone"] * 2

@@ -1,6 +1,8 @@
 """Load a trained classifier from a dermalens (Lightning) checkpoint, without Lightning."""
 from __future__ import annotations
 
+import contextvars
+import functools
 import io
 import os
 import pickle
@@ -17,7 +19,7 @@ from ..atomic_io import atomic_write_bytes
 from ..classes import validate_class_set
 from ..data.preprocess import Preprocessing
 from .calibration_record import CheckpointError
-from .classifier import LesionClassifier, ModelConfig, create_classifier
+from .classifier import HUB_BACKBONE_PREFIXES, LesionClassifier, ModelConfig, create_classifier
 from .ensemble import build_ensemble
 
 __all__ = ["CHECKPOINT_KEY", "TRUST_VARIABLE", "load_checkpoint_dict", "load_classifier", "read_checkpoint_metadata",
@@ -31,6 +33,21 @@ _TRUE_VALUES = {"1", "true", "yes", "on"}
 
 # Checkpoints already loaded by full unpickling in this process: the warning is said once per file.
 _UNPICKLED: set[Path] = set()
+# Set while a training job runs: the checkpoints it loads are the ones it wrote (see loads_own_checkpoints).
+_OWN_CHECKPOINTS: contextvars.ContextVar[bool] = contextvars.ContextVar("dermalens_own_checkpoints", default=False)
+
+
+def loads_own_checkpoints(function):
+    """For a training job's entry point: the checkpoints it loads while it runs are its own, built with the
+    backbone its config names, also a Hugging Face Hub one (which any other checkpoint needs the trust opt-in for)."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        token = _OWN_CHECKPOINTS.set(True)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _OWN_CHECKPOINTS.reset(token)
+    return run
 
 
 def trusts_checkpoints(trust: bool | None = None) -> bool:
@@ -106,6 +123,13 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
                                                   num_outputs=config.num_classes))
     except ValueError as error:
         raise CheckpointError(str(error)) from None
+    if (config.backbone.lower().startswith(HUB_BACKBONE_PREFIXES) and not _OWN_CHECKPOINTS.get()
+            and not trusts_checkpoints(trust)):
+        # timm would fetch the architecture's config from a repository the file names: a file from elsewhere
+        # must not make dermalens reach the network.
+        raise CheckpointError(f"{path}: its backbone {config.backbone!r} is a Hugging Face Hub model, which timm "
+                              f"would download while loading; for a checkpoint you trust (your own, trained with "
+                              f"that backbone) set {TRUST_VARIABLE}=1")
     # An ensemble of fold models (models/ensemble.py) says so in its metadata; a single classifier does not.
     model = build_ensemble(config, meta["ensemble"]) if meta.get("ensemble") else create_classifier(
         config, load_pretrained=False)

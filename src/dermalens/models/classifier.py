@@ -103,7 +103,8 @@ def _splittable(backbone: nn.Module) -> bool:
 
 
 
-TIMM_SOURCES = ("hf-hub:", "hf_hub:", "local-dir:")   # timm's model-name prefixes for weights from elsewhere
+HUB_BACKBONE_PREFIXES = ("hf-hub:", "hf_hub:")   # timm's names for "build this model from a Hub repository"
+TIMM_SOURCES = (*HUB_BACKBONE_PREFIXES, "local-dir:")   # timm's model-name prefixes for weights from elsewhere
 
 
 def check_backbone_name(name: str) -> None:

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import torch
 
-from .classifier import LesionClassifier, ModelConfig, create_classifier
+from .classifier import HUB_BACKBONE_PREFIXES, LesionClassifier, ModelConfig, create_classifier
 from .ensemble import build_ensemble
 from .hub import download_package
 from .package_reader import CONFIG_FILE, WEIGHTS_FILE, PackageError, package_metadata, read_package_config
 
 __all__ = ["HUB_BACKBONE_PREFIXES", "from_pretrained", "load_package"]
-
-HUB_BACKBONE_PREFIXES = ("hf-hub:", "hf_hub:")   # timm's names for "build this model from a Hub repository"
-
 
 def load_package(folder: str | Path, device: str | torch.device = "cpu") -> tuple[LesionClassifier, dict]:
     """The model in eval mode and its metadata (as `load_classifier`, plus "calibration"), without unpickling."""

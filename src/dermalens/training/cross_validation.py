@@ -43,7 +43,7 @@ from ..evaluation.evaluate import evaluate_checkpoint
 from ..evaluation.metrics import compute_classification_metrics, sensitivity_at_specificity
 from ..evaluation.plots import plot_fold_metrics
 from ..inference.postprocess import calibrated_probabilities
-from ..models.checkpoint import load_classifier, save_classifier
+from ..models.checkpoint import load_classifier, loads_own_checkpoints, save_classifier
 from ..models.classifier import check_backbone_name
 from ..models.ensemble import LesionEnsemble, trunks_identical
 from ..run_folder import FIGURES, OUT_OF_FOLD_LOGITS, RunFolder
@@ -180,6 +180,7 @@ def build_ensemble_checkpoint(fold_checkpoints: list[Path], out: Path, shared_tr
     return save_classifier(ensemble, meta, out)
 
 
+@loads_own_checkpoints
 def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                 progress: bool = True, first_folds: int | None = None,
                 fold_callbacks: Callable[[int], Sequence[Callback]] | None = None) -> CrossValidationResult:

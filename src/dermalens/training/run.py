@@ -51,7 +51,7 @@ from ..evaluation.evaluate import evaluate_checkpoint
 from ..hardware import resolve_precision
 from ..inference.load import load_predictor, logits_for_images
 from ..models.calibration_record import calibration_path
-from ..models.checkpoint import CHECKPOINT_KEY, read_checkpoint_metadata
+from ..models.checkpoint import CHECKPOINT_KEY, loads_own_checkpoints, read_checkpoint_metadata
 from ..models.classifier import check_backbone_name
 from ..run_folder import LOGS, RunFolder
 from .activation_data import ActivationDataModule
@@ -345,6 +345,7 @@ def lightning_logs_through_root() -> None:
         logger.setLevel(root.level)
 
 
+@loads_own_checkpoints
 def train(config: dict, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
           prepared: PreparedData | None = None, calibrate_after_training: bool = True,
           callbacks: Sequence[Callback] = (), teacher_logits: np.ndarray | None = None) -> TrainResult:
