@@ -119,3 +119,19 @@ def test_installed_lite_weights_are_checked_by_sha256_before_loading(tmp_path, m
     with pytest.raises(weights.WeightsIntegrityError, match="sha256"):
         weights.load_pretrained_backbone(torch.nn.Linear(1, 1), "tf_efficientnet_lite0", "auto")
     assert loaded == []                                           # torch.load never saw the file
+
+
+def test_an_exported_model_follows_the_umask(tmp_path, serving_checkpoint):
+    """The export's temp file (mkstemp, 0600) was made 0644 whatever the umask: a private umask shared it."""
+    from dermalens.atomic_io import user_mode
+    from dermalens.inference.export import export_checkpoint
+
+    previous = os.umask(0o077)
+    try:
+        assert (user_mode(), user_mode(directory=True)) == (0o600, 0o700)
+        exported = export_checkpoint(serving_checkpoint, out=tmp_path / "private.onnx", parity_count=1)
+        os.umask(0o022)
+        assert (user_mode(), user_mode(directory=True)) == (0o644, 0o755)
+    finally:
+        os.umask(previous)
+    assert exported.path.stat().st_mode & 0o777 == 0o600

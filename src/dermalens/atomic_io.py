@@ -31,6 +31,18 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def user_mode(directory: bool = False) -> int:
+    """The mode a plain open() (0666) or mkdir() (0777) gives under the user's umask: for files made through
+    mkstemp/mkdtemp (0600/0700) that are meant to be as shared as the user's other files, no more."""
+    try:   # Linux states the umask without changing it
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)   # elsewhere: read by setting it, then put back at once
+        os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def new_temp_file(directory: Path, prefix: str, suffix: str = ".tmp") -> tuple[int, Path]:
     """A new, empty file with a random name in `directory`, opened for writing: (fd, path).
 

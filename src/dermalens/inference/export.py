@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic_io import user_mode
 from ..classes import RESEARCH_DISCLAIMER, validate_class_set
 from ..data.image_files import NoImagesFound, find_image_files
 from ..models.calibration_record import read_calibration
@@ -309,7 +310,7 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
                 warnings.warn(f"int8 model agrees with PyTorch on the top class for only "
                               f"{int8_parity.top1_agreement:.0%} of {int8_parity.n_images} images", stacklevel=2)
         write_metadata(final, metadata)
-        os.chmod(final, 0o644)  # mkstemp makes 0600 files; a model is meant to be shared
+        os.chmod(final, user_mode())  # mkstemp makes 0600 files; a model is as shared as the user's other files
         os.replace(final, out)
     finally:
         for path in temporary:

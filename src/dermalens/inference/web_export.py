@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 from .. import __version__
-from ..atomic_io import file_sha256
+from ..atomic_io import file_sha256, user_mode
 from ..classes import RESEARCH_DISCLAIMER, class_name
 from ..data.preprocess import normalisation_tables
 from ..models.calibration_record import read_calibration
@@ -268,7 +268,7 @@ def write_web_bundle(model_path: str | Path, out_dir: str | Path, *, overwrite: 
         _write_files(staging, record, onnx_file, runtime, model_path.name)
         shutil.rmtree(work)
         sizes = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
-        os.chmod(staging, 0o755)          # mkdtemp makes 0700 folders; a page is meant to be shared
+        os.chmod(staging, user_mode(directory=True))   # mkdtemp makes 0700 folders; as shared as the user's own
         _replace_folder(staging, out, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
