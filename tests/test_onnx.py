@@ -435,3 +435,21 @@ def test_a_students_teacher_travels_in_the_export_and_names_the_model(checkpoint
     carried = decode_metadata(encode_metadata(checkpoint_metadata(checkpoint, meta)))
     assert carried["distilled_from"] == meta["distilled_from"]
     assert model_name(carried) == "tf_efficientnet_lite0 + CBAM, distilled from the out-of-fold logits of 5 fold models"
+
+
+def test_temp_files_of_a_killed_export_are_removed_by_the_next_one(tmp_path, checkpoint, caplog):
+    """A kill -9 mid-export left `.NAME.fp32.*.tmp` (14 MB each) beside the model and in the per-user cache,
+    never cleaned nor said; the writer's pid is in the name now, and a dead writer's files go."""
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f".model.onnx.fp32.{int(finished.stdout)}.k2x9.tmp"
+    alive = tmp_path / f".model.onnx.fp32.{os.getpid()}.q7w1.tmp"   # this process: an export writing now
+    other = tmp_path / ".notes.onnx.fp32.1.a.tmp"                          # another file's: not ours to judge
+    for path in (dead, alive, other):
+        path.write_bytes(b"\0" * 100)
+    export_checkpoint(checkpoint, out=tmp_path / "model.onnx", parity_count=1)
+    assert not dead.exists() and alive.exists() and other.exists() and (tmp_path / "model.onnx").is_file()
+    assert str(dead) in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "model.onnx"])

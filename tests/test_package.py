@@ -27,7 +27,7 @@ from dermalens.models.calibration_record import CheckpointError, read_calibratio
 from dermalens.models.checkpoint import TRUST_VARIABLE, load_classifier
 from dermalens.models.hub import push_to_hub
 from dermalens.models.package import write_sums
-from dermalens.models.package_folder import staged_folder
+from dermalens.models.package_folder import remove_stale_staging, staged_folder
 from dermalens.models.package_loader import from_pretrained, load_package
 from dermalens.models.package_reader import (
     CARD_FILE,
@@ -514,6 +514,26 @@ def test_staging_folders_of_a_stopped_package_are_removed_and_running_ones_kept(
         (staging / CONFIG_FILE).write_text("{}")
     assert not stale.exists() and running.exists() and foreign.exists() and out.is_dir()
     assert str(stale) in caplog.text and str(running) in caplog.text   # what was removed, what was left, said
+
+
+def test_a_package_through_a_symlinked_out_goes_where_the_link_points_and_leaves_no_orphan(tmp_path, caplog):
+    """`--out LINK --overwrite` swapped the link for a folder and set the link aside as a staging name, which
+    rmtree could not remove (silently); the next run said "removed" and left it."""
+    target = tmp_path / "packages" / "model"
+    for marker in ("old", "new"):
+        with staged_folder(tmp_path / "link" if marker == "new" else target, overwrite=True) as staging:
+            (staging / CONFIG_FILE).write_text(json.dumps({"format": PACKAGE_FORMAT, "marker": marker}))
+        if marker == "old":
+            (tmp_path / "link").symlink_to(target)
+    assert (tmp_path / "link").is_symlink() and json.loads((target / CONFIG_FILE).read_text())["marker"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "packages"]
+    assert [p.name for p in target.parent.iterdir()] == ["model"]
+    # A link set aside by an earlier version is removed as a link, not followed, and said only when gone.
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / "packages" / f".model.{int(finished.stdout)}.0a1b2c.tmp"
+    orphan.symlink_to(target)
+    assert remove_stale_staging(target) == [orphan]
+    assert not orphan.is_symlink() and (target / CONFIG_FILE).is_file()
 
 
 def test_sha256sums_must_list_every_file_model_onnx_included(package, tmp_path):

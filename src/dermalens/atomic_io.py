@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_sha256", "fsync_directory",
-           "new_temp_file", "to_jsonable"]
+           "new_temp_file", "process_alive", "remove_dead_writers_files", "to_jsonable", "user_mode"]
+log = logging.getLogger(__name__)
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:
@@ -29,6 +32,39 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a writer whose temp files must be left alone)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):   # another user's process, or a system without signal 0
+        return True
+    return True
+
+
+def remove_dead_writers_files(folder: Path, pattern: "re.Pattern[str]", what: str) -> list[Path]:
+    """Remove the files of `folder` whose names match `pattern` (its group "pid": the writer's process) and
+    whose writer no longer runs, saying each in the log: what a killed `what` left behind."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if match is None or process_alive(int(match.group("pid"))) or not (path.is_file() or path.is_symlink()):
+            continue
+        try:
+            path.unlink()
+        except OSError as error:
+            log.warning("could not remove %s, left by an earlier %s that was stopped: %s", path, what, error)
+            continue
+        removed.append(path)
+        log.warning("removed %s, left by an earlier %s that was stopped", path, what)
+    return removed
 
 
 def user_mode(directory: bool = False) -> int:

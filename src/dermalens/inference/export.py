@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..atomic_io import user_mode
+from ..atomic_io import remove_dead_writers_files, user_mode
 from ..classes import RESEARCH_DISCLAIMER, validate_class_set
 from ..data.image_files import NoImagesFound, find_image_files
 from ..models.calibration_record import read_calibration
@@ -266,9 +267,12 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
                            f"(N,{len(classes)}) = softmax(logits/temperature), classes {', '.join(classes)}",
                 "disclaimer": RESEARCH_DISCLAIMER}
     temporary: list[Path] = []
+    # The writer's pid in each temp file's name: what a killed export left is removed by the next one.
+    remove_dead_writers_files(out.parent, re.compile(re.escape(f".{out.name}.") + r"(fp32|int8)\.(?P<pid>\d+)\.\w+\.tmp"),
+                              "export")
 
     def temp_path(tag: str) -> Path:
-        handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{tag}.", suffix=".tmp")
+        handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{tag}.{os.getpid()}.", suffix=".tmp")
         os.close(handle)
         temporary.append(Path(name))
         return Path(name)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from ..atomic_io import fsync_directory
+from ..atomic_io import fsync_directory, process_alive
 from .package_reader import CONFIG_FILE, PACKAGE_FORMAT, PackageError, is_dermalens_package
 
 __all__ = ["check_replaceable", "remove_stale_staging", "staged_folder"]
@@ -63,20 +63,25 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _own_leftovers(out: Path, suffix: str) -> list[Path]:
     pattern = re.compile(re.escape(f".{out.name}.") + r"(\d+)\.[0-9a-f]+" + re.escape(suffix))
-    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir())
+    # A link is listed as itself (a swap through a symlinked --out sets the link aside), never followed.
+    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and (p.is_symlink() or p.is_dir()))
 
 
 def _writer_alive(folder: Path) -> bool:
     """Whether the process named in a staging folder's name still runs (on this machine)."""
-    pid = int(folder.name.split(".")[-3])
-    if pid == os.getpid():
-        return True
+    return process_alive(int(folder.name.split(".")[-3]))
+
+
+def _remove(path: Path) -> bool:
+    """Remove a leftover folder, or a link without following it; False (and a log line) when it stays."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+    except OSError as error:
+        log.warning("could not remove %s: %s", path, error)
         return False
-    except (PermissionError, OSError):   # another user's process, or a system without signal 0
-        return True
     return True
 
 
@@ -97,19 +102,19 @@ def remove_stale_staging(out: Path) -> list[Path]:
         if _writer_alive(aside):
             continue
         kept = aside / out.name
-        if not out.exists() and is_dermalens_package(kept):
+        if not aside.is_symlink() and not out.exists() and is_dermalens_package(kept):
             os.replace(kept, out)
             log.warning("%s was missing after an interrupted `package`: the previous package, set aside in %s, "
                         "is back in place", out, aside)
-        shutil.rmtree(aside, ignore_errors=True)
-        removed.append(aside)
+        if _remove(aside):
+            removed.append(aside)
     for staging in _own_leftovers(out, STAGING_SUFFIX):
         if _writer_alive(staging):
             log.warning("%s belongs to a `package` that is still running; left in place", staging)
             continue
-        shutil.rmtree(staging, ignore_errors=True)
-        removed.append(staging)
-        log.warning("removed %s, left by an earlier `package` that was stopped", staging)
+        if _remove(staging):
+            removed.append(staging)
+            log.warning("removed %s, left by an earlier `package` that was stopped", staging)
     return removed
 
 
@@ -146,6 +151,8 @@ def staged_folder(out: Path, overwrite: bool = False, protected: list[Path] = ()
     write (a shared package is made readable by a umask of 022, the usual one).
     """
     out = Path(out)
+    if out.is_symlink():   # the package goes where the link points; the link stays a link
+        out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)
     if out.exists():
@@ -159,7 +166,7 @@ def staged_folder(out: Path, overwrite: bool = False, protected: list[Path] = ()
         if not out.exists():
             os.replace(staging, out)
         elif _exchange(staging, out):
-            shutil.rmtree(staging, ignore_errors=True)   # now the old package
+            _remove(staging)   # now the old package
         else:
             aside = _new_folder(out, ASIDE_SUFFIX)
             os.replace(out, aside / out.name)
