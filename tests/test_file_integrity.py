@@ -58,6 +58,19 @@ def test_stale_image_cache_temp_files_are_removed_on_the_next_run(tmp_path, capl
     for path in (stale, foreign):
         os.utime(path, (hours_ago, hours_ago))
     assert remove_stale_temp_files(tmp_path) == [stale]
+    # With the writer's pid in the name: a dead writer's file goes at once (it lay an hour beside a new
+    # 889-MB cache), a live one's stays however old.
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f".ham10000-224px-center_square-{key}-p{int(finished.stdout)}-x1y2z3.npy.tmp"
+    writing = tmp_path / f".ham10000-224px-center_square-{key}-p{os.getpid()}-q4r5s6.npy.tmp"
+    for path in (dead, writing):
+        path.write_bytes(b"\0" * 1000)
+    os.utime(writing, (hours_ago, hours_ago))
+    assert remove_stale_temp_files(tmp_path) == [dead]
+    assert writing.exists() and fresh.exists()
     assert not stale.exists() and fresh.exists() and foreign.exists()   # a young one may be written now
     assert stale.name in caplog.text
 
