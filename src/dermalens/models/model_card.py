@@ -23,9 +23,10 @@ def _metrics_section(config: dict) -> list[str]:
     test = config.get("test_metrics")
     if not test:
         val = config.get("val_metrics") or {}
-        lines = ["No test metrics: the run was not evaluated on its test split for this checkpoint "
-                 "(`evaluation.after_training`). Validation metrics, used to choose the checkpoint and therefore "
-                 "optimistic:", "", "| metric | value |", "|---|---|"]
+        lines = ["No test metrics: the run holds no test evaluation of this checkpoint (`evaluation.after_training` "
+                 "off, an evaluation stopped before it finished, which `dermalens train --resume RUN` completes, or a "
+                 "checkpoint other than the one evaluated). Validation metrics, used to choose the checkpoint "
+                 "and therefore optimistic:", "", "| metric | value |", "|---|---|"]
         return lines + [f"| {k.removeprefix('val/')} | {format_value(v)} |" for k, v in sorted(val.items())]
     ci = test.get("ci95", {})
     rule = (test.get("decision_rule") or config.get("decision") or {})
