@@ -534,3 +534,20 @@ def test_the_demo_trains_what_its_config_says_folds_included(tmp_path, monkeypat
     run = next((tmp_path / "runs").glob("demo-folds*"))
     assert (run / "cv.json").is_file() and (run / "fold-2" / "checkpoints" / "best.ckpt").is_file()
     assert "cross-validation, 2 folds" in capsys.readouterr().out
+
+
+def test_a_budget_that_ends_training_before_its_epochs_is_said_in_the_terminal_status_and_report(tmp_path,
+                                                                                                  capsys):
+    """On a busy CPU the demo's 6-minute budget stopped training in its first epoch, and the run said
+    "finished" with figures far below the documented ones and no word why."""
+    run_dir = tmp_path / "cut"
+    # A 1-second budget for 400 epochs: time, not the epochs, ends training.
+    assert train_cli(run_dir, **{"training.max_time": "00:00:00:01", "training.max_epochs": 400}) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished"
+    assert status["cut_short"].startswith("training.max_time (00:00:00:01) ended training in epoch ")
+    assert "of 400" in status["cut_short"]
+    assert f"WARNING: {status['cut_short']}" in capsys.readouterr().out
+    assert f"> **Training was cut short:** {status['cut_short']}" in (run_dir / "report.md").read_text()
+    assert train_cli(tmp_path / "whole") == 0                       # 3 epochs well inside no budget
+    assert "cut_short" not in json.loads((tmp_path / "whole" / "status.json").read_text())

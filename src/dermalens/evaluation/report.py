@@ -134,6 +134,8 @@ def render_report_markdown(
     if context.get("synthetic_data"):
         lines += [f"> {SYNTHETIC_DATA_WARNING}", ""]
     lines += [f"> **{RESEARCH_DISCLAIMER}**", ""]
+    if context.get("training_cut_short"):   # figures of a model trained less than its recipe asks
+        lines += [f"> **Training was cut short:** {context['training_cut_short']}", ""]
 
     if context:
         lines += ["## Context", ""]

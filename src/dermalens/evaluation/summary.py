@@ -31,6 +31,9 @@ def format_metrics_summary(metrics: dict, report_dir: Path) -> str:
             for stat in ("recall", "f1"):
                 lines.append(f"  {stat + '_' + code:18s} {fmt(stat + '_' + code, metrics['per_class'][code].get(stat))}")
     lines += small_sample_warnings(metrics)
+    cut_short = (metrics.get("context") or {}).get("training_cut_short")
+    if cut_short:   # the figures above are of a model trained less than its recipe asks
+        lines.append(f"WARNING: {cut_short}")
     lines.append(f"report: {Path(report_dir) / 'report.md'}\n{RESEARCH_DISCLAIMER}")
     return "\n".join(lines)
 

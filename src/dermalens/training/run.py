@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
+    Timer,
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -272,6 +273,21 @@ class TrainResult:
     last_checkpoint: Path
     train_seconds: float
     metrics: dict | None = None
+    cut_short: str | None = None   # said when training.max_time ended training before training.max_epochs
+
+
+def budget_cut_short(trainer: L.Trainer, max_time) -> str | None:
+    """What to say when the time budget, not the epochs, ended training (None when the epochs did).
+
+    A slower or busier CPU then trains less than the recipe's epochs, with its schedule unfinished, and the
+    figures are lower: said in the log, status.json and the report, never silently."""
+    timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    if remaining is None or remaining > 0 or trainer.current_epoch >= (trainer.max_epochs or 0):
+        return None
+    return (f"training.max_time ({max_time}) ended training in epoch {trainer.current_epoch + 1} of "
+            f"{trainer.max_epochs} (step {trainer.global_step}): this machine trained less than the recipe asks, "
+            f"so the figures are lower than the recipe's; give more time or fewer epochs")
 
 
 def check_training_classes(prepared: PreparedData) -> list[int]:
@@ -386,8 +402,8 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         # Training had finished; its calibration or evaluation was stopped: do those, train nothing more.
         log.info("training of %s had finished; calibrating and evaluating %s", run_dir, status["best_checkpoint"])
         best, seconds = RunFolder(run_dir).recorded_best_checkpoint(status), float(status.get("train_seconds", 0.0))
-        return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds), prepared, progress,
-                          calibrate_after_training, is_global_zero=True)
+        return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds, cut_short=status.get("cut_short")),
+                          prepared, progress, calibrate_after_training, is_global_zero=True)
     module = LesionClassifierModule(
         classes=prepared.classes,
         model=config["model"], loss=config["loss"], optimizer=config["optimizer"], scheduler=config["scheduler"],
@@ -444,8 +460,11 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         raise TrainingInterrupted(run_dir, last)
     seconds = time.perf_counter() - started
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds), prepared, progress,
-                      calibrate_after_training, trainer.is_global_zero)
+    cut_short = budget_cut_short(trainer, config["training"]["max_time"])
+    if cut_short and trainer.is_global_zero:
+        log.warning("%s: %s", run_dir, cut_short)
+    return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds, cut_short=cut_short), prepared,
+                      progress, calibrate_after_training, trainer.is_global_zero)
 
 
 @contextlib.contextmanager
@@ -486,16 +505,19 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
         return result
     # "training_done": a resume goes straight to calibration and evaluation.
     done = {"training_done": True, "best_checkpoint": str(result.best_checkpoint),
-            "train_seconds": round(result.train_seconds, 1)}
+            "train_seconds": round(result.train_seconds, 1),
+            **({"cut_short": result.cut_short} if result.cut_short else {})}
     RunFolder(run_dir).write_status("evaluating", **done)
     try:
         with sigterm_raises():
             if calibrate_after_training:
                 calibrate_on_validation(config, result.best_checkpoint, prepared, progress)
             if config["evaluation"]["after_training"]:
+                note = {"training_cut_short": result.cut_short} if result.cut_short else {}
                 result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
                                                      progress=progress,
-                                                     extra_context={"train_seconds": round(result.train_seconds, 1)})
+                                                     extra_context={"train_seconds": round(result.train_seconds, 1),
+                                                                    **note})
     except (KeyboardInterrupt, SystemExit) as stop:
         RunFolder(run_dir).write_status("interrupted", stage="evaluation", **done)
         raise TrainingInterrupted(run_dir, result.last_checkpoint, during="evaluation") from stop
@@ -504,7 +526,8 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
                      traceback=traceback.format_exc(limit=20), **done)
         raise
     RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint),
-                 train_seconds=round(result.train_seconds, 1))
+                 train_seconds=round(result.train_seconds, 1),
+                 **({"cut_short": result.cut_short} if result.cut_short else {}))
     return result
 
 
