@@ -140,6 +140,8 @@ def test_the_bundle_holds_page_model_record_and_runtime(bundle, checkpoint):
                  RECORD_FILE, "README.txt", "offline/model.js", "offline/runtime.js",
                  *(f"ort/{name}" for name in RUNTIME_FILES)):
         assert (folder / name).is_file(), name
+    # The README's serve command names the folder as it is, not the staging folder it was written in.
+    assert f"--directory {folder.name} " in (folder / "README.txt").read_text()
     record = json.loads((folder / RECORD_FILE).read_text())
     calibration = read_calibration(checkpoint)
     assert record["temperature"] == pytest.approx(calibration["temperature"])

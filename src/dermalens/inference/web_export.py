@@ -211,7 +211,8 @@ Written by dermalens {version} from {source}.
 """
 
 
-def _write_files(folder: Path, record: dict, onnx_file: Path, runtime: Path, source: str) -> None:
+def _write_files(folder: Path, record: dict, onnx_file: Path, runtime: Path, source: str, final_name: str) -> None:
+    """The page's files into `folder` (a staging folder that becomes `final_name`: the README names that)."""
     (folder / "ort").mkdir()
     (folder / "offline").mkdir()
     shutil.copyfile(onnx_file, folder / MODEL_FILE)
@@ -228,7 +229,7 @@ def _write_files(folder: Path, record: dict, onnx_file: Path, runtime: Path, sou
         [(name, (runtime / name).read_bytes()) for name in RUNTIME_FILES[1:]]))
     (folder / "README.txt").write_text(README.format(
         name=record["model"]["name"], disclaimer=RESEARCH_DISCLAIMER, runtime=record["runtime"]["version"],
-        folder=folder.name, version=__version__, source=source))
+        folder=final_name, version=__version__, source=source))
 
 
 def _replace_folder(staging: Path, out: Path, overwrite: bool) -> None:
@@ -265,7 +266,7 @@ def write_web_bundle(model_path: str | Path, out_dir: str | Path, *, overwrite: 
         work.mkdir()
         predictor, onnx_file, exported = onnx_model_for(model_path, work)
         record = web_record(predictor, _decision_record(predictor, model_path), file_sha256(onnx_file), top_k)
-        _write_files(staging, record, onnx_file, runtime, model_path.name)
+        _write_files(staging, record, onnx_file, runtime, model_path.name, out.name)
         shutil.rmtree(work)
         sizes = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
         os.chmod(staging, user_mode(directory=True))   # mkdtemp makes 0700 folders; as shared as the user's own
