@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dermalens.classes import CLASS_CODES
+from dermalens.classes import CLASS_CODES, RESEARCH_DISCLAIMER
 from dermalens.cli import main
 from dermalens.config import dump_config, load_config
 from dermalens.models import create_classifier
@@ -414,3 +414,12 @@ def test_evaluate_lists_the_images_it_skipped_beside_its_report(checkpoint, tmp_
                  "--split", "all", "--out", str(out), "--no-tta", "--set", "evaluation.n_bootstrap=10",
                  "--set", "data.cache_dir=null"]) == 0
     assert not (out / "data_issues.csv").exists() and "data_issues" not in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "isic2018", "table", "json"])
+def test_every_prediction_printed_says_it_is_no_diagnosis(checkpoint, images, capsys, fmt):
+    """A CSV to stdout carried no research-tool notice (the table and JSON do, in their text): said on stderr."""
+    assert main(["predict", "--model", str(checkpoint), str(images[0]), "-f", fmt]) == 0
+    out, err = capsys.readouterr()
+    assert RESEARCH_DISCLAIMER in out + err
+    assert (RESEARCH_DISCLAIMER in err) == (fmt in ("csv", "isic2018"))   # a CSV stays a CSV

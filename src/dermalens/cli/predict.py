@@ -54,6 +54,8 @@ def run(args) -> int:
               f"{RESEARCH_DISCLAIMER}", file=sys.stderr)
     else:
         sys.stdout.write(result.text)
+        if args.output_format in ("csv", "isic2018"):   # the table and JSON carry it; a CSV cannot, so it is said
+            print(RESEARCH_DISCLAIMER, file=sys.stderr)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     for failure in result.failures:
