@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -414,6 +415,17 @@ def test_push_to_hub_uploads_the_package_with_its_card_as_readme(package, tmp_pa
     with pytest.raises(PackageError, match=f"{CONFIG_FILE} does not match"):
         push_to_hub(damaged, "someone/dermalens-lesions")
     assert len(uploads) == 1                           # nothing damaged is published
+
+    class ConnectError(Exception):   # what the Hub client raises without a network (a 60-line traceback)
+        pass
+
+    def offline(self, repo_id, **kwargs):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    with pytest.raises(PackageError, match=rf"the package is written in {re.escape(str(package))}, but uploading "
+                                           r"it to the Hub repository someone/dermalens-lesions failed: ConnectError"):
+        push_to_hub(package, "someone/dermalens-lesions")
 
 
 def fake_package(folder: Path, marker: str) -> Path:

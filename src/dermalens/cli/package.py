@@ -46,8 +46,8 @@ def run(args) -> int:
     sizes = ", ".join(f"{name} {(folder / name).stat().st_size / 1e6:.1f} MB" for name in (WEIGHTS_FILE, ONNX_FILE))
     print(f"wrote {folder}/: config.json, {sizes}, MODEL_CARD.md, SHA256SUMS\n"
           f"try: dermalens predict --model {folder} <image.jpg>")
+    print(RESEARCH_DISCLAIMER)
     if args.push_to_hub:
         commit = push_to_hub(folder, args.push_to_hub, private=args.private or None)
         print(f"uploaded to the Hugging Face Hub: {getattr(commit, 'commit_url', commit)}")
-    print(RESEARCH_DISCLAIMER)
     return 0

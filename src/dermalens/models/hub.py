@@ -172,12 +172,17 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None
     read_package_config(folder)   # never publish a damaged or changed package
     hub = _huggingface_hub()
     api = hub.HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dermalens-hub-") as staging:
-        for path in folder.iterdir():
-            if path.is_file():
-                shutil.copy2(path, Path(staging) / path.name)
-        if not (folder / HUB_README).exists() and (folder / CARD_FILE).is_file():
-            shutil.copy2(folder / CARD_FILE, Path(staging) / HUB_README)
-        return api.upload_folder(folder_path=staging, repo_id=repo_id, repo_type="model",
-                                 commit_message=commit_message or f"dermalens model package ({folder.name})")
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="dermalens-hub-") as staging:
+            for path in folder.iterdir():
+                if path.is_file():
+                    shutil.copy2(path, Path(staging) / path.name)
+            if not (folder / HUB_README).exists() and (folder / CARD_FILE).is_file():
+                shutil.copy2(folder / CARD_FILE, Path(staging) / HUB_README)
+            return api.upload_folder(folder_path=staging, repo_id=repo_id, repo_type="model",
+                                     commit_message=commit_message or f"dermalens model package ({folder.name})")
+    except Exception as error:   # no network, no token, no access: huggingface_hub's and its HTTP client's types
+        raise PackageError(f"the package is written in {folder}, but uploading it to the Hub repository {repo_id} "
+                           f"failed: {type(error).__name__}: {error} (offline? `huggingface-cli login` or HF_TOKEN "
+                           f"for a token with write access)") from None
