@@ -262,3 +262,24 @@ def test_demo_without_data_runs_on_labelled_synthetic_data(tmp_path, monkeypatch
     assert "SYNTHETIC-NOT-REAL" in run_dir.name
     assert "SYNTHETIC DATA" in (run_dir / "report.md").read_text()
     assert json.loads((run_dir / "metrics.json").read_text())["context"]["synthetic_data"] is True
+
+
+def test_a_dermalens_data_folder_without_data_lets_the_demo_go_on_as_without_it(tmp_path, monkeypatch):
+    """The README: "with nothing, it downloads DermaMNIST when online, else runs on generated data". An
+    empty DERMALENS_DATA folder stopped the demo with "cannot tell what dataset" instead; --data still does."""
+    from dermalens.data import readers as sources
+    from dermalens.training.demo import SYNTHETIC_RUN_NAME, demo_config
+
+    def offline(*args, **kwargs):
+        raise sources.DatasetUnavailable("offline (test)")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("DERMALENS_DATA", str(empty))
+    monkeypatch.setattr(sources, "download_dermamnist", offline)
+    said = []
+    config = demo_config(None, None, announce=said.append)
+    assert config["data"]["format"] == "synthetic" and config["name"] == SYNTHETIC_RUN_NAME
+    assert said[0].startswith(f"DERMALENS_DATA={empty} holds no data set the demo reads") and "NOT REAL" in said[1]
+    with pytest.raises(sources.DataFormatError, match="cannot tell what dataset"):
+        demo_config(str(empty), None, announce=said.append)

@@ -31,7 +31,7 @@ def demo_config(data: str | None, config_name: str | None, overrides: list[str] 
     `announce` is told which data was chosen (and, for synthetic data, a banner saying it is not real).
     """
     from ..config_files import load_named_config
-    from ..data.readers import DatasetUnavailable, download_dermamnist
+    from ..data.readers import DataFormatError, DatasetUnavailable, download_dermamnist
 
     overrides = list(overrides or [])
     given_by = "--data" if data else "DERMALENS_DATA"
@@ -40,7 +40,16 @@ def demo_config(data: str | None, config_name: str | None, overrides: list[str] 
     if data:
         if not Path(data).exists():
             raise FileNotFoundError(f"{given_by} {data}: no such file or folder")
-        data_path, chosen = demo_data(Path(data))
+        try:
+            data_path, chosen = demo_data(Path(data))
+        except DataFormatError as error:
+            if given_by == "--data":   # asked for by name: its problem is the answer
+                raise
+            # The environment's folder holds nothing the demo reads: the demo goes on as without data,
+            # as the README says, rather than stopping on a setting the user may have forgotten.
+            announce(f"DERMALENS_DATA={data} holds no data set the demo reads ({error}); going on without it")
+            data = None
+    if data:
         config_name = config_name or chosen or "demo"
         announce(f"demo data: {data_path} (config {config_name})")
     else:
