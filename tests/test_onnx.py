@@ -243,7 +243,7 @@ def test_a_file_that_is_no_checkpoint_is_named_not_run_in_pytorch_instead(tmp_pa
     garbage.write_text("not a model")
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_predictor(garbage)
-    assert "ONNX Runtime" not in caplog.text
+    assert "failed" not in caplog.text and "PyTorch" not in caplog.text   # no fallback said before the error
 
 
 def test_load_predictor_runs_checkpoints_in_onnx_runtime_by_default(exported, checkpoint, run_dir, tmp_path,
@@ -453,3 +453,22 @@ def test_temp_files_of_a_killed_export_are_removed_by_the_next_one(tmp_path, che
     assert not dead.exists() and alive.exists() and other.exists() and (tmp_path / "model.onnx").is_file()
     assert str(dead) in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "model.onnx"])
+
+
+def test_the_first_use_of_a_model_says_its_export_once_and_the_parity_images_it_lacked(checkpoint, tmp_path,
+                                                                                       monkeypatch, caplog):
+    """predict's first call spent a minute exporting in silence, then told a predict user to "give
+    --parity-images" (an export option) twice."""
+    import shutil
+
+    from dermalens.inference import export as export_module
+
+    monkeypatch.setenv("DERMALENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(export_module, "default_sample_images", lambda: [])   # no real images at hand
+    copy = shutil.copy(checkpoint, tmp_path / "model.ckpt")
+    with caplog.at_level("WARNING"):
+        load_predictor(copy)
+    said = [record.getMessage() for record in caplog.records]
+    assert sum("first use of" in line and "exporting it to ONNX once" in line for line in said) == 1
+    parity = [line for line in said if "no real images for the ONNX parity check" in line]
+    assert len(parity) == 1 and "`dermalens export --parity-images`" in parity[0]

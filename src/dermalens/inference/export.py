@@ -118,10 +118,10 @@ def check_images(parity_images: Sequence[str | Path] | None, count: int,
     if paths:
         chosen = paths if len(paths) <= count else [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
         return [read_rgb_image(p) for p in chosen], f"{source} ({chosen[0].parent})"
-    message = ("no real images for the ONNX parity check (give --parity-images or set DERMALENS_DATA); "
-               "checking on random images instead, which proves much less")
-    warnings.warn(message, stacklevel=3)
-    log.warning(message)
+    # Said once, as a warning (the command line shows it; the per-user cache's export logs it).
+    warnings.warn("no real images for the ONNX parity check (`dermalens export --parity-images`, or "
+                  "DERMALENS_DATA naming the folder that holds ham10000_sample/); checking on random images "
+                  "instead, which proves much less", stacklevel=3)
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (450, 600, 3), dtype=np.uint8) for _ in range(min(count, 4))], "random"
 

@@ -69,11 +69,15 @@ def cached_export(checkpoint: str | Path) -> Path:
             from ..models.calibration_record import CheckpointError
             from .export import ExportError, export_checkpoint
 
-            log.info("exporting %s to ONNX for ONNX Runtime (once; kept in %s)", checkpoint, path.parent)
+            # Said, since the first prediction with a new model then takes a minute or more.
+            log.warning("first use of %s: exporting it to ONNX once for ONNX Runtime (kept in %s)", checkpoint,
+                        path.parent)
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")   # parity on random images when no real ones are at hand
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     export_checkpoint(checkpoint, path, exporter="torchscript")
+                for message in dict.fromkeys(str(warning.message) for warning in caught):
+                    log.warning("ONNX export: %s", message)   # e.g. parity on random images: no real ones at hand
             except CheckpointError:
                 raise   # not a model at all: PyTorch cannot run it either, so this is the answer, not a fallback
             except OSError as error:   # the export is written into the cache: a full disk ends here
