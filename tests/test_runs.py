@@ -145,7 +145,7 @@ def test_a_moved_run_resumes_and_evaluates_in_its_new_folder(tmp_path):
     assert not (tmp_path / "A").exists()
 
 
-def test_a_run_works_from_another_directory(tmp_path, shared_data, monkeypatch):
+def test_a_run_works_from_another_directory(tmp_path, shared_data, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     monkeypatch.chdir(REPO_ROOT)
     relative = os.path.relpath(shared_data / "dermamnist.npz", REPO_ROOT)
@@ -160,7 +160,10 @@ def test_a_run_works_from_another_directory(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(elsewhere)
     assert main(["evaluate", "--run", str(run_dir), "--split", "val", "--no-tta",
                  "--set", "evaluation.n_bootstrap=20"]) == 0
+    assert "fitted on this validation split: these figures are optimistic" in capsys.readouterr().err
     assert (run_dir / "eval-dermamnist-val" / "metrics.json").is_file()
+    assert "| caution | the temperature and decision rule were fitted on this validation split" in \
+        (run_dir / "eval-dermamnist-val" / "report.md").read_text()
     assert not (run_dir / "metrics.json").exists()      # the one-time test report is not written by evaluate
 
 

@@ -8,6 +8,7 @@ validation split, for the predictor that is served: same TTA setting).
 from __future__ import annotations
 
 import logging
+import warnings
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,6 +157,11 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra_context or {}),
     }
+    if split_dir is not None and split == "val" and str(calibration["fitted_on"]).startswith("the validation split"):
+        # The temperature and decision rule were fitted on these very images: their figures flatter the model.
+        context["caution"] = ("the temperature and decision rule were fitted on this validation split: these "
+                              "figures are optimistic; the test split's are the model's")
+        warnings.warn(f"{split_dir}: {context['caution']}", stacklevel=2)
     if calibration["fitted_on"] and calibration["tta"] != ev["tta"]:
         context["calibration_note"] = (f"the temperature was fitted with TTA {'on' if calibration['tta'] else 'off'}; "
                                        f"this evaluation ran with TTA {'on' if ev['tta'] else 'off'}")
