@@ -554,3 +554,13 @@ def test_a_budget_that_ends_training_before_its_epochs_is_said_in_the_terminal_s
     assert f"> **Training was cut short:** {status['cut_short']}" in (run_dir / "report.md").read_text()
     assert train_cli(tmp_path / "whole") == 0                       # 3 epochs well inside no budget
     assert "cut_short" not in json.loads((tmp_path / "whole" / "status.json").read_text())
+
+
+def test_the_training_progress_bar_shows_no_logger_version(monkeypatch):
+    """It showed "v_num=oard": the last characters of the fixed TensorBoard folder name."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from dermalens.training.run import ProgressBar
+
+    monkeypatch.setattr(TQDMProgressBar, "get_metrics", lambda self, trainer, module: {"loss": 0.5, "v_num": "oard"})
+    assert ProgressBar().get_metrics(None, None) == {"loss": 0.5}

@@ -206,7 +206,7 @@ def build_trainer(config: dict, run_dir: Path,
         # (Lightning keeps the raw weights beside them, for resuming).
         callbacks.insert(0, EMAWithWarmup(t["ema_decay"]))
     if t["progress_bar"]:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(ProgressBar(refresh_rate=10))
     callbacks += list(extra_callbacks)   # the caller's own (a tuner's pruning callback), after the run's
     loggers = [CSVLogger(run_dir, name=LOGS, version="", flush_logs_every_n_steps=10),
                TensorBoardLogger(run_dir, name=LOGS, version="tensorboard")]
@@ -274,6 +274,16 @@ class TrainResult:
     train_seconds: float
     metrics: dict | None = None
     cut_short: str | None = None   # said when training.max_time ended training before training.max_epochs
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar without its `v_num`: the logger's version, which for the fixed log folders here shows
+    as a meaningless "v_num=oard" (the end of "tensorboard")."""
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
 
 
 def budget_cut_short(trainer: L.Trainer, max_time) -> str | None:
