@@ -8,8 +8,8 @@ validation split, for the predictor that is served: same TTA setting).
 from __future__ import annotations
 
 import logging
-import warnings
 import subprocess
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
