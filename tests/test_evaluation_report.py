@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dermalens.classes import CLASS_CODES, NUM_CLASSES, RESEARCH_DISCLAIMER
 from dermalens.evaluation import report as report_module
@@ -161,6 +162,8 @@ def test_plot_functions_write_pngs(tmp_path, evaluation):
     reliability_path = plot_reliability_diagram(probs, labels, tmp_path / "rel.png", n_bins=10)
     for path in (cm_path, roc_path, reliability_path):
         assert_png(path)
+        with Image.open(path) as png:   # the picture says what its numbers are not (its footer draws the same)
+            assert png.info["Disclaimer"] == RESEARCH_DISCLAIMER
     assert roc_path == tmp_path / "sub" / "roc.png"  # parent folders are created
 
 

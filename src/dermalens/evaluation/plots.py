@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from dermalens.atomic_io import atomic_write_bytes
+from dermalens.classes import RESEARCH_DISCLAIMER
 from dermalens.evaluation.metrics import expected_calibration_error, reliability_bins
 
 __all__ = [
@@ -45,8 +46,11 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
+    # Every picture of results says what the numbers are not, in its footer and its PNG text.
+    figure.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))   # room for the footer below the axes
+    figure.text(0.5, 0.006, RESEARCH_DISCLAIMER, ha="center", va="bottom", fontsize=7, color="#555555")
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_DPI)
+    figure.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": "dermalens", "Disclaimer": RESEARCH_DISCLAIMER})
     figure.clear()  # drop artists now rather than at garbage collection
     return atomic_write_bytes(path, buffer.getvalue())
 
