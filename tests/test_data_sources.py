@@ -637,3 +637,21 @@ def test_an_isic2018_submission_says_when_its_argmax_is_not_the_models_decision(
     assert ruled.text == plain.text                              # the same probabilities are written
     [note] = [note for note in ruled.notes if "isic2018" in note]
     assert "for 3 of 3 images that is not the class the model's decision rule reports" in note
+
+
+def test_a_runs_own_splits_of_one_isic2018_set_are_evaluated_into_their_own_folders(tmp_path, sample_dir,
+                                                                                     sample_metadata):
+    """Naming official sets by their folder made `--split val` and `--split test` of a run trained on one
+    ISIC 2018 set share one output folder (each overwrote the other)."""
+    from dermalens.config import dump_config, load_config
+    from dermalens.evaluation.targets import resolve_target
+
+    _build_isic2018(tmp_path / "isic", sample_dir, sample_metadata)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"")
+    config = load_config(None, ["data.subset=Training"], {"data": {"path": str(tmp_path / "isic")}})
+    (run / "config.yaml").write_text(dump_config(config))
+    (run / "split.csv").write_text("image_id,lesion_id,split\n")
+    folders = {split: resolve_target(run=run, split=split, redraw_split=True).out_dir.name for split in ("val", "test")}
+    assert folders == {"val": "eval-Training-val", "test": "eval-Training-test"}

@@ -135,10 +135,14 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
                           "figures are optimistic (the report says so)", stacklevel=2)
     if not tta:
         resolved["evaluation"]["tta"] = False
-    name = Path(resolved["data"]["path"] or resolved["data"]["format"]).stem
-    # An official set is named with its folder: two clinics' ISIC-layout folders must not share eval-Test-test/.
-    scored = resolved["data"].get("subset") or split or chosen
-    out_dir = Path(out) if out else out_root / f"eval-{name}-{scored}"
+    stem, subset = Path(resolved["data"]["path"] or resolved["data"]["format"]).stem, resolved["data"].get("subset")
+    if not own_data and subset and chosen == "all":
+        # An official set scored whole is named with its folder: two clinics' ISIC-layout folders must not
+        # share eval-Test-test/.
+        folder = f"eval-{stem}-{subset}"
+    else:   # a run's own splits keep apart: eval-<data>-val/, eval-<data>-test/
+        folder = f"eval-{subset or stem}-{split or chosen}"
+    out_dir = Path(out) if out else out_root / folder
     if RunFolder(out_dir).is_run():
         raise ConfigError(f"--out {out_dir} is a run folder: its metrics.json, report.md and predictions.csv are "
                           "the run's own test report; give another folder")
