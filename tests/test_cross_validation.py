@@ -240,3 +240,22 @@ def test_a_cross_validated_run_has_no_val_split_to_evaluate_and_says_where_its_f
     assert "a cross-validated run keeps no validation split: its out-of-fold figures are in cv.json" in err
     assert "--split all" not in err
     assert not list(cross_validated_run.glob("eval-*-val"))
+
+
+def test_trainings_the_budget_cut_short_are_said_for_the_whole_job(cross_validated_run: Path, tmp_path: Path):
+    """Each fold said its cut in its own status.json only: the job's cv.json, status, report and summary lines
+    were silent (the recipe's hour is shared by every fold)."""
+    from dermalens.run_folder import RunFolder
+    from dermalens.training.cross_validation import cut_short_trainings, format_cross_validation
+
+    job = tmp_path / "job"
+    for name, note in (("fold-1", "training.max_time ... epoch 3 of 6"), ("fold-2", None), ("student", "... 1 of 6"),
+                       ("logs", "not a training")):
+        (job / name).mkdir(parents=True)
+        RunFolder(job / name).write_status("finished", **({"cut_short": note} if note else {}))
+    assert cut_short_trainings(job) == {"fold-1": "training.max_time ... epoch 3 of 6", "student": "... 1 of 6"}
+    summary = json.loads((cross_validated_run / "cv.json").read_text())
+    assert "WARNING" not in format_cross_validation(summary)
+    assert "WARNING: training.max_time ended fold-1, student before their epochs" in format_cross_validation(
+        {**summary, "cut_short": cut_short_trainings(job)})
+    assert "cut_short" not in json.loads((cross_validated_run / "status.json").read_text())

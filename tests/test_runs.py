@@ -564,3 +564,26 @@ def test_the_training_progress_bar_shows_no_logger_version(monkeypatch):
 
     monkeypatch.setattr(TQDMProgressBar, "get_metrics", lambda self, trainer, module: {"loss": 0.5, "v_num": "oard"})
     assert ProgressBar().get_metrics(None, None) == {"loss": 0.5}
+
+
+@pytest.mark.parametrize("max_epochs, global_step, said", [
+    (3, 24, "epoch 3 of 3 (step 24 of 30)"),   # inside the last epoch: Lightning counts it as completed
+    (1, 5, "epoch 1 of 1 (step 5 of 10)"),
+    (3, 7, "epoch 1 of 3 (step 7 of 30)"),     # was called epoch 2
+    (3, 30, None),                             # every step done: the epochs ended training
+])
+def test_a_budget_cut_is_told_from_the_steps_done(max_epochs, global_step, said):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+
+    from dermalens.training.run import budget_cut_short
+
+    timer = Timer(duration="00:00:00:01")
+    timer.time_remaining = lambda *args, **kwargs: 0.0
+    trainer = SimpleNamespace(callbacks=[timer], max_epochs=max_epochs, num_training_batches=10,
+                              accumulate_grad_batches=1, global_step=global_step, current_epoch=max_epochs)
+    message = budget_cut_short(trainer, "00:00:00:01")
+    assert (message is None) if said is None else (said in message)
+    timer.time_remaining = lambda *args, **kwargs: 5.0   # time left: the epochs (or early stopping) ended it
+    assert budget_cut_short(trainer, "00:00:00:01") is None

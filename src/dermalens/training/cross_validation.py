@@ -335,6 +335,14 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                 summary["calibration"] = calibrate(best, oof_logits[pool], prepared.labels[pool], prepared.classes,
                                                    config["evaluation"], f"out-of-fold predictions ({len(pool)} images)")
                 result.best_checkpoint = best
+            cut = cut_short_trainings(run_dir)
+            note = {}
+            if cut:   # each training said it; the job's figures, status and report say it too
+                summary["cut_short"] = cut
+                note = {"training_cut_short": f"training.max_time ended {len(cut)} of this job's trainings before "
+                                              f"their epochs ({', '.join(cut)}; cv.json): the figures are lower "
+                                              f"than the recipe's; give more time or fewer epochs"}
+                log.warning("%s: %s", run_dir, note["training_cut_short"])
             atomic_write_json(RunFolder(run_dir).cv_file, summary)
             if result.best_checkpoint and config["evaluation"]["after_training"] and len(prepared.rows("test")):
                 result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
@@ -342,9 +350,9 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                                                          "train_seconds": round(train_seconds, 1),
                                                          "cross_validation": f"{folds} folds (cv.json)" + (
                                                              "; shipped: one student distilled from them"
-                                                             if training.student else "")})
+                                                             if training.student else ""), **note})
             RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint) if result.best_checkpoint else None,
-                         train_seconds=round(train_seconds, 1))
+                         train_seconds=round(train_seconds, 1), **({"cut_short": cut} if cut else {}))
             return result
     except TrainingInterrupted:
         if RunFolder(run_dir).read_status().get("state") == "running":   # the trunk cache's stop says more
@@ -368,6 +376,14 @@ def folds_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cut_short_trainings(run_dir: Path) -> dict[str, str]:
+    """Folder name -> what was said, for each of a job's trainings (fold models, students) whose epochs the time
+    budget cut short (their status.json)."""
+    return {folder.name: note for folder in sorted(Path(run_dir).iterdir())
+            if folder.is_dir() and folder.name.startswith(("fold-", "student"))
+            and (note := RunFolder(folder).read_status().get("cut_short"))}
+
+
 def format_cross_validation(summary: dict) -> str:
     """The lines `dermalens train --folds K` prints: each fold, mean +- sd, and the pooled out-of-fold figures."""
     table = folds_table(summary)
@@ -379,4 +395,7 @@ def format_cross_validation(summary: dict) -> str:
         cells = "".join(f"{row[k]:18.3f}" if isinstance(row[k], float) and row[k] == row[k] else f"{'n/a':>18s}"
                         for k in SUMMARY_METRICS)
         lines.append(f"  {str(row['fold']):12s}{cells}")
+    if summary.get("cut_short"):
+        lines.append(f"WARNING: training.max_time ended {', '.join(summary['cut_short'])} before their epochs: these "
+                     f"figures are lower than the recipe's (cv.json says where each stopped)")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import io
 import logging
+import math
 import signal
 import tempfile
 import time
@@ -293,11 +294,19 @@ def budget_cut_short(trainer: L.Trainer, max_time) -> str | None:
     figures are lower: said in the log, status.json and the report, never silently."""
     timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
     remaining = timer.time_remaining() if timer is not None else None
-    if remaining is None or remaining > 0 or trainer.current_epoch >= (trainer.max_epochs or 0):
+    if remaining is None or remaining > 0 or not trainer.max_epochs or trainer.max_epochs < 0:
         return None
-    return (f"training.max_time ({max_time}) ended training in epoch {trainer.current_epoch + 1} of "
-            f"{trainer.max_epochs} (step {trainer.global_step}): this machine trained less than the recipe asks, "
-            f"so the figures are lower than the recipe's; give more time or fewer epochs")
+    # Steps, not epochs: Lightning counts an epoch the timer stopped in as completed.
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or batches <= 0:
+        return None
+    steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    if trainer.global_step >= trainer.max_epochs * steps_per_epoch:
+        return None
+    return (f"training.max_time ({max_time}) ended training in epoch {trainer.global_step // steps_per_epoch + 1} "
+            f"of {trainer.max_epochs} (step {trainer.global_step} of {trainer.max_epochs * steps_per_epoch}): this "
+            f"machine trained less than the recipe asks, so the figures are lower than the recipe's; give more "
+            f"time or fewer epochs")
 
 
 def check_training_classes(prepared: PreparedData) -> list[int]:
