@@ -31,6 +31,7 @@ from dermalens.cli import resolve_config_path
 from dermalens.config import ConfigError, load_config
 from dermalens.evaluation.evaluate import evaluate_checkpoint
 from dermalens.evaluation.report import atomic_write_json, atomic_write_text
+from dermalens.models.checkpoint import loads_own_checkpoints
 from dermalens.run_folder import RunFolder
 from dermalens.training.job import folder_settings_differences
 from dermalens.training.run import train
@@ -54,6 +55,7 @@ def variant_folder(out: Path, name: str, changes: list[str]) -> Path:
     return out / name.split(" ")[0].replace("-", "_").lower()
 
 
+@loads_own_checkpoints   # it trains the models it then loads
 def validation_metrics(config: dict, run_dir: Path) -> tuple[dict, float]:
     """A variant's validation metrics and training seconds. A rerun goes on where the last one stopped: a
     finished variant is read back, an interrupted one resumed from its last checkpoint (a fresh start in

@@ -67,7 +67,7 @@ from dermalens.data.prepare import PreparedData, prepare_data
 from dermalens.data.split import SPLIT_COLUMNS
 from dermalens.evaluation.decision import cross_fitted_decisions
 from dermalens.inference.postprocess import DecisionRule, calibrated_probabilities
-from dermalens.models.checkpoint import load_classifier
+from dermalens.models.checkpoint import load_classifier, loads_own_checkpoints
 from dermalens.models.classifier import LesionClassifier, ModelConfig, create_classifier
 from dermalens.models.ensemble import average_weights
 from dermalens.run_folder import OUT_OF_FOLD_LOGITS, RunFolder
@@ -350,6 +350,7 @@ def plot(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+@loads_own_checkpoints   # it trains the models it then loads
 def measure(run: Path, fold: int, out: Path, data: str | None, progress: bool, n_bootstrap: int = 1000,
             students: Sequence[tuple[float, float]] = (), own_rule: bool = False) -> dict:
     config, held_out = prepare_nested_run(run, fold, out, data)
