@@ -243,3 +243,29 @@ def test_report_shows_the_decision_rule_against_the_raw_argmax(tmp_path):
     assert "sensitivity 0.900, specificity 0.750, 61 images flagged" in section
     # Without a rule (raw argmax shipped) there is no such section.
     assert "Decision rule against" not in render_report_markdown(raw, title="t", context={}, figures={})
+
+
+def test_confusion_matrix_text_is_white_only_on_the_dark_half_of_the_colour_scale():
+    from dermalens.evaluation.plots import cell_text_colours
+
+    weak = np.array([[0.32, 0.24], [0.2, 0.1]])          # no share above a third: every cell is pale
+    assert cell_text_colours(weak, vmax=1) == [["black", "black"], ["black", "black"]]
+    assert cell_text_colours(np.array([[0.9, 0.1]]), vmax=1) == [["white", "black"]]
+    assert cell_text_colours(np.array([[40, 10]]), vmax=40) == [["white", "black"]]   # counts: their own scale
+
+
+def test_the_footer_of_a_narrow_figure_is_on_two_lines_that_fit():
+    """On a two-class matrix (4.3 inches) the one-line notice ran past both edges."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from dermalens.evaluation.plots import footer_text
+
+    for width in (4.3, 9.0):
+        figure = Figure(figsize=(width, 3))
+        canvas = FigureCanvasAgg(figure)
+        text = figure.text(0.5, 0.01, footer_text(width), ha="center", fontsize=7)
+        box = text.get_window_extent(canvas.get_renderer())
+        assert 0 <= box.x0 and box.x1 <= width * figure.dpi, width
+    assert "\n" in footer_text(4.3) and "\n" not in footer_text(9.0)
+    assert footer_text(4.3).replace("\n", " ") == RESEARCH_DISCLAIMER

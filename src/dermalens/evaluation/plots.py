@@ -47,12 +47,21 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
     # Every picture of results says what the numbers are not, in its footer and its PNG text.
-    figure.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))   # room for the footer below the axes
-    figure.text(0.5, 0.006, RESEARCH_DISCLAIMER, ha="center", va="bottom", fontsize=7, color="#555555")
+    width, height = figure.get_size_inches()
+    footer = footer_text(width)
+    lines = footer.count("\n") + 1
+    figure.get_layout_engine().set(rect=(0, (0.06 + 0.12 * lines) / height, 1, 1 - (0.06 + 0.12 * lines) / height))
+    figure.text(0.5, 0.02 / height, footer, ha="center", va="bottom", fontsize=7, color="#555555")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": "dermalens", "Disclaimer": RESEARCH_DISCLAIMER})
     figure.clear()  # drop artists now rather than at garbage collection
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def footer_text(width_inches: float) -> str:
+    """The research-tool notice as a figure's footer: at 7 pt it is about 4.7 inches wide, so a narrower
+    figure (a two-class matrix, one fold metric) gets it on two lines, split after its colon."""
+    return RESEARCH_DISCLAIMER if width_inches >= 5.2 else RESEARCH_DISCLAIMER.replace(": ", ":\n", 1)
 
 
 def plot_confusion_matrix(
@@ -77,7 +86,8 @@ def plot_confusion_matrix(
     size = 1.6 + 0.75 * len(classes)
     figure = _new_figure(size + 1.2, size)
     ax = figure.add_subplot()
-    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(1, counts.max()))
+    vmax = 1 if normalize else max(1, counts.max())
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=vmax)
     figure.colorbar(image, ax=ax, label="share of true class" if normalize else "count")
     ticks = np.arange(len(classes))
     ax.set_xticks(ticks, labels=classes, rotation=45, ha="right")
@@ -85,13 +95,18 @@ def plot_confusion_matrix(
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     ax.set_title("Confusion matrix" + (" (row-normalised)" if normalize else ""))
-    dark_threshold = 0.5 * (shown.max() if shown.max() > 0 else 1)
+    colours = cell_text_colours(shown, vmax)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            colour = "white" if shown[i, j] > dark_threshold else "black"
             ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
-                    fontsize=8, color=colour)
+                    fontsize=8, color=colours[i][j])
     return _save(figure, path)
+
+
+def cell_text_colours(shown: np.ndarray, vmax: float) -> list[list[str]]:
+    """White on the dark half of the colour scale (0 to vmax), black on the light half. Judged against the
+    scale, not the largest cell: a weak model's matrix (no share above 0.3) had white text on pale cells."""
+    return [["white" if value > 0.5 * vmax else "black" for value in row] for row in np.asarray(shown)]
 
 
 def plot_roc_curves(
