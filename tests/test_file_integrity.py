@@ -63,14 +63,21 @@ def test_stale_image_cache_temp_files_are_removed_on_the_next_run(tmp_path, capl
     import subprocess
     import sys
 
+    from dermalens.atomic_io import writer_tag
+
+    host = writer_tag().rsplit("-", 1)[0]
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = tmp_path / f".ham10000-224px-center_square-{key}-p{int(finished.stdout)}-x1y2z3.npy.tmp"
-    writing = tmp_path / f".ham10000-224px-center_square-{key}-p{os.getpid()}-q4r5s6.npy.tmp"
-    for path in (dead, writing):
+    dead = tmp_path / f".ham10000-224px-center_square-{key}-w{host}-{int(finished.stdout)}-x1y2z3.npy.tmp"
+    writing = tmp_path / f".ham10000-224px-center_square-{key}-w{writer_tag()}-q4r5s6.npy.tmp"
+    # A cache on a disk several machines share: another machine's file is judged by its age only.
+    elsewhere_young = tmp_path / f".ham10000-224px-center_square-{key}-wnode-2-77-a1a1a1.npy.tmp"
+    elsewhere_old = tmp_path / f".ham10000-224px-center_square-{key}-wnode-2-78-b2b2b2.npy.tmp"
+    for path in (dead, writing, elsewhere_young, elsewhere_old):
         path.write_bytes(b"\0" * 1000)
-    os.utime(writing, (hours_ago, hours_ago))
-    assert remove_stale_temp_files(tmp_path) == [dead]
-    assert writing.exists() and fresh.exists()
+    for path in (writing, elsewhere_old):
+        os.utime(path, (hours_ago, hours_ago))
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted([dead, elsewhere_old])
+    assert writing.exists() and fresh.exists() and elsewhere_young.exists()
     assert not stale.exists() and fresh.exists() and foreign.exists()   # a young one may be written now
     assert stale.name in caplog.text
 

@@ -443,16 +443,24 @@ def test_temp_files_of_a_killed_export_are_removed_by_the_next_one(tmp_path, che
     import subprocess
     import sys
 
+    from dermalens.atomic_io import writer_tag
+
+    host = writer_tag().rsplit("-", 1)[0]
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = tmp_path / f".model.onnx.fp32.{int(finished.stdout)}.k2x9.tmp"
-    alive = tmp_path / f".model.onnx.fp32.{os.getpid()}.q7w1.tmp"   # this process: an export writing now
-    other = tmp_path / ".notes.onnx.fp32.1.a.tmp"                          # another file's: not ours to judge
-    for path in (dead, alive, other):
+    dead = tmp_path / f".model.onnx.fp32.{host}-{int(finished.stdout)}.k2x9.tmp"
+    alive = tmp_path / f".model.onnx.fp32.{writer_tag()}.q7w1.tmp"       # this process: an export writing now
+    elsewhere = tmp_path / ".model.onnx.int8.other-node-7-42.z0.tmp"   # another machine's (host other-node-7)
+    scratch = tmp_path / f".quantize-{host}-{int(finished.stdout)}-ab12cd"   # a killed int8 export's folder
+    other = tmp_path / ".notes.onnx.fp32.1.a.tmp"                           # another file's: not ours to judge
+    for path in (dead, alive, elsewhere, other):
         path.write_bytes(b"\0" * 100)
+    scratch.mkdir()
+    (scratch / "model.onnx").write_bytes(b"\0" * 100)
     export_checkpoint(checkpoint, out=tmp_path / "model.onnx", parity_count=1)
-    assert not dead.exists() and alive.exists() and other.exists() and (tmp_path / "model.onnx").is_file()
-    assert str(dead) in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "model.onnx"])
+    assert not dead.exists() and not scratch.exists() and (tmp_path / "model.onnx").is_file()
+    assert alive.exists() and other.exists() and elsewhere.exists()   # another machine's: young, so kept
+    assert str(dead) in caplog.text and str(scratch) in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, elsewhere.name, other.name, "model.onnx"])
 
 
 def test_the_first_use_of_a_model_says_its_export_once_and_the_parity_images_it_lacked(checkpoint, tmp_path,

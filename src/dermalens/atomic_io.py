@@ -10,13 +10,17 @@ import logging
 import os
 import re
 import secrets
+import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_sha256", "fsync_directory",
-           "new_temp_file", "process_alive", "remove_dead_writers_files", "to_jsonable", "user_mode"]
+           "new_temp_file", "process_alive", "remove_dead_writers_files", "to_jsonable", "user_mode", "writer_gone",
+           "writer_tag"]
 log = logging.getLogger(__name__)
 
 
@@ -47,18 +51,43 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+# A temp file's writer in its name: "<host>-<pid>" (writer_tag). On a cache shared by several machines (NFS)
+# only this machine's processes can be asked whether they still run; another machine's file goes by its age.
+WRITER = r"(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)"
+FOREIGN_WRITER_AGE_S = 3600.0
+
+
+def writer_tag() -> str:
+    """This process as a temp file's name names its writer (see WRITER)."""
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:40] or 'host'}-{os.getpid()}"
+
+
+def writer_gone(match: "re.Match[str]", path: Path, foreign_age: float = FOREIGN_WRITER_AGE_S) -> bool:
+    """Whether the writer a WRITER match names has stopped: its process is gone (this machine), or its file has
+    not changed for `foreign_age` seconds (another machine's)."""
+    if match.group("host") == writer_tag().rsplit("-", 1)[0]:
+        return not process_alive(int(match.group("pid")))
+    try:
+        return time.time() - path.lstat().st_mtime > foreign_age
+    except OSError:
+        return False
+
+
 def remove_dead_writers_files(folder: Path, pattern: "re.Pattern[str]", what: str) -> list[Path]:
-    """Remove the files of `folder` whose names match `pattern` (its group "pid": the writer's process) and
-    whose writer no longer runs, saying each in the log: what a killed `what` left behind."""
+    """Remove the files and folders of `folder` whose names match `pattern` (holding WRITER) and whose writer
+    has stopped (writer_gone), saying each in the log: what a killed `what` left behind."""
     removed = []
     if not folder.is_dir():
         return removed
     for path in sorted(folder.iterdir()):
         match = pattern.fullmatch(path.name)
-        if match is None or process_alive(int(match.group("pid"))) or not (path.is_file() or path.is_symlink()):
+        if match is None or not writer_gone(match, path):
             continue
         try:
-            path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         except OSError as error:
             log.warning("could not remove %s, left by an earlier %s that was stopped: %s", path, what, error)
             continue

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dermalens.atomic_io import atomic_write_text, process_alive
+from dermalens.atomic_io import WRITER, atomic_write_text, writer_gone, writer_tag
 from dermalens.data.geometry import CENTER_SQUARE, check_geometry, fit_to_square
 from dermalens.data.readers import DataIssue, LesionDataset
 from dermalens.data.readers.images import max_image_pixels
@@ -101,16 +101,16 @@ def _load_cached(array_path: Path, issues_path: Path, expected_shape: tuple) -> 
     return images, issues
 
 
-# mkstemp's names for an array being written: ".<name>-<size>px-<geometry>-<sha256>-p<pid>-<random>.npy.tmp"
-# (earlier versions wrote no pid).
-_TEMP_NAME = re.compile(r"\..+-\d+px-[a-z_]+-[0-9a-f]{64}(?:-p(?P<pid>\d+))?-[A-Za-z0-9_]+\.npy\.tmp")
+# mkstemp's names for an array being written: ".<name>-<size>px-<geometry>-<sha256>-w<host>-<pid>-<random>.npy.tmp"
+# (earlier versions wrote no writer).
+_TEMP_NAME = re.compile(r"\..+-\d+px-[a-z_]+-[0-9a-f]{64}(?:-w" + WRITER + r")?-[A-Za-z0-9_]+\.npy\.tmp")
 STALE_TEMP_S = 3600.0   # no cache is written for an hour without its temp file growing
 
 
 def remove_stale_temp_files(cache_dir: Path, older_than: float = STALE_TEMP_S) -> list[Path]:
     """Delete the temp arrays a killed run left in `cache_dir` (ours by name): at once when the process
-    named in it has ended; one without a pid once untouched for an hour (a younger one may be written
-    right now by another run). Each is said in the log."""
+    named in it (on this machine) has ended; another machine's, or one naming no writer, once untouched
+    for an hour (it may be written right now). Each is said in the log."""
     removed = []
     now = time.time()
     for path in Path(cache_dir).glob(".*.npy.tmp"):
@@ -119,7 +119,7 @@ def remove_stale_temp_files(cache_dir: Path, older_than: float = STALE_TEMP_S) -
             if match is None:
                 continue
             if match.group("pid") is not None:
-                if process_alive(int(match.group("pid"))):
+                if not writer_gone(match, path, older_than):
                     continue
             elif now - path.stat().st_mtime < older_than:
                 continue
@@ -161,7 +161,7 @@ def build_image_cache(
     # Decode straight into a memory-mapped temp file: a 224px HAM10000 cache is
     # ~1.5 GB, which need not fit in RAM. The rename makes it visible only once
     # complete, so an interrupted run never leaves a corrupt cache behind.
-    handle, temp_name = tempfile.mkstemp(prefix=f".{stem}-p{os.getpid()}-", suffix=".npy.tmp", dir=cache_dir)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{stem}-w{writer_tag()}-", suffix=".npy.tmp", dir=cache_dir)
     os.close(handle)
     try:
         images = np.lib.format.open_memmap(temp_name, mode="w+", dtype=np.uint8, shape=shape)

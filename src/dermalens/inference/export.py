@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..atomic_io import remove_dead_writers_files, user_mode
+from ..atomic_io import WRITER, remove_dead_writers_files, user_mode, writer_tag
 from ..classes import RESEARCH_DISCLAIMER, validate_class_set
 from ..data.image_files import NoImagesFound, find_image_files
 from ..models.calibration_record import read_calibration
@@ -268,11 +268,12 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
                 "disclaimer": RESEARCH_DISCLAIMER}
     temporary: list[Path] = []
     # The writer's pid in each temp file's name: what a killed export left is removed by the next one.
-    remove_dead_writers_files(out.parent, re.compile(re.escape(f".{out.name}.") + r"(fp32|int8)\.(?P<pid>\d+)\.\w+\.tmp"),
+    remove_dead_writers_files(out.parent, re.compile(re.escape(f".{out.name}.") + rf"(fp32|int8)\.{WRITER}\.\w+\.tmp"),
                               "export")
+    remove_dead_writers_files(out.parent, re.compile(rf"\.quantize-{WRITER}-\w+"), "int8 export")   # scratch folders
 
     def temp_path(tag: str) -> Path:
-        handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{tag}.{os.getpid()}.", suffix=".tmp")
+        handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{tag}.{writer_tag()}.", suffix=".tmp")
         os.close(handle)
         temporary.append(Path(name))
         return Path(name)

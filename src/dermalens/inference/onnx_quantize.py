@@ -24,6 +24,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from ..atomic_io import writer_tag
 from ..data.preprocess import Preprocessing
 from ..data.transforms import preprocess_image
 from .onnx_predictor import INPUT_NAME
@@ -56,7 +57,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, pre: Preprocessin
     if method not in QUANTIZE_METHODS:
         raise ValueError(f"quantize method must be one of {', '.join(QUANTIZE_METHODS)}, got {method!r}")
     out_path = Path(out_path)
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize-") as scratch:
+    # The writer in its name: a killed int8 export's scratch folder is removed by the next export (export.py).
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".quantize-{writer_tag()}-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         # Shape inference and graph clean-up ORT recommends before quantising.
         # ONNX's own shape inference is enough for a CNN of fixed input size
