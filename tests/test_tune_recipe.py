@@ -221,3 +221,16 @@ def test_a_trial_of_the_first_fold_gets_that_folds_share_of_the_budget(tmp_path:
     fold = load_named_config(str(out / "trial-0000" / "fold-1" / "config.yaml"))
     days, hours, minutes, seconds = map(int, str(fold["training"]["max_time"]).split(":"))
     assert 14 * 60 <= ((days * 24 + hours) * 60 + minutes) * 60 + seconds <= 15 * 60
+
+
+def test_a_study_made_before_the_tuner_set_its_trial_settings_continues(tuned: Path, tmp_path: Path):
+    """Its recorded config held evaluation.after_training: true (the config's), which the tuner now sets to
+    false and refuses in --set: such a study could neither continue nor be given the same settings."""
+    out = shutil.copytree(tuned, tmp_path / "out")
+    study = optuna.load_study(study_name=STUDY, storage=storage(out))
+    recorded = study.user_attrs["settings"]
+    recorded["config"]["evaluation"]["after_training"] = True
+    del recorded["prune_on"]
+    study.set_user_attr("settings", recorded)
+    assert run(arguments(out, 1)) == 0
+    assert len(optuna.load_study(study_name=STUDY, storage=storage(out)).trials) == 3
