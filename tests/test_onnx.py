@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -452,12 +453,15 @@ def test_temp_files_of_a_killed_export_are_removed_by_the_next_one(tmp_path, che
     elsewhere = tmp_path / ".model.onnx.int8.other-node-7-42.z0.tmp"   # another machine's (host other-node-7)
     scratch = tmp_path / f".quantize-{host}-{int(finished.stdout)}-ab12cd"   # a killed int8 export's folder
     other = tmp_path / ".notes.onnx.fp32.1.a.tmp"                           # another file's: not ours to judge
-    for path in (dead, alive, elsewhere, other):
+    old_style = tmp_path / ".model.onnx.fp32.abcd1234.tmp"                  # an earlier version's: by its age
+    for path in (dead, alive, elsewhere, other, old_style):
         path.write_bytes(b"\0" * 100)
+    two_hours_ago = time.time() - 7200
+    os.utime(old_style, (two_hours_ago, two_hours_ago))
     scratch.mkdir()
     (scratch / "model.onnx").write_bytes(b"\0" * 100)
     export_checkpoint(checkpoint, out=tmp_path / "model.onnx", parity_count=1)
-    assert not dead.exists() and not scratch.exists() and (tmp_path / "model.onnx").is_file()
+    assert not dead.exists() and not scratch.exists() and not old_style.exists() and (tmp_path / "model.onnx").is_file()
     assert alive.exists() and other.exists() and elsewhere.exists()   # another machine's: young, so kept
     assert str(dead) in caplog.text and str(scratch) in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, elsewhere.name, other.name, "model.onnx"])

@@ -519,12 +519,20 @@ def test_staging_folders_of_a_stopped_package_are_removed_and_running_ones_kept(
     stale = tmp_path / f".model.{gone_pid}.0a1b2c.tmp"
     running = tmp_path / f".model.{os.getpid()}.3d4e5f.tmp"   # this process still runs
     foreign = tmp_path / ".model.tmp"                          # not our naming: never touched
-    for folder in (stale, running, foreign):
+    # Today's names carry the host: this machine's dead writer goes, another machine's young folder stays.
+    from dermalens.atomic_io import writer_tag
+
+    host = writer_tag().rsplit("-", 1)[0]
+    stale_tagged = tmp_path / f".model.{host}-{gone_pid}.6a7b8c.tmp"
+    elsewhere = tmp_path / f".model.node-9-{os.getpid()}.9d0e1f.tmp"
+    for folder in (stale, running, foreign, stale_tagged, elsewhere):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"\0" * 100)
     with staged_folder(out) as staging:
+        assert staging.name.startswith(f".model.{writer_tag()}.")
         (staging / CONFIG_FILE).write_text("{}")
     assert not stale.exists() and running.exists() and foreign.exists() and out.is_dir()
+    assert not stale_tagged.exists() and elsewhere.exists()
     assert str(stale) in caplog.text and str(running) in caplog.text   # what was removed, what was left, said
 
 

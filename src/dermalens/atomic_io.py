@@ -64,8 +64,8 @@ def writer_tag() -> str:
 
 def writer_gone(match: "re.Match[str]", path: Path, foreign_age: float = FOREIGN_WRITER_AGE_S) -> bool:
     """Whether the writer a WRITER match names has stopped: its process is gone (this machine), or its file has
-    not changed for `foreign_age` seconds (another machine's)."""
-    if match.group("host") == writer_tag().rsplit("-", 1)[0]:
+    not changed for `foreign_age` seconds (another machine's, or a name from a version that named no writer)."""
+    if match.group("pid") is not None and match.group("host") == writer_tag().rsplit("-", 1)[0]:
         return not process_alive(int(match.group("pid")))
     try:
         return time.time() - path.lstat().st_mtime > foreign_age
@@ -88,6 +88,8 @@ def remove_dead_writers_files(folder: Path, pattern: "re.Pattern[str]", what: st
                 shutil.rmtree(path)
             else:
                 path.unlink()
+        except FileNotFoundError:   # another process cleaned it up meanwhile
+            continue
         except OSError as error:
             log.warning("could not remove %s, left by an earlier %s that was stopped: %s", path, what, error)
             continue

@@ -102,7 +102,7 @@ def _load_cached(array_path: Path, issues_path: Path, expected_shape: tuple) -> 
 
 
 # mkstemp's names for an array being written: ".<name>-<size>px-<geometry>-<sha256>-w<host>-<pid>-<random>.npy.tmp"
-# (earlier versions wrote no writer).
+# (earlier versions named no writer: those go by their age).
 _TEMP_NAME = re.compile(r"\..+-\d+px-[a-z_]+-[0-9a-f]{64}(?:-w" + WRITER + r")?-[A-Za-z0-9_]+\.npy\.tmp")
 STALE_TEMP_S = 3600.0   # no cache is written for an hour without its temp file growing
 

@@ -268,7 +268,8 @@ def export_model(model: nn.Module, metadata: dict, out: str | Path, *, exporter:
                 "disclaimer": RESEARCH_DISCLAIMER}
     temporary: list[Path] = []
     # The writer's pid in each temp file's name: what a killed export left is removed by the next one.
-    remove_dead_writers_files(out.parent, re.compile(re.escape(f".{out.name}.") + rf"(fp32|int8)\.{WRITER}\.\w+\.tmp"),
+    # Names without a writer (earlier versions) go by their age.
+    remove_dead_writers_files(out.parent, re.compile(re.escape(f".{out.name}.") + rf"(fp32|int8)\.(?:{WRITER}\.)?\w+\.tmp"),
                               "export")
     remove_dead_writers_files(out.parent, re.compile(rf"\.quantize-{WRITER}-\w+"), "int8 export")   # scratch folders
 

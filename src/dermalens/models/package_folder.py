@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from ..atomic_io import fsync_directory, process_alive
+from ..atomic_io import WRITER, fsync_directory, process_alive, writer_gone, writer_tag
 from .package_reader import CONFIG_FILE, PACKAGE_FORMAT, PackageError, is_dermalens_package
 
 __all__ = ["check_replaceable", "remove_stale_staging", "staged_folder"]
@@ -37,8 +37,8 @@ def _fsync_folder(folder: Path) -> None:
 
 # --------------------------------------------------------------------------- the swap
 
-STAGING_SUFFIX = ".tmp"      # .<name>.<pid>.<random>.tmp: a package being built beside <name> by process <pid>
-ASIDE_SUFFIX = ".old"        # .<name>.<pid>.<random>.old: the package it replaced, until it is removed
+STAGING_SUFFIX = ".tmp"      # .<name>.<host>-<pid>.<random>.tmp: a package being built beside <name> by that process
+ASIDE_SUFFIX = ".old"        # .<name>.<host>-<pid>.<random>.old: the package it replaced, until it is removed
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -61,15 +61,24 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(error, os.strerror(error), str(a), None, str(b))
 
 
+def _leftover_pattern(out: Path, suffix: str) -> "re.Pattern[str]":
+    # ".<name>.<host>-<pid>.<hex><suffix>"; earlier versions wrote the pid alone.
+    return re.compile(re.escape(f".{out.name}.") + rf"(?:{WRITER}|(?P<old_pid>\d+))\.[0-9a-f]+" + re.escape(suffix))
+
+
 def _own_leftovers(out: Path, suffix: str) -> list[Path]:
-    pattern = re.compile(re.escape(f".{out.name}.") + r"(\d+)\.[0-9a-f]+" + re.escape(suffix))
+    pattern = _leftover_pattern(out, suffix)
     # A link is listed as itself (a swap through a symlinked --out sets the link aside), never followed.
     return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and (p.is_symlink() or p.is_dir()))
 
 
-def _writer_alive(folder: Path) -> bool:
-    """Whether the process named in a staging folder's name still runs (on this machine)."""
-    return process_alive(int(folder.name.split(".")[-3]))
+def _writer_alive(folder: Path, out: Path, suffix: str) -> bool:
+    """Whether the `package` that made a staging folder may still be writing it: its process runs (this machine),
+    or, made on another machine sharing the disk, it changed within the hour."""
+    match = _leftover_pattern(out, suffix).fullmatch(folder.name)
+    if match.group("old_pid") is not None:
+        return process_alive(int(match.group("old_pid")))
+    return not writer_gone(match, folder)
 
 
 def _remove(path: Path) -> bool:
@@ -99,7 +108,7 @@ def remove_stale_staging(out: Path) -> list[Path]:
         return []
     removed = []
     for aside in _own_leftovers(out, ASIDE_SUFFIX):
-        if _writer_alive(aside):
+        if _writer_alive(aside, out, ASIDE_SUFFIX):
             continue
         kept = aside / out.name
         if not aside.is_symlink() and not out.exists() and is_dermalens_package(kept):
@@ -109,7 +118,7 @@ def remove_stale_staging(out: Path) -> list[Path]:
         if _remove(aside):
             removed.append(aside)
     for staging in _own_leftovers(out, STAGING_SUFFIX):
-        if _writer_alive(staging):
+        if _writer_alive(staging, out, STAGING_SUFFIX):
             log.warning("%s belongs to a `package` that is still running; left in place", staging)
             continue
         if _remove(staging):
@@ -184,9 +193,9 @@ def staged_folder(out: Path, overwrite: bool = False, protected: list[Path] = ()
 
 
 def _new_folder(out: Path, suffix: str) -> Path:
-    """.<name>.<random><suffix> beside `out`; created with mode 0777 less the umask (mkdtemp: 0700)."""
+    """.<name>.<host>-<pid>.<random><suffix> beside `out`; created with mode 0777 less the umask (mkdtemp: 0700)."""
     for _ in range(100):
-        folder = out.parent / f".{out.name}.{os.getpid()}.{os.urandom(6).hex()}{suffix}"
+        folder = out.parent / f".{out.name}.{writer_tag()}.{os.urandom(6).hex()}{suffix}"
         try:
             folder.mkdir()
             return folder
