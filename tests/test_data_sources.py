@@ -655,3 +655,15 @@ def test_a_runs_own_splits_of_one_isic2018_set_are_evaluated_into_their_own_fold
     (run / "split.csv").write_text("image_id,lesion_id,split\n")
     folders = {split: resolve_target(run=run, split=split, redraw_split=True).out_dir.name for split in ("val", "test")}
     assert folders == {"val": "eval-Training-val", "test": "eval-Training-test"}
+    # Other data: the run's set says nothing of it (it read the Training set of another folder holding two,
+    # and two clinics' folders shared eval-Training-val/).
+    from dermalens.config import ConfigError
+
+    both = tmp_path / "both"
+    _build_isic2018(both, sample_dir, sample_metadata, split="Training")
+    _build_isic2018(both, sample_dir, sample_metadata, split="Test")
+    with pytest.raises(ConfigError, match="holds the ISIC 2018 sets Training, Test"):
+        resolve_target(run=run, data=str(both))
+    clinic = tmp_path / "clinic_c"
+    _build_isic2018(clinic, sample_dir, sample_metadata, split="Test")
+    assert resolve_target(run=run, data=str(clinic)).out_dir.name == "eval-clinic_c-Test"

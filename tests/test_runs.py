@@ -570,6 +570,7 @@ def test_the_training_progress_bar_shows_no_logger_version(monkeypatch):
     (3, 24, "epoch 3 of 3 (step 24 of 30)"),   # inside the last epoch: Lightning counts it as completed
     (1, 5, "epoch 1 of 1 (step 5 of 10)"),
     (3, 7, "epoch 1 of 3 (step 7 of 30)"),     # was called epoch 2
+    (3, 20, "epoch 2 of 3 (step 20 of 30)"),   # at the end of epoch 2: not "epoch 3"
     (3, 30, None),                             # every step done: the epochs ended training
 ])
 def test_a_budget_cut_is_told_from_the_steps_done(max_epochs, global_step, said):

@@ -123,6 +123,9 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
         if not Path(data).exists():
             raise FileNotFoundError(f"data path not found: {data}")
         resolved["data"]["path"] = str(data)
+        if not any(o.partition("=")[0].strip() == "data.subset" for o in overrides):
+            # The run's ISIC 2018 set (its training data) says nothing of other data: never read it there.
+            resolved["data"]["subset"] = None
     if data_format:
         resolved["data"]["format"] = data_format
     chosen = split or ("test" if own_data else "all")
@@ -136,12 +139,14 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
     if not tta:
         resolved["evaluation"]["tta"] = False
     stem, subset = Path(resolved["data"]["path"] or resolved["data"]["format"]).stem, resolved["data"].get("subset")
-    if not own_data and subset and chosen == "all":
+    if own_data:   # a run's own splits keep apart: eval-<data>-val/, eval-<data>-test/
+        folder = f"eval-{subset or stem}-{split or chosen}"
+    elif subset and chosen == "all":
         # An official set scored whole is named with its folder: two clinics' ISIC-layout folders must not
         # share eval-Test-test/.
         folder = f"eval-{stem}-{subset}"
-    else:   # a run's own splits keep apart: eval-<data>-val/, eval-<data>-test/
-        folder = f"eval-{subset or stem}-{split or chosen}"
+    else:
+        folder = f"eval-{stem}-{split or chosen}"
     out_dir = Path(out) if out else out_root / folder
     if RunFolder(out_dir).is_run():
         raise ConfigError(f"--out {out_dir} is a run folder: its metrics.json, report.md and predictions.csv are "

@@ -303,7 +303,8 @@ def budget_cut_short(trainer: L.Trainer, max_time) -> str | None:
     steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
     if trainer.global_step >= trainer.max_epochs * steps_per_epoch:
         return None
-    return (f"training.max_time ({max_time}) ended training in epoch {trainer.global_step // steps_per_epoch + 1} "
+    epoch = max(1, math.ceil(trainer.global_step / steps_per_epoch))   # the epoch its last step belongs to
+    return (f"training.max_time ({max_time}) ended training in epoch {epoch} "
             f"of {trainer.max_epochs} (step {trainer.global_step} of {trainer.max_epochs * steps_per_epoch}): this "
             f"machine trained less than the recipe asks, so the figures are lower than the recipe's; give more "
             f"time or fewer epochs")
