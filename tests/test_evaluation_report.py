@@ -269,3 +269,13 @@ def test_the_footer_of_a_narrow_figure_is_on_two_lines_that_fit():
         assert 0 <= box.x0 and box.x1 <= width * figure.dpi, width
     assert "\n" in footer_text(4.3) and "\n" not in footer_text(9.0)
     assert footer_text(4.3).replace("\n", " ") == RESEARCH_DISCLAIMER
+
+
+def test_a_one_source_generalisation_figure_is_wide_enough_for_its_title_and_legend(tmp_path):
+    """At 3.4 inches the title was cut ("...balanced accurac") and the legend ran past the right edge."""
+    from dermalens.evaluation.plots import plot_source_generalisation
+
+    rows = [{"source": "rosendahl", "in_source": {"balanced_accuracy": 0.66},
+             "out_of_source": {"balanced_accuracy": 0.48}}]
+    with Image.open(plot_source_generalisation(rows, tmp_path / "one.png")) as png:
+        assert png.width >= 5.6 * 120 and png.info["Disclaimer"] == RESEARCH_DISCLAIMER

@@ -305,7 +305,7 @@ def plot_fold_metrics(per_fold: Sequence[dict], pooled: dict, metrics: Sequence[
 def plot_source_generalisation(rows: Sequence[dict], path: str | os.PathLike,
                                key: str = "balanced_accuracy", label: str = "balanced accuracy") -> Path:
     """Per held-out source: the in-source (out-of-fold) figure beside the out-of-source one."""
-    figure = _new_figure(1.4 * len(rows) + 2.0, 3.6)
+    figure = _new_figure(max(5.6, 1.4 * len(rows) + 2.0), 3.6)   # one source: room for the title and legend
     axes = figure.add_subplot()
     positions = np.arange(len(rows))
     inside = [row["in_source"].get(key) or 0.0 for row in rows]
