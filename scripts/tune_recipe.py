@@ -196,12 +196,14 @@ def study_settings(args, base: dict, space: list[Dimension]) -> dict:
 
 def as_compared(recorded: dict) -> dict:
     """A study's recorded settings in today's form: studies made before `prune_on` was recorded pruned on
-    the default metric, their configs hold the config's own TRIAL_SETTINGS (a trial never used them to
-    score), and a space written another way (1e-4 or 0.0001) is the same space."""
+    the default metric, their configs hold the config's own ensemble and after_training settings (a trial
+    never used them to score), and a space written another way (1e-4 or 0.0001) is the same space."""
     recorded = {"prune_on": PRUNE_METRICS[0], **json.loads(json.dumps(recorded))}
-    for key, value in TRIAL_SETTINGS.items():   # set by the tuner now; a study made before recorded the config's
-        section, name = key.split(".")
-        recorded.get("config", {}).get(section, {})[name] = value == "true"
+    for key in ("training.ensemble", "evaluation.after_training"):   # set by the tuner now, and never used to
+        section, name = key.split(".")                                  # score a trial: a study made before
+        recorded.get("config", {}).get(section, {})[name] = TRIAL_SETTINGS[key] == "true"   # recorded the config's
+    # training.student stays as recorded: a study whose trials trained students shared the budget with them,
+    # so it is not this study; the refusal says so.
     try:
         recorded["space"] = sorted(parse_space(text).canonical for text in recorded.get("space", []))
     except ValueError:
