@@ -176,6 +176,8 @@ def test_a_run_works_from_another_directory(tmp_path, shared_data, monkeypatch, 
     (["--set", "training.max_time=abc"], "'training.max_time' must be DD:HH:MM:SS"),   # was Lightning's traceback
     # Refused by Lightning: it left a run folder that said "running" forever.
     (["--set", "training.accelerator=tpu"], "Lightning refused the training settings (training.accelerator=tpu"),
+    # A cross-validated job wrote config.yaml, split.csv and a "failed" status first (after reading the data).
+    (["--folds", "2", "--set", "training.accelerator=tpu"], "Lightning refused the training settings"),
     # --data is a folder name as written: "#" started a YAML comment, so "/x #2" trained on "/x".
     (["--data", "/no/such/folder #2", "--set", "data.format=folder"], "data path not found: /no/such/folder #2"),
 ])

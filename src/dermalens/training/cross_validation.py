@@ -52,6 +52,7 @@ from .errors import TrainingInterrupted
 from .frozen_trunk import TrunkActivations, TrunkSpec
 from .held_out_logits import out_of_fold_logits
 from .run import (
+    check_trainer_settings,
     lightning_handles_sigterm,
     member_config,
     new_run_dir,
@@ -219,6 +220,7 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
     started = time.perf_counter() - earlier_seconds
     budget = parse_duration(training.max_time)
     check_backbone_name(config["model"]["backbone"])   # before the data is read
+    check_trainer_settings(config)                    # and before the run folder is written
     prepared = prepare_data(config, run_dir if resume else None, progress=progress)
     assignment = saved_folds(prepared, folder.split_file, folds) if resume and folder.split_file.is_file() else None
     if assignment is None:

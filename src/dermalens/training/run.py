@@ -240,6 +240,13 @@ def build_trainer_or_explain(config: dict, run_dir: Path, callbacks: list | None
         raise ConfigError(f"Lightning refused the training settings ({settings}): {error}") from None
 
 
+def check_trainer_settings(config: dict) -> None:
+    """Lightning's refusal of the training settings (an accelerator this machine lacks, an unknown precision),
+    before any data is read or folder written: a Trainer built and dropped in a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="dermalens-settings-") as scratch:
+        build_trainer_or_explain(config, Path(scratch))
+
+
 def set_aside_metrics_log(run_dir: Path) -> Path | None:
     """Lightning's CSVLogger deletes an existing metrics.csv; keep it to merge after resuming."""
     log_file = RunFolder(run_dir).metrics_log
@@ -410,7 +417,8 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     # Everything that can fail on the data fails here, before the run folder exists (a backbone typo first:
     # reading the data can take minutes).
     check_backbone_name(config["model"]["backbone"])
-    if prepared is None:
+    if prepared is None:   # a fold's settings were checked by its job
+        check_trainer_settings(config)
         prepared = prepare_data(config, run_dir if resume else None, progress=progress)
     counts = check_training_classes(prepared)
     teacher_logits = check_teacher_logits(config, prepared, teacher_logits, run_dir if resume else None)
