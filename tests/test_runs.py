@@ -554,6 +554,9 @@ def test_a_budget_that_ends_training_before_its_epochs_is_said_in_the_terminal_s
     assert "of 400" in status["cut_short"]
     assert f"WARNING: {status['cut_short']}" in capsys.readouterr().out
     assert f"> **Training was cut short:** {status['cut_short']}" in (run_dir / "report.md").read_text()
+    # What training.precision became on this machine (auto differs between CPUs): said where the run is read.
+    assert status["precision"] in ("32-true", "bf16-mixed")
+    assert f"| trained_in_precision | {status['precision']} |" in (run_dir / "report.md").read_text()
     assert train_cli(tmp_path / "whole") == 0                       # 3 epochs well inside no budget
     assert "cut_short" not in json.loads((tmp_path / "whole" / "status.json").read_text())
 

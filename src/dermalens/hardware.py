@@ -33,6 +33,11 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(precision: str | int, accelerator: str, cuda_available: bool, cuda_bf16: bool = True) -> str | int:
     """`auto` -> bf16-mixed where bf16 is fast (a GPU that has it, a CPU with bf16 instructions);
     16-mixed on an older GPU; else 32-true."""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_available)
+    if str(precision) in ("16-mixed", "16", "16-true") and not on_gpu and accelerator != "tpu":
+        # Lightning runs bf16 in its place on a CPU: emulated, many times slower, where the CPU lacks bf16.
+        raise ValueError(f"training.precision {precision} is fp16, for GPUs; on a CPU use 32-true, bf16-mixed "
+                         f"(fast with bf16 instructions) or auto, which picks")
     if precision != "auto":
         return precision
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_available):

@@ -338,12 +338,14 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                                                    config["evaluation"], f"out-of-fold predictions ({len(pool)} images)")
                 result.best_checkpoint = best
             cut = cut_short_trainings(run_dir)
-            note = {}
+            trained_in = sorted({status["precision"] for folder in fold_dirs
+                                 if (status := RunFolder(folder).read_status()).get("precision")})
+            note = {"trained_in_precision": ", ".join(trained_in)} if trained_in else {}
             if cut:   # each training said it; the job's figures, status and report say it too
                 summary["cut_short"] = cut
-                note = {"training_cut_short": f"training.max_time ended {len(cut)} of this job's trainings before "
+                note["training_cut_short"] = (f"training.max_time ended {len(cut)} of this job's trainings before "
                                               f"their epochs ({', '.join(cut)}; cv.json): the figures are lower "
-                                              f"than the recipe's; give more time or fewer epochs"}
+                                              f"than the recipe's; give more time or fewer epochs")
                 log.warning("%s: %s", run_dir, note["training_cut_short"])
             atomic_write_json(RunFolder(run_dir).cv_file, summary)
             if result.best_checkpoint and config["evaluation"]["after_training"] and len(prepared.rows("test")):

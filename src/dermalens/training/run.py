@@ -282,6 +282,7 @@ class TrainResult:
     train_seconds: float
     metrics: dict | None = None
     cut_short: str | None = None   # said when training.max_time ended training before training.max_epochs
+    precision: str | None = None   # the precision trained in (training.precision: auto resolved here)
 
 
 class ProgressBar(TQDMProgressBar):
@@ -430,7 +431,8 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
         # Training had finished; its calibration or evaluation was stopped: do those, train nothing more.
         log.info("training of %s had finished; calibrating and evaluating %s", run_dir, status["best_checkpoint"])
         best, seconds = RunFolder(run_dir).recorded_best_checkpoint(status), float(status.get("train_seconds", 0.0))
-        return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds, cut_short=status.get("cut_short")),
+        return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds, cut_short=status.get("cut_short"),
+                                                       precision=status.get("precision")),
                           prepared, progress, calibrate_after_training, is_global_zero=True)
     module = LesionClassifierModule(
         classes=prepared.classes,
@@ -489,9 +491,11 @@ def train(config: dict, run_dir: Path | None = None, resume: bool = False, progr
     seconds = time.perf_counter() - started
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     cut_short = budget_cut_short(trainer, config["training"]["max_time"])
+    precision = str(trainer.precision)   # what `auto` became on this machine: the run folder says it
     if cut_short and trainer.is_global_zero:
         log.warning("%s: %s", run_dir, cut_short)
-    return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds, cut_short=cut_short), prepared,
+    return finish_run(config, run_dir, TrainResult(run_dir, best, last, seconds, cut_short=cut_short,
+                                                   precision=precision), prepared,
                       progress, calibrate_after_training, trainer.is_global_zero)
 
 
@@ -534,7 +538,8 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
     # "training_done": a resume goes straight to calibration and evaluation.
     done = {"training_done": True, "best_checkpoint": str(result.best_checkpoint),
             "train_seconds": round(result.train_seconds, 1),
-            **({"cut_short": result.cut_short} if result.cut_short else {})}
+            **({"cut_short": result.cut_short} if result.cut_short else {}),
+            **({"precision": result.precision} if result.precision else {})}
     RunFolder(run_dir).write_status("evaluating", **done)
     try:
         with sigterm_raises():
@@ -542,6 +547,8 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
                 calibrate_on_validation(config, result.best_checkpoint, prepared, progress)
             if config["evaluation"]["after_training"]:
                 note = {"training_cut_short": result.cut_short} if result.cut_short else {}
+                if result.precision:
+                    note["trained_in_precision"] = result.precision
                 result.metrics = evaluate_checkpoint(config, result.best_checkpoint, run_dir, prepared=prepared,
                                                      progress=progress,
                                                      extra_context={"train_seconds": round(result.train_seconds, 1),
@@ -555,7 +562,8 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
         raise
     RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint),
                  train_seconds=round(result.train_seconds, 1),
-                 **({"cut_short": result.cut_short} if result.cut_short else {}))
+                 **({"cut_short": result.cut_short} if result.cut_short else {}),
+                 **({"precision": result.precision} if result.precision else {}))
     return result
 
 
