@@ -423,3 +423,15 @@ def test_every_prediction_printed_says_it_is_no_diagnosis(checkpoint, images, ca
     out, err = capsys.readouterr()
     assert RESEARCH_DISCLAIMER in out + err
     assert (RESEARCH_DISCLAIMER in err) == (fmt in ("csv", "isic2018"))   # a CSV stays a CSV
+
+
+def test_only_the_first_process_of_a_ddp_training_prints_the_summary(monkeypatch):
+    """Every rank printed "run folder: ..." and "best checkpoint: ..." (4 copies with training.devices=4)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from dermalens.cli.common import is_global_zero
+
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert is_global_zero()
+    monkeypatch.setattr(rank_zero_only, "rank", 3)
+    assert not is_global_zero()

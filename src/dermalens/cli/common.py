@@ -71,3 +71,11 @@ def _check_parent(target: Path, option: str, path: str) -> None:
         raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {path}: no permission to write in {parent}")
+
+
+def is_global_zero() -> bool:
+    """Whether this is the first (or only) process of a training: under DDP every process finishes the command,
+    and only the first prints its summary (Lightning's rank, as torchrun or Lightning's own launcher set it)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only  # imported by the training already
+
+    return getattr(rank_zero_only, "rank", 0) == 0

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..training.demo import REAL_DEMO_FOLDER
-from .common import add_set_option
+from .common import add_set_option, is_global_zero
 
 
 def add_subcommand(subparsers) -> None:
@@ -21,6 +21,8 @@ def run(args) -> int:
     from ..training.demo import run_demo
 
     result = run_demo(args.data, args.config, args.set)
+    if not is_global_zero():   # under DDP every process returns here: one summary, from the first
+        return 0
     print(f"run folder: {result.run_dir}")
     if getattr(result, "summary", None):   # a cross-validated config: its folds, as `dermalens train` shows them
         from ..training.job import format_cross_validation

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError
-from .common import add_data_options, add_set_option, check_output_folder, positive_int
+from .common import add_data_options, add_set_option, check_output_folder, is_global_zero, positive_int
 
 
 def add_subcommand(subparsers) -> None:
@@ -56,6 +56,8 @@ def run(args) -> int:
         config = load_named_config(args.config, overrides, data=args.data, data_format=args.format)
         check_output_folder(args.run_dir, "--run-dir")
         result = run_training(config, Path(args.run_dir) if args.run_dir else None)
+    if not is_global_zero():   # under DDP every process returns here: one summary, from the first
+        return 0
     print(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint} "
           f"(trained {result.train_seconds / 60:.1f} min)")
     if getattr(result, "summary", None):
