@@ -73,6 +73,7 @@ SCRIPT = textwrap.dedent('''
     def fit(self, *args, **kwargs):
         original_fit(self, *args, **kwargs)
         captured["metrics"] = {k: float(v) for k, v in self.callback_metrics.items() if k.startswith("val/")}
+        captured["train_loss"] = float(self.callback_metrics["train/loss"])
         captured["world_size"] = self.world_size
         captured["train_sampler"] = type(self.train_dataloader.sampler).__name__
     run.L.Trainer.fit = fit
@@ -150,6 +151,12 @@ def test_synced_validation_metrics_equal_one_process_on_the_whole_set(ddp_run):
     for rank in ddp_run["ranks"]:
         for key, value in expected.items():
             assert rank["metrics"][key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_the_epochs_training_loss_is_over_every_process(ddp_run):
+    """train/loss was each process's own mean (what rank 0 logged was half the epoch's batches)."""
+    losses = [rank["train_loss"] for rank in ddp_run["ranks"]]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
 def test_files_are_written_once(ddp_run):

@@ -155,9 +155,12 @@ class LesionClassifierModule(L.LightningModule):
             loss = self.criterion(logits, labels)
         if distilling:
             soft = distillation_loss(logits, targets, settings.distillation_temperature)
-            self.log("train/distillation_loss", soft, on_step=False, on_epoch=True, batch_size=len(labels))
+            self.log("train/distillation_loss", soft, on_step=False, on_epoch=True, batch_size=len(labels),
+                     sync_dist=True)
             loss = (1 - settings.distillation_weight) * loss + settings.distillation_weight * soft
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # sync_dist: under DDP the epoch's loss over every process (one all-reduce an epoch), not the first's
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels),
+                 sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -171,7 +174,8 @@ class LesionClassifierModule(L.LightningModule):
     def on_validation_epoch_end(self):
         values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
         values["val/loss"] = self.val_loss.compute()
-        self.log_dict({k: v for k, v in values.items() if k != "val/loss"}, prog_bar=True)
+        # Already synced by torchmetrics (every process holds the same values): sync_dist only says so to Lightning.
+        self.log_dict({k: v for k, v in values.items() if k != "val/loss"}, prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
         self.val_loss.reset()
         if not self.trainer.sanity_checking and self.plateau is not None and self.scheduler_settings.name == "plateau":
