@@ -243,8 +243,18 @@ def build_trainer_or_explain(config: dict, run_dir: Path, callbacks: list | None
 def check_trainer_settings(config: dict) -> None:
     """Lightning's refusal of the training settings (an accelerator this machine lacks, an unknown precision),
     before any data is read or folder written: a Trainer built and dropped in a scratch folder."""
-    with tempfile.TemporaryDirectory(prefix="dermalens-settings-") as scratch:
-        build_trainer_or_explain(config, Path(scratch))
+    # Its "GPU available ..." lines are the real Trainer's to say, once.
+    quiet = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero",
+                                                  "lightning.fabric.utilities.rank_zero")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dermalens-settings-") as scratch:
+            build_trainer_or_explain(config, Path(scratch))
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def set_aside_metrics_log(run_dir: Path) -> Path | None:
