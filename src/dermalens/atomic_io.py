@@ -73,15 +73,16 @@ def writer_gone(match: "re.Match[str]", path: Path, foreign_age: float = FOREIGN
         return False
 
 
-def remove_dead_writers_files(folder: Path, pattern: "re.Pattern[str]", what: str) -> list[Path]:
-    """Remove the files and folders of `folder` whose names match `pattern` (holding WRITER) and whose writer
-    has stopped (writer_gone), saying each in the log: what a killed `what` left behind."""
+def remove_dead_writers_files(folder: Path, pattern: "re.Pattern[str]", what: str,
+                              foreign_age: float = FOREIGN_WRITER_AGE_S) -> list[Path]:
+    """Remove the files and folders of `folder` whose names match `pattern` (holding WRITER, perhaps optional)
+    and whose writer has stopped (writer_gone), saying each in the log: what a killed `what` left behind."""
     removed = []
     if not folder.is_dir():
         return removed
     for path in sorted(folder.iterdir()):
         match = pattern.fullmatch(path.name)
-        if match is None or not writer_gone(match, path):
+        if match is None or not writer_gone(match, path, foreign_age):
             continue
         try:
             if path.is_dir() and not path.is_symlink():

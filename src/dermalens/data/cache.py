@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dermalens.atomic_io import WRITER, atomic_write_text, writer_gone, writer_tag
+from dermalens.atomic_io import WRITER, atomic_write_text, remove_dead_writers_files, writer_tag
 from dermalens.data.geometry import CENTER_SQUARE, check_geometry, fit_to_square
 from dermalens.data.readers import DataIssue, LesionDataset
 from dermalens.data.readers.images import max_image_pixels
@@ -110,26 +109,8 @@ STALE_TEMP_S = 3600.0   # no cache is written for an hour without its temp file 
 def remove_stale_temp_files(cache_dir: Path, older_than: float = STALE_TEMP_S) -> list[Path]:
     """Delete the temp arrays a killed run left in `cache_dir` (ours by name): at once when the process
     named in it (on this machine) has ended; another machine's, or one naming no writer, once untouched
-    for an hour (it may be written right now). Each is said in the log."""
-    removed = []
-    now = time.time()
-    for path in Path(cache_dir).glob(".*.npy.tmp"):
-        try:
-            match = _TEMP_NAME.fullmatch(path.name)
-            if match is None:
-                continue
-            if match.group("pid") is not None:
-                if not writer_gone(match, path, older_than):
-                    continue
-            elif now - path.stat().st_mtime < older_than:
-                continue
-            size = path.stat().st_size
-            path.unlink()
-        except OSError:   # gone meanwhile, or not ours to delete
-            continue
-        removed.append(path)
-        log.warning("removed %s (%.0f MB), an image cache a stopped run never finished", path, size / 1e6)
-    return removed
+    for `older_than` seconds (it may be written right now). Each is said in the log."""
+    return remove_dead_writers_files(Path(cache_dir), _TEMP_NAME, "run's image cache", foreign_age=older_than)
 
 
 def build_image_cache(

@@ -102,7 +102,6 @@ def _splittable(backbone: nn.Module) -> bool:
     return all(hasattr(backbone, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
 
 
-
 HUB_BACKBONE_PREFIXES = ("hf-hub:", "hf_hub:")   # timm's names for "build this model from a Hub repository"
 TIMM_SOURCES = (*HUB_BACKBONE_PREFIXES, "local-dir:")   # timm's model-name prefixes for weights from elsewhere
 
@@ -117,6 +116,7 @@ def check_backbone_name(name: str) -> None:
     near = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     raise ValueError(f"model.backbone {name!r} is not a timm architecture"
                      + (f"; did you mean {', '.join(near)}?" if near else "") + " (`timm.list_models()` lists them)")
+
 
 def create_classifier(config: ModelConfig | None = None, load_pretrained: bool = True, **overrides) -> LesionClassifier:
     """Build a classifier; `load_pretrained=False` when weights come from a checkpoint next."""

@@ -546,10 +546,10 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
     if not is_global_zero:
         return result
     # "training_done": a resume goes straight to calibration and evaluation.
+    # What the run folder says of how it trained, in every status it writes from here on.
+    how = {key: value for key, value in (("cut_short", result.cut_short), ("precision", result.precision)) if value}
     done = {"training_done": True, "best_checkpoint": str(result.best_checkpoint),
-            "train_seconds": round(result.train_seconds, 1),
-            **({"cut_short": result.cut_short} if result.cut_short else {}),
-            **({"precision": result.precision} if result.precision else {})}
+            "train_seconds": round(result.train_seconds, 1), **how}
     RunFolder(run_dir).write_status("evaluating", **done)
     try:
         with sigterm_raises():
@@ -571,9 +571,7 @@ def finish_run(config: dict, run_dir: Path, result: TrainResult, prepared: Prepa
                      traceback=traceback.format_exc(limit=20), **done)
         raise
     RunFolder(run_dir).write_status("finished", best_checkpoint=str(result.best_checkpoint),
-                 train_seconds=round(result.train_seconds, 1),
-                 **({"cut_short": result.cut_short} if result.cut_short else {}),
-                 **({"precision": result.precision} if result.precision else {}))
+                 train_seconds=round(result.train_seconds, 1), **how)
     return result
 
 
