@@ -15,6 +15,13 @@ probabilities, over the classes S has at least MIN_IMAGES images of (a class
 with two images in a source says little). The gap is out-of-source minus
 in-source.
 
+A source can hold most lesions of a class (rosendahl: almost every akiec of
+HAM10000), so the model trained without it meets that class a few times: its
+gap then mixes an unseen device with an unseen class. Each class's recall is
+shown in and out of source beside the lesions of it the out-of-source model
+trained on, and the balanced accuracy is given a second time over the classes
+it trained on with at least --min-training-lesions lesions.
+
     python scripts/source_generalisation.py --config ham10000_cpu --data $DERMALENS_DATA/ham10000_224 \\
         --out runs/sources --folds 5 --set training.max_epochs=6
 
@@ -29,7 +36,8 @@ resumed) only when their config.yaml holds this command's settings (recipe,
 --set, --folds, seed, test fraction, data); otherwise the script stops and
 names the differences.
 
-Results: OUT/generalisation.json and OUT/generalisation.md.
+Results: OUT/generalisation.json, OUT/generalisation.md, OUT/generalisation.png
+and OUT/generalisation_per_class.png.
 """
 from __future__ import annotations
 
@@ -50,7 +58,7 @@ from dermalens.config import ConfigError, load_config, recipe_differences
 from dermalens.config_files import resolve_config_path
 from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import sensitivity_at_specificity
-from dermalens.evaluation.plots import plot_source_generalisation
+from dermalens.evaluation.plots import plot_recall_in_and_out_of_source, plot_source_generalisation
 from dermalens.inference.postprocess import calibrated_probabilities
 from dermalens.run_folder import CV_FILE
 from dermalens.training.cross_validation import train_folds
@@ -58,6 +66,7 @@ from dermalens.training.job import folder_settings_differences
 from dermalens.training.run import train
 
 MIN_IMAGES = 10
+MIN_TRAINING_LESIONS = 100
 # Settings beside the recipe that a reused folder of OUT must share with this command (the data is compared too).
 IN_SOURCE_KEYS = ("training.folds", "seed", "data.test_fraction")
 HELD_OUT_KEYS = ("training.folds", "seed", "data.test_fraction", "data.val_fraction", "data.test_sources")
@@ -70,7 +79,9 @@ def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
     predicted = probs.argmax(axis=1)
     out = {"images": int(len(labels)), "classes_scored": [classes[k] for k in scored],
            "balanced_accuracy": float(balanced_accuracy_score(labels[keep], predicted[keep])) if keep.any() else None,
-           "accuracy": float((predicted == labels).mean())}
+           "accuracy": float((predicted == labels).mean()),
+           "images_per_class": {classes[k]: int(counts[k]) for k in scored},
+           "recall_per_class": {classes[k]: float((predicted[labels == k] == k).mean()) for k in scored}}
     aucs = [roc_auc_score(labels == k, probs[:, k]) for k in scored if 0 < (labels == k).sum() < len(labels)]
     out["auc_macro"] = float(np.mean(aucs)) if aucs else None
     if "mel" in classes and counts[classes.index("mel")] >= MIN_IMAGES:
@@ -78,6 +89,26 @@ def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
                                            n_bootstrap=0)
         out["mel_sensitivity_at_80_specificity"] = point["sensitivity_at_80_specificity"]["value"]
     return out
+
+
+def training_lesions(split: pd.DataFrame, classes: list[str]) -> dict[str, int]:
+    """Lesions of each class in a run's training split (its split.csv): what the model learnt each class from."""
+    train = split[split["split"] == "train"]
+    lesions = train.groupby("label")["lesion_id"].nunique()
+    return {code: int(lesions.get(k, 0)) for k, code in enumerate(classes)}
+
+
+def well_represented(row: dict, lesions: dict[str, int], minimum: int) -> dict:
+    """Balanced accuracy (mean recall) on both sides over the scored classes that the out-of-source model
+    trained on with at least `minimum` lesions: the gap with the classes a source nearly owns left aside."""
+    classes = [code for code in row["in_source"]["classes_scored"] if lesions.get(code, 0) >= minimum]
+    if not classes:
+        return {"min_training_lesions": minimum, "classes": [], "in_source": None, "out_of_source": None,
+                "gap": None}
+    inside, outside = (float(np.mean([row[side]["recall_per_class"][code] for code in classes]))
+                       for side in ("in_source", "out_of_source"))
+    return {"min_training_lesions": minimum, "classes": classes, "in_source": inside, "out_of_source": outside,
+            "gap": outside - inside}
 
 
 def in_source_config(config: dict, folds: int) -> dict:
@@ -128,8 +159,9 @@ def in_source(config: dict, out: Path, folds: int, run: Path | None = None) -> p
     return split.assign(**{f"p{k}": probs[:, k] for k in range(probs.shape[1])})
 
 
-def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, bool]:
-    """The held-out model's predictions on `source`, and whether that model was trained now (else reused from OUT)."""
+def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """The held-out model's predictions on `source`, its split, and whether that model was trained now (else
+    reused from OUT)."""
     folder = out / f"without-{source}"
     held_out = held_out_config(config, source)
     check_reusable(folder, held_out, HELD_OUT_KEYS)
@@ -137,7 +169,8 @@ def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, b
     if trained_now:
         train(held_out, folder, resume=(folder / "checkpoints" / "last.ckpt").is_file(),
               progress=sys.stderr.isatty())
-    return pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}), trained_now
+    return (pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}),
+            pd.read_csv(folder / "split.csv", dtype={"image_id": str, "lesion_id": str}), trained_now)
 
 
 def image_sources(data: Path) -> dict[str, str]:
@@ -162,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", nargs="*", help="default: every source of the data")
     parser.add_argument("--in-source-run", type=Path, help="a finished `train --folds K` run of the same config: "
                         "its out-of-fold predictions are the in-source side")
+    parser.add_argument("--min-training-lesions", type=int, default=MIN_TRAINING_LESIONS, metavar="N",
+                        help="the second balanced accuracy counts the classes the out-of-source model trained on "
+                             f"with at least N lesions (default {MIN_TRAINING_LESIONS})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -170,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         # Everything a typo can break is checked before the first model trains (hours before the held-out ones).
         config = load_config(resolve_config_path(args.config), [*args.set, "training.ensemble=false"],
                              {"data": {"path": str(args.data)}})   # the folder name as given, not read as YAML
+        if args.min_training_lesions < 1:
+            raise ConfigError(f"--min-training-lesions must be 1 or more, got {args.min_training_lesions}")
         if args.in_source_run is None and args.folds < 2:
             raise ConfigError(f"--folds must be 2 or more (the in-source side is cross-validated), got {args.folds}")
         source_of = image_sources(Path(args.data))
@@ -207,7 +245,7 @@ def generalisation(args: argparse.Namespace, config: dict, source_of: dict[str, 
         ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     rows = []
     for source in args.sources or sorted(inside["source"].dropna().unique()):
-        outside, trained_now = out_of_source(config, args.out, source)
+        outside, held_out_split, trained_now = out_of_source(config, args.out, source)
         # The same images on both sides: with --in-source-run, the run's test images have no in-source prediction.
         mine = inside[inside["source"] == source].set_index("image_id")
         outside = outside[outside["image_id"].isin(mine.index)]
@@ -219,11 +257,15 @@ def generalisation(args: argparse.Namespace, config: dict, source_of: dict[str, 
                "out_of_source": scores(out_probs, labels, classes)}
         a, b = row["in_source"]["balanced_accuracy"], row["out_of_source"]["balanced_accuracy"]
         row["balanced_accuracy_gap"] = None if a is None or b is None else b - a
+        row["out_of_source_training_lesions"] = training_lesions(held_out_split, classes)
+        row["well_represented"] = well_represented(row, row["out_of_source_training_lesions"],
+                                                   args.min_training_lesions)
         rows.append(row)
         atomic_write_json(args.out / "generalisation.json", {"rows": rows, "min_images": MIN_IMAGES,
                                                               "minutes": round((time.perf_counter() - started) / 60, 1)})
     atomic_write_text(args.out / "generalisation.md", markdown(rows, argv, differences))
     plot_source_generalisation(rows, args.out / "generalisation.png")
+    plot_recall_in_and_out_of_source(rows, args.out / "generalisation_per_class.png")
     print((args.out / "generalisation.md").read_text())
 
 
@@ -245,12 +287,45 @@ def markdown(rows: list[dict], argv: list[str], differences: list[str] = ()) -> 
                      f"{cell(row['balanced_accuracy_gap'])} | {cell(a['auc_macro'])} / {cell(b['auc_macro'])} | "
                      f"{cell(a.get('mel_sensitivity_at_80_specificity'))} / "
                      f"{cell(b.get('mel_sensitivity_at_80_specificity'))} |")
+    lines += per_class_markdown(rows)
     # A rerun reuses finished held-out models; say so, since the minutes then cover only the scoring.
     reused = [row["source"] for row in rows if row.get("out_of_source_reused")]
     if reused:
         lines += ["", f"Out-of-source models reused from an earlier run of this command (OUT/without-SOURCE): "
                       f"{', '.join(reused)}."]
     return "\n".join(lines) + "\n"
+
+
+def per_class_markdown(rows: list[dict]) -> list[str]:
+    """Each class's recall in and out of source beside the lesions of it the out-of-source model trained on."""
+    rows = [row for row in rows if "recall_per_class" in row["in_source"]]
+    if not rows:
+        return []
+    lines = ["", "Where the gap comes from: each class's recall (the share of its images called that class), "
+                 "beside the lesions of it the out-of-source model trained on.", "",
+             "| held-out source | class | images | lesions trained on, out-of-source | recall in-source | "
+             "recall out-of-source | change |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        inside, outside = row["in_source"]["recall_per_class"], row["out_of_source"]["recall_per_class"]
+        lesions = row.get("out_of_source_training_lesions", {})
+        for code in row["in_source"]["classes_scored"]:
+            lines.append(f"| {row['source']} | {code} | {row['in_source']['images_per_class'][code]} | "
+                         f"{lesions.get(code, 'n/a')} | {inside[code]:.3f} | {outside[code]:.3f} | "
+                         f"{outside[code] - inside[code]:+.3f} |")
+    lines.append("")
+    for row in rows:
+        kept = row.get("well_represented")
+        if not kept:
+            continue
+        if kept["classes"]:
+            lines.append(f"- {row['source']}: over the classes the out-of-source model trained on with at least "
+                         f"{kept['min_training_lesions']} lesions ({', '.join(kept['classes'])}), balanced accuracy "
+                         f"{kept['in_source']:.3f} in-source, {kept['out_of_source']:.3f} out-of-source, gap "
+                         f"{kept['gap']:+.3f}.")
+        else:
+            lines.append(f"- {row['source']}: the out-of-source model trained on no scored class with at least "
+                         f"{kept['min_training_lesions']} lesions.")
+    return lines
 
 
 if __name__ == "__main__":

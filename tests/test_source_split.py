@@ -138,13 +138,15 @@ def test_a_source_generalisation_folder_of_other_settings_is_refused_not_reused(
     without.mkdir()
     (without / "config.yaml").write_text(dump_config(module.held_out_config(config(), "rosendahl")))
     pd.DataFrame({"image_id": ["a"]}).to_csv(without / "predictions.csv", index=False)
+    pd.DataFrame({"image_id": ["b"], "lesion_id": ["B"], "label": [1], "split": ["train"]}).to_csv(
+        without / "split.csv", index=False)
     with pytest.raises(SystemExit, match=r"without-rosendahl was trained with other settings \(seed: 0 -> 3\)"):
         module.out_of_source(config("seed=3"), out, "rosendahl")
     with pytest.raises(SystemExit, match=r"data.path: '.*' -> '.*elsewhere'"):
         module.out_of_source({**config(), "data": {**config()["data"], "path": str(tmp_path / "elsewhere")}},
                              out, "rosendahl")
-    predictions, trained_now = module.out_of_source(config(), out, "rosendahl")
-    assert not trained_now and list(predictions["image_id"]) == ["a"]
+    predictions, split, trained_now = module.out_of_source(config(), out, "rosendahl")
+    assert not trained_now and list(predictions["image_id"]) == ["a"] and list(split["lesion_id"]) == ["B"]
 
 
 def test_source_generalisation_refuses_a_bad_setting_or_source_before_training(tmp_path, monkeypatch, capsys):
@@ -171,3 +173,44 @@ def test_source_generalisation_refuses_a_bad_setting_or_source_before_training(t
     assert module.main([*base[:3], str(tmp_path), *base[4:]]) == 2
     assert "HAM10000_metadata.csv not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_gap_is_shown_per_class_beside_the_lesions_the_out_of_source_model_learnt_from(tmp_path):
+    """rosendahl holds almost every akiec of HAM10000: a model trained without it learns akiec from a few lesions,
+    and one balanced accuracy could not tell that from a device the model never saw."""
+    import numpy as np
+    from PIL import Image
+
+    from dermalens.evaluation.plots import plot_recall_in_and_out_of_source
+
+    module = load_script("source_generalisation")
+    classes = ["akiec", "mel", "nv"]
+    labels = np.repeat([0, 1, 2], 10)
+    inside = np.eye(3)[labels]                                  # every image right in-source
+    outside = np.eye(3)[np.where(labels == 0, 2, labels)]      # out-of-source, every akiec called nv
+    in_scores, out_scores = module.scores(inside, labels, classes), module.scores(outside, labels, classes)
+    assert out_scores["recall_per_class"] == {"akiec": 0.0, "mel": 1.0, "nv": 1.0}
+    assert out_scores["balanced_accuracy"] == pytest.approx(2 / 3)
+    split = pd.DataFrame({"lesion_id": ["A1", "A1", "M1", "M2", "N1", "X"], "label": [0, 0, 1, 1, 2, 0],
+                          "split": ["train", "train", "train", "train", "train", "test"]})
+    lesions = module.training_lesions(split, classes)
+    assert lesions == {"akiec": 1, "mel": 2, "nv": 1}           # lesions, not images; the test row not counted
+    row = {"source": "rosendahl", "in_source": in_scores, "out_of_source": out_scores,
+           "balanced_accuracy_gap": out_scores["balanced_accuracy"] - 1.0,
+           "out_of_source_training_lesions": lesions}
+    row["well_represented"] = module.well_represented(row, lesions, 2)
+    assert row["well_represented"]["classes"] == ["mel"] and row["well_represented"]["gap"] == 0.0
+    assert module.well_represented(row, lesions, 3)["classes"] == []
+    table = module.markdown([row], ["--sources", "rosendahl"])
+    assert "| rosendahl | akiec | 10 | 1 | 1.000 | 0.000 | -1.000 |" in table
+    assert "at least 2 lesions (mel), balanced accuracy 1.000 in-source, 1.000 out-of-source, gap +0.000." in table
+    with Image.open(plot_recall_in_and_out_of_source([row, dict(row, source="vidir_modern")],
+                                                     tmp_path / "per_class.png")) as png:
+        assert png.width >= 6.4 * 120 and png.info["Disclaimer"]
+
+
+def test_source_generalisation_refuses_a_minimum_of_no_lesions(tmp_path, capsys):
+    module = load_script("source_generalisation")
+    assert module.main(["--config", "ham10000_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
+                        "--min-training-lesions", "0"]) == 2
+    assert "error: --min-training-lesions must be 1 or more, got 0" in capsys.readouterr().err

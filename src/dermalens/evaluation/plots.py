@@ -27,6 +27,7 @@ from dermalens.evaluation.metrics import expected_calibration_error, reliability
 __all__ = [
     "plot_confusion_matrix",
     "plot_fold_metrics",
+    "plot_recall_in_and_out_of_source",
     "plot_source_generalisation",
     "plot_reliability_diagram",
     "plot_precision_recall_curves",
@@ -318,4 +319,28 @@ def plot_source_generalisation(rows: Sequence[dict], path: str | os.PathLike,
     axes.grid(axis="y", alpha=0.3)
     axes.set_title(f"Leave-one-source-out: {label}")
     axes.legend(loc="lower left", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_recall_in_and_out_of_source(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Per held-out source, each scored class's recall in-source beside out-of-source, the class labelled with
+    the lesions of it the out-of-source model trained on (a class a source nearly owns is learnt from a few)."""
+    figure = _new_figure(max(5.6, 3.2 * len(rows)), 3.8)
+    panels = figure.subplots(1, len(rows), squeeze=False, sharey=True)[0]
+    for axes, row in zip(panels, rows):
+        classes = row["in_source"]["classes_scored"]
+        lesions = row.get("out_of_source_training_lesions", {})
+        positions = np.arange(len(classes))
+        axes.bar(positions - 0.2, [row["in_source"]["recall_per_class"][code] for code in classes], width=0.4,
+                 label="in-source")
+        axes.bar(positions + 0.2, [row["out_of_source"]["recall_per_class"][code] for code in classes], width=0.4,
+                 label="out-of-source")
+        axes.set_xticks(positions, [f"{code}\n{lesions[code]}" if code in lesions else code for code in classes],
+                        fontsize="small")
+        axes.set_ylim(0, 1)
+        axes.grid(axis="y", alpha=0.3)
+        axes.set_title(f"{row['source']} held out", fontsize="medium")
+    panels[0].set_ylabel("recall")
+    panels[0].legend(loc="upper left", fontsize="small")
+    figure.supxlabel("class, with the lesions of it the out-of-source model trained on", fontsize="small")
     return _save(figure, path)
