@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import ConfigError, load_config, recipe_differences
@@ -75,13 +75,14 @@ HELD_OUT_KEYS = ("training.folds", "seed", "data.test_fraction", "data.val_fract
 def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
     counts = np.bincount(labels, minlength=len(classes))
     scored = [k for k in range(len(classes)) if counts[k] >= MIN_IMAGES]
-    keep = np.isin(labels, scored)
     predicted = probs.argmax(axis=1)
+    recall = {classes[k]: float((predicted[labels == k] == k).mean()) for k in scored}
+    # Balanced accuracy is the mean recall over the scored classes (sklearn's balanced_accuracy_score on the
+    # scored images gives the same, with a warning whenever an image is called a class that is not scored).
     out = {"images": int(len(labels)), "classes_scored": [classes[k] for k in scored],
-           "balanced_accuracy": float(balanced_accuracy_score(labels[keep], predicted[keep])) if keep.any() else None,
+           "balanced_accuracy": float(np.mean(list(recall.values()))) if scored else None,
            "accuracy": float((predicted == labels).mean()),
-           "images_per_class": {classes[k]: int(counts[k]) for k in scored},
-           "recall_per_class": {classes[k]: float((predicted[labels == k] == k).mean()) for k in scored}}
+           "images_per_class": {classes[k]: int(counts[k]) for k in scored}, "recall_per_class": recall}
     aucs = [roc_auc_score(labels == k, probs[:, k]) for k in scored if 0 < (labels == k).sum() < len(labels)]
     out["auc_macro"] = float(np.mean(aucs)) if aucs else None
     if "mel" in classes and counts[classes.index("mel")] >= MIN_IMAGES:
@@ -173,6 +174,15 @@ def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, p
             pd.read_csv(folder / "split.csv", dtype={"image_id": str, "lesion_id": str}), trained_now)
 
 
+def training_minutes(folder: Path) -> float | None:
+    """The held-out model's own training minutes (its status.json; the trunk cache and scoring apart), so a
+    rerun that reuses it still states what it cost."""
+    try:
+        return round(json.loads((folder / "status.json").read_text())["train_seconds"] / 60, 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def image_sources(data: Path) -> dict[str, str]:
     """image_id -> source (HAM10000's `dataset` column) of every image of `data` that names one."""
     metadata_file = data / "HAM10000_metadata.csv"
@@ -257,6 +267,7 @@ def generalisation(args: argparse.Namespace, config: dict, source_of: dict[str, 
                "out_of_source": scores(out_probs, labels, classes)}
         a, b = row["in_source"]["balanced_accuracy"], row["out_of_source"]["balanced_accuracy"]
         row["balanced_accuracy_gap"] = None if a is None or b is None else b - a
+        row["out_of_source_train_minutes"] = training_minutes(args.out / f"without-{source}")
         row["out_of_source_training_lesions"] = training_lesions(held_out_split, classes)
         row["well_represented"] = well_represented(row, row["out_of_source_training_lesions"],
                                                    args.min_training_lesions)
@@ -293,6 +304,11 @@ def markdown(rows: list[dict], argv: list[str], differences: list[str] = ()) -> 
     if reused:
         lines += ["", f"Out-of-source models reused from an earlier run of this command (OUT/without-SOURCE): "
                       f"{', '.join(reused)}."]
+    minutes = [f"{row['source']} {row['out_of_source_train_minutes']}" for row in rows
+               if row.get("out_of_source_train_minutes") is not None]
+    if minutes:
+        lines += ["", f"Training minutes of each out-of-source model (its status.json; trunk cache and scoring "
+                      f"apart): {', '.join(minutes)}."]
     return "\n".join(lines) + "\n"
 
 

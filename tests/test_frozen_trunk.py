@@ -100,6 +100,25 @@ def test_validation_during_training_reads_one_view_per_image_and_computes_no_oth
     np.testing.assert_array_equal(batch.numpy(), cache.array[[2, 4], 0].astype(np.float32))
 
 
+def test_training_on_activations_draws_the_sources_as_sampler_source_power_says(images, tmp_path):
+    from dermalens.config import SamplerSection, TrainingSection
+    from dermalens.training.activation_data import ActivationDataModule
+
+    cache = TrunkActivations(model(), images, TrunkSpec(STAGES, 2, seed=0), AUGMENTATION, cache_dir=tmp_path,
+                             progress=False)
+    sources = np.array(["a", "a", "a", "b", None], dtype=object)
+    labels, split = np.array([0, 0, 0, 0, 1]), np.array(["train"] * 5)
+
+    def drawn_sources(source_power: float) -> list:
+        data = ActivationDataModule(cache, labels, split, training=TrainingSection(), seed=0, sources=sources,
+                                    sampler=SamplerSection(samples_per_class=40, source_power=source_power))
+        positions = np.array(list(data.train_dataloader().sampler)) // cache.spec.views
+        return sources[positions][labels[positions] == 0].tolist()
+
+    assert drawn_sources(0.0).count("b") == 20                          # half of class 0's 40 draws
+    assert drawn_sources(1.0).count("b") < 20                           # as in the data: about a quarter
+
+
 def test_under_ddp_each_rank_validates_its_own_images_and_none_twice(images, tmp_path):
     """Three validation images on two processes: shards of 2 and 1, not Lightning's padded 2 + 2 (which
     counts one image twice in the synced validation metrics)."""

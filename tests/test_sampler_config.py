@@ -21,6 +21,31 @@ def test_balanced_sampler_draws_n_per_class_and_changes_each_epoch():
     assert list(again) == first
 
 
+def test_source_power_evens_the_sources_within_each_class_and_leaves_the_class_draws_alone():
+    """A source that holds most images of one class (rosendahl and akiec) lets a model learn its device's look
+    as the class; sampler.source_power 0 draws each source of a class as often as the others."""
+    labels = np.array([0] * 100 + [0] * 10 + [1] * 300 + [1] * 30)
+    sources = np.array(["rosendahl"] * 100 + ["vidir"] * 10 + ["vidir"] * 300 + [None] * 30, dtype=object)
+    as_in_the_data = ClassBalancedSampler(labels, samples_per_class=200, seed=3, groups=sources, group_power=1.0)
+    assert list(as_in_the_data) == list(ClassBalancedSampler(labels, samples_per_class=200, seed=3))  # no change
+    even = ClassBalancedSampler(labels, samples_per_class=200, seed=3, groups=sources, group_power=0.0)
+    drawn = np.array(list(even))
+    assert len(drawn) == len(even) == 400
+    assert np.bincount(labels[drawn]).tolist() == [200, 200]                 # the class draws as before
+    for label in (0, 1):
+        names, counts = np.unique(sources[drawn[labels[drawn] == label]].astype(str), return_counts=True)
+        assert counts.tolist() == [100, 100], (label, names)                # unknown (None) is one source
+    half = ClassBalancedSampler(labels, samples_per_class=200, seed=3, groups=sources, group_power=0.5)
+    class_0 = np.array(list(half))
+    class_0 = class_0[labels[class_0] == 0]
+    assert (sources[class_0] == "rosendahl").sum() == round(200 * 10 / (10 + 10 ** 0.5))   # sqrt(100) : sqrt(10)
+    with pytest.raises(ValueError, match="3 groups for 440 labels"):
+        ClassBalancedSampler(labels, samples_per_class=200, groups=["a", "b", "c"], group_power=0.0)
+    with pytest.raises(ConfigError, match="sampler.source_power=0.5 reweights the class-balanced sampler, which "
+                                          "sampler.balanced=false turns off"):
+        load_config(None, ["sampler.source_power=0.5", "sampler.balanced=false", "data.path=/x"])
+
+
 def test_config_overrides_and_unknown_keys(tmp_path):
     cfg = load_config(None, ["training.max_epochs=3", "model.backbone=tf_efficientnet_lite0", "data.path=/x"])
     assert cfg["training"]["max_epochs"] == 3 and cfg["model"]["backbone"] == "tf_efficientnet_lite0"
@@ -41,7 +66,14 @@ def test_config_overrides_and_unknown_keys(tmp_path):
 def test_every_key_has_one_typed_default_and_components_take_it():
     import dataclasses
 
-    from dermalens.config import DEFAULTS, OptimizerSection, RunConfig, SamplerSection, TrainingSection
+    from dermalens.config import (
+        DEFAULTS,
+        AugmentationSection,
+        OptimizerSection,
+        RunConfig,
+        SamplerSection,
+        TrainingSection,
+    )
     from dermalens.data.datamodule import LesionDataModule
     from dermalens.data.preprocess import Preprocessing
     from dermalens.models.classifier import ModelConfig
@@ -64,6 +96,13 @@ def test_every_key_has_one_typed_default_and_components_take_it():
                                   Preprocessing(8, (0.5,) * 3, (0.5,) * 3), augmentation=None,
                                   sampler=SamplerSection(), training=TrainingSection(), seed=0)
     assert (datamodule.batch_size, datamodule.samples_per_class) == (32, 3500)
+    # Image training hands each row's source to the sampler too.
+    datamodule = LesionDataModule(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4, int), np.array(["train"] * 4),
+                                  Preprocessing(8, (0.5,) * 3, (0.5,) * 3), augmentation=AugmentationSection(),
+                                  sampler=SamplerSection(samples_per_class=30, source_power=0.0),
+                                  training=TrainingSection(), seed=0, sources=np.array(["a", "a", "a", "b"]))
+    drawn = list(datamodule.train_dataloader().sampler)
+    assert drawn.count(3) == 15
 
 
 @pytest.mark.parametrize("override, message", [

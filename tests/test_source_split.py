@@ -198,12 +198,18 @@ def test_the_gap_is_shown_per_class_beside_the_lesions_the_out_of_source_model_l
     row = {"source": "rosendahl", "in_source": in_scores, "out_of_source": out_scores,
            "balanced_accuracy_gap": out_scores["balanced_accuracy"] - 1.0,
            "out_of_source_training_lesions": lesions}
+    run = tmp_path / "without-rosendahl"
+    run.mkdir()
+    assert module.training_minutes(run) is None                  # no status.json: no minutes, no error
+    (run / "status.json").write_text('{"state": "finished", "train_seconds": 314.3}')
+    row["out_of_source_train_minutes"] = module.training_minutes(run)
     row["well_represented"] = module.well_represented(row, lesions, 2)
     assert row["well_represented"]["classes"] == ["mel"] and row["well_represented"]["gap"] == 0.0
     assert module.well_represented(row, lesions, 3)["classes"] == []
     table = module.markdown([row], ["--sources", "rosendahl"])
     assert "| rosendahl | akiec | 10 | 1 | 1.000 | 0.000 | -1.000 |" in table
     assert "at least 2 lesions (mel), balanced accuracy 1.000 in-source, 1.000 out-of-source, gap +0.000." in table
+    assert "scoring apart): rosendahl 5.2." in table
     with Image.open(plot_recall_in_and_out_of_source([row, dict(row, source="vidir_modern")],
                                                      tmp_path / "per_class.png")) as png:
         assert png.width >= 6.4 * 120 and png.info["Disclaimer"]

@@ -94,6 +94,9 @@ class SamplerSection:
     balanced: bool = setting(True)                      # draw classes evenly (power 0) instead of shuffling
     samples_per_class: int = setting(3500, positive=True)
     power: float = setting(0.0, nonnegative=True)  # 0: fully balanced; 0.5: square-root; 1: as in the data
+    # Within a class, its sources (clinic / device) drawn in proportion to n**source_power: 1 as in the data,
+    # 0 each source of the class equally, so that a device's look says less about the class.
+    source_power: float = setting(1.0, nonnegative=True)
 
 
 @dataclass
@@ -447,6 +450,10 @@ def validate_config(config: dict) -> dict:
     if config["training"]["student"] and config["training"]["folds"] < 2:
         raise ConfigError("training.student distils the fold models of a cross-validated run: set training.folds "
                           f"to 2 or more (got {config['training']['folds']}), or training.student=false")
+    if config["sampler"]["source_power"] != 1 and not config["sampler"]["balanced"]:
+        raise ConfigError(f"sampler.source_power={config['sampler']['source_power']!r} reweights the class-balanced "
+                          "sampler, which sampler.balanced=false turns off; set sampler.balanced=true or "
+                          "sampler.source_power=1")
     if config["loss"]["label_smoothing"] and config["loss"]["name"] == "focal":
         raise ConfigError("loss.label_smoothing is not implemented for the focal loss; set it to 0 or use "
                           "loss.name=cross_entropy")

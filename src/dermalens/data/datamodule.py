@@ -44,10 +44,13 @@ class LesionDataModule(L.LightningDataModule):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, split: np.ndarray, preprocessing: Preprocessing, *,
                  augmentation: AugmentationSection, sampler: SamplerSection, training: TrainingSection, seed: int,
-                 pin_memory: bool = False, teacher_logits: np.ndarray | None = None):
+                 pin_memory: bool = False, teacher_logits: np.ndarray | None = None,
+                 sources: np.ndarray | None = None):
         # Settings come in as the config's sections: their defaults live in config.py only.
         # teacher_logits: (rows, classes), one per row of `labels`, handed to the training batches (distillation)
+        # sources: each row's source (None where unknown), for sampler.source_power
         super().__init__()
+        self.sources = sources
         self.teacher_logits = teacher_logits
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -60,6 +63,7 @@ class LesionDataModule(L.LightningDataModule):
         self.balanced_sampling = sampler.balanced
         self.samples_per_class = sampler.samples_per_class
         self.balance_power = sampler.power
+        self.source_power = sampler.source_power
         self.seed = seed
         self.pin_memory = pin_memory
         self._train_transform = None
@@ -101,7 +105,9 @@ class LesionDataModule(L.LightningDataModule):
         dataset = self.dataset("train", train_transform=True)
         if self.balanced_sampling:
             sampler = ClassBalancedSampler(self.labels[dataset.indices], self.samples_per_class,
-                                           seed=self.seed, power=self.balance_power)
+                                           seed=self.seed, power=self.balance_power,
+                                           groups=None if self.sources is None else self.sources[dataset.indices],
+                                           group_power=self.source_power)
             return self._loader(dataset, sampler=sampler, batch_size=self.batch_size)
         return self._loader(dataset, sampler=EpochShuffleSampler(len(dataset), seed=self.seed),
                             batch_size=self.batch_size)

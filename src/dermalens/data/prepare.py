@@ -50,6 +50,14 @@ class PreparedData:
     split_source: str = ""      # where the split came from: a split.csv, the official splits, or drawn now
 
     @property
+    def sources(self) -> np.ndarray | None:
+        """Each row's source (clinic / device; None where the data names none), or None when no row names one."""
+        records = self.dataset.records
+        if "source" not in records or not records["source"].notna().any():
+            return None
+        return records["source"].to_numpy(dtype=object)
+
+    @property
     def classes(self) -> tuple[str, ...]:
         """The class codes `labels` index: the data's own, or the model's it was prepared for."""
         return self.dataset.classes

@@ -22,10 +22,19 @@ class ClassBalancedSampler(Sampler[int]):
     expectation and always with replacement; a fixed count per class makes
     epochs comparable and matches the original's "N per class" design.
     The stream differs per epoch (seed + epoch), and is reproducible.
+
+    `groups` (one per label, e.g. the image's source; None for unknown, which
+    counts as one group) with `group_power` below 1 splits each class's draws
+    over its groups in proportion to size**group_power (0: every group of the
+    class equally). HAM10000's sources hold very different class mixes
+    (vidir_molemax is 94% nevi, rosendahl holds nearly every akiec), so a
+    device's look can stand in for the class; evening the sources within each
+    class takes that cue away. Group balancing within a class, not across
+    classes: the class draws stay as `power` sets them.
     """
 
     def __init__(self, labels: Sequence[int], samples_per_class: int, num_classes: int | None = None,
-                 seed: int = 0, power: float = 0.0):
+                 seed: int = 0, power: float = 0.0, groups: Sequence | None = None, group_power: float = 1.0):
         labels_np = np.asarray(labels, dtype=np.int64)
         if samples_per_class <= 0:
             raise ValueError(f"samples_per_class must be positive, got {samples_per_class}")
@@ -42,21 +51,41 @@ class ClassBalancedSampler(Sampler[int]):
         sizes = np.array([len(idx) for idx in self.present], dtype=np.float64) ** float(power)
         total = self.samples_per_class * len(self.present)
         self.draws_per_class = np.maximum(1, np.round(total * sizes / sizes.sum())).astype(int)
+        if groups is not None and len(groups) != len(labels_np):
+            raise ValueError(f"{len(groups)} groups for {len(labels_np)} labels")
+        # group_power 1 leaves the class's images drawn as one pool (the draws, and so any run, exactly as
+        # without groups); below 1 each class is a list of (images of one group, draws).
+        self.group_draws = None
+        if groups is not None and group_power != 1:
+            keys = np.array(["" if group is None else str(group) for group in groups], dtype=object)
+            self.group_draws = [self._split_over_groups(idx, keys[idx], n, float(group_power))
+                                for idx, n in zip(self.present, self.draws_per_class)]
         self.seed = seed
         self.epoch = 0
+
+    @staticmethod
+    def _split_over_groups(indices: np.ndarray, keys: np.ndarray, draws: int,
+                           power: float) -> list[tuple[np.ndarray, int]]:
+        names = sorted(set(keys))
+        members = [indices[keys == name] for name in names]
+        weights = np.array([len(m) for m in members], dtype=np.float64) ** power
+        shares = np.maximum(1, np.round(draws * weights / weights.sum())).astype(int)
+        return list(zip(members, shares.tolist()))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if self.group_draws is not None:
+            return sum(n for pairs in self.group_draws for _, n in pairs)
         return int(self.draws_per_class.sum())
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng(self.seed + self.epoch)
         self.epoch += 1  # a new stream next epoch even if nobody calls set_epoch
-        drawn = [
-            rng.choice(idx, n, replace=len(idx) < n) for idx, n in zip(self.present, self.draws_per_class)
-        ]
+        pools = (zip(self.present, self.draws_per_class) if self.group_draws is None
+                 else (pair for pairs in self.group_draws for pair in pairs))
+        drawn = [rng.choice(idx, n, replace=len(idx) < n) for idx, n in pools]
         order = np.concatenate(drawn)
         rng.shuffle(order)
         return iter(torch.as_tensor(order).tolist())

@@ -340,7 +340,8 @@ def plot_recall_in_and_out_of_source(rows: Sequence[dict], path: str | os.PathLi
         axes.set_ylim(0, 1)
         axes.grid(axis="y", alpha=0.3)
         axes.set_title(f"{row['source']} held out", fontsize="medium")
+        # An axes label, not figure.supxlabel: the constrained layout keeps it clear of the footer.
+        axes.set_xlabel("class, and lesions the out-of-source\nmodel learnt it from", fontsize="small")
     panels[0].set_ylabel("recall")
     panels[0].legend(loc="upper left", fontsize="small")
-    figure.supxlabel("class, with the lesions of it the out-of-source model trained on", fontsize="small")
     return _save(figure, path)

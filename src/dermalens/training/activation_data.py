@@ -80,9 +80,11 @@ class ActivationDataModule(L.LightningDataModule):
 
     def __init__(self, activations: TrunkActivations, labels: np.ndarray, split: np.ndarray, *,
                  sampler: SamplerSection, training: TrainingSection, seed: int,
-                 teacher_logits: np.ndarray | None = None):
+                 teacher_logits: np.ndarray | None = None, sources: np.ndarray | None = None):
         # teacher_logits: (rows, classes), one per row of `labels`, handed to the training batches (distillation)
+        # sources: each row's source (None where unknown), for sampler.source_power
         super().__init__()
+        self.sources = sources
         self.activations = activations
         self.labels = np.asarray(labels, dtype=np.int64)
         self.teacher_logits = teacher_logits
@@ -106,7 +108,9 @@ class ActivationDataModule(L.LightningDataModule):
         settings = self.sampler_settings
         if settings.balanced:
             row_sampler = ClassBalancedSampler(self.labels[rows], settings.samples_per_class, seed=self.seed,
-                                               power=settings.power)
+                                               power=settings.power,
+                                               groups=None if self.sources is None else self.sources[rows],
+                                               group_power=settings.source_power)
         else:
             row_sampler = EpochShuffleSampler(len(rows), self.seed)
         row_sampler.set_epoch(getattr(self, "_epoch", 0))

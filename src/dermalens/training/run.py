@@ -106,6 +106,9 @@ def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassif
     with teacher logits (one row per image), the training batches carry them for distillation."""
     training = section(TrainingSection, config["training"])
     preprocessing = module.model.preprocessing
+    if config["sampler"]["source_power"] != 1 and prepared.sources is None:
+        log.warning("sampler.source_power=%s does nothing here: the data names no image's source (HAM10000's "
+                    "dataset column, or a source column in a folder's lesion_ids.csv)", config["sampler"]["source_power"])
     if module.inputs_are_trunk_activations:
         spec = TrunkSpec(training.freeze_stages, training.cached_views, config["seed"])
         activations = TrunkActivations(module.model, prepared.images, spec,
@@ -113,12 +116,13 @@ def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassif
                                        cache_dir=trunk_cache_dir(config), progress=progress)
         return ActivationDataModule(activations, prepared.labels, prepared.split,
                                     sampler=section(SamplerSection, config["sampler"]), training=training,
-                                    seed=config["seed"], teacher_logits=teacher_logits)
+                                    seed=config["seed"], teacher_logits=teacher_logits, sources=prepared.sources)
     return LesionDataModule(
         prepared.images, prepared.labels, prepared.split, preprocessing,
         augmentation=section(AugmentationSection, config["augmentation"]),
         sampler=section(SamplerSection, config["sampler"]), training=training, seed=config["seed"],
         pin_memory=torch.cuda.is_available() and training.accelerator != "cpu", teacher_logits=teacher_logits,
+        sources=prepared.sources,
     )
 
 
