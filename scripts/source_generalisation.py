@@ -60,7 +60,7 @@ from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import sensitivity_at_specificity
 from dermalens.evaluation.plots import plot_recall_in_and_out_of_source, plot_source_generalisation
 from dermalens.inference.postprocess import calibrated_probabilities
-from dermalens.run_folder import CV_FILE
+from dermalens.run_folder import CV_FILE, RunFolder
 from dermalens.training.cross_validation import train_folds
 from dermalens.training.job import folder_settings_differences
 from dermalens.training.run import train
@@ -238,13 +238,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def in_source_recipe_differences(run: Path, config: dict) -> list[str]:
+    """How the in-source run's recipe differs from this command's. Its config is read as a run's is (the
+    defaults fill what it does not record), so a run from a version without some later setting is not called
+    another recipe for it; one this version cannot load is compared as written."""
+    try:
+        recorded = RunFolder(run).read_config([])
+    except ConfigError:
+        recorded = yaml.safe_load((run / "config.yaml").read_text())
+    return recipe_differences(recorded, config)
+
+
 def generalisation(args: argparse.Namespace, config: dict, source_of: dict[str, str], started: float,
                    argv: list[str]) -> None:
     """Both sides for each source, scored; the table, JSON and figure written into --out."""
     args.out.mkdir(parents=True, exist_ok=True)
     differences = []
     if args.in_source_run is not None and (args.in_source_run / "config.yaml").is_file():
-        differences = recipe_differences(yaml.safe_load((args.in_source_run / "config.yaml").read_text()), config)
+        differences = in_source_recipe_differences(args.in_source_run, config)
         if differences:
             logging.warning("the in-source run %s was trained with another recipe (%s): the gap compares two recipes; "
                             "compare the out-of-source column with another held-out run instead",

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from dermalens.config import ConfigError, load_config, recipe_differences
 from dermalens.data.readers.ham10000 import read_ham10000_metadata
@@ -79,7 +80,7 @@ def test_a_class_folder_carries_sources_from_its_lesion_csv(tmp_path, shared_dat
     assert "rosendahl" not in set(sources[prepared.split != "test"])
 
 
-def test_an_in_source_run_of_another_recipe_is_named_in_the_generalisation_table():
+def test_an_in_source_run_of_another_recipe_is_named_in_the_generalisation_table(tmp_path):
     """--in-source-run takes a finished run's out-of-fold predictions; a run trained with other settings
     makes the gap compare two recipes, and the script says which settings differ."""
     module = load_script("source_generalisation")
@@ -97,6 +98,15 @@ def test_an_in_source_run_of_another_recipe_is_named_in_the_generalisation_table
            "out_of_source": {"images": 3, "classes_scored": ["nv"], "balanced_accuracy": 0.4, "auc_macro": 0.8}}
     assert "model.color: 'none' -> 'shades_of_gray'" in module.markdown([row], ["--sources", "rosendahl"], differences)
     assert "another recipe" not in module.markdown([row], ["--sources", "rosendahl"])
+    # A run from a version without a later setting is the same recipe when that setting is at its default.
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = load_config(recipe, ["data.path=/data"])
+    del recorded["sampler"]["source_power"]
+    (run / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert module.in_source_recipe_differences(run, shipped) == []
+    assert module.in_source_recipe_differences(run, load_config(recipe, ["data.path=/data", "sampler.source_power=0"])) \
+        == ["sampler.source_power: 1.0 -> 0"]
     reused = dict(row, out_of_source_reused=True)
     assert "models reused from an earlier run of this command (OUT/without-SOURCE): rosendahl." in \
         module.markdown([reused], ["--sources", "rosendahl"])
