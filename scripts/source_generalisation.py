@@ -51,13 +51,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.metrics import roc_auc_score
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import ConfigError, load_config, recipe_differences
 from dermalens.config_files import resolve_config_path
 from dermalens.evaluation.calibration import fit_temperature
-from dermalens.evaluation.metrics import sensitivity_at_specificity
+from dermalens.evaluation.metrics import SUBGROUP_MIN_IMAGES, subgroup_figures
 from dermalens.evaluation.plots import plot_recall_in_and_out_of_source, plot_source_generalisation
 from dermalens.inference.postprocess import calibrated_probabilities
 from dermalens.run_folder import CV_FILE, RunFolder
@@ -65,7 +64,7 @@ from dermalens.training.cross_validation import train_folds
 from dermalens.training.job import folder_settings_differences
 from dermalens.training.run import train
 
-MIN_IMAGES = 10
+MIN_IMAGES = SUBGROUP_MIN_IMAGES
 MIN_TRAINING_LESIONS = 100
 # Settings beside the recipe that a reused folder of OUT must share with this command (the data is compared too).
 IN_SOURCE_KEYS = ("training.folds", "seed", "data.test_fraction")
@@ -73,23 +72,8 @@ HELD_OUT_KEYS = ("training.folds", "seed", "data.test_fraction", "data.val_fract
 
 
 def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
-    counts = np.bincount(labels, minlength=len(classes))
-    scored = [k for k in range(len(classes)) if counts[k] >= MIN_IMAGES]
-    predicted = probs.argmax(axis=1)
-    recall = {classes[k]: float((predicted[labels == k] == k).mean()) for k in scored}
-    # Balanced accuracy is the mean recall over the scored classes (sklearn's balanced_accuracy_score on the
-    # scored images gives the same, with a warning whenever an image is called a class that is not scored).
-    out = {"images": int(len(labels)), "classes_scored": [classes[k] for k in scored],
-           "balanced_accuracy": float(np.mean(list(recall.values()))) if scored else None,
-           "accuracy": float((predicted == labels).mean()),
-           "images_per_class": {classes[k]: int(counts[k]) for k in scored}, "recall_per_class": recall}
-    aucs = [roc_auc_score(labels == k, probs[:, k]) for k in scored if 0 < (labels == k).sum() < len(labels)]
-    out["auc_macro"] = float(np.mean(aucs)) if aucs else None
-    if "mel" in classes and counts[classes.index("mel")] >= MIN_IMAGES:
-        point = sensitivity_at_specificity(probs[:, classes.index("mel")], labels == classes.index("mel"), (0.8,),
-                                           n_bootstrap=0)
-        out["mel_sensitivity_at_80_specificity"] = point["sensitivity_at_80_specificity"]["value"]
-    return out
+    """One side's figures on a source's images: the argmax, over the classes it has MIN_IMAGES images of."""
+    return subgroup_figures(probs, labels, classes, min_images=MIN_IMAGES)
 
 
 def training_lesions(split: pd.DataFrame, classes: list[str]) -> dict[str, int]:

@@ -28,7 +28,7 @@ from ..models.description import model_name
 from ..run_folder import ISSUES_FILE, RunFolder
 from .medmnist import FLAG as MEDMNIST_FLAG
 from .medmnist import write_medmnist_result
-from .metrics import compute_classification_metrics, expected_calibration_error
+from .metrics import compute_classification_metrics, expected_calibration_error, subgroup_figures
 from .report import write_evaluation_report
 
 SPLITS = ("train", "val", "test", "all")
@@ -130,6 +130,9 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     if flags is not None:
         metrics["melanoma_flag"] = melanoma_flag_metrics(flags, labels == list(meta["classes"]).index("mel"),
                                                          rule.melanoma)
+    by_source = figures_by_source(records, probs, labels, decided, meta["classes"])
+    if by_source:
+        metrics["by_source"] = by_source
     metrics["temperature"] = temperature
     metrics["temperature_fitted_for_tta"] = calibration["tta"]
     metrics["ece_before_temperature"] = float(expected_calibration_error(calibrated_probabilities(logits), labels))
@@ -188,6 +191,24 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     write_evaluation_report(out_dir, metrics, probs, labels, title=f"dermalens evaluation: {scored}",
                             context=context, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
     return {**metrics, "context": context}
+
+
+def figures_by_source(records, probs: np.ndarray, labels: np.ndarray, decided: np.ndarray,
+                      classes) -> dict[str, dict]:
+    """Each source's figures (the clinic or device the data names per image: HAM10000's dataset column, a
+    folder's source column) when the images come from two or more: a model that holds on one clinic's photos
+    and fails on another's shows here, where the pooled figures average it away. Images without a source
+    form the group "unknown"."""
+    if "source" not in records:
+        return {}
+    sources = np.array(["unknown" if source is None or source != source else str(source)
+                        for source in records["source"]], dtype=object)
+    named = sorted(set(sources) - {"unknown"})
+    if len(set(sources)) < 2 or not named:
+        return {}
+    return {source: subgroup_figures(probs[sources == source], labels[sources == source], list(classes),
+                                     predictions=decided[sources == source])
+            for source in [*named, *(["unknown"] if "unknown" in sources else [])]}
 
 
 def melanoma_flag_metrics(flags: np.ndarray, is_melanoma: np.ndarray, point) -> dict:

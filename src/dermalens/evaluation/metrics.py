@@ -401,6 +401,37 @@ def _one_vs_rest_auc(probs: np.ndarray, labels: np.ndarray, k: int) -> float | N
     return float(roc_auc_score(is_positive, probs[:, k]))
 
 
+SUBGROUP_MIN_IMAGES = 10
+
+
+def subgroup_figures(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                     predictions: np.ndarray | None = None, min_images: int = SUBGROUP_MIN_IMAGES) -> dict:
+    """Point figures on one subgroup of images (one source: a clinic or device), without intervals.
+
+    Balanced accuracy (the mean recall) and macro AUC count only the classes the subgroup has at least
+    `min_images` images of: a class with two images in a source says little. Both need two such classes
+    (one class's recall is its recall, not a balance). `predictions` are the classes reported (a decision
+    rule's); the argmax of `probs` when None.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    predicted = probs.argmax(axis=1) if predictions is None else np.asarray(predictions)
+    counts = np.bincount(labels, minlength=len(classes))
+    scored = [k for k in range(len(classes)) if counts[k] >= min_images]
+    recall = {classes[k]: float((predicted[labels == k] == k).mean()) for k in scored}
+    aucs = [_one_vs_rest_auc(probs, labels, k) for k in scored]
+    aucs = [auc for auc in aucs if auc is not None]
+    figures = {"images": int(len(labels)), "classes_scored": [classes[k] for k in scored],
+               "images_per_class": {classes[k]: int(counts[k]) for k in scored}, "recall_per_class": recall,
+               "accuracy": float((predicted == labels).mean()) if len(labels) else None,
+               "balanced_accuracy": float(np.mean(list(recall.values()))) if len(recall) >= 2 else None,
+               "auc_macro": float(np.mean(aucs)) if len(aucs) >= 2 else None}
+    if "mel" in classes and counts[list(classes).index("mel")] >= min_images:
+        mel = list(classes).index("mel")
+        point = sensitivity_at_specificity(probs[:, mel], labels == mel, (0.8,), n_bootstrap=0)
+        figures["mel_sensitivity_at_80_specificity"] = point["sensitivity_at_80_specificity"]["value"]
+    return figures
+
+
 def compute_classification_metrics(
     probs: np.ndarray,
     labels: np.ndarray,

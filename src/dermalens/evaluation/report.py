@@ -19,6 +19,7 @@ import numpy as np
 
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.classes import RESEARCH_DISCLAIMER, class_name
+from dermalens.evaluation.metrics import SUBGROUP_MIN_IMAGES
 from dermalens.evaluation.plots import (
     plot_confusion_matrix,
     plot_precision_recall_curves,
@@ -120,6 +121,26 @@ def _decision_rule_section(metrics: Mapping) -> list[str]:
     return lines
 
 
+def _by_source_section(metrics: Mapping) -> list[str]:
+    """The figures of each source (clinic or device) the images come from, when they come from several."""
+    by_source = metrics.get("by_source") or {}
+    if not by_source:
+        return []
+    lines = ["## By source", "",
+             "Each source's images alone (the clinic or device the data names per image), with the classes "
+             "reported above. Balanced accuracy and macro AUC count the classes a source has at least "
+             f"{SUBGROUP_MIN_IMAGES} images of (n/a with fewer than two such classes); no intervals: a source's "
+             "figures rest on fewer images than the pooled ones.", ""]
+    rows = [[_cell(source), str(figures["images"]), ", ".join(figures["classes_scored"]) or "none",
+             _cell(figures.get("accuracy")), _cell(figures.get("balanced_accuracy")), _cell(figures.get("auc_macro")),
+             _cell(figures.get("mel_sensitivity_at_80_specificity"))]
+            for source, figures in by_source.items()]
+    lines += _table(["Source", "Images", "Classes scored", "Accuracy", "Balanced accuracy", "Macro AUC",
+                     "Mel sens. @80% spec."], rows)
+    lines.append("")
+    return lines
+
+
 def render_report_markdown(
     metrics: Mapping,
     *,
@@ -187,6 +208,7 @@ def render_report_markdown(
               + (f"; resamples used where fewer than all: {', '.join(partial)}." if partial else "."), ""]
 
     lines += _decision_rule_section(metrics)
+    lines += _by_source_section(metrics)
 
     operating = metrics.get("melanoma_operating_points") or {}
     if operating:
