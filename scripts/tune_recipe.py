@@ -64,7 +64,7 @@ from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from dermalens.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from dermalens.config import ConfigError
+from dermalens.config import UNRECORDED_MEANS, ConfigError
 from dermalens.config_files import load_named_config
 from dermalens.data.prepare import resolve_data_path
 from dermalens.training.cross_validation import SUMMARY_METRICS, train_folds
@@ -202,6 +202,10 @@ def as_compared(recorded: dict) -> dict:
     for key in ("training.ensemble", "evaluation.after_training"):   # set by the tuner now, and never used to
         section, name = key.split(".")                                  # score a trial: a study made before
         recorded.get("config", {}).get(section, {})[name] = TRIAL_SETTINGS[key] == "true"   # recorded the config's
+    for key, value in UNRECORDED_MEANS.items():   # a setting added since: what the study's trials trained with
+        section, name = key.split(".")
+        if "config" in recorded:
+            recorded["config"].setdefault(section, {}).setdefault(name, value)
     # training.student stays as recorded: a study whose trials trained students shared the budget with them,
     # so it is not this study; the refusal says so.
     try:

@@ -98,6 +98,12 @@ def test_without_a_bootstrap_the_interval_is_na_and_a_rerun_reuses_or_resumes_th
     table = (tmp_path / "out" / "ablation.md").read_text()
     assert "| CBAM off | 0.700 | 0.500 (0.400-0.600) | 0.450 | 0.850 | 0.300 | 0.300 | 2.0 |" in table
 
+    # A variant from a version without a later setting (recorded nowhere, at the value it trained with) is this one.
+    earlier = variant_config(tmp_path, ["model.cbam=false"])
+    del earlier["sampler"]["source_power"]
+    finished.config_file.write_text(dump_config(earlier))
+    assert run(script, monkeypatch, tmp_path, "--only", "CBAM off") == 0
+
     # A variant folder trained with other settings is not passed off as this one.
     finished.config_file.write_text(dump_config(variant_config(tmp_path, ["model.cbam=false"], "seed=7")))
     with pytest.raises(SystemExit, match=r"model_cbam holds a variant trained with other settings \(seed: 7 -> 0\)"):

@@ -470,6 +470,9 @@ RECIPE_TRAINING_KEYS = ("max_epochs", "batch_size", "freeze_stages", "cached_vie
                         "monitor", "monitor_mode", "early_stopping_patience", "precision", "distillation_weight",
                         "distillation_temperature", "limit_train_batches", "limit_val_batches")
 _UNRECORDED = object()
+# Recipe settings added after runs were made, with the value every run made before them trained with: a
+# config.yaml (or a study) that does not record one holds that value, not another recipe.
+UNRECORDED_MEANS = {"sampler.source_power": 1.0}
 
 
 def recipe_differences(run_config: dict, config: dict, extra_keys: tuple[str, ...] = (),
@@ -480,7 +483,7 @@ def recipe_differences(run_config: dict, config: dict, extra_keys: tuple[str, ..
     def value(cfg: dict, key: str):
         section, _, name = key.rpartition(".")
         holder = (cfg.get(section) or {}) if section else cfg
-        return holder.get(name, _UNRECORDED)
+        return holder.get(name, UNRECORDED_MEANS.get(key, _UNRECORDED))
 
     keys = [f"{name}.{key}" for cfg in (run_config, config) for name in RECIPE_SECTIONS
             for key in (cfg.get(name) or {})]
