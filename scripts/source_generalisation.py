@@ -85,10 +85,11 @@ def training_lesions(split: pd.DataFrame, classes: list[str]) -> dict[str, int]:
 
 def well_represented(row: dict, lesions: dict[str, int], minimum: int) -> dict:
     """Balanced accuracy (mean recall) on both sides over the scored classes that the out-of-source model
-    trained on with at least `minimum` lesions: the gap with the classes a source nearly owns left aside."""
+    trained on with at least `minimum` lesions: the gap with the classes a source nearly owns left aside.
+    None with fewer than two such classes (one class's recall is no balance)."""
     classes = [code for code in row["in_source"]["classes_scored"] if lesions.get(code, 0) >= minimum]
-    if not classes:
-        return {"min_training_lesions": minimum, "classes": [], "in_source": None, "out_of_source": None,
+    if len(classes) < 2:
+        return {"min_training_lesions": minimum, "classes": classes, "in_source": None, "out_of_source": None,
                 "gap": None}
     inside, outside = (float(np.mean([row[side]["recall_per_class"][code] for code in classes]))
                        for side in ("in_source", "out_of_source"))
@@ -155,7 +156,9 @@ def out_of_source(config: dict, out: Path, source: str) -> tuple[pd.DataFrame, p
         train(held_out, folder, resume=(folder / "checkpoints" / "last.ckpt").is_file(),
               progress=sys.stderr.isatty())
     return (pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}),
-            pd.read_csv(folder / "split.csv", dtype={"image_id": str, "lesion_id": str}), trained_now)
+            # ids as written: pandas would read a lesion id "NA" as missing (as the run's own reader does not)
+            pd.read_csv(folder / "split.csv", dtype={"image_id": str, "lesion_id": str}, keep_default_na=False),
+            trained_now)
 
 
 def training_minutes(folder: Path) -> float | None:
@@ -206,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--folds must be 2 or more (the in-source side is cross-validated), got {args.folds}")
         source_of = image_sources(Path(args.data))
         known = sorted(set(source_of.values()))
+        if not known:
+            raise ConfigError(f"no image of {args.data} names its source (the metadata's dataset column is empty): "
+                              "there is no source to hold out")
         unknown = [source for source in args.sources or [] if source not in known]
         if unknown:
             raise ConfigError(f"--sources {', '.join(unknown)}: not a source of {args.data}; its sources are "
@@ -270,8 +276,9 @@ def generalisation(args: argparse.Namespace, config: dict, source_of: dict[str, 
         atomic_write_json(args.out / "generalisation.json", {"rows": rows, "min_images": MIN_IMAGES,
                                                               "minutes": round((time.perf_counter() - started) / 60, 1)})
     atomic_write_text(args.out / "generalisation.md", markdown(rows, argv, differences))
-    plot_source_generalisation(rows, args.out / "generalisation.png")
-    plot_recall_in_and_out_of_source(rows, args.out / "generalisation_per_class.png")
+    if rows:   # none when no image of the in-source side belongs to a source (the table says so, empty)
+        plot_source_generalisation(rows, args.out / "generalisation.png")
+        plot_recall_in_and_out_of_source(rows, args.out / "generalisation_per_class.png")
     print((args.out / "generalisation.md").read_text())
 
 
@@ -328,14 +335,14 @@ def per_class_markdown(rows: list[dict]) -> list[str]:
         kept = row.get("well_represented")
         if not kept:
             continue
-        if kept["classes"]:
+        if kept["gap"] is not None:
             lines.append(f"- {row['source']}: over the classes the out-of-source model trained on with at least "
                          f"{kept['min_training_lesions']} lesions ({', '.join(kept['classes'])}), balanced accuracy "
                          f"{kept['in_source']:.3f} in-source, {kept['out_of_source']:.3f} out-of-source, gap "
                          f"{kept['gap']:+.3f}.")
         else:
-            lines.append(f"- {row['source']}: the out-of-source model trained on no scored class with at least "
-                         f"{kept['min_training_lesions']} lesions.")
+            lines.append(f"- {row['source']}: the out-of-source model trained on fewer than two scored classes with "
+                         f"at least {kept['min_training_lesions']} lesions ({', '.join(kept['classes']) or 'none'}).")
     return lines
 
 

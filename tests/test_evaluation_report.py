@@ -293,14 +293,14 @@ def test_a_report_of_images_from_several_sources_gives_each_source_its_figures()
     probs[np.arange(len(labels)), labels] = 0.9                       # the argmax is right everywhere...
     decided = labels.copy()
     decided[20:30] = 1                                                # ...the rule calls clinic b's melanomas nv
-    records = pd.DataFrame({"source": ["a"] * 20 + ["b"] * 20 + [None] * 3})
+    records = pd.DataFrame({"source": ["a"] * 20 + ["b"] * 20 + [None, float("nan"), pd.NA]})
     by_source = figures_by_source(records, probs, labels, decided, classes)
-    assert list(by_source) == ["a", "b", "unknown"]
+    assert list(by_source) == ["a", "b", "(no source)"]   # None, NaN and NA alike: no source
     assert by_source["a"]["balanced_accuracy"] == 1.0 and by_source["b"]["balanced_accuracy"] == 0.5
     assert by_source["b"]["recall_per_class"] == {"mel": 0.0, "nv": 1.0}
     assert by_source["b"]["accuracy"] == 0.5 and by_source["b"]["auc_macro"] == 1.0   # ranking: the probabilities
     # Three nevi: no class with 10 images, no balance to speak of.
-    assert by_source["unknown"]["classes_scored"] == [] and by_source["unknown"]["balanced_accuracy"] is None
+    assert by_source["(no source)"]["classes_scored"] == [] and by_source["(no source)"]["balanced_accuracy"] is None
     assert figures_by_source(records.assign(source="a"), probs, labels, decided, classes) == {}   # one source
     assert figures_by_source(pd.DataFrame(index=range(len(labels))), probs, labels, decided, classes) == {}
 
@@ -308,5 +308,5 @@ def test_a_report_of_images_from_several_sources_gives_each_source_its_figures()
     text = render_report_markdown({**metrics, "by_source": by_source}, title="t", context={}, figures={})
     assert "## By source" in text
     assert "| b | 20 | mel, nv | 0.500 | 0.500 | 1.000 | 1.000 |" in text
-    assert "| unknown | 3 | none | 1.000 | n/a | n/a | n/a |" in text
+    assert "| (no source) | 3 | none | 1.000 | n/a | n/a | n/a |" in text
     assert "## By source" not in render_report_markdown(metrics, title="t", context={}, figures={})

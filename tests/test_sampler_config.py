@@ -38,7 +38,14 @@ def test_source_power_evens_the_sources_within_each_class_and_leaves_the_class_d
     half = ClassBalancedSampler(labels, samples_per_class=200, seed=3, groups=sources, group_power=0.5)
     class_0 = np.array(list(half))
     class_0 = class_0[labels[class_0] == 0]
-    assert (sources[class_0] == "rosendahl").sum() == round(200 * 10 / (10 + 10 ** 0.5))   # sqrt(100) : sqrt(10)
+    # One draw each, the other 198 split 10 : sqrt(10) (sqrt(100) : sqrt(10)) by largest remainder: 150.4 + 1.
+    assert (sources[class_0] == "rosendahl").sum() == 151 and len(class_0) == 200
+    # The class keeps exactly its draws however the shares round (three sources of 70, 70 and 69 here)...
+    three = ClassBalancedSampler(np.zeros(9, int), samples_per_class=209, groups=list("aaabbbccc"), group_power=0.0)
+    assert len(list(three)) == len(three) == 209
+    # ...and a "source" per image, which would leave a class more sources than draws, is refused by name.
+    with pytest.raises(ValueError, match="a class has 9 sources and 5 draws an epoch"):
+        ClassBalancedSampler(np.zeros(9, int), samples_per_class=5, groups=list("abcdefghi"), group_power=0.0)
     with pytest.raises(ValueError, match="3 groups for 440 labels"):
         ClassBalancedSampler(labels, samples_per_class=200, groups=["a", "b", "c"], group_power=0.0)
     with pytest.raises(ConfigError, match="sampler.source_power=0.5 reweights the class-balanced sampler, which "

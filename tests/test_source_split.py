@@ -213,20 +213,31 @@ def test_the_gap_is_shown_per_class_beside_the_lesions_the_out_of_source_model_l
     assert module.training_minutes(run) is None                  # no status.json: no minutes, no error
     (run / "status.json").write_text('{"state": "finished", "train_seconds": 314.3}')
     row["out_of_source_train_minutes"] = module.training_minutes(run)
-    row["well_represented"] = module.well_represented(row, lesions, 2)
-    assert row["well_represented"]["classes"] == ["mel"] and row["well_represented"]["gap"] == 0.0
-    assert module.well_represented(row, lesions, 3)["classes"] == []
+    row["well_represented"] = module.well_represented(row, lesions, 1)
+    assert row["well_represented"]["classes"] == classes
+    assert row["well_represented"]["gap"] == pytest.approx(-1 / 3)
+    one_class = module.well_represented(row, lesions, 2)                  # mel alone: no balance to speak of
+    assert one_class["classes"] == ["mel"] and one_class["gap"] is None
     table = module.markdown([row], ["--sources", "rosendahl"])
     assert "| rosendahl | akiec | 10 | 1 | 1.000 | 0.000 | -1.000 |" in table
-    assert "at least 2 lesions (mel), balanced accuracy 1.000 in-source, 1.000 out-of-source, gap +0.000." in table
+    assert ("at least 1 lesions (akiec, mel, nv), balanced accuracy 1.000 in-source, 0.667 out-of-source, "
+            "gap -0.333.") in table
+    assert "fewer than two scored classes with at least 2 lesions (mel)." in \
+        module.markdown([dict(row, well_represented=one_class)], ["--sources", "rosendahl"])
     assert "scoring apart): rosendahl 5.2." in table
     with Image.open(plot_recall_in_and_out_of_source([row, dict(row, source="vidir_modern")],
                                                      tmp_path / "per_class.png")) as png:
         assert png.width >= 6.4 * 120 and png.info["Disclaimer"]
 
 
-def test_source_generalisation_refuses_a_minimum_of_no_lesions(tmp_path, capsys):
+def test_source_generalisation_refuses_a_minimum_of_no_lesions_or_data_without_sources(tmp_path, capsys):
     module = load_script("source_generalisation")
-    assert module.main(["--config", "ham10000_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
-                        "--min-training-lesions", "0"]) == 2
+    base = ["--config", "ham10000_cpu", "--data", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert module.main([*base, "--min-training-lesions", "0"]) == 2
     assert "error: --min-training-lesions must be 1 or more, got 0" in capsys.readouterr().err
+    # A dataset column left empty: refused before anything trains (it drew a figure of no panels, a traceback).
+    pd.DataFrame({"image_id": ["a"], "lesion_id": ["A"], "dx": ["nv"], "dataset": [None]}).to_csv(
+        tmp_path / "HAM10000_metadata.csv", index=False)
+    assert module.main(base) == 2
+    assert "names its source (the metadata's dataset column is empty)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -67,10 +67,17 @@ class ClassBalancedSampler(Sampler[int]):
     def _split_over_groups(indices: np.ndarray, keys: np.ndarray, draws: int,
                            power: float) -> list[tuple[np.ndarray, int]]:
         names = sorted(set(keys))
+        if len(names) > draws:
+            raise ValueError(f"a class has {len(names)} sources and {draws} draws an epoch: evening its sources "
+                             "(sampler.source_power below 1) needs fewer sources per class than draws; a source is "
+                             "a clinic or device, not one per image or patient")
         members = [indices[keys == name] for name in names]
         weights = np.array([len(m) for m in members], dtype=np.float64) ** power
-        shares = np.maximum(1, np.round(draws * weights / weights.sum())).astype(int)
-        return list(zip(members, shares.tolist()))
+        # One draw each, the rest split by largest remainder: the class keeps exactly the draws `power` gave it.
+        exact = (draws - len(names)) * weights / weights.sum()
+        shares = np.floor(exact).astype(int)
+        shares[np.argsort(shares - exact, kind="stable")[:draws - len(names) - shares.sum()]] += 1
+        return list(zip(members, (shares + 1).tolist()))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

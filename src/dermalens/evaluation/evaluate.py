@@ -193,22 +193,26 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     return {**metrics, "context": context}
 
 
+NO_SOURCE = "(no source)"   # not a name a source column would hold, unlike "unknown"
+
+
 def figures_by_source(records, probs: np.ndarray, labels: np.ndarray, decided: np.ndarray,
                       classes) -> dict[str, dict]:
     """Each source's figures (the clinic or device the data names per image: HAM10000's dataset column, a
     folder's source column) when the images come from two or more: a model that holds on one clinic's photos
     and fails on another's shows here, where the pooled figures average it away. Images without a source
-    form the group "unknown"."""
+    form the group NO_SOURCE."""
     if "source" not in records:
         return {}
-    sources = np.array(["unknown" if source is None or source != source else str(source)
-                        for source in records["source"]], dtype=object)
-    named = sorted(set(sources) - {"unknown"})
-    if len(set(sources)) < 2 or not named:
+    named = np.array([None if pd.isna(source) else str(source) for source in records["source"]], dtype=object)
+    sources = sorted({source for source in named if source is not None})
+    groups = [(source, named == source) for source in sources]
+    if any(source is None for source in named):
+        groups.append((NO_SOURCE, np.array([source is None for source in named])))
+    if len(groups) < 2 or not sources:
         return {}
-    return {source: subgroup_figures(probs[sources == source], labels[sources == source], list(classes),
-                                     predictions=decided[sources == source])
-            for source in [*named, *(["unknown"] if "unknown" in sources else [])]}
+    return {name: subgroup_figures(probs[rows], labels[rows], list(classes), predictions=decided[rows])
+            for name, rows in groups}
 
 
 def melanoma_flag_metrics(flags: np.ndarray, is_melanoma: np.ndarray, point) -> dict:

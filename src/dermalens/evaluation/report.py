@@ -128,9 +128,9 @@ def _by_source_section(metrics: Mapping) -> list[str]:
         return []
     lines = ["## By source", "",
              "Each source's images alone (the clinic or device the data names per image), with the classes "
-             "reported above. Balanced accuracy and macro AUC count the classes a source has at least "
-             f"{SUBGROUP_MIN_IMAGES} images of (n/a with fewer than two such classes); no intervals: a source's "
-             "figures rest on fewer images than the pooled ones.", ""]
+             "reported above. Accuracy counts all its images; balanced accuracy and macro AUC the classes it "
+             f"has at least {SUBGROUP_MIN_IMAGES} images of (n/a with fewer than two such classes); no "
+             "intervals: a source's figures rest on fewer images than the pooled ones.", ""]
     rows = [[_cell(source), str(figures["images"]), ", ".join(figures["classes_scored"]) or "none",
              _cell(figures.get("accuracy")), _cell(figures.get("balanced_accuracy")), _cell(figures.get("auc_macro")),
              _cell(figures.get("mel_sensitivity_at_80_specificity"))]
