@@ -57,7 +57,8 @@ class ClassBalancedSampler(Sampler[int]):
         # without groups); below 1 each class is a list of (images of one group, draws).
         self.group_draws = None
         if groups is not None and group_power != 1:
-            keys = np.array(["" if group is None else str(group) for group in groups], dtype=object)
+            # None and NaN alike are "no source" (group != group holds for NaN only)
+            keys = np.array(["" if group is None or group != group else str(group) for group in groups], dtype=object)
             self.group_draws = [self._split_over_groups(idx, keys[idx], n, float(group_power))
                                 for idx, n in zip(self.present, self.draws_per_class)]
         self.seed = seed
