@@ -14,6 +14,7 @@ import torch
 
 from dermalens.classes import CLASS_CODES
 from dermalens.cli import main
+from dermalens.evaluation.metrics import subgroup_figures
 from dermalens.inference.onnx_predictor import OnnxPredictor
 from dermalens.inference.postprocess import calibrated_probabilities
 from dermalens.inference.predictor import Predictor
@@ -74,6 +75,16 @@ def test_every_pool_image_gets_one_out_of_fold_prediction(cross_validated_run: P
         expected = summarise(calibrated_probabilities(logits[rows], summary["out_of_fold_temperature"]),
                              pool["label"].to_numpy()[rows], CLASS_CODES)
         assert record["auc_macro"] == pytest.approx(expected["auc_macro"])
+    # Each source's out-of-fold figures: the pooled probabilities of its images alone.
+    by_source = summary["out_of_fold_by_source"]
+    metadata = pd.read_csv(cross_validated_run.parent / "ham" / "HAM10000_metadata.csv")
+    pool = pool.assign(source=pool["image_id"].map(dict(zip(metadata["image_id"], metadata["dataset"]))))
+    assert list(by_source) == sorted(pool["source"].unique()) and len(by_source) >= 2
+    assert sum(figures["images"] for figures in by_source.values()) == len(pool)
+    probabilities = calibrated_probabilities(logits, summary["out_of_fold_temperature"])
+    for source, figures in by_source.items():
+        rows = (pool["source"] == source).to_numpy()
+        assert figures == subgroup_figures(probabilities[rows], pool["label"].to_numpy()[rows], list(CLASS_CODES))
     # lesion-grouped folds: no lesion in two folds, none in a fold and in test
     assert (split.groupby("lesion_id")["fold"].nunique() == 1).all()
     for fold in (1, 2):

@@ -285,7 +285,7 @@ def test_a_report_of_images_from_several_sources_gives_each_source_its_figures()
     """A model that holds on one clinic's photos and fails on another's: the pooled figures average it away."""
     import pandas as pd
 
-    from dermalens.evaluation.evaluate import figures_by_source
+    from dermalens.evaluation.metrics import figures_by_source
 
     classes = ["mel", "nv"]
     labels = np.array([0] * 10 + [1] * 10 + [0] * 10 + [1] * 10 + [1] * 3)
@@ -294,15 +294,15 @@ def test_a_report_of_images_from_several_sources_gives_each_source_its_figures()
     decided = labels.copy()
     decided[20:30] = 1                                                # ...the rule calls clinic b's melanomas nv
     records = pd.DataFrame({"source": ["a"] * 20 + ["b"] * 20 + [None, float("nan"), pd.NA]})
-    by_source = figures_by_source(records, probs, labels, decided, classes)
+    by_source = figures_by_source(records["source"], probs, labels, classes, decided)
     assert list(by_source) == ["a", "b", "(no source)"]   # None, NaN and NA alike: no source
     assert by_source["a"]["balanced_accuracy"] == 1.0 and by_source["b"]["balanced_accuracy"] == 0.5
     assert by_source["b"]["recall_per_class"] == {"mel": 0.0, "nv": 1.0}
     assert by_source["b"]["accuracy"] == 0.5 and by_source["b"]["auc_macro"] == 1.0   # ranking: the probabilities
     # Three nevi: no class with 10 images, no balance to speak of.
     assert by_source["(no source)"]["classes_scored"] == [] and by_source["(no source)"]["balanced_accuracy"] is None
-    assert figures_by_source(records.assign(source="a"), probs, labels, decided, classes) == {}   # one source
-    assert figures_by_source(pd.DataFrame(index=range(len(labels))), probs, labels, decided, classes) == {}
+    assert figures_by_source(["a"] * len(labels), probs, labels, classes, decided) == {}   # one source
+    assert figures_by_source(None, probs, labels, classes, decided) == {}
 
     metrics = compute_classification_metrics(probs, labels, classes, n_bootstrap=0, predictions=decided)
     text = render_report_markdown({**metrics, "by_source": by_source}, title="t", context={}, figures={})

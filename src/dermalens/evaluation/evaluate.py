@@ -28,7 +28,7 @@ from ..models.description import model_name
 from ..run_folder import ISSUES_FILE, RunFolder
 from .medmnist import FLAG as MEDMNIST_FLAG
 from .medmnist import write_medmnist_result
-from .metrics import compute_classification_metrics, expected_calibration_error, subgroup_figures
+from .metrics import compute_classification_metrics, expected_calibration_error, figures_by_source
 from .report import write_evaluation_report
 
 SPLITS = ("train", "val", "test", "all")
@@ -130,7 +130,8 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     if flags is not None:
         metrics["melanoma_flag"] = melanoma_flag_metrics(flags, labels == list(meta["classes"]).index("mel"),
                                                          rule.melanoma)
-    by_source = figures_by_source(records, probs, labels, decided, meta["classes"])
+    by_source = figures_by_source(records["source"] if "source" in records else None, probs, labels,
+                                  meta["classes"], decided)
     if by_source:
         metrics["by_source"] = by_source
     metrics["temperature"] = temperature
@@ -191,28 +192,6 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     write_evaluation_report(out_dir, metrics, probs, labels, title=f"dermalens evaluation: {scored}",
                             context=context, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
     return {**metrics, "context": context}
-
-
-NO_SOURCE = "(no source)"   # not a name a source column would hold, unlike "unknown"
-
-
-def figures_by_source(records, probs: np.ndarray, labels: np.ndarray, decided: np.ndarray,
-                      classes) -> dict[str, dict]:
-    """Each source's figures (the clinic or device the data names per image: HAM10000's dataset column, a
-    folder's source column) when the images come from two or more: a model that holds on one clinic's photos
-    and fails on another's shows here, where the pooled figures average it away. Images without a source
-    form the group NO_SOURCE."""
-    if "source" not in records:
-        return {}
-    named = np.array([None if pd.isna(source) else str(source) for source in records["source"]], dtype=object)
-    sources = sorted({source for source in named if source is not None})
-    groups = [(source, named == source) for source in sources]
-    if any(source is None for source in named):
-        groups.append((NO_SOURCE, np.array([source is None for source in named])))
-    if len(groups) < 2 or not sources:
-        return {}
-    return {name: subgroup_figures(probs[rows], labels[rows], list(classes), predictions=decided[rows])
-            for name, rows in groups}
 
 
 def melanoma_flag_metrics(flags: np.ndarray, is_melanoma: np.ndarray, point) -> dict:

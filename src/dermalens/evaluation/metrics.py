@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -430,6 +431,29 @@ def subgroup_figures(probs: np.ndarray, labels: np.ndarray, classes: Sequence[st
         point = sensitivity_at_specificity(probs[:, mel], labels == mel, (0.8,), n_bootstrap=0)
         figures["mel_sensitivity_at_80_specificity"] = point["sensitivity_at_80_specificity"]["value"]
     return figures
+
+
+NO_SOURCE = "(no source)"   # not a name a source column would hold, unlike "unknown"
+
+
+def figures_by_source(sources, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                      predictions: np.ndarray | None = None) -> dict[str, dict]:
+    """Each source's `subgroup_figures` (the clinic or device the data names per image: HAM10000's dataset
+    column, a folder's source column) when the images come from two or more: a model that holds on one
+    clinic's photos and fails on another's shows here, where the pooled figures average it away. Images
+    without a source (None or NaN) form the group NO_SOURCE; {} without sources or with one group."""
+    if sources is None:
+        return {}
+    named = np.array([None if pd.isna(source) else str(source) for source in sources], dtype=object)
+    names = sorted({source for source in named if source is not None})
+    groups = [(source, named == source) for source in names]
+    if any(source is None for source in named):
+        groups.append((NO_SOURCE, np.array([source is None for source in named])))
+    if len(groups) < 2 or not names:
+        return {}
+    return {name: subgroup_figures(probs[rows], labels[rows], classes,
+                                   predictions=None if predictions is None else np.asarray(predictions)[rows])
+            for name, rows in groups}
 
 
 def compute_classification_metrics(

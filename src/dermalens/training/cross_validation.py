@@ -40,7 +40,7 @@ from ..config import AugmentationSection, ConfigError, TrainingSection, dump_con
 from ..data.prepare import EXCLUDED, PreparedData, prepare_data, save_run_data
 from ..data.split import lesion_grouped_kfold
 from ..evaluation.evaluate import evaluate_checkpoint
-from ..evaluation.metrics import compute_classification_metrics, sensitivity_at_specificity
+from ..evaluation.metrics import compute_classification_metrics, figures_by_source, sensitivity_at_specificity
 from ..evaluation.plots import plot_fold_metrics
 from ..inference.postprocess import calibrated_probabilities
 from ..models.checkpoint import load_classifier, loads_own_checkpoints, save_classifier
@@ -302,12 +302,17 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                 per_fold.append({"fold": fold + 1, "images": int(len(rows)),
                                  **summarise(calibrated_probabilities(oof_logits[rows], temperature), prepared.labels[rows],
                                              prepared.classes)})
-            pooled = summarise(calibrated_probabilities(oof_logits[pool], temperature), prepared.labels[pool],
-                               prepared.classes)
+            pooled_probabilities = calibrated_probabilities(oof_logits[pool], temperature)
+            pooled = summarise(pooled_probabilities, prepared.labels[pool], prepared.classes)
             summary = {"folds": per_fold, "mean_sd": mean_and_sd(per_fold), "out_of_fold": pooled,
                        "out_of_fold_temperature": float(temperature), "train_seconds": round(train_seconds, 1),
                        "trunk_seconds": round(activations.seconds_computing, 1) if activations else 0.0,
                        "images": int(len(pool))}
+            # Each source's out-of-fold figures (argmax, as `out_of_fold`): more images per source than a test split.
+            by_source = figures_by_source(None if prepared.sources is None else prepared.sources[pool],
+                                          pooled_probabilities, prepared.labels[pool], prepared.classes)
+            if by_source:
+                summary["out_of_fold_by_source"] = by_source
             np.save(run_dir / OUT_OF_FOLD_LOGITS, oof_logits[pool])
             summary["folds_trained"] = trained_folds
             plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / FIGURES / "cross_validation.png",
