@@ -110,7 +110,7 @@ def test_every_key_has_one_typed_default_and_components_take_it():
     datamodule = LesionDataModule(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4, int), np.array(["train"] * 4),
                                   Preprocessing(8, (0.5,) * 3, (0.5,) * 3), augmentation=AugmentationSection(),
                                   sampler=SamplerSection(samples_per_class=30, source_power=0.0),
-                                  training=TrainingSection(), seed=0, sources=np.array(["a", "a", "a", "b"]))
+                                  training=TrainingSection(num_workers=0), seed=0, sources=np.array(["a", "a", "a", "b"]))
     drawn = list(datamodule.train_dataloader().sampler)
     assert drawn.count(3) == 15
 
