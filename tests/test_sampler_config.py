@@ -25,7 +25,9 @@ def test_source_power_evens_the_sources_within_each_class_and_leaves_the_class_d
     """A source that holds most images of one class (rosendahl and akiec) lets a model learn its device's look
     as the class; sampler.source_power 0 draws each source of a class as often as the others."""
     labels = np.array([0] * 100 + [0] * 10 + [1] * 300 + [1] * 30)
-    sources = np.array(["rosendahl"] * 100 + ["vidir"] * 10 + ["vidir"] * 300 + [None, float("nan")] * 15,
+    import pandas as pd
+
+    sources = np.array(["rosendahl"] * 100 + ["vidir"] * 10 + ["vidir"] * 300 + [None, float("nan"), pd.NA] * 10,
                        dtype=object)
     as_in_the_data = ClassBalancedSampler(labels, samples_per_class=200, seed=3, groups=sources, group_power=1.0)
     assert list(as_in_the_data) == list(ClassBalancedSampler(labels, samples_per_class=200, seed=3))  # no change
@@ -35,7 +37,7 @@ def test_source_power_evens_the_sources_within_each_class_and_leaves_the_class_d
     assert np.bincount(labels[drawn]).tolist() == [200, 200]                 # the class draws as before
     for label in (0, 1):
         drawn_sources = sources[drawn[labels[drawn] == label]]
-        named = ["-" if source is None or source != source else source for source in drawn_sources]
+        named = ["-" if pd.isna(source) else source for source in drawn_sources]
         names, counts = np.unique(named, return_counts=True)
         assert counts.tolist() == [100, 100], (label, names)                # None and NaN: one "no source"
     half = ClassBalancedSampler(labels, samples_per_class=200, seed=3, groups=sources, group_power=0.5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
@@ -57,8 +58,9 @@ class ClassBalancedSampler(Sampler[int]):
         # without groups); below 1 each class is a list of (images of one group, draws).
         self.group_draws = None
         if groups is not None and group_power != 1:
-            # None and NaN alike are "no source" (group != group holds for NaN only)
-            keys = np.array(["" if group is None or group != group else str(group) for group in groups], dtype=object)
+            # None, NaN and pandas' NA alike are "no source", as evaluation.metrics.figures_by_source takes them
+            keys = np.array(["" if np.ndim(group) == 0 and pd.isna(group) else str(group) for group in groups],
+                            dtype=object)
             self.group_draws = [self._split_over_groups(idx, keys[idx], n, float(group_power))
                                 for idx, n in zip(self.present, self.draws_per_class)]
         self.seed = seed
