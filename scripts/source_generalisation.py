@@ -59,7 +59,7 @@ from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.metrics import SUBGROUP_MIN_IMAGES, subgroup_figures
 from dermalens.evaluation.plots import plot_recall_in_and_out_of_source, plot_source_generalisation
 from dermalens.inference.postprocess import calibrated_probabilities
-from dermalens.run_folder import CV_FILE, RunFolder
+from dermalens.run_folder import CV_FILE
 from dermalens.training.cross_validation import train_folds
 from dermalens.training.job import folder_settings_differences
 from dermalens.training.run import train
@@ -69,11 +69,6 @@ MIN_TRAINING_LESIONS = 100
 # Settings beside the recipe that a reused folder of OUT must share with this command (the data is compared too).
 IN_SOURCE_KEYS = ("training.folds", "seed", "data.test_fraction")
 HELD_OUT_KEYS = ("training.folds", "seed", "data.test_fraction", "data.val_fraction", "data.test_sources")
-
-
-def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
-    """One side's figures on a source's images: the argmax, over the classes it has MIN_IMAGES images of."""
-    return subgroup_figures(probs, labels, classes, min_images=MIN_IMAGES)
 
 
 def training_lesions(split: pd.DataFrame, classes: list[str]) -> dict[str, int]:
@@ -229,14 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def in_source_recipe_differences(run: Path, config: dict) -> list[str]:
-    """How the in-source run's recipe differs from this command's. Its config is read as a run's is (the
-    defaults fill what it does not record), so a run from a version without some later setting is not called
-    another recipe for it; one this version cannot load is compared as written."""
-    try:
-        recorded = RunFolder(run).read_config([])
-    except ConfigError:
-        recorded = yaml.safe_load((run / "config.yaml").read_text())
-    return recipe_differences(recorded, config)
+    """How the in-source run's recipe differs from this command's, as recorded in its config.yaml (a setting
+    added since the run was made counts at the value it trained with: config.UNRECORDED_MEANS)."""
+    return recipe_differences(yaml.safe_load((run / "config.yaml").read_text()), config)
 
 
 def generalisation(args: argparse.Namespace, config: dict, source_of: dict[str, str], started: float,
@@ -264,8 +254,10 @@ def generalisation(args: argparse.Namespace, config: dict, source_of: dict[str, 
         labels = mine["label"].to_numpy()
         in_probs = mine[[f"p{k}" for k in range(len(classes))]].to_numpy()
         out_probs = outside[[f"p_{code}" for code in classes]].to_numpy()
-        row = {"source": source, "out_of_source_reused": not trained_now, "in_source": scores(in_probs, labels, classes),
-               "out_of_source": scores(out_probs, labels, classes)}
+        # Each side: the argmax, over the classes the source has MIN_IMAGES images of.
+        row = {"source": source, "out_of_source_reused": not trained_now,
+               "in_source": subgroup_figures(in_probs, labels, classes, min_images=MIN_IMAGES),
+               "out_of_source": subgroup_figures(out_probs, labels, classes, min_images=MIN_IMAGES)}
         a, b = row["in_source"]["balanced_accuracy"], row["out_of_source"]["balanced_accuracy"]
         row["balanced_accuracy_gap"] = None if a is None or b is None else b - a
         row["out_of_source_train_minutes"] = training_minutes(args.out / f"without-{source}")
