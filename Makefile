@@ -29,7 +29,7 @@ $(VENV)/.installed-dev: pyproject.toml scripts/install.sh scripts/install_browse
 demo: install
 	$(BIN)/dermalens demo
 
-# The full suite (what CI runs).
+# The full suite (what CI runs), on two pytest-xdist workers (pyproject.toml's addopts; `-n 0`: one process).
 test: install-dev
 	$(BIN)/python -m pytest -q
 

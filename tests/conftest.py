@@ -12,13 +12,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pandas as pd
-import pytest
+from support.workers import split_cores_between_workers
 
-from support.browser import chromium
-from support.datasets import METADATA_NAME, build_mini_ham10000
-from support.tiny_serving_model import train_tiny_checkpoint
-from support.tiny_web_model import package_tiny_run, train_tiny_run
+split_cores_between_workers()   # before the imports below, which import torch
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from support.browser import chromium  # noqa: E402
+from support.datasets import METADATA_NAME, build_mini_ham10000  # noqa: E402
+from support.tiny_serving_model import train_tiny_checkpoint  # noqa: E402
+from support.tiny_web_model import package_tiny_run, train_tiny_run  # noqa: E402
 
 # Tests never wait on a model hub that cannot be reached, and never open a window.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
