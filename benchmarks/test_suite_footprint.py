@@ -1,6 +1,7 @@
 """Wall time and peak disk use of the test suite, as CI runs it.
 
-    python benchmarks/test_suite_footprint.py                     # the whole suite (about 12 min on 2 cores)
+    python benchmarks/test_suite_footprint.py                     # the whole suite (about 8 min on 2 cores)
+    python benchmarks/test_suite_footprint.py -- -n 0             # in one process, without pytest-xdist (13 min)
     python benchmarks/test_suite_footprint.py -- -m unit          # any pytest arguments after --
 
 Runs `python -m pytest -q` with `$TMPDIR` pointed at a fresh folder, so that
@@ -8,7 +9,8 @@ everything the suite writes (pytest's temporary folders, the session's
 per-user cache, exports) lands there, and samples that folder's size on
 disk every `--every` seconds. The peak is what a CI machine's temporary
 folder must have free (tests/conftest.py warns below it); the folder is
-removed afterwards. Writes results/test_suite_footprint.json.
+removed afterwards. Writes results/test_suite_footprint.json. The suite's pytest-xdist workers
+(pyproject.toml's addopts) share that folder: the peak is theirs together.
 """
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ def split_cores_between_workers(environ: MutableMapping[str, str] = os.environ,
     OMP_NUM_THREADS now in `environ` (None outside xdist or with one worker: all cores stay in use).
 
     Two workers of two threads each on a 2-core machine ran the suite 1.26x slower than two workers of one
-    (602 s against 477 s): OpenMP's threads spin while they wait, and on oversubscribed cores they wait for
-    each other. It must run before torch is first imported (torch reads OMP_NUM_THREADS when it starts its
+    (602 s against 477 s, one run each on the same VM): OpenMP's threads spin while they wait, and on
+    oversubscribed cores they wait for each other. It must run before torch is first imported (torch reads OMP_NUM_THREADS when it starts its
     threads); the command lines tests start inherit it. A value the user set is kept."""
     workers = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers < 2:
