@@ -5,7 +5,6 @@ Builders the fixtures call live in tests/support/ (a helper package, not tests).
 """
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import os
 import shutil
@@ -21,6 +20,7 @@ import pytest  # noqa: E402
 
 from support.browser import chromium  # noqa: E402
 from support.datasets import METADATA_NAME, build_mini_ham10000  # noqa: E402
+from support.session_cache import make_session_cache  # noqa: E402
 from support.tiny_serving_model import train_tiny_checkpoint  # noqa: E402
 from support.tiny_web_model import package_tiny_run, train_tiny_run  # noqa: E402
 
@@ -30,10 +30,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # The per-user cache of the tests (images, ONNX exports, trunk activations): never the user's own, and one per
 # test session, removed when the session ends. A cache kept from session to session grew by every model the
 # suite exports (most are trained afresh each session, so nothing was reused) until the disk was full.
+# pytest-xdist's workers inherit the variable: they share their session's cache.
 if "DERMALENS_CACHE" not in os.environ:
-    _SESSION_CACHE = tempfile.mkdtemp(prefix="dermalens-test-cache-")
-    os.environ["DERMALENS_CACHE"] = _SESSION_CACHE
-    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+    os.environ["DERMALENS_CACHE"] = make_session_cache()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR_NAME = "ham10000_sample"
