@@ -99,7 +99,7 @@ def ddp_run(tmp_path_factory) -> dict:
     env.pop("DERMALENS_RUN_DIR", None)
     command = [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp), str(tmp / "runs"),
                *OVERRIDES]
-    done = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         pytest.fail(f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
     ranks = [json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1)]

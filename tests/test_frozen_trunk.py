@@ -8,6 +8,9 @@ model computes.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +154,18 @@ def test_the_trunk_cache_stays_inside_the_cache_folder_one_names(tmp_path, monke
     private = trunk_cache_dir({"data": {"cache_dir": None}})
     assert private.is_dir() and private.name.startswith("dermalens-trunk-")
     private.rmdir()
+
+
+def test_the_private_trunk_folder_of_a_run_without_caching_goes_when_the_process_ends(tmp_path):
+    """With caching off, the activations lived in a temporary folder nothing removed (1.5 GB a recipe run)."""
+    script = ("from dermalens.training.run import trunk_cache_dir\n"
+              "private = trunk_cache_dir({'data': {'cache_dir': None}})\n"
+              "(private / 'activations.npy').write_bytes(bytes(1000))\n"
+              "print(private)\n")
+    source = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(source)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    private = Path(done.stdout.strip().splitlines()[-1])
+    assert private.parent == tmp_path and private.name.startswith("dermalens-trunk-")
+    assert not private.exists() and list(tmp_path.iterdir()) == []

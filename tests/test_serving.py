@@ -577,9 +577,9 @@ def test_dermalens_serve_command(serving_checkpoint, sample_jpeg, tmp_path):
         url = None
         while url is None:
             try:
-                line = lines.get(timeout=90)
+                line = lines.get(timeout=300)
             except queue.Empty:
-                pytest.fail(f"dermalens serve did not start in 90 s:\n{log_file.read_text()}")
+                pytest.fail(f"dermalens serve did not start in 300 s:\n{log_file.read_text()}")
             match = re.search(r"on (http://127\.0\.0\.1:\d+)/", line)
             url = match.group(1) if match else None
         assert_healthy(url)

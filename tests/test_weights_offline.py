@@ -6,6 +6,8 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 import timm
@@ -53,10 +55,13 @@ def no_network(hub_setting_unset):
     return asked
 
 
-def _closed_port() -> int:
+@contextmanager
+def _closed_port() -> Iterator[int]:
+    """A port that refuses connections: bound, never listening, and held for the test, so that no other
+    process (the suite runs on two workers) can take it in between."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        yield probe.getsockname()[1]
 
 
 def test_unreachable_hub_goes_offline_fast_and_falls_back_to_random_weights(no_network, caplog):
@@ -98,11 +103,11 @@ def test_explicit_offline_is_obeyed_without_a_probe(no_network, monkeypatch, var
 
 
 def test_endpoint_on_a_closed_port_is_offline(hub_setting_unset):
-    port = _closed_port()
-    hub_setting_unset.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    started = time.monotonic()
-    assert hub_offline_if_unreachable() is True
-    assert time.monotonic() - started < 3
+    with _closed_port() as port:
+        hub_setting_unset.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        started = time.monotonic()
+        assert hub_offline_if_unreachable() is True
+        assert time.monotonic() - started < 3
     assert os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE is True
 
 

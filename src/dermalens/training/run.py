@@ -9,11 +9,13 @@ behind; a run that fails later says so in status.json.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import io
 import logging
 import math
+import shutil
 import signal
 import tempfile
 import time
@@ -128,10 +130,13 @@ def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassif
 
 def trunk_cache_dir(config: dict) -> Path:
     """Beside the images in the per-user cache (data.cache_dir auto), inside a cache folder one names (never
-    beside it: that would write into its parent); a private temporary folder when caching is off."""
+    beside it: that would write into its parent); a private temporary folder when caching is off, removed when
+    the process exits (kept, it held the run's activations for good: about 1.5 GB for the recipe, every run)."""
     images = resolve_cache_dir(config)
     if images is None:
-        return Path(tempfile.mkdtemp(prefix="dermalens-trunk-"))
+        private = Path(tempfile.mkdtemp(prefix="dermalens-trunk-"))
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        return private
     if config["data"]["cache_dir"] == "auto":
         return images.parent / "trunk-activations"
     return images / "trunk-activations"
