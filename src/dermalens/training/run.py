@@ -131,7 +131,7 @@ def build_datamodule(config: dict, prepared: PreparedData, module: LesionClassif
 def trunk_cache_dir(config: dict) -> Path:
     """Beside the images in the per-user cache (data.cache_dir auto), inside a cache folder one names (never
     beside it: that would write into its parent); a private temporary folder when caching is off, removed when
-    the process exits (kept, it held the run's activations for good: about 1.5 GB for the recipe, every run)."""
+    the process exits (left behind, it would keep the run's activations for good: about 1.5 GB for the recipe)."""
     images = resolve_cache_dir(config)
     if images is None:
         private = Path(tempfile.mkdtemp(prefix="dermalens-trunk-"))
