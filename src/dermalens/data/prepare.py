@@ -23,6 +23,7 @@ from ..config import ConfigError, user_cache_dir
 from ..run_folder import RunFolder
 from .cache import build_image_cache
 from .readers import LesionDataset, make_synthetic_dataset, open_dataset
+from .readers.base import source_names
 from .split import (
     SourceSplitError,
     assert_no_lesion_leakage,
@@ -55,7 +56,7 @@ class PreparedData:
         records = self.dataset.records
         if "source" not in records or not records["source"].notna().any():
             return None
-        return records["source"].to_numpy(dtype=object)
+        return source_names(records["source"])
 
     @property
     def classes(self) -> tuple[str, ...]:

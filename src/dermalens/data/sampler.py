@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from .readers.base import source_names
 
 
 class ClassBalancedSampler(Sampler[int]):
@@ -58,9 +59,7 @@ class ClassBalancedSampler(Sampler[int]):
         # without groups); below 1 each class is a list of (images of one group, draws).
         self.group_draws = None
         if groups is not None and group_power != 1:
-            # None, NaN and pandas' NA alike are "no source", as evaluation.metrics.figures_by_source takes them
-            keys = np.array(["" if np.ndim(group) == 0 and pd.isna(group) else str(group) for group in groups],
-                            dtype=object)
+            keys = np.array(["" if name is None else name for name in source_names(groups)], dtype=object)
             self.group_draws = [self._split_over_groups(idx, keys[idx], n, float(group_power))
                                 for idx, n in zip(self.present, self.draws_per_class)]
         self.seed = seed

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -24,6 +23,7 @@ from sklearn.metrics import (
 )
 
 from dermalens.classes import CLASS_CODES
+from dermalens.data.readers.base import source_names
 
 __all__ = [
     "ReliabilityBins",
@@ -444,7 +444,7 @@ def figures_by_source(sources, probs: np.ndarray, labels: np.ndarray, classes: S
     without a source (None or NaN) form the group NO_SOURCE; {} without sources or with one group."""
     if sources is None:
         return {}
-    named = np.array([None if pd.isna(source) else str(source) for source in sources], dtype=object)
+    named = source_names(sources)
     names = sorted({source for source in named if source is not None})
     groups = [(source, named == source) for source in names]
     if any(source is None for source in named):

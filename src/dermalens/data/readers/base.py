@@ -185,6 +185,14 @@ def make_record(image_id: str, lesion_id: str, label: int, path: str | None = No
             "array_index": int(array_index), "official_split": official_split, "source": source}
 
 
+def source_names(values: Iterable) -> np.ndarray:
+    """Each value of a source column (the clinic or device of an image) as its name, None where it names none:
+    None, NaN and pandas' NA alike. The one reading of that column for the sampler, the per-source figures and
+    the prepared data."""
+    return np.array([None if np.ndim(value) == 0 and pd.isna(value) else str(value) for value in values],
+                    dtype=object)
+
+
 def is_blank(value) -> bool:
     """None, NaN or only whitespace: a cell that says nothing."""
     return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
