@@ -111,6 +111,26 @@ def test_melanoma_operating_point_reaches_its_specificity():
     assert fit_melanoma_operating_point(probs[:, :2], labels % 2, ("bcc", "nv")) is None   # no mel class
 
 
+def test_melanoma_flag_is_the_same_on_evaluated_and_served_probabilities():
+    """Evaluation flags float64 probabilities, predict and the server float32 ones. A threshold one float64
+    step above the boundary negative flagged that negative once its P(mel) was rounded up to float32."""
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), size=400)
+    labels = rng.integers(0, len(CLASSES), size=400)
+    mel = CLASSES.index("mel")
+    negatives = np.flatnonzero(labels != mel)
+    # Every negative's P(mel) just below a value it rounds up to in float32.
+    probs[negatives, mel] = np.nextafter(np.float32(probs[negatives, mel]).astype(np.float64), 0.0)
+    assert (probs[negatives, mel].astype(np.float32) > probs[negatives, mel]).all()
+    point = fit_melanoma_operating_point(probs, labels, CLASSES, specificity=0.8)
+    rule = DecisionRule(CLASSES, melanoma=point)
+    evaluated, served = rule.melanoma_flags(probs), rule.melanoma_flags(probs.astype(np.float32))
+    assert np.array_equal(evaluated, served)
+    specificity = (~served[negatives]).mean()
+    assert 0.8 <= specificity < 0.8 + 2 / len(negatives)
+    assert point.sensitivity == pytest.approx(served[labels == mel].mean())
+
+
 def test_tta_views_are_flips_in_one_batch_and_merge_back():
     batch = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
     views = tta_views(batch, True)

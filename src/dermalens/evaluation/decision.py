@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..inference.postprocess import DecisionRule, MelanomaOperatingPoint, calibrated_probabilities
+from ..inference.postprocess import DecisionRule, MelanomaOperatingPoint, calibrated_probabilities, served_probabilities
 from .calibration import fit_temperature
 
 BIAS_GRID = np.round(np.arange(-3.0, 3.0001, 0.1), 4)
@@ -92,15 +92,16 @@ def fit_melanoma_operating_point(probabilities: np.ndarray, labels: np.ndarray, 
     classes = list(classes)
     if "mel" not in classes or not 0 < specificity < 1:
         return None
-    scores = np.asarray(probabilities, dtype=np.float64)[:, classes.index("mel")]
+    scores = served_probabilities(probabilities)[:, classes.index("mel")]
     positive = np.asarray(labels) == classes.index("mel")
     negatives = np.sort(scores[~positive])
     if len(negatives) == 0 or positive.sum() == 0:
         return None
     # Flag p >= t: specificity = share of negatives below t. The threshold sits just above the
-    # negative at the target quantile, so at least `specificity` of the negatives fall below it.
+    # negative at the target quantile, so at least `specificity` of the negatives fall below it:
+    # one float32 step above, as the flag is taken on float32 probabilities (`served_probabilities`).
     index = min(len(negatives) - 1, int(np.ceil(specificity * len(negatives))) - 1)
-    threshold = float(np.nextafter(negatives[index], np.inf))
+    threshold = float(np.nextafter(negatives[index], np.float32(np.inf)))
     sensitivity = float((scores[positive] >= threshold).mean())
     return MelanomaOperatingPoint(threshold, float(specificity), sensitivity, fitted_on)
 

@@ -74,6 +74,17 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def served_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Probabilities as every runtime serves them: float32.
+
+    Decisions and the melanoma flag are taken on these, wherever they are
+    computed, so that evaluation (float64 from the logits) and predict or the
+    server (float32) agree on an image whose P(mel) lies within float32's
+    rounding of the threshold.
+    """
+    return np.asarray(probabilities, dtype=np.float32)
+
+
 @dataclass
 class MelanomaOperatingPoint:
     """Flag an image when P(mel) >= threshold; the threshold gave `specificity` where it was fitted."""
@@ -115,7 +126,7 @@ class DecisionRule:
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices, (N,), for probabilities (N, C) in the order of `classes`."""
-        probabilities = np.asarray(probabilities, dtype=np.float64)
+        probabilities = served_probabilities(probabilities).astype(np.float64)
         if self.is_raw:
             return probabilities.argmax(axis=1)
         return (np.log(np.clip(probabilities, 1e-12, 1.0)) + self.bias_vector()).argmax(axis=1)
@@ -124,7 +135,7 @@ class DecisionRule:
         """True where P(mel) reaches the operating point's threshold; None without one (or without a mel class)."""
         if self.melanoma is None or "mel" not in self.classes:
             return None
-        return np.asarray(probabilities)[:, self.classes.index("mel")] >= self.melanoma.threshold
+        return served_probabilities(probabilities)[:, self.classes.index("mel")] >= self.melanoma.threshold
 
     def to_dict(self) -> dict:
         return {"objective": self.objective, "class_bias": {c: float(self.class_bias.get(c, 0.0)) for c in self.classes},
