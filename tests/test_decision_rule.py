@@ -12,6 +12,8 @@ from dermalens.evaluation.decision import (
     fit_melanoma_operating_point,
 )
 from dermalens.inference.postprocess import DecisionRule, calibrated_probabilities, merge_views, tta_views
+from dermalens.training.calibrate import fit_calibration
+from dermalens.training.cross_validation import out_of_fold_summary, summarise
 
 pytestmark = pytest.mark.unit
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
@@ -129,6 +131,30 @@ def test_melanoma_flag_is_the_same_on_evaluated_and_served_probabilities():
     specificity = (~served[negatives]).mean()
     assert 0.8 <= specificity < 0.8 + 2 / len(negatives)
     assert point.sensitivity == pytest.approx(served[labels == mel].mean())
+
+
+@pytest.mark.parametrize("temperature_scaling", [True, False])
+def test_cross_validation_figures_are_at_the_temperature_the_model_ships_with(temperature_scaling: bool):
+    """cv.json's fold and pooled figures (AUC and melanoma sensitivity move with T) were at a fitted temperature
+    even where evaluation.temperature_scaling=false ships the model at T = 1."""
+    probs, labels = imbalanced_predictions(4, n=600)
+    logits = np.log(probs) * 2.5                      # overconfident: a fitted temperature is far from 1
+    assignment = np.arange(len(labels)) % 3 - (np.arange(len(labels)) % 10 == 0)   # -1: not in the pool
+    evaluation = {"temperature_scaling": temperature_scaling}
+    summary = out_of_fold_summary(logits, labels, CLASSES, assignment, 3, None, evaluation)
+    pool = assignment >= 0
+    shipped, _, _ = fit_calibration(logits[pool], labels[pool], CLASSES,
+                                    {**evaluation, "decision_rule": "raw", "melanoma_specificity": None}, "oof")
+    assert summary["out_of_fold_temperature"] == shipped
+    assert (shipped == 1.0) != temperature_scaling
+    assert summary["images"] == pool.sum() == sum(fold["images"] for fold in summary["folds"])
+    for fold in summary["folds"]:
+        rows = assignment == fold["fold"] - 1
+        expected = summarise(calibrated_probabilities(logits[rows], shipped), labels[rows], CLASSES)
+        assert fold["mel_sensitivity_at_80_specificity"] == pytest.approx(expected["mel_sensitivity_at_80_specificity"])
+        assert fold["auc_macro"] == pytest.approx(expected["auc_macro"])
+    pooled = summarise(calibrated_probabilities(logits[pool], shipped), labels[pool], CLASSES)
+    assert summary["out_of_fold"]["auc_macro"] == pytest.approx(pooled["auc_macro"])
 
 
 def test_tta_views_are_flips_in_one_batch_and_merge_back():

@@ -23,6 +23,16 @@ from ..models.calibration_record import write_calibration
 log = logging.getLogger(__name__)
 
 
+def fitted_temperature(logits: np.ndarray, labels: np.ndarray, evaluation: dict) -> float:
+    """The temperature the evaluation settings give a model: fitted on held-out `logits`, else 1.
+
+    1 with evaluation.temperature_scaling off, or with no held-out images.
+    """
+    if not (evaluation["temperature_scaling"] and len(labels)):
+        return 1.0
+    return float(fit_temperature(np.asarray(logits), np.asarray(labels)))
+
+
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], evaluation: dict,
                     fitted_on: str) -> tuple[float, DecisionRule, dict]:
     """Temperature and decision rule fitted on held-out `logits`, as the evaluation settings ask; nothing written.
@@ -30,7 +40,7 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, classes: Sequence[st
     Returns (temperature, rule, the rule's raw vs fitted balanced accuracy and accuracy there).
     """
     logits, labels = np.asarray(logits), np.asarray(labels)
-    temperature = float(fit_temperature(logits, labels)) if evaluation["temperature_scaling"] and len(labels) else 1.0
+    temperature = fitted_temperature(logits, labels, evaluation)
     rule, summary = fit_decision_rule(calibrated_probabilities(logits, temperature), labels, classes,
                                       fitted_on=fitted_on, objective=evaluation["decision_rule"],
                                       melanoma_specificity=evaluation["melanoma_specificity"])

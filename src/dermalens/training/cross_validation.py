@@ -47,7 +47,7 @@ from ..models.checkpoint import load_classifier, loads_own_checkpoints, save_cla
 from ..models.classifier import check_backbone_name
 from ..models.ensemble import LesionEnsemble, trunks_identical
 from ..run_folder import FIGURES, OUT_OF_FOLD_LOGITS, RunFolder
-from .calibrate import calibrate
+from .calibrate import calibrate, fitted_temperature
 from .errors import TrainingInterrupted
 from .frozen_trunk import TrunkActivations, TrunkSpec
 from .held_out_logits import out_of_fold_logits
@@ -168,6 +168,35 @@ def mean_and_sd(per_fold: list[dict]) -> dict:
     return out
 
 
+def out_of_fold_summary(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], assignment: np.ndarray,
+                        trained_folds: int, sources: np.ndarray | None, evaluation: dict) -> dict:
+    """cv.json's figures: each trained fold's held-out images, their mean ± sd and the pooled out-of-fold row.
+
+    `logits` and `labels` hold every prepared image, `assignment` its fold (0-based; -1: not in the pool).
+    The probabilities are at the temperature the shipped model gets (`fitted_temperature`: fitted on the pooled
+    logits, or 1 with evaluation.temperature_scaling off), each fold's as well as the pooled ones: one-vs-rest
+    AUC and the melanoma operating point move with it, so the folds' mean ± sd and the pooled figures describe
+    the same probabilities as the model that is shipped.
+    """
+    pool = np.flatnonzero((assignment >= 0) & (assignment < trained_folds))
+    temperature = fitted_temperature(logits[pool], labels[pool], evaluation)
+    per_fold = []
+    for fold in range(trained_folds):
+        rows = np.flatnonzero(assignment == fold)
+        per_fold.append({"fold": fold + 1, "images": int(len(rows)),
+                         **summarise(calibrated_probabilities(logits[rows], temperature), labels[rows], classes)})
+    pooled_probabilities = calibrated_probabilities(logits[pool], temperature)
+    summary = {"folds": per_fold, "mean_sd": mean_and_sd(per_fold),
+               "out_of_fold": summarise(pooled_probabilities, labels[pool], classes),
+               "out_of_fold_temperature": temperature, "images": int(len(pool)), "folds_trained": trained_folds}
+    # Each source's out-of-fold figures (argmax, as `out_of_fold`): more images per source than a test split.
+    by_source = figures_by_source(None if sources is None else sources[pool], pooled_probabilities, labels[pool],
+                                  classes)
+    if by_source:
+        summary["out_of_fold_by_source"] = by_source
+    return summary
+
+
 def build_ensemble_checkpoint(fold_checkpoints: list[Path], out: Path, shared_trunk_stages: int) -> Path:
     """One checkpoint holding the fold models as a `LesionEnsemble`, with the metadata of a single model."""
     members, metas = zip(*(load_classifier(path) for path in fold_checkpoints))
@@ -265,7 +294,7 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                     return None
                 return format_duration((budget - (time.perf_counter() - started)) / trainings_left)
 
-            fold_dirs, per_fold, fold_checkpoints = [], [], []
+            fold_dirs, fold_checkpoints = [], []
             oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
             for fold in range(trained_folds):
                 fold_dir = RunFolder(run_dir).fold(fold + 1).path
@@ -292,30 +321,13 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
             train_seconds = time.perf_counter() - started
 
             pool = np.flatnonzero((assignment >= 0) & (assignment < trained_folds))
-            from ..evaluation.calibration import fit_temperature
-
-            temperature = fit_temperature(oof_logits[pool], prepared.labels[pool])
-            # Each fold at the temperature of the pooled row: one-vs-rest AUC and the melanoma operating point move
-            # with it, so the folds' mean ± sd and the pooled figures are measured on the same probabilities.
-            for fold in range(trained_folds):
-                rows = np.flatnonzero(assignment == fold)
-                per_fold.append({"fold": fold + 1, "images": int(len(rows)),
-                                 **summarise(calibrated_probabilities(oof_logits[rows], temperature), prepared.labels[rows],
-                                             prepared.classes)})
-            pooled_probabilities = calibrated_probabilities(oof_logits[pool], temperature)
-            pooled = summarise(pooled_probabilities, prepared.labels[pool], prepared.classes)
-            summary = {"folds": per_fold, "mean_sd": mean_and_sd(per_fold), "out_of_fold": pooled,
-                       "out_of_fold_temperature": float(temperature), "train_seconds": round(train_seconds, 1),
-                       "trunk_seconds": round(activations.seconds_computing, 1) if activations else 0.0,
-                       "images": int(len(pool))}
-            # Each source's out-of-fold figures (argmax, as `out_of_fold`): more images per source than a test split.
-            by_source = figures_by_source(None if prepared.sources is None else prepared.sources[pool],
-                                          pooled_probabilities, prepared.labels[pool], prepared.classes)
-            if by_source:
-                summary["out_of_fold_by_source"] = by_source
+            summary = out_of_fold_summary(oof_logits, prepared.labels, prepared.classes, assignment, trained_folds,
+                                          prepared.sources, config["evaluation"])
+            summary.update(train_seconds=round(train_seconds, 1),
+                           trunk_seconds=round(activations.seconds_computing, 1) if activations else 0.0)
             np.save(run_dir / OUT_OF_FOLD_LOGITS, oof_logits[pool])
-            summary["folds_trained"] = trained_folds
-            plot_fold_metrics(per_fold, pooled, FIGURE_METRICS, run_dir / FIGURES / "cross_validation.png",
+            plot_fold_metrics(summary["folds"], summary["out_of_fold"], FIGURE_METRICS,
+                              run_dir / FIGURES / "cross_validation.png",
                               title=f"{folds}-fold cross-validation, {trained_folds} fold(s) trained ({len(pool)} images)")
             result = CrossValidationResult(run_dir, fold_dirs, summary, train_seconds=train_seconds)
             if training.student:
