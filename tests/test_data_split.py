@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from dermalens.classes import CLASS_CODES
+from dermalens.config import ConfigError, load_config
 from dermalens.data.readers import make_synthetic_dataset, read_dermamnist, read_ham10000, read_ham10000_metadata
 from dermalens.data.split import (
     InsufficientDataError,
@@ -23,6 +25,7 @@ from dermalens.data.split import (
     split_for_records,
     write_split_csv,
 )
+from dermalens.training.cross_validation import assign_folds, fold_split, train_folds
 
 pytestmark = pytest.mark.unit
 TARGETS = {"train": 0.70, "val": 0.15, "test": 0.15}
@@ -79,6 +82,37 @@ def test_kfold_puts_each_lesion_in_exactly_one_fold(metadata):
     assert sorted(folds.unique()) == [0, 1, 2, 3, 4]
     assert (metadata.assign(fold=folds).groupby("lesion_id")["fold"].nunique() == 1).all()
     assert np.allclose(folds.value_counts(normalize=True), 0.2, atol=0.02)
+
+
+@pytest.mark.parametrize("monitored", [False, True])
+def test_a_fold_model_chooses_nothing_on_the_images_it_predicts_out_of_fold(metadata, split, monitored):
+    """With training.monitor set each fold model picks its best epoch (and stops early) on its validation
+    split; that split was its own held-out fold, whose out-of-fold predictions then read high."""
+    prepared = SimpleNamespace(split=split.to_numpy(), dataset=SimpleNamespace(records=metadata))
+    assignment = assign_folds(prepared, 3, seed=0)
+    pool = assignment >= 0
+    for fold in range(3):
+        fold_splits = fold_split(prepared, assignment, fold, 0.15 if monitored else None, seed=0)
+        held_out = assignment == fold
+        assert (fold_splits[split.to_numpy() == "test"] == "test").all()
+        if not monitored:   # the held-out fold is only watched
+            assert (fold_splits[held_out] == "val").all() and (fold_splits[pool & ~held_out] == "train").all()
+            continue
+        assert (fold_splits[held_out] == "test").all()        # never trained on, nor chosen on
+        val = fold_splits == "val"
+        assert not (val & ~pool).any() and not (val & held_out).any()
+        assert 0.12 < val.sum() / (pool & ~held_out).sum() < 0.18
+        assert set(metadata["label"][val]) == set(metadata["label"][pool])
+        by_lesion = pd.Series(fold_splits, index=metadata.index).groupby(metadata["lesion_id"]).nunique()
+        assert (by_lesion == 1).all()                          # lesion-grouped
+
+
+def test_cross_validation_with_a_monitor_needs_a_validation_share(tmp_path):
+    config = load_config(None, ["data.format=synthetic", "training.folds=2", "data.val_fraction=0",
+                                "training.monitor=val/balanced_accuracy"])
+    with pytest.raises(ConfigError, match="data.val_fraction"):
+        train_folds(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_leakage_assert_names_the_leaky_lesions(metadata, split):

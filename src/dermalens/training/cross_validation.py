@@ -130,10 +130,33 @@ def saved_folds(prepared: PreparedData, split_file: Path, folds: int) -> np.ndar
     return np.where(pool, np.nan_to_num(recorded, nan=0.0).astype(np.int64) - 1, -1)
 
 
-def fold_split(prepared: PreparedData, assignment: np.ndarray, fold: int) -> np.ndarray:
+def fold_split(prepared: PreparedData, assignment: np.ndarray, fold: int, inner_val_fraction: float | None = None,
+               seed: int = 0) -> np.ndarray:
+    """The split one fold model trains on: the other folds train, its own fold is held out.
+
+    Without `inner_val_fraction` the held-out fold is its validation split, only watched (the training curves):
+    nothing is chosen on it. With one (training.monitor set: the best epoch, early stopping and a plateau
+    schedule follow the validation metric), the validation split is that share of the other folds' lesions,
+    grouped and stratified, and the fold's own images are set aside as "test", never seen by its training: a
+    checkpoint chosen on them would make their out-of-fold predictions, and every figure and fit made on
+    them, read high.
+    """
     split = np.asarray(prepared.split, dtype=object).copy()
     pool = assignment >= 0
-    split[pool] = np.where(assignment[pool] == fold, "val", "train")
+    if inner_val_fraction is None:
+        split[pool] = np.where(assignment[pool] == fold, "val", "train")
+        return split
+    training = np.flatnonzero(pool & (assignment != fold))
+    split[pool & (assignment == fold)] = "test"
+    split[training] = "train"
+    records = prepared.dataset.records.iloc[training].reset_index(drop=True)
+    parts = max(2, round(1 / inner_val_fraction))
+    try:
+        inner = lesion_grouped_kfold(records, parts, seed + fold).to_numpy()
+    except ValueError as error:
+        raise ConfigError(f"fold {fold + 1}: cannot draw a validation split from the other folds for "
+                          f"training.monitor: {error}") from None
+    split[training[inner == 0]] = "val"
     return split
 
 
@@ -231,6 +254,10 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                           "(train(..., teacher_logits=...), or training.student); cross-validation's fold models "
                           "learn from the labels: set it to 0")
     trained_folds = folds if first_folds is None else max(1, min(folds, first_folds))
+    if training.monitor and not config["data"]["val_fraction"] > 0:
+        raise ConfigError(f"training.monitor={training.monitor} chooses on a validation split, which cross-validation "
+                          f"draws from each fold model's training folds (data.val_fraction, here "
+                          f"{config['data']['val_fraction']}): set data.val_fraction above 0, or training.monitor=null")
     if trained_folds < folds and (training.ensemble or training.student):
         shipped = "a student" if training.student else "an ensemble"
         raise ConfigError(f"{shipped} needs every fold's model: train all folds, or set training.ensemble=false "
@@ -294,12 +321,19 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                     return None
                 return format_duration((budget - (time.perf_counter() - started)) / trainings_left)
 
+            # A fold model that chooses anything on validation does it on a split of its training folds.
+            inner_val_fraction = config["data"]["val_fraction"] if training.monitor else None
+            if inner_val_fraction is not None:
+                log.info("training.monitor=%s: each fold model chooses on %.0f%% of its training folds' lesions; "
+                         "its own fold stays unseen until it is predicted", training.monitor,
+                         100 * inner_val_fraction)
             fold_dirs, fold_checkpoints = [], []
             oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
             for fold in range(trained_folds):
                 fold_dir = RunFolder(run_dir).fold(fold + 1).path
                 fold_dirs.append(fold_dir)
-                fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold),
+                fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold,
+                                                                               inner_val_fraction, config["seed"]),
                                                     split_source=f"fold {fold + 1} of {folds} ({RunFolder(run_dir).split_file})")
                 # Each fold gets the share it has in the whole K-fold job, also when only the first folds
                 # are trained: a cheap look (first_folds) then trains each fold as the full job would.
