@@ -4,6 +4,8 @@ metric with its CI. No training, no data."""
 from __future__ import annotations
 
 import os
+import stat
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +34,28 @@ def test_an_empty_split_file_is_named(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match=f"split file {path} is empty"):   # was pandas' "No columns to parse"
         read_split_csv(path)
+
+
+def test_writing_to_a_symlink_or_a_pipe_writes_into_it(tmp_path):
+    """`predict -o` renamed its temp file over whatever the path named: a symlink became a file (its target kept
+    the old text), a pipe or /dev/stdout a regular file its reader never saw; /dev/fd/1 failed."""
+    target = tmp_path / "real" / "target.csv"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["target.csv"]   # no temp file left
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write_bytes(fifo, b"a,b\n1,2\n")
+    reader.join(timeout=30)
+    assert received == [b"a,b\n1,2\n"] and stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
 def test_written_files_follow_the_umask(tmp_path):

@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,23 @@ def new_temp_file(directory: Path, prefix: str, suffix: str = ".tmp") -> tuple[i
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` crash-safely; through a symlink, into its target (the link stays).
+
+    Only a regular file can be replaced by a rename: a device, pipe or socket
+    (`-o /dev/stdout`, a FIFO a reader waits on) is written into directly, as
+    a plain open() would, instead of being replaced by a file of that name.
+    """
     path = Path(path)
+    try:
+        target_mode = os.stat(path).st_mode   # follows symlinks
+    except (FileNotFoundError, NotADirectoryError):
+        target_mode = None
+    if target_mode is not None and not stat.S_ISREG(target_mode) and not stat.S_ISDIR(target_mode):
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder as the target: os.replace is only atomic within a filesystem.
     fd, temp = new_temp_file(path.parent, prefix=f".{path.name}.")
