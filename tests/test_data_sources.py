@@ -667,3 +667,31 @@ def test_a_runs_own_splits_of_one_isic2018_set_are_evaluated_into_their_own_fold
     clinic = tmp_path / "clinic_c"
     _build_isic2018(clinic, sample_dir, sample_metadata, split="Test")
     assert resolve_target(run=run, data=str(clinic)).out_dir.name == "eval-clinic_c-Test"
+
+
+def test_a_run_given_its_own_data_with_data_scores_its_test_split_not_its_training_images(tmp_path, sample_dir,
+                                                                                          sample_metadata):
+    """`evaluate --run RUN --data <the folder RUN trained on>` scored the whole folder, training images included,
+    without a word: the same data named again is still the run's own."""
+    from dermalens.config import dump_config, load_config
+    from dermalens.evaluation.targets import resolve_target
+
+    data = tmp_path / "isic"
+    _build_isic2018(data, sample_dir, sample_metadata)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"")
+    config = load_config(None, ["data.subset=Training", "data.format=isic2018"], {"data": {"path": str(data)}})
+    (run / "config.yaml").write_text(dump_config(config))
+    (run / "split.csv").write_text("image_id,lesion_id,split\n")
+    spelled_otherwise = tmp_path / "elsewhere" / ".." / "isic"
+    (tmp_path / "elsewhere").mkdir()
+    for named in (str(data), str(spelled_otherwise)):
+        target = resolve_target(run=run, data=named)
+        assert (target.split, target.split_dir) == ("test", run)
+        assert target.out_dir == run / "eval-Training-test"
+        assert target.config["data"]["subset"] == "Training"
+    # Another folder is other data: scored whole.
+    copy = tmp_path / "copy"
+    _build_isic2018(copy, sample_dir, sample_metadata)
+    assert resolve_target(run=run, data=str(copy)).split_dir is None

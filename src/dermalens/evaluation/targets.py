@@ -84,6 +84,16 @@ def _isic2018_set_or_warn(config: dict, split: str) -> str:
     return split
 
 
+def is_runs_data(run_data: dict, data: str | Path | None, data_format: str | None) -> bool:
+    """Whether --data (and --format) name the data a run trained on (its config's data section)."""
+    if not data or not run_data.get("path") or (data_format and data_format != run_data.get("format")):
+        return False
+    try:
+        return Path(data).resolve() == Path(run_data["path"]).expanduser().resolve()
+    except OSError:
+        return False
+
+
 def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | None = None,
                    config: str | None = None, data: str | None = None, data_format: str | None = None,
                    split: str | None = None, out: str | Path | None = None, tta: bool = True,
@@ -102,7 +112,9 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
         run_dir = Path(run)
         resolved = RunFolder(run_dir).read_config(overrides)
         checkpoint = RunFolder(run_dir).checkpoint(checkpoint or DEFAULT_CHECKPOINT)
-        own_data = not data
+        # --data naming the run's own data is its own data still: scored by its split (the test split by default),
+        # not whole, which would score the images it trained on.
+        own_data = not data or is_runs_data(resolved["data"], data, data_format)
         split_dir = run_dir if own_data else None
         out_root = run_dir
     else:
@@ -123,7 +135,7 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
         if not Path(data).exists():
             raise FileNotFoundError(f"data path not found: {data}")
         resolved["data"]["path"] = str(data)
-        if not any(o.partition("=")[0].strip() == "data.subset" for o in overrides):
+        if not own_data and not any(o.partition("=")[0].strip() == "data.subset" for o in overrides):
             # The run's ISIC 2018 set (its training data) says nothing of other data: never read it there.
             resolved["data"]["subset"] = None
     if data_format:
