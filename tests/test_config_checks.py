@@ -29,6 +29,41 @@ def test_a_setting_that_would_fail_the_run_later_is_named_at_load(override, name
     assert named in str(error.value)
 
 
+@pytest.mark.parametrize("override, named", [
+    ("optimizer.lr=inf", "'optimizer.lr' must be a finite number, got inf"),    # trained an epoch of NaN weights
+    ("optimizer.lr=.nan", "'optimizer.lr' must be a finite number, got nan"),
+    ("loss.gamma=nan", "'loss.gamma' must be a finite number"),
+    ("sampler.power=-.inf", "'sampler.power' must be a finite number"),
+    ("loss.alpha=[1, 1, 1, .inf, 1, 1, 1]", "'loss.alpha' must list a non-negative number per class"),
+])
+def test_numbers_that_are_not_finite_are_refused(override, named):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert named in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["[benign,malignant", "{", '"3', "*x", "!!python/object/apply:os.system [ls]"])
+def test_an_override_that_is_not_yaml_is_named_not_a_traceback(value):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f"training.max_epochs={value}"])
+    assert f"override 'training.max_epochs={value}': the value" in str(error.value)
+
+
+def test_config_files_refuse_a_key_written_twice_and_read_exponents_as_numbers(tmp_path):
+    """PyYAML kept the second `training:` block and silently dropped the first; it read `lr: 1e-3` (YAML 1.1:
+    no dot, no number) as a string, which the type check then refused although --set took it."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("training:\n  max_epochs: 1\noptimizer:\n  lr: 0.01\ntraining:\n  batch_size: 8\n")
+    with pytest.raises(ConfigError, match="the key 'training' is written twice"):
+        load_config(twice)
+    exponents = tmp_path / "exponents.yaml"
+    exponents.write_text("optimizer:\n  lr: 1e-3\n  weight_decay: 5E-5\nname: 1e3-run\n")
+    config = load_config(exponents)
+    assert config["optimizer"]["lr"] == 1e-3 and config["optimizer"]["weight_decay"] == 5e-5
+    assert config["name"] == "1e3-run"
+    assert load_config(None, ["optimizer.lr=1e-3"])["optimizer"]["lr"] == config["optimizer"]["lr"]
+
+
 def test_what_validation_can_be_monitored_is_what_training_logs():
     import torch
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import re
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -261,12 +263,53 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
     return merged
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with two of YAML 1.1's traps closed for config files.
+
+    - A key written twice in one mapping is refused (PyYAML keeps the last one:
+      a second `training:` block silently dropped the first).
+    - `1e-3` is a number, as in YAML 1.2 (YAML 1.1 reads an exponent without
+      a dot as a string, so `lr: 1e-3` was refused while `--set optimizer.lr=1e-3`
+      was taken).
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, Hashable):
+                    continue   # the base class names an unhashable key
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark, f"the key {key!r} is written twice",
+                        key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    """A config file's or an override's text as YAML, read by `ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def parse_override(text: str) -> dict:
     """'training.max_epochs=3' -> {'training': {'max_epochs': 3}} (value parsed as YAML)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     dotted, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = read_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value {raw.strip()!r} is not valid YAML ({problem}); "
+                          f"write it as YAML, quoted where it holds special characters") from None
     if isinstance(value, str):
         # YAML 1.1 reads "5e-4" (no dot) as a string; a number was meant.
         try:
@@ -292,7 +335,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = read_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
         except UnicodeDecodeError as error:
@@ -408,6 +451,8 @@ def validate_config(config: dict) -> dict:
             raise ConfigError(f"config key '{key}' must be {_kind(accepted)}, got null")
         if isinstance(value, bool) and bool not in accepted or not isinstance(value, accepted):
             raise ConfigError(f"config key '{key}' must be {_kind(accepted)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
         if checks.get("choices") and value not in checks["choices"]:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(checks['choices'])}, got {value!r}")
         if checks.get("positive") and value <= 0:
@@ -442,7 +487,7 @@ def validate_config(config: dict) -> dict:
         raise ConfigError(f"config key 'loss.alpha' must be inverse, inverse_sqrt, a list of numbers or null, "
                           f"got {alpha!r}")
     if isinstance(alpha, list) and not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a >= 0
-                                           for a in alpha):
+                                           and math.isfinite(a) for a in alpha):
         raise ConfigError(f"config key 'loss.alpha' must list a non-negative number per class, got {alpha!r}")
     weight = config["training"]["distillation_weight"]
     if not 0 <= weight <= 1:
