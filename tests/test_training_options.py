@@ -80,3 +80,23 @@ def test_a_distilled_training_step_mixes_the_label_loss_and_the_teacher_loss(mon
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
     with pytest.raises(ValueError, match="no teacher logits"):
         module.training_step((torch.zeros(4, 3, 32, 32), labels), 0)
+
+
+def test_training_needs_images_of_two_classes_in_every_layout():
+    """A HAM10000 layout keeps its 7 classes: metadata listing only nevi trained to completion (validation
+    balanced accuracy 1.0), where a class folder of one class was refused."""
+    from types import SimpleNamespace
+
+    from dermalens.classes import CLASS_CODES
+    from dermalens.config import ConfigError
+    from dermalens.training.run import check_training_classes
+
+    def prepared(labels):
+        return SimpleNamespace(labels=np.array(labels), split=np.array(["train"] * len(labels)),
+                               classes=CLASS_CODES, dataset=SimpleNamespace(root="ham_one"))
+
+    with pytest.raises(ConfigError, match=r"only class nv has training images in ham_one \(10 images\)"):
+        check_training_classes(prepared([CLASS_CODES.index("nv")] * 10))
+    with pytest.warns(UserWarning, match="have no training images"):   # two classes: trains, says what it lacks
+        counts = check_training_classes(prepared([0] * 3 + [5] * 7))
+    assert counts == [3, 0, 0, 0, 0, 7, 0]

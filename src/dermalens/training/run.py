@@ -346,6 +346,12 @@ def check_training_classes(prepared: PreparedData) -> list[int]:
         raise ConfigError(f"{prepared.dataset.root} holds one class ({', '.join(prepared.classes)}); a classifier "
                           f"needs at least two")
     missing = [code for code, count in zip(prepared.classes, counts) if count == 0]
+    if len(prepared.classes) - len(missing) < 2:
+        # A HAM10000 or ISIC layout keeps its 7 classes whatever its images show: one class with images trained
+        # "to completion", validation balanced accuracy 1.0.
+        learnt = [code for code, count in zip(prepared.classes, counts) if count]
+        raise ConfigError(f"only class {', '.join(learnt)} has training images in {prepared.dataset.root} "
+                          f"({sum(counts)} images); a classifier needs at least two")
     if missing:
         # A HAM10000-format folder keeps the 7 classes even when a partial download lacks some.
         warnings.warn(f"class(es) {', '.join(missing)} have no training images in {prepared.dataset.root}: the "
