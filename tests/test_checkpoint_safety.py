@@ -184,6 +184,23 @@ def test_a_checkpoint_of_another_version_or_with_weights_missing_is_named(tmp_pa
     assert "newer.ckpt: its model settings cannot be read" in capsys.readouterr().err
 
 
+def test_a_checkpoint_whose_weights_hold_nan_is_refused(tmp_path):
+    """A diverged training's checkpoint made predict answer "akiec nan%" with exit status 0 (training no longer
+    writes one: tests/test_runs.py)."""
+    from dermalens.models.checkpoint import save_classifier
+    from dermalens.models.classifier import create_classifier
+
+    model = create_classifier(backbone="tf_efficientnet_lite0", image_size=32, pretrained="none", num_classes=7)
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    meta = {"classes": ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"], "model_config": {**vars(model.config)},
+            "preprocessing": model.preprocessing.to_dict()}
+    diverged = save_classifier(model, meta, tmp_path / "diverged.ckpt")
+    with pytest.raises(CheckpointError, match=r"diverged\.ckpt: 1 of its weight tensors hold NaN or infinity "
+                                              r"\(e\.g\. head\.weight\)"):
+        load_classifier(diverged)
+
+
 def test_a_checkpoint_naming_a_hub_backbone_reaches_no_network_unless_trusted_or_its_own_run(
         tmp_path, serving_checkpoint, no_trust, monkeypatch):
     """timm builds an `hf-hub:` backbone from a config.json it downloads: a checkpoint from elsewhere must not

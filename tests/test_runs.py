@@ -500,6 +500,16 @@ def test_a_resumed_run_without_class_balancing_ends_where_an_uninterrupted_one_d
     assert status["state"] == "finished" and 1000.0 < status["train_seconds"] < 1600.0
 
 
+def test_training_that_diverges_stops_and_writes_no_checkpoint(tmp_path, capsys):
+    """optimizer.lr=1e30 trained on to NaN weights, wrote them as best.ckpt and last.ckpt, and stopped only at the
+    calibration ("logits must be finite"); a resume read the NaN last.ckpt again."""
+    run = tmp_path / "run"
+    assert train_cli(run, **{"optimizer.lr": "1e30"}) == 2
+    assert "error: training diverged in epoch 1" in capsys.readouterr().err
+    assert not list(run.rglob("*.ckpt"))
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
+
+
 def test_no_monitor_with_mode_min_trains(tmp_path):
     """monitor null with monitor_mode min gave best.ckpt's callback the state key of last.ckpt's, and Lightning
     refused the run with a traceback."""

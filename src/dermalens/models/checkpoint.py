@@ -134,6 +134,11 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     model = build_ensemble(config, meta["ensemble"]) if meta.get("ensemble") else create_classifier(
         config, load_pretrained=False)
     state = {k[len("model."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
+    diverged = [name for name, tensor in state.items()
+                if torch.is_tensor(tensor) and torch.is_floating_point(tensor) and not torch.isfinite(tensor).all()]
+    if diverged:   # a model whose training diverged answers NaN for every image
+        raise CheckpointError(f"{path}: {len(diverged)} of its weight tensors hold NaN or infinity (e.g. "
+                              f"{diverged[0]}): its training diverged, and it cannot predict")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:   # missing, extra or misshapen weights: never half-load a model

@@ -24,3 +24,7 @@ class TrainingInterrupted(RuntimeError):
             message = (f"training interrupted in its first epoch, before any checkpoint; nothing to resume "
                        f"(start it again; the folder {run_dir} can be deleted)")
         super().__init__(message)
+
+
+class TrainingDiverged(ValueError):
+    """The weights hold NaN or infinity: nothing is saved from here on, the last good checkpoint is kept."""

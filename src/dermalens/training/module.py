@@ -19,6 +19,7 @@ from ..config import LossSection, ModelSection, OptimizerSection, SchedulerSecti
 # checkpoint, so a checkpoint can be used without the training config.
 from ..models.checkpoint import CHECKPOINT_KEY
 from ..models.classifier import ModelConfig, create_classifier
+from .errors import TrainingDiverged
 from .losses import build_loss, distillation_loss
 
 PLATEAU_KEY = "dermalens_plateau_scheduler"
@@ -209,6 +210,15 @@ class LesionClassifierModule(L.LightningModule):
             self.plateau.load_state_dict(self._plateau_state)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Before anything is written: a checkpoint of NaN weights would replace last.ckpt and become best.ckpt,
+        # and predict would answer "nan%". The weights are the same on every DDP rank, so all ranks stop here.
+        diverged = [name for name, tensor in checkpoint["state_dict"].items()
+                    if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all()]
+        if diverged:
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.current_epoch + 1} (step {self.global_step}): {len(diverged)} "
+                f"weight tensor(s) hold NaN or infinity (e.g. {diverged[0]}); no checkpoint was written from them "
+                f"(an earlier one, if any, is kept): lower optimizer.lr, or check the data and loss settings")
         if self.plateau is not None:
             checkpoint[PLATEAU_KEY] = self.plateau.state_dict()
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
