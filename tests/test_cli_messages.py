@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import socket
 from dataclasses import asdict
 from pathlib import Path
@@ -285,6 +286,23 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(checkpoint,
         assert main(command) == 2, command
         assert message in capsys.readouterr().err, command
     assert a_file.read_text() == "keep me"
+
+
+def test_an_existing_output_folder_without_write_permission_is_refused_before_the_work(checkpoint, images, tmp_path,
+                                                                                      capsys, monkeypatch):
+    """Only the folder's parent was checked: `evaluate --out <a read-only folder>` scored every image, then failed
+    on its first file with a raw errno. (Simulated: the suite may run as root, whom no mode bit stops.)"""
+    import dermalens.cli.common as common
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(common.os, "access",
+                        lambda path, mode: False if Path(path) == read_only else real_access(path, mode))
+    for command in (["evaluate", "--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(read_only)],
+                    ["explain", "--model", str(checkpoint), str(images[0]), "--out", str(read_only)]):
+        assert main(command) == 2, command
+        assert f"--out {read_only}: no permission to write in {read_only}" in capsys.readouterr().err, command
 
 
 def test_an_isic2018_submission_refuses_two_files_with_one_image_id(checkpoint, tmp_path, capsys):

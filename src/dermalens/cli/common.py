@@ -60,6 +60,8 @@ def check_output_folder(path: str | None, option: str) -> None:
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise ValueError(f"{option} {path} is a file, not a folder")
+    if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):   # found only after the work, before
+        raise ValueError(f"{option} {path}: no permission to write in {target}")
     _check_parent(target, option, path)
 
 
