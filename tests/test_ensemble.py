@@ -143,3 +143,18 @@ def test_the_explanation_check_records_the_layer_each_method_read(tmp_path: Path
                  "--layer", "stride16", "--examples", "1", "--out", str(tmp_path / "out")])
     settings = json.loads((tmp_path / "out" / "sanity.json").read_text())["settings"]
     assert settings["cam_layer"] == {"gradcam": "stride16", "ablationcam": "final"}
+
+
+def test_the_server_offers_an_ensemble_no_explanation_method_it_refuses(tmp_path: Path):
+    """/api/model, the OpenAPI document and the page listed Ablation-CAM for an ensemble, and every request for it
+    got a 400."""
+    from dermalens.serving.app import create_app
+
+    checkpoint = save_ensemble(LesionEnsemble(members(2, shared_stages=3), 3).eval(), tmp_path / "best.ckpt")
+    client = create_app(checkpoint, runtime="pytorch").test_client()
+    listed = client.get("/api/model").get_json()["explain_methods"]
+    assert "ablationcam" not in listed and {"gradcam", "gradcam++", "shap"} <= set(listed)
+    document = client.get("/openapi.json").get_json()
+    assert "ablationcam" not in document["paths"]["/api/explain"]["post"]["requestBody"]["content"][
+        "multipart/form-data"]["schema"]["properties"]["method"]["enum"]
+    assert b"Ablation-CAM" not in client.get("/").data

@@ -88,6 +88,7 @@ class ModelService:
         self._explain_api: ModuleType | None = None
         self._explain_error: str | None = None
         self._explainer = None
+        self._usable_methods: tuple[str, ...] | None = None
         self.info = describe_model(self.predictor or self.fast_predictor)
         self.info["inference_engine"] = self.fast_predictor.runtime
         model_file = self.fast_predictor.metadata.get("onnx_model") if predictor is None else None
@@ -154,10 +155,18 @@ class ModelService:
             return self._explain_api
 
     def explain_methods(self) -> tuple[str, ...]:
+        """The explanation methods this model can be explained with: the API's, less those its explainer refuses
+        (Ablation-CAM of an ensemble), so the page, /api/model and the OpenAPI document offer no method that
+        answers every request with a 400."""
         try:
-            return tuple(self.explain_api().METHODS)
+            methods = tuple(self.explain_api().METHODS)
         except ExplainUnavailable:
             return ()
+        if self._usable_methods is None:
+            refusals = getattr(self.explainer(), "refusals", None)
+            refused = refusals(methods) if refusals else {}
+            self._usable_methods = tuple(method for method in methods if method not in refused)
+        return self._usable_methods
 
     def explainer(self):
         """The API's Explainer on the PyTorch model, made once; it is safe to share between threads."""
