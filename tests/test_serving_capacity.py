@@ -416,14 +416,30 @@ def test_server_settings_it_cannot_run_with_are_refused_by_name(settings, messag
     launch.check_server_settings(port=0, threads=None, max_upload_mb=0.5, max_megapixels=25.0)   # all fine
 
 
+def test_an_upload_over_the_pixel_limit_is_told_the_servers_limit_not_pillows(monkeypatch):
+    """A 10,000 x 10,000 PNG got Pillow's "exceeds limit of 89478485 pixels, could be decompression bomb DOS
+    attack" (its warning, made an error), not the server's 25-megapixel limit."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)   # the default 89.5 MP, scaled down
+    launch.allow_pillow_pixels(500_000)                          # never lowered: the server's limit is below
+    buffer = io.BytesIO()
+    Image.new("L", (1_100, 1_000)).save(buffer, "PNG")            # over Pillow's limit, under twice it
+    with pytest.raises(UploadError, match=r"'big\.png' is 1100 x 1000 pixels \(1\.1 megapixels\); the limit is 0\.5"):
+        decode_upload(buffer.getvalue(), "big.png", max_pixels=500_000)
+    buffer = io.BytesIO()
+    Image.new("L", (1_500, 1_500)).save(buffer, "PNG")            # over twice Pillow's limit
+    with pytest.raises(UploadError, match=r"'huge\.png' is too large: over the limit of 0\.5 megapixels") as refused:
+        decode_upload(buffer.getvalue(), "huge.png", max_pixels=500_000)
+    assert refused.value.status == 413
+
+
 def test_a_pixel_limit_above_pillows_lets_pillow_open_such_images(monkeypatch):
     """--max-megapixels 200 had no effect: Pillow refused a 95-megapixel image as a decompression bomb."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)   # Pillow's limit, scaled down to keep it cheap
     buffer = io.BytesIO()
-    Image.new("L", (1_200, 1_000)).save(buffer, "PNG")
+    Image.new("L", (1_600, 1_600)).save(buffer, "PNG")            # over twice Pillow's limit: it refuses
     with pytest.raises(UploadError, match="too large to decode"):
         decode_upload(buffer.getvalue(), "large.png", max_pixels=5_000_000)
     launch.allow_pillow_pixels(5_000_000)
-    assert decode_upload(buffer.getvalue(), "large.png", max_pixels=5_000_000).size == (1_200, 1_000)
+    assert decode_upload(buffer.getvalue(), "large.png", max_pixels=5_000_000).size == (1_600, 1_600)
     launch.allow_pillow_pixels(1_000)   # never lowered
     assert Image.MAX_IMAGE_PIXELS == 5_000_000

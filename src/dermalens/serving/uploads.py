@@ -58,12 +58,16 @@ def decode_upload(data: bytes, filename: str | None = None,
     if not data:
         raise UploadError(f"uploaded file '{name}' is empty (0 bytes)")
     try:
-        # Pillow warns above MAX_IMAGE_PIXELS and raises at twice that; both
-        # are errors here, whatever the process-wide setting is.
+        # Opening reads the header only. Pillow warns above its MAX_IMAGE_PIXELS and raises at twice that;
+        # the server's own limit (max_pixels, below) is what the client is told, so the warning is not one
+        # and the error is reported as that limit.
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
+        if 2 * (Image.MAX_IMAGE_PIXELS or 0) >= max_pixels:   # over Pillow's limit is over the server's too
+            raise UploadError(f"image '{name}' is too large: over the limit of {max_pixels / 1e6:.1f} megapixels "
+                              f"({error})", status=413) from None
         raise UploadError(f"image '{name}' is too large to decode: {error}", status=413) from None
     except UnidentifiedImageError:
         raise UploadError(
