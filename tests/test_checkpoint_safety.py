@@ -6,6 +6,7 @@ No training: the checkpoints are written here by hand, and the one run folder is
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,16 @@ def test_a_checkpoint_of_another_version_or_with_weights_missing_is_named(tmp_pa
     Image.new("RGB", (40, 40), (120, 80, 60)).save(image)
     assert main(["predict", "--model", str(newer), "--runtime", "pytorch", str(image)]) == 2
     assert "newer.ckpt: its model settings cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, named", [(b"", "the file is empty (0 bytes)"),
+                                             (b"hello\n", "not a PyTorch checkpoint")])
+def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path, content, named):
+    """torch's words for these were "KeyError: 101" and "EOFError: "."""
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot read checkpoint {path}: {named}")):
+        load_classifier(path)
 
 
 def test_a_checkpoint_whose_weights_hold_nan_is_refused(tmp_path):

@@ -95,6 +95,12 @@ def load_checkpoint_dict(path: str | Path, trust: bool | None = None, map_locati
         except Exception as error:
             raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
     except Exception as error:
+        # torch's own words for a file that is no checkpoint at all are "KeyError: 101" or "EOFError".
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)") from None
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint (torch.save writes a "
+                                  f"zip archive, and this file is not one)") from None
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
 
 
