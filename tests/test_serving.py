@@ -283,6 +283,22 @@ def test_unknown_class_method_and_format_name_the_allowed_ones(fake_explain_serv
     assert_healthy(fake_explain_server)
 
 
+def test_a_field_an_endpoint_does_not_read_and_a_second_image_are_refused(server, fake_explain_server, sample_jpeg):
+    """A mistyped `mehtod=shap` ran Grad-CAM, and a second file in `image` was dropped, each without a word."""
+    assert_error(post_image(fake_explain_server + "/api/explain", sample_jpeg, fields={"mehtod": "shap"}), 400,
+                 "unknown form field(s) 'mehtod'", "reads image, method, class, format")
+    assert_error(post_image(server + "/api/predict", sample_jpeg, fields={"method": "shap"}), 400,
+                 "unknown form field(s) 'method'", "reads image")
+    boundary = "dermalens-two-images"
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                    f"Content-Type: image/jpeg\r\n\r\n".encode() + sample_jpeg + b"\r\n"
+                    for name in ("a.jpg", "b.jpg")) + f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    assert_error(request(server + "/api/predict", "POST", body, headers), 400, "2 files in the 'image' field")
+    assert post_image(fake_explain_server + "/api/explain", sample_jpeg,
+                      fields={"method": "gradcam", "class": "mel", "format": "json"}).status == 200
+
+
 def test_unknown_paths_and_methods_are_json(server):
     body = assert_error(request(server + "/api/nothing"), 404, "/api/nothing", "POST /api/predict")
     assert body["request_id"]

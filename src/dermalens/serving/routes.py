@@ -124,6 +124,7 @@ def openapi():
 def predict():
     model = service()
     model.predictions.check_room()   # a busy server refuses before decoding the upload
+    check_form_fields()
     image = read_uploaded_image()
     result = model.predict(image.rgb, source=image.filename).to_dict()
     result.update(image_size=list(image.size), model={
@@ -134,6 +135,7 @@ def predict():
 
 @bp.post("/api/explain")
 def explain():
+    check_form_fields("method", "class", "format")
     output = text_field("format", "png")
     if output not in EXPLAIN_FORMATS:
         raise UploadError(f"unknown format '{output}'; allowed: {', '.join(EXPLAIN_FORMATS)}")
@@ -188,6 +190,7 @@ def at_model_resolution(heatmap: np.ndarray, input_size: int) -> np.ndarray:
 def report():
     """The page's "download result": the prediction as /api/predict gives it, and the heatmap of the
     class asked for (default: the predicted one), drawn into one PNG with the research note."""
+    check_form_fields("method", "class")
     method, target = read_method_and_class()
     image = read_explainable_image()
     model = service()
@@ -208,6 +211,21 @@ def report():
 
 
 # --- reading a request --------------------------------------------------------------
+def check_form_fields(*text_fields: str) -> None:
+    """Refuse (400) form fields this endpoint does not read, and a second image: a mistyped `mehtod=shap` ran
+    Grad-CAM, and a second file in `image` was dropped, each without a word."""
+    if UPLOAD_FIELD not in request.files:
+        return   # no image at all: that is the error to name (read_uploaded_image)
+    known = (UPLOAD_FIELD, *text_fields)
+    unknown = sorted((set(request.form) | set(request.files)) - set(known))
+    if unknown:
+        raise UploadError(f"unknown form field(s) {', '.join(repr(name) for name in unknown)}; this endpoint reads "
+                          f"{', '.join(known)}")
+    images = len(request.files.getlist(UPLOAD_FIELD))
+    if images > 1:
+        raise UploadError(f"{images} files in the '{UPLOAD_FIELD}' field: send one image per request")
+
+
 def text_field(name: str, default: str | None) -> str | None:
     """A short text field of the form, stripped and lower-cased; sent as a file it is refused by name,
     not silently replaced by the default."""
