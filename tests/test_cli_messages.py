@@ -130,6 +130,28 @@ def test_a_port_in_use_is_one_line_naming_it(capsys):
                            f"serve still running?): choose another with --port, or --port 0 for any free port")
 
 
+def test_odd_values_of_small_options_are_named_before_any_work(tmp_path, capsys, monkeypatch):
+    """Each was taken, or failed in words that named nothing: waitress's "Invalid host/port specified.", "config
+    not found" for a folder, a cache "not made yet" that was a file, --older-than nan, a Hub repository id checked
+    only after the package was built."""
+    cases = [
+        (["serve", "--model", "model.ckpt", "--host", "999.1.1.1"], "--host 999.1.1.1: not an address or name"),
+        (["config", "show", str(tmp_path)], f"config file {tmp_path} is a folder: give a YAML file"),
+        (["cache", "--older-than", "nan"], "--older-than must be 0 or more days, not nan"),
+        (["package", str(tmp_path / "run"), "--out", str(tmp_path / "pkg"), "--push-to-hub", "bad repo name"],
+         "--push-to-hub 'bad repo name' is not a Hub repository id"),
+    ]
+    for command, message in cases:
+        assert main(command) == 2, command
+        assert message in capsys.readouterr().err, command
+    assert not (tmp_path / "pkg").exists()
+    a_file = tmp_path / "cache-file"
+    a_file.write_text("")
+    monkeypatch.setenv("DERMALENS_CACHE", str(a_file))
+    assert main(["cache"]) == 2
+    assert f"the per-user cache {a_file} is a file, not a folder" in capsys.readouterr().err
+
+
 def test_every_error_of_the_usage_kind_ends_with_exit_status_2(tmp_path, capsys):
     """docs/troubleshooting.md says errors end with status 2; a bad server limit and evaluate without its
     inputs ended with 1 (as did a misspelt config name and a resume of a missing folder: tests/test_runs.py)."""

@@ -332,6 +332,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder: give a YAML file (or a shipped config's name)")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:

@@ -28,6 +28,8 @@ def resolve_config_path(name: str | None) -> Path | None:
     candidate = CONFIGS_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
     if candidate.is_file():
         return candidate
+    if path.is_dir():   # load_config names it: a folder, not a missing file
+        return path
     known = shipped_config_names()
     close = difflib.get_close_matches(Path(name).stem, known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""

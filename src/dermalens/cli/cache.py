@@ -1,6 +1,7 @@
 """`dermalens cache`: what the per-user cache holds, and clearing it."""
 from __future__ import annotations
 
+import math
 import time
 
 KIB = 1024
@@ -34,9 +35,12 @@ def run(args) -> int:
     from ..config import user_cache_dir
     from ..user_cache import DAY_S, KINDS, cache_entries, clear_cache, unused_for
 
-    if args.older_than is not None and args.older_than < 0:
+    if args.older_than is not None and not (args.older_than >= 0 and math.isfinite(args.older_than)):
         raise ValueError(f"--older-than must be 0 or more days, not {args.older_than:g}")
     root = user_cache_dir()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"the per-user cache {root} is a file, not a folder: move it, or name another folder "
+                         f"in DERMALENS_CACHE")
     now = time.time()
     kinds = args.kind or list(KINDS)
     entries = [entry for entry in cache_entries(root) if entry.kind in kinds]

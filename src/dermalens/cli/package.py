@@ -34,12 +34,14 @@ def add_subcommand(subparsers) -> None:
 
 def run(args) -> int:
     from ..inference.package_export import onnx_writer
-    from ..models.hub import push_to_hub
+    from ..models.hub import check_hub_repo_id, push_to_hub
     from ..models.package import package_run
     from ..models.package_reader import ONNX_FILE, WEIGHTS_FILE
 
     if args.data_licence is not None and not args.data_licence.strip():
         raise ValueError("--data-licence is empty: give the licence of the training images")
+    if args.push_to_hub:
+        check_hub_repo_id(args.push_to_hub)
     folder = package_run(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite,
                          data_licence=args.data_licence,
                          export_onnx=onnx_writer(args.exporter, args.parity_images, args.parity_count))

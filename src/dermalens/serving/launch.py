@@ -31,6 +31,10 @@ class PortInUse(ValueError):
 
 def check_port_free(host: str, port: int) -> None:
     """PortInUse naming the port, before minutes go into loading the model; port 0 is always free."""
+    try:   # waitress's words for a host that is no address are "Invalid host/port specified."
+        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ValueError(f"--host {host}: not an address or name of this machine ({error})") from None
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
