@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -44,7 +46,7 @@ def test_writing_to_a_symlink_or_a_pipe_writes_into_it(tmp_path):
     target.write_text("old")
     link = tmp_path / "link.csv"
     link.symlink_to(target)
-    atomic_write_bytes(link, b"new")
+    assert atomic_write_bytes(link, b"new") == link   # the path given, as callers name it
     assert link.is_symlink() and target.read_text() == "new"
     assert [p.name for p in target.parent.iterdir()] == ["target.csv"]   # no temp file left
 
@@ -56,6 +58,19 @@ def test_writing_to_a_symlink_or_a_pipe_writes_into_it(tmp_path):
     atomic_write_bytes(fifo, b"a,b\n1,2\n")
     reader.join(timeout=30)
     assert received == [b"a,b\n1,2\n"] and stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_writing_to_this_processs_stdout_appends_where_the_shell_put_it(tmp_path):
+    """With stdout redirected to a file (`>> log`), following /dev/stdout to that file and renaming over it
+    replaced everything the process and the file held before with the new text."""
+    log = tmp_path / "log.txt"
+    log.write_text("earlier line\n")
+    script = ("import sys; from dermalens.atomic_io import atomic_write_bytes; print('before', flush=True); "
+              "atomic_write_bytes(sys.argv[1], b'written\\n'); print('after')")
+    for target in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        with open(log, "a") as appended:
+            subprocess.run([sys.executable, "-c", script, target], stdout=appended, check=True)
+    assert log.read_text() == "earlier line\n" + "before\nwritten\nafter\n" * 3
 
 
 def test_written_files_follow_the_umask(tmp_path):

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import socket
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -129,13 +130,19 @@ def new_temp_file(directory: Path, prefix: str, suffix: str = ".tmp") -> tuple[i
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` crash-safely; through a symlink, into its target (the link stays).
+    """Write `data` to `path` crash-safely; through a symlink, into its target (the link stays). Returns `path`.
 
-    Only a regular file can be replaced by a rename: a device, pipe or socket
-    (`-o /dev/stdout`, a FIFO a reader waits on) is written into directly, as
-    a plain open() would, instead of being replaced by a file of that name.
+    Only a regular file can be replaced by a rename. A process's own stream
+    (`-o /dev/stdout`, /dev/fd/N) is written to its open descriptor, where the
+    shell put it (a pipe, a terminal, a file opened for appending); a device,
+    pipe or socket is written into, as a plain open() would; neither is
+    replaced by a file of that name.
     """
-    path = Path(path)
+    given = path = Path(path)
+    descriptor = open_stream_descriptor(path)
+    if descriptor is not None:
+        write_to_descriptor(descriptor, data)
+        return given
     try:
         target_mode = os.stat(path).st_mode   # follows symlinks
     except (FileNotFoundError, NotADirectoryError):
@@ -143,7 +150,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     if target_mode is not None and not stat.S_ISREG(target_mode) and not stat.S_ISDIR(target_mode):
         with open(path, "wb") as handle:
             handle.write(data)
-        return path
+        return given
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +166,42 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         temp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
-    return path
+    return given
+
+
+STREAM_NAMES = {"/dev/stdout": 1, "/dev/stderr": 2}
+DESCRIPTOR_PATH = re.compile(r"/(?:dev/fd|proc/self/fd|proc/(?P<pid>\d+)/fd)/(?P<fd>\d+)")
+
+
+def open_stream_descriptor(path: Path) -> int | None:
+    """The descriptor of this process that `path` names (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N),
+    when it is open; None for any other path. Reopening such a path would truncate a file the shell opened for
+    appending (`>> log`), and renaming over it would replace the link."""
+    text = os.path.normpath(os.fspath(path))
+    descriptor = STREAM_NAMES.get(text)
+    if descriptor is None:
+        match = DESCRIPTOR_PATH.fullmatch(text)
+        if match is None or (match.group("pid") and int(match.group("pid")) != os.getpid()):
+            return None
+        descriptor = int(match.group("fd"))
+    try:
+        os.fstat(descriptor)
+    except OSError:
+        return None
+    return descriptor
+
+
+def write_to_descriptor(descriptor: int, data: bytes) -> None:
+    """All of `data` to an open descriptor, after what Python's own streams still hold for it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and stream.fileno() == descriptor:
+                stream.flush()
+        except (OSError, ValueError, AttributeError):   # a replaced or closed stream (pytest's capture)
+            continue
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view):]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -6,6 +6,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
+from ..atomic_io import open_stream_descriptor
 from ..config import DATASET_FORMATS
 
 
@@ -50,6 +51,14 @@ def check_output_file(path: str | None, option: str) -> None:
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"{option} {path} is a folder: give a file name")
+    if open_stream_descriptor(target) is not None:
+        return   # this process's stdout or another open stream (atomic_io writes to it)
+    if target.exists() and not target.is_file():   # a device or a pipe: written into, not replaced
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"{option} {path}: no permission to write to it")
+        return
+    if target.is_symlink():   # written through: the file it names is replaced, in the folder holding that
+        target = Path(os.path.realpath(target))
     _check_parent(target, option, path)
 
 
