@@ -62,6 +62,26 @@ def test_config_files_refuse_a_key_written_twice_and_read_exponents_as_numbers(t
     assert config["optimizer"]["lr"] == 1e-3 and config["optimizer"]["weight_decay"] == 5e-5
     assert config["name"] == "1e3-run"
     assert load_config(None, ["optimizer.lr=1e-3"])["optimizer"]["lr"] == config["optimizer"]["lr"]
+    # A merge key still merges, and the mapping may override what it merged.
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("optimizer: &opt\n  lr: 0.01\n  weight_decay: 0.0\nscheduler:\n  name: cosine\n")
+    assert load_config(merged)["optimizer"]["lr"] == 0.01
+    anchors = tmp_path / "anchors.yaml"
+    anchors.write_text("augmentation: &aug {hue: 5}\ndata: {path: x}\n")
+    assert load_config(anchors)["augmentation"]["hue"] == 5
+    from dermalens.config import read_yaml
+    assert read_yaml("base: &b {lr: 0.1, x: 1}\nopt:\n  <<: *b\n  lr: 0.2\n")["opt"] == {"lr": 0.2, "x": 1}
+
+
+def test_a_config_written_by_a_run_reads_back_as_it_was(tmp_path):
+    """A folder named 1e3 (given with --data, taken as written) was written unquoted into the run's config.yaml,
+    which the exponent-reading loader then read back as the number 1000.0 and refused."""
+    from dermalens.config import dump_config
+
+    config = load_config(None, ["data.format=folder"], {"data": {"path": "1e3"}, "name": "2E5"})
+    written = tmp_path / "config.yaml"
+    written.write_text(dump_config(config))
+    assert load_config(written) == config
 
 
 def test_what_validation_can_be_monitored_is_what_training_logs():

@@ -277,6 +277,8 @@ class ConfigLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == MERGE_TAG:   # `<<: *base`: a merge, whose keys the mapping may override
+                    continue
                 key = self.construct_object(key_node, deep=True)
                 if not isinstance(key, Hashable):
                     continue   # the base class names an unhashable key
@@ -288,10 +290,19 @@ class ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class ConfigDumper(yaml.SafeDumper):
+    """Writes what `ConfigLoader` reads back unchanged: a string such as "1e3" (a folder name) is quoted."""
+
+
+# YAML 1.2's exponent without a dot, for both: read as a number, and a string of that form written quoted.
+for _yaml_class in (ConfigLoader, ConfigDumper):
+    _yaml_class.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
 
 
 def read_yaml(text: str):
@@ -508,7 +519,7 @@ def validate_config(config: dict) -> dict:
 
 
 def dump_config(config: dict) -> str:
-    return yaml.safe_dump(config, sort_keys=False)
+    return yaml.dump(config, Dumper=ConfigDumper, sort_keys=False, allow_unicode=False)
 
 
 # Settings that change what a model learns: two runs that differ in any of them trained two recipes.
