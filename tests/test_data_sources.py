@@ -1,6 +1,7 @@
 """Readers: every dataset layout becomes the same LesionDataset."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -672,26 +673,37 @@ def test_a_runs_own_splits_of_one_isic2018_set_are_evaluated_into_their_own_fold
 def test_a_run_given_its_own_data_with_data_scores_its_test_split_not_its_training_images(tmp_path, sample_dir,
                                                                                           sample_metadata):
     """`evaluate --run RUN --data <the folder RUN trained on>` scored the whole folder, training images included,
-    without a word: the same data named again is still the run's own."""
+    without a word: the same data named again is still the run's own. A run on one ISIC 2018 set is not
+    affected: the folder's official Test set is other data, scored whole."""
     from dermalens.config import dump_config, load_config
     from dermalens.evaluation.targets import resolve_target
 
-    data = tmp_path / "isic"
-    _build_isic2018(data, sample_dir, sample_metadata)
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "best.ckpt").write_bytes(b"")
-    config = load_config(None, ["data.subset=Training", "data.format=isic2018"], {"data": {"path": str(data)}})
-    (run / "config.yaml").write_text(dump_config(config))
-    (run / "split.csv").write_text("image_id,lesion_id,split\n")
-    spelled_otherwise = tmp_path / "elsewhere" / ".." / "isic"
+    data = tmp_path / "lesions"
+    for _, row in sample_metadata.head(12).iterrows():
+        (data / row["dx"]).mkdir(parents=True, exist_ok=True)
+        (data / row["dx"] / f"{row['image_id']}.jpg").symlink_to(sample_dir / f"{row['image_id']}.jpg")
+
+    def run_on(config) -> Path:
+        run = tmp_path / f"run-{config['data']['format']}"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "best.ckpt").write_bytes(b"")
+        (run / "config.yaml").write_text(dump_config(config))
+        (run / "split.csv").write_text("image_id,lesion_id,split\n")
+        return run
+
+    run = run_on(load_config(None, ["data.format=folder"], {"data": {"path": str(data)}}))
     (tmp_path / "elsewhere").mkdir()
-    for named in (str(data), str(spelled_otherwise)):
-        target = resolve_target(run=run, data=named)
+    for named, data_format in ((data, None), (tmp_path / "elsewhere" / ".." / "lesions", "folder")):
+        target = resolve_target(run=run, data=str(named), data_format=data_format)
         assert (target.split, target.split_dir) == ("test", run)
-        assert target.out_dir == run / "eval-Training-test"
-        assert target.config["data"]["subset"] == "Training"
-    # Another folder is other data: scored whole.
-    copy = tmp_path / "copy"
-    _build_isic2018(copy, sample_dir, sample_metadata)
-    assert resolve_target(run=run, data=str(copy)).split_dir is None
+        assert target.out_dir == run / "eval-lesions-test"
+    other = tmp_path / "other"
+    shutil.copytree(data, other, symlinks=True)
+    assert resolve_target(run=run, data=str(other)).split_dir is None   # another folder: scored whole
+
+    isic = tmp_path / "isic"
+    _build_isic2018(isic, sample_dir, sample_metadata, split="Training")
+    _build_isic2018(isic, sample_dir, sample_metadata, split="Test")
+    isic_run = run_on(load_config(None, ["data.format=isic2018", "data.subset=Training"], {"data": {"path": str(isic)}}))
+    official_test = resolve_target(run=isic_run, data=str(isic), split="test")
+    assert official_test.split_dir is None and official_test.config["data"]["subset"] == "Test"

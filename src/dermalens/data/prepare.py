@@ -187,3 +187,18 @@ def save_run_data(prepared: PreparedData, run_dir: Path) -> None:
         split = pd.Series(prepared.split, index=prepared.dataset.records.index)
         usable = split != EXCLUDED
         write_split_csv(prepared.dataset.records[usable], split[usable], split_file)
+
+
+def data_differences(run_config: dict, config: dict) -> list[str]:
+    """'key: run value -> this value' where a run folder's config read other data than `config` does: another
+    folder (compared resolved: a relative --data and the absolute path a run records are one folder), format,
+    class set (where both name one: 'auto' is whatever the data holds) or held-out sources."""
+    def described(cfg: dict) -> dict:
+        data, path = cfg.get("data") or {}, resolve_data_path({"data": {"path": None, **(cfg.get("data") or {})}})
+        return {"data.path": str(path.resolve()) if path else None, "data.format": data.get("format"),
+                "data.classes": data.get("classes") if isinstance(data.get("classes"), list) else None,
+                "data.test_sources": test_sources({"data": data})}
+
+    theirs, mine = described(run_config), described(config)
+    return [f"{key}: {theirs[key]!r} -> {mine[key]!r}" for key in theirs
+            if theirs[key] != mine[key] and not (key == "data.classes" and None in (theirs[key], mine[key]))]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..config_files import load_named_config
+from ..data.prepare import data_differences
 from ..run_folder import RunFolder
 
 ISIC2018_SETS = {"train": "Training", "val": "Validation", "test": "Test"}
@@ -84,14 +85,21 @@ def _isic2018_set_or_warn(config: dict, split: str) -> str:
     return split
 
 
-def is_runs_data(run_data: dict, data: str | Path | None, data_format: str | None) -> bool:
-    """Whether --data (and --format) name the data a run trained on (its config's data section)."""
-    if not data or not run_data.get("path") or (data_format and data_format != run_data.get("format")):
+def is_runs_data(run_config: dict, data: str | Path | None, data_format: str | None) -> bool:
+    """Whether --data (and --format) name the data a run trained on: its folder, read the same way.
+
+    Not for a run on one ISIC 2018 set (data.subset): its folder's other sets (the official Test set) are
+    other data, scored whole by `--split`. A --format where the run recorded `auto` is that same reading.
+    """
+    run_data = run_config.get("data") or {}
+    if not data or not run_data.get("path") or run_data.get("subset"):
         return False
-    try:
-        return Path(data).resolve() == Path(run_data["path"]).expanduser().resolve()
-    except OSError:
-        return False
+    if data_format and run_data.get("format") not in (None, "auto"):
+        given_format = data_format
+    else:
+        given_format = run_data.get("format")
+    given = {**run_config, "data": {**run_data, "path": str(data), "format": given_format}}
+    return not data_differences(run_config, given)
 
 
 def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | None = None,
@@ -114,7 +122,7 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
         checkpoint = RunFolder(run_dir).checkpoint(checkpoint or DEFAULT_CHECKPOINT)
         # --data naming the run's own data is its own data still: scored by its split (the test split by default),
         # not whole, which would score the images it trained on.
-        own_data = not data or is_runs_data(resolved["data"], data, data_format)
+        own_data = not data or is_runs_data(resolved, data, data_format)
         split_dir = run_dir if own_data else None
         out_root = run_dir
     else:
