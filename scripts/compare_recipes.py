@@ -40,10 +40,10 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from dermalens.atomic_io import atomic_write_json, atomic_write_text
 from dermalens.config import ConfigError, load_config
 from dermalens.config_files import resolve_config_path
-from dermalens.evaluation.calibration import fit_temperature
 from dermalens.evaluation.decision import cross_fitted_decisions
 from dermalens.inference.postprocess import calibrated_probabilities
 from dermalens.run_folder import CONFIG_FILE, CV_FILE, OUT_OF_FOLD_LOGITS
+from dermalens.training.calibrate import fitted_temperature
 from dermalens.training.cross_validation import mean_and_sd, summarise, train_folds
 from dermalens.training.job import folder_settings_differences
 
@@ -108,7 +108,9 @@ def reference_row(text: str, folds: int, first_folds: int | None, rule_tolerance
         raise SystemExit(f"--reference {text!r}: {len(logits)} out-of-fold logits for {len(pool)} pool images")
     kept = (pool["fold"] <= first_folds).to_numpy() if first_folds else np.ones(len(pool), dtype=bool)
     labels = pool["label"].to_numpy()[kept]
-    probabilities = calibrated_probabilities(logits[kept], fit_temperature(logits[kept], labels))
+    # At the temperature the run's model ships with (cv.json's), fitted again on the folds kept.
+    probabilities = calibrated_probabilities(logits[kept], fitted_temperature(logits[kept], labels,
+                                                                              config["evaluation"]))
     per_fold = [f for f in summary["folds"] if not first_folds or f["fold"] <= first_folds]
     kept_folds = len(np.unique(pool["fold"].to_numpy()[kept]))
     # Each tolerance cross-fitted once: tolerance 0 is also the rule column when every fold is kept.

@@ -1,6 +1,7 @@
 """Lesion-grouped splits on the real HAM10000 metadata."""
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -88,7 +89,7 @@ def test_kfold_puts_each_lesion_in_exactly_one_fold(metadata):
 def test_a_fold_model_chooses_nothing_on_the_images_it_predicts_out_of_fold(metadata, split, monitored):
     """With training.monitor set each fold model picks its best epoch (and stops early) on its validation
     split; that split was its own held-out fold, whose out-of-fold predictions then read high."""
-    prepared = SimpleNamespace(split=split.to_numpy(), dataset=SimpleNamespace(records=metadata))
+    prepared = SimpleNamespace(split=split.to_numpy(), dataset=SimpleNamespace(records=metadata), classes=CLASS_CODES)
     assignment = assign_folds(prepared, 3, seed=0)
     pool = assignment >= 0
     for fold in range(3):
@@ -105,6 +106,53 @@ def test_a_fold_model_chooses_nothing_on_the_images_it_predicts_out_of_fold(meta
         assert set(metadata["label"][val]) == set(metadata["label"][pool])
         by_lesion = pd.Series(fold_splits, index=metadata.index).groupby(metadata["lesion_id"]).nunique()
         assert (by_lesion == 1).all()                          # lesion-grouped
+
+
+def test_cross_validation_hands_each_fold_model_the_split_that_keeps_its_fold_unseen(tmp_path, monkeypatch,
+                                                                                      caplog):
+    """The wiring: train_folds gives a fold model with training.monitor the inner split, and a resumed fold the
+    validation images it recorded."""
+    import dermalens.training.cross_validation as cross_validation
+
+    handed = []
+
+    class Stop(Exception):
+        pass
+
+    def first_fold_only(config, run_dir, *, prepared, resume, **_):
+        handed.append((prepared.split.copy(), resume))
+        raise Stop
+
+    monkeypatch.setattr(cross_validation, "train", first_fold_only)
+    config = load_config(None, ["data.format=synthetic", "data.synthetic_per_class=30", "training.folds=3",
+                                "training.monitor=val/balanced_accuracy", "model.backbone=tf_efficientnet_lite0",
+                                "model.image_size=32", "model.pretrained=none", "training.freeze_stages=0",
+                                "data.cache_dir=null", "training.progress_bar=false"])
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        train_folds(config, run, progress=False)
+    (split, _), = handed
+    folds = pd.read_csv(run / "split.csv")["fold"].to_numpy()
+    pool = folds > 0
+    assert (split[folds == 1] == "test").all()                        # its own fold: unseen
+    assert (split[(folds > 1) & pool] != "test").all() and (split == "val").sum() > 0
+    # A resumed fold keeps the validation images of its first start (here: a different, recorded choice).
+    image_ids = pd.read_csv(run / "split.csv")["image_id"].to_numpy()
+    recorded = image_ids[(folds == 2)][:5]
+    (run / "fold-1").mkdir(exist_ok=True)
+    pd.DataFrame({"image_id": recorded, "split": "val"}).to_csv(run / "fold-1" / "split.csv", index=False)
+    with pytest.raises(Stop):
+        train_folds(config, run, resume=True, progress=False)
+    split, resumed = handed[-1]
+    assert set(image_ids[split == "val"]) == set(recorded)
+    # Training folds too small to spare a validation split: the fold chooses on its own fold, and says so.
+    tiny = {**config, "data": {**config["data"], "synthetic_per_class": 8}, "training": {**config["training"], "folds": 2}}
+    with caplog.at_level(logging.WARNING), pytest.raises(Stop):
+        train_folds(tiny, tmp_path / "tiny", progress=False)
+    split, _ = handed[-1]
+    folds = pd.read_csv(tmp_path / "tiny" / "split.csv")["fold"].to_numpy()
+    assert (split[folds == 1] == "val").all()
+    assert "it chooses on its own fold, so the out-of-fold figures read high" in caplog.text
 
 
 def test_cross_validation_with_a_monitor_needs_a_validation_share(tmp_path):

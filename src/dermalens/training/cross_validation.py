@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +39,7 @@ from lightning.pytorch.callbacks import Callback
 from ..atomic_io import atomic_write_json, atomic_write_text
 from ..config import AugmentationSection, ConfigError, TrainingSection, dump_config, section
 from ..data.prepare import EXCLUDED, PreparedData, prepare_data, save_run_data
-from ..data.split import lesion_grouped_kfold
+from ..data.split import SmallClassWarning, lesion_grouped_kfold, lesion_grouped_split
 from ..evaluation.evaluate import evaluate_checkpoint
 from ..evaluation.metrics import compute_classification_metrics, figures_by_source, sensitivity_at_specificity
 from ..evaluation.plots import plot_fold_metrics
@@ -131,7 +132,7 @@ def saved_folds(prepared: PreparedData, split_file: Path, folds: int) -> np.ndar
 
 
 def fold_split(prepared: PreparedData, assignment: np.ndarray, fold: int, inner_val_fraction: float | None = None,
-               seed: int = 0) -> np.ndarray:
+               seed: int = 0, recorded: Path | None = None) -> np.ndarray:
     """The split one fold model trains on: the other folds train, its own fold is held out.
 
     Without `inner_val_fraction` the held-out fold is its validation split, only watched (the training curves):
@@ -139,7 +140,8 @@ def fold_split(prepared: PreparedData, assignment: np.ndarray, fold: int, inner_
     schedule follow the validation metric), the validation split is that share of the other folds' lesions,
     grouped and stratified, and the fold's own images are set aside as "test", never seen by its training: a
     checkpoint chosen on them would make their out-of-fold predictions, and every figure and fit made on
-    them, read high.
+    them, read high. `recorded`: the fold's split.csv from its first start, whose validation images a resumed
+    fold keeps (a split drawn again over data that changed since would be another).
     """
     split = np.asarray(prepared.split, dtype=object).copy()
     pool = assignment >= 0
@@ -150,14 +152,27 @@ def fold_split(prepared: PreparedData, assignment: np.ndarray, fold: int, inner_
     split[pool & (assignment == fold)] = "test"
     split[training] = "train"
     records = prepared.dataset.records.iloc[training].reset_index(drop=True)
-    parts = max(2, round(1 / inner_val_fraction))
+    if recorded is not None and recorded.is_file():
+        table = pd.read_csv(recorded, dtype={"image_id": str}, keep_default_na=False)
+        kept = records["image_id"].isin(set(table.loc[table["split"] == "val", "image_id"])).to_numpy()
+        if kept.any():   # a fold started by a version that chose on its own fold records none of these: draw
+            split[training[kept]] = "val"
+            return split
     try:
-        inner = lesion_grouped_kfold(records, parts, seed + fold).to_numpy()
+        # As the run's own validation split is drawn (small classes may miss it: the run's split said so).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallClassWarning)
+            inner = lesion_grouped_split(records, inner_val_fraction, 0.0, (seed + fold) % 2**32,
+                                         classes=prepared.classes).to_numpy()
     except ValueError as error:
-        raise ConfigError(f"fold {fold + 1}: cannot draw a validation split from the other folds for "
-                          f"training.monitor: {error}") from None
-    split[training[inner == 0]] = "val"
+        raise NoInnerValidation(f"fold {fold + 1}: its training folds are too small to hold out a validation "
+                                f"split for training.monitor ({error})") from None
+    split[training[inner == "val"]] = "val"
     return split
+
+
+class NoInnerValidation(ConfigError):
+    """A fold's training folds cannot spare a validation split (tiny data): it chooses on its own fold."""
 
 
 def write_fold_split_csv(prepared: PreparedData, assignment: np.ndarray, path: Path) -> None:
@@ -324,16 +339,24 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
             # A fold model that chooses anything on validation does it on a split of its training folds.
             inner_val_fraction = config["data"]["val_fraction"] if training.monitor else None
             if inner_val_fraction is not None:
-                log.info("training.monitor=%s: each fold model chooses on %.0f%% of its training folds' lesions; "
-                         "its own fold stays unseen until it is predicted", training.monitor,
-                         100 * inner_val_fraction)
-            fold_dirs, fold_checkpoints = [], []
+                log.info("training.monitor=%s: each fold model chooses on 1 of %d lesion-grouped parts of its "
+                         "training folds (data.val_fraction %g); its own fold stays unseen until it is predicted",
+                         training.monitor, max(2, round(1 / inner_val_fraction)), inner_val_fraction)
+            fold_dirs, fold_checkpoints, chose_on_own_fold = [], [], []
             oof_logits = np.zeros((len(prepared.labels), len(prepared.classes)), dtype=np.float32)
             for fold in range(trained_folds):
                 fold_dir = RunFolder(run_dir).fold(fold + 1).path
                 fold_dirs.append(fold_dir)
-                fold_prepared = dataclasses.replace(prepared, split=fold_split(prepared, assignment, fold,
-                                                                               inner_val_fraction, config["seed"]),
+                recorded = RunFolder(fold_dir).split_file if resume else None
+                try:
+                    fold_splits = fold_split(prepared, assignment, fold, inner_val_fraction, config["seed"],
+                                             recorded)
+                except NoInnerValidation as error:
+                    log.warning("%s: it chooses on its own fold, so the out-of-fold figures read high; "
+                                "training.monitor=null keeps the end of the schedule instead", error)
+                    chose_on_own_fold.append(fold + 1)
+                    fold_splits = fold_split(prepared, assignment, fold)
+                fold_prepared = dataclasses.replace(prepared, split=fold_splits,
                                                     split_source=f"fold {fold + 1} of {folds} ({RunFolder(run_dir).split_file})")
                 # Each fold gets the share it has in the whole K-fold job, also when only the first folds
                 # are trained: a cheap look (first_folds) then trains each fold as the full job would.
@@ -359,6 +382,11 @@ def train_folds(config: dict, run_dir: Path | None = None, resume: bool = False,
                                           prepared.sources, config["evaluation"])
             summary.update(train_seconds=round(train_seconds, 1),
                            trunk_seconds=round(activations.seconds_computing, 1) if activations else 0.0)
+            if chose_on_own_fold:
+                summary["chose_on_own_fold"] = chose_on_own_fold
+                summary["caution"] = (f"fold model(s) {', '.join(map(str, chose_on_own_fold))} chose their epoch "
+                                      f"(training.monitor) on their own held-out fold, too small to spare a "
+                                      f"validation split: the out-of-fold figures read high")
             np.save(run_dir / OUT_OF_FOLD_LOGITS, oof_logits[pool])
             plot_fold_metrics(summary["folds"], summary["out_of_fold"], FIGURE_METRICS,
                               run_dir / FIGURES / "cross_validation.png",
@@ -450,6 +478,8 @@ def format_cross_validation(summary: dict) -> str:
         cells = "".join(f"{row[k]:18.3f}" if isinstance(row[k], float) and row[k] == row[k] else f"{'n/a':>18s}"
                         for k in SUMMARY_METRICS)
         lines.append(f"  {str(row['fold']):12s}{cells}")
+    if summary.get("caution"):
+        lines.append(f"WARNING: {summary['caution']}")
     if summary.get("cut_short"):
         lines.append(f"WARNING: training.max_time ended {', '.join(summary['cut_short'])} before their epochs: these "
                      f"figures are lower than the recipe's (cv.json says where each stopped)")
