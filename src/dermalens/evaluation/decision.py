@@ -142,6 +142,8 @@ def fit_decision_rule(probabilities: np.ndarray, labels: np.ndarray, classes: Se
     classes = tuple(classes)
     if objective not in ("raw", "balanced"):
         raise ValueError(f"decision objective must be 'raw' or 'balanced', got {objective!r}")
+    # Fitted on what it decides on (`DecisionRule.decide`): float32 probabilities, as served.
+    probabilities = served_probabilities(probabilities).astype(np.float64)
     if objective == "balanced":
         bias, summary = fit_class_biases(probabilities, labels, classes)
     else:

@@ -145,6 +145,8 @@
     // the argmax of log p + a per-class bias, and a melanoma flag at an operating point.
     const rule = record.decision;
     if (!rule) return null;
+    // On float32 probabilities, as every other runtime decides (postprocess.py served_probabilities).
+    probabilities = probabilities.map(Math.fround);
     let index = probabilities.indexOf(Math.max(...probabilities));
     if (!rule.is_raw) {
       const scores = probabilities.map((p, k) => Math.log(Math.min(1, Math.max(1e-12, p))) + rule.class_bias[k]);
