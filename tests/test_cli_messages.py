@@ -137,7 +137,8 @@ def test_odd_values_of_small_options_are_named_before_any_work(tmp_path, capsys,
     cases = [
         (["serve", "--model", "model.ckpt", "--host", "999.1.1.1"], "--host 999.1.1.1: not an address or name"),
         (["config", "show", str(tmp_path)], f"config file {tmp_path} is a folder: give a YAML file"),
-        (["cache", "--older-than", "nan"], "--older-than must be 0 or more days, not nan"),
+        (["cache", "--older-than", "nan"], "--older-than must be a number of days, 0 or more, not nan"),
+        (["cache", "--older-than", "inf"], "--older-than must be a number of days, 0 or more, not inf"),
         (["package", str(tmp_path / "run"), "--out", str(tmp_path / "pkg"), "--push-to-hub", "bad repo name"],
          "--push-to-hub 'bad repo name' is not a Hub repository id"),
     ]

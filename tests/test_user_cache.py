@@ -112,5 +112,5 @@ def test_the_command_lists_and_clears_one_kind(cache, monkeypatch, capsys):
 def test_a_negative_age_is_refused_with_the_value(cache, monkeypatch, capsys):
     monkeypatch.setenv("DERMALENS_CACHE", str(cache))
     assert main(["cache", "--clear", "--older-than", "-3"]) == 2
-    assert "--older-than must be 0 or more days, not -3" in capsys.readouterr().err
+    assert "--older-than must be a number of days, 0 or more, not -3" in capsys.readouterr().err
     assert (cache / "onnx" / f"{EXPORT}.onnx").is_file()

@@ -36,7 +36,7 @@ def run(args) -> int:
     from ..user_cache import DAY_S, KINDS, cache_entries, clear_cache, unused_for
 
     if args.older_than is not None and not (args.older_than >= 0 and math.isfinite(args.older_than)):
-        raise ValueError(f"--older-than must be 0 or more days, not {args.older_than:g}")
+        raise ValueError(f"--older-than must be a number of days, 0 or more, not {args.older_than:g}")
     root = user_cache_dir()
     if root.exists() and not root.is_dir():
         raise ValueError(f"the per-user cache {root} is a file, not a folder: move it, or name another folder "

@@ -34,7 +34,8 @@ def add_subcommand(subparsers) -> None:
 
 def run(args) -> int:
     from ..inference.package_export import onnx_writer
-    from ..models.hub import check_hub_repo_id, push_to_hub
+    from ..models.hub import push_to_hub
+    from ..models.hub_reference import check_hub_repo_id
     from ..models.package import package_run
     from ..models.package_reader import ONNX_FILE, WEIGHTS_FILE
 

@@ -161,17 +161,6 @@ def download_package(repo_id_or_path: str | Path, revision: str | None = None) -
                            f"{type(error).__name__}: {error}") from None
 
 
-def check_hub_repo_id(repo_id: str) -> None:
-    """PackageError naming `repo_id` when the Hub would refuse it (and when huggingface_hub is missing): said
-    before a package is built for it, not after."""
-    validate = _huggingface_hub().utils.validate_repo_id
-    try:
-        validate(repo_id)
-    except ValueError as error:   # HFValidationError
-        raise PackageError(f"--push-to-hub {repo_id!r} is not a Hub repository id (user-or-org/name): "
-                           f"{error}") from None
-
-
 def push_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 commit_message: str | None = None):
     """Upload a verified package to a Hub model repository (created if needed); returns the commit info.

@@ -64,6 +64,18 @@ def parse_hub_reference(text: str) -> HubReference:
     return HubReference(repo_id, revision or None)
 
 
+def check_hub_repo_id(repo_id: str) -> None:
+    """HubModelError naming `repo_id` when it is not a Hub repository id (user-or-org/name; needs
+    huggingface_hub): `package --push-to-hub` says so before a package is built for it, not after."""
+    try:
+        if "@" in repo_id:
+            raise HubModelError("a revision (@...) is chosen when a model is loaded, not where it is uploaded")
+        parse_hub_reference(f"{HUB_PREFIX}{repo_id}")
+    except HubModelError as error:
+        raise HubModelError(f"--push-to-hub {repo_id!r} is not a Hub repository id (user-or-org/name): "
+                            f"{error}") from None
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

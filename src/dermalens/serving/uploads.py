@@ -66,8 +66,8 @@ def decode_upload(data: bytes, filename: str | None = None,
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as error:
         if 2 * (Image.MAX_IMAGE_PIXELS or 0) >= max_pixels:   # over Pillow's limit is over the server's too
-            raise UploadError(f"image '{name}' is too large: over the limit of {max_pixels / 1e6:.1f} megapixels "
-                              f"({error})", status=413) from None
+            raise UploadError(f"image '{name}' is too large: over the limit of {max_pixels / 1e6:.1f} megapixels",
+                              status=413) from None
         raise UploadError(f"image '{name}' is too large to decode: {error}", status=413) from None
     except UnidentifiedImageError:
         raise UploadError(
