@@ -322,7 +322,7 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"override {text!r}: the value {raw.strip()!r} is not valid YAML ({problem}); "
                           f"write it as YAML, quoted where it holds special characters") from None
     if isinstance(value, str):
-        # YAML 1.1 reads "5e-4" (no dot) as a string; a number was meant.
+        # "inf", "nan" (YAML writes .inf, .nan): a number was meant, which validate_config then names.
         try:
             value = float(value)
         except ValueError:

@@ -112,6 +112,12 @@ def read_checkpoint_metadata(path: str | Path, trust: bool | None = None) -> dic
     return checkpoint
 
 
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict holding NaN or infinity (a training that diverged)."""
+    return [name for name, tensor in state.items()
+            if torch.is_tensor(tensor) and torch.is_floating_point(tensor) and not torch.isfinite(tensor).all()]
+
+
 def load_classifier(path: str | Path, device: str | torch.device = "cpu",
                     trust: bool | None = None) -> tuple[LesionClassifier, dict]:
     """Returns the model in eval mode and its metadata (classes, preprocessing, metrics...).
@@ -140,8 +146,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     model = build_ensemble(config, meta["ensemble"]) if meta.get("ensemble") else create_classifier(
         config, load_pretrained=False)
     state = {k[len("model."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
-    diverged = [name for name, tensor in state.items()
-                if torch.is_tensor(tensor) and torch.is_floating_point(tensor) and not torch.isfinite(tensor).all()]
+    diverged = non_finite_tensors(state)
     if diverged:   # a model whose training diverged answers NaN for every image
         raise CheckpointError(f"{path}: {len(diverged)} of its weight tensors hold NaN or infinity (e.g. "
                               f"{diverged[0]}): its training diverged, and it cannot predict")

@@ -17,7 +17,7 @@ from ..config import LossSection, ModelSection, OptimizerSection, SchedulerSecti
 
 # The key under which dermalens keeps what inference needs inside a Lightning
 # checkpoint, so a checkpoint can be used without the training config.
-from ..models.checkpoint import CHECKPOINT_KEY
+from ..models.checkpoint import CHECKPOINT_KEY, non_finite_tensors
 from ..models.classifier import ModelConfig, create_classifier
 from .errors import TrainingDiverged
 from .losses import build_loss, distillation_loss
@@ -212,8 +212,7 @@ class LesionClassifierModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Before anything is written: a checkpoint of NaN weights would replace last.ckpt and become best.ckpt,
         # and predict would answer "nan%". The weights are the same on every DDP rank, so all ranks stop here.
-        diverged = [name for name, tensor in checkpoint["state_dict"].items()
-                    if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all()]
+        diverged = non_finite_tensors(checkpoint["state_dict"])
         if diverged:
             raise TrainingDiverged(
                 f"training diverged in epoch {self.current_epoch + 1} (step {self.global_step}): {len(diverged)} "
