@@ -245,6 +245,7 @@ def test_a_file_that_is_no_checkpoint_is_named_not_run_in_pytorch_instead(tmp_pa
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_predictor(garbage)
     assert "failed" not in caplog.text and "PyTorch" not in caplog.text   # no fallback said before the error
+    assert "exporting" not in caplog.text   # nor an export announced of a file that is no checkpoint
 
 
 def test_load_predictor_runs_checkpoints_in_onnx_runtime_by_default(exported, checkpoint, run_dir, tmp_path,

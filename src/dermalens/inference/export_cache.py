@@ -56,6 +56,9 @@ def cached_export(checkpoint: str | Path) -> Path:
     if path.is_file():
         mark_used(path)   # `dermalens cache --older-than` goes by last use
         return path
+    from ..models.calibration_record import CheckpointError, check_checkpoint_file
+
+    check_checkpoint_file(checkpoint)   # a damaged file is named, not announced as being exported (nor locked)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.with_suffix(".lock"), "a+")
@@ -66,7 +69,6 @@ def cached_export(checkpoint: str | Path) -> Path:
         try:
             if path.is_file():
                 return path
-            from ..models.calibration_record import CheckpointError
             from .export import ExportError, export_checkpoint
 
             # Said, since the first prediction with a new model then takes a minute or more.

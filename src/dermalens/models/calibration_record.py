@@ -1,4 +1,5 @@
-"""The calibration record beside a model: `<stem>.calibration.json`, and `CheckpointError`.
+"""The calibration record beside a model: `<stem>.calibration.json`, `CheckpointError`, and
+`check_checkpoint_file` (is a file a checkpoint's container at all).
 
 The one read/write pair for the temperature that predict, serve and export
 apply. Only training writes it, fitted on the run's own validation split for
@@ -18,6 +19,24 @@ from ..atomic_io import atomic_write_json
 
 class CheckpointError(ValueError):
     """A checkpoint, or the calibration record beside it, that is missing or unreadable."""
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """CheckpointError when `path` is missing, empty or not a zip archive (what torch.save writes).
+
+    Cheap and torch-free: said before any slower work on a file that cannot be a checkpoint (an ONNX export,
+    or full unpickling), rather than after it.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint (torch.save writes a zip "
+                              "archive, and this file is not one)")
 
 
 def calibration_path(checkpoint: str | Path) -> Path:

@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from .. import __version__
 from ..atomic_io import atomic_write_bytes
 from ..classes import validate_class_set
 from ..data.preprocess import Preprocessing
-from .calibration_record import CheckpointError
+from .calibration_record import CheckpointError, check_checkpoint_file
 from .classifier import HUB_BACKBONE_PREFIXES, LesionClassifier, ModelConfig, create_classifier
 from .ensemble import build_ensemble
 
@@ -74,8 +73,7 @@ def load_checkpoint_dict(path: str | Path, trust: bool | None = None, map_locati
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         # torch.save writes zip archives: anything else is not a checkpoint.
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint") from None
+        _named_without_torchs_words(path)
         refused = re.search(r"GLOBAL (\S+)", str(error))   # the first object weights_only refused
         detail = f" ({refused.group(1)})" if refused else ""
         if not trusts_checkpoints(trust):
@@ -96,12 +94,16 @@ def load_checkpoint_dict(path: str | Path, trust: bool | None = None, map_locati
             raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
     except Exception as error:
         # torch's own words for a file that is no checkpoint at all are "KeyError: 101" or "EOFError".
-        if path.stat().st_size == 0:
-            raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)") from None
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint (torch.save writes a "
-                                  f"zip archive, and this file is not one)") from None
+        _named_without_torchs_words(path)
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+
+
+def _named_without_torchs_words(path: Path) -> None:
+    """`check_checkpoint_file`, its CheckpointError raised without the torch error being handled behind it."""
+    try:
+        check_checkpoint_file(path)
+    except CheckpointError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def read_checkpoint_metadata(path: str | Path, trust: bool | None = None) -> dict:
