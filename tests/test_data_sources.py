@@ -562,6 +562,33 @@ def test_a_lesion_id_csv_giving_one_image_two_lesions_is_refused_by_line(tmp_pat
         read_class_folders(tmp_path, lesion_csv=lesions)
 
 
+def test_a_setting_another_formats_reader_reads_is_refused_not_dropped(tmp_path, sample_dir, mini_ham10000):
+    """data.lesion_ids for HAM10000 data (whose lesion ids come from its metadata) was dropped without a word,
+    and a lesion-id CSV named by its folder was "not found"."""
+    from dermalens.config import ConfigError, load_config
+    from dermalens.data.prepare import load_dataset
+
+    ham = mini_ham10000
+    csv = tmp_path / "lesions.csv"
+    csv.write_text("image_id,lesion_id\n")
+    for fmt in ("auto", "ham10000"):
+        config = load_config(None, [f"data.lesion_ids={csv}"], {"data": {"path": str(ham), "format": fmt}})
+        with pytest.raises(ConfigError, match=r"data\.lesion_ids=.*lesions\.csv is read for folder data only, "
+                                              r"and .*ham is read as ham10000 data"):
+            load_dataset(config)
+    config = load_config(None, ["data.subset=Test"], {"data": {"path": str(ham)}})
+    with pytest.raises(ConfigError, match=r"data\.subset=Test is read for isic2018 data only"):
+        load_dataset(config)
+    assert len(load_dataset(load_config(None, [], {"data": {"path": str(ham)}})))   # the same data, read
+
+    folders = tmp_path / "folders"
+    (folders / "nv").mkdir(parents=True)
+    (folders / "nv" / "nv0.jpg").symlink_to(sorted(sample_dir.glob("ISIC_*.jpg"))[0])
+    config = load_config(None, [f"data.lesion_ids={tmp_path}"], {"data": {"path": str(folders)}})
+    with pytest.raises(DataFormatError, match=rf"lesion-id CSV {tmp_path} is a folder; name the file itself"):
+        load_dataset(config)
+
+
 def test_an_official_isic2018_set_scored_whole_is_named_in_the_report(tmp_path, sample_dir, sample_metadata):
     """Scored whole, the Test set and the Training set were both "every image of the data set (no split)"."""
     from dermalens.config import load_config
@@ -700,6 +727,16 @@ def test_a_run_given_its_own_data_with_data_scores_its_test_split_not_its_traini
     other = tmp_path / "other"
     shutil.copytree(data, other, symlinks=True)
     assert resolve_target(run=run, data=str(other)).split_dir is None   # another folder: scored whole
+    # The run's lesion-id CSV belongs to its own data: other data is read without it (it would be refused, or
+    # give the other folder's images lesions of the run's data), the run's own data with it.
+    lesion_csv = tmp_path / "lesions.csv"
+    lesion_csv.write_text("image_id,lesion_id\n")
+    (run / "config.yaml").write_text(dump_config(load_config(
+        None, ["data.format=folder", f"data.lesion_ids={lesion_csv}"], {"data": {"path": str(data)}})))
+    assert resolve_target(run=run, data=str(other)).config["data"]["lesion_ids"] is None
+    assert resolve_target(run=run).config["data"]["lesion_ids"] == str(lesion_csv)
+    assert resolve_target(run=run, data=str(other), overrides=[f"data.lesion_ids={lesion_csv}"]
+                          ).config["data"]["lesion_ids"] == str(lesion_csv)
 
     isic = tmp_path / "isic"
     _build_isic2018(isic, sample_dir, sample_metadata, split="Training")

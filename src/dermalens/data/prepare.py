@@ -22,7 +22,7 @@ import pandas as pd
 from ..config import ConfigError, user_cache_dir
 from ..run_folder import RunFolder
 from .cache import build_image_cache
-from .readers import LesionDataset, make_synthetic_dataset, open_dataset
+from .readers import LesionDataset, detect_format, make_synthetic_dataset, open_dataset
 from .readers.base import source_names
 from .split import (
     SourceSplitError,
@@ -119,7 +119,25 @@ def _open_data_path(config: dict, classes: Sequence[str] | None) -> LesionDatase
     if data["format"] in ("auto", "folder"):
         # Only a folder reader takes these (auto passes a detected reader only what it takes).
         kwargs.update(classes=classes, lesion_csv=data.get("lesion_ids"))
+    _check_format_settings(data, path)
     return open_dataset(path, data["format"], **kwargs)
+
+
+# Settings that only one format's reader reads: given for data of another format they would be dropped without a
+# word (a lesion-id CSV for HAM10000, whose lesion ids come from its metadata), so they are refused by name.
+_FORMAT_SETTINGS = {"lesion_ids": "folder", "subset": "isic2018"}
+
+
+def _check_format_settings(data: dict, path: Path) -> None:
+    given = [name for name in _FORMAT_SETTINGS if data.get(name) not in (None, "")]
+    if not given:
+        return
+    fmt = data["format"] if data["format"] != "auto" else detect_format(path)
+    for name in given:
+        if _FORMAT_SETTINGS[name] != fmt:
+            raise ConfigError(f"data.{name}={data[name]} is read for {_FORMAT_SETTINGS[name]} data only, and "
+                              f"{path} is read as {fmt} data; leave data.{name} out (--set data.{name}=null "
+                              "where a config or a run's config.yaml names it)")
 
 
 def prepare_data(config: dict, run_dir: Path | None = None, progress: bool = True,

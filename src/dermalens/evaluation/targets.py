@@ -143,9 +143,12 @@ def resolve_target(*, run: str | Path | None = None, checkpoint: str | Path | No
         if not Path(data).exists():
             raise FileNotFoundError(f"data path not found: {data}")
         resolved["data"]["path"] = str(data)
-        if not own_data and not any(o.partition("=")[0].strip() == "data.subset" for o in overrides):
-            # The run's ISIC 2018 set (its training data) says nothing of other data: never read it there.
-            resolved["data"]["subset"] = None
+        if not own_data:
+            # The run's ISIC 2018 set and lesion-id CSV (of its training data) say nothing of other data: never
+            # read them there, unless given again for it. A config named with --checkpoint keeps its lesion CSV.
+            for name in ("subset", "lesion_ids") if run else ("subset",):
+                if not any(o.partition("=")[0].strip() == f"data.{name}" for o in overrides):
+                    resolved["data"][name] = None
     if data_format:
         resolved["data"]["format"] = data_format
     chosen = split or ("test" if own_data else "all")

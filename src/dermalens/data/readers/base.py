@@ -200,6 +200,8 @@ def is_blank(value) -> bool:
 
 def require_file(path: Path, what: str) -> None:
     """Raise DataFormatError naming ``what`` and ``path`` unless the file exists."""
+    if path.is_dir():
+        raise DataFormatError(f"{what} {path} is a folder; name the file itself")
     if not path.is_file():
         raise DataFormatError(f"{what} not found: {path}")
 
