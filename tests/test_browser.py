@@ -94,6 +94,7 @@ def test_upload_shows_sorted_probabilities_and_explanations(page, page_url, samp
     if ruled:
         assert decision.get_attribute("data-class") == answer["predicted_class"]
         assert answer["predicted_class_name"] in decision.inner_text()
+    assert page.locator("#caution").count() == 1 and page.locator("#caution").is_hidden()   # a 600 x 450 photo
     image_loaded(page, "#preview")
 
     image_loaded(page, "#gradcam-image")     # Grad-CAM follows every prediction
@@ -129,3 +130,18 @@ def test_bad_upload_shows_a_visible_error(page, tmp_path):
     assert page.locator("#bars li").count() == 0
     assert page.locator("#disclaimer").is_visible()
     save_screenshot(page, tmp_path / "dermalens-page-error.png")
+
+
+def test_a_small_upload_shows_the_apis_caution(page, page_url, sample_dir, tmp_path):
+    from PIL import Image
+
+    small = tmp_path / "small-lesion.png"
+    Image.open(sample_images(sample_dir)[0]).resize((20, 18)).save(small)
+    answer = page.request.post(page_url + "api/predict", multipart={
+        "image": {"name": small.name, "mimeType": "image/png", "buffer": small.read_bytes()}}).json()
+    assert "enlarged 3.6x" in answer["caution"]
+    page.set_input_files("#file-input", str(small))
+    caution = page.locator("#caution")
+    caution.wait_for(state="visible")
+    assert caution.inner_text() == f"Caution: {answer['caution']}"
+    assert not page.errors, page.errors

@@ -130,17 +130,17 @@ def test_a_40000_pixel_square_is_refused_before_decoding_in_predict_and_evaluate
 
 
 class RecordingPredictor:
-    """Any predictor as predict_files sees it: records the image sizes it is given; refuses 1-pixel-high images."""
+    """Any predictor as predict_files sees it: records the image sizes it is given; refuses 20-pixel-high images."""
 
     classes = ("mel", "nv")
-    preprocessing = SimpleNamespace(image_size=32)
+    preprocessing = SimpleNamespace(image_size=32, geometry="center_square")
 
     def __init__(self):
         self.shapes = []
 
     def predict_arrays(self, images):
-        if any(image.shape[0] == 1 for image in images):
-            raise ValueError("an image one pixel high")
+        if any(image.shape[0] == 20 for image in images):
+            raise ValueError("an image 20 pixels high")
         self.shapes += [image.shape for image in images]
         return np.full((len(images), 2), 0.5)
 
@@ -157,7 +157,7 @@ def test_predict_files_decodes_in_full_unless_reduced_decoding_is_asked(sample_d
 def test_an_image_the_model_refuses_costs_only_its_own_answer(sample_dir, tmp_path):
     photos = sample_photos(sample_dir, 5)
     thin = tmp_path / "thin.png"
-    Image.new("RGB", (300, 1)).save(thin)
+    Image.new("RGB", (300, 20)).save(thin)
     predictions, failures = predict_files(RecordingPredictor(), [*photos[:2], thin, *photos[2:]], progress=False)
     assert [p.source for p in predictions] == list(map(str, photos))
-    assert failures == [f"{thin}: an image one pixel high"]
+    assert failures == [f"{thin}: an image 20 pixels high"]

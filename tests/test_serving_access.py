@@ -27,7 +27,7 @@ class StandInPredictor:
     temperature, tta, model = 1.0, False, None
     classes = CLASS_CODES
     metadata = {"model_config": {"backbone": "stand-in-net"}, "version": "test", "checkpoint": "/x/stand-in.ckpt"}
-    preprocessing = SimpleNamespace(image_size=32, to_dict=lambda: {"image_size": 32})
+    preprocessing = SimpleNamespace(image_size=32, geometry="center_square", to_dict=lambda: {"image_size": 32})
 
     def predict_arrays(self, images):
         return np.full((len(images), len(CLASS_CODES)), 1 / len(CLASS_CODES), dtype=np.float32)
@@ -125,14 +125,19 @@ def test_a_request_path_cannot_forge_log_lines(client, caplog):
 
 
 # --- uploads refused before any work --------------------------------------------------------
-@pytest.mark.parametrize("width, height", [(1, 1000), (1, 3000), (3000, 2)])
+@pytest.mark.parametrize("width, height", [(1, 1000), (1, 3000), (3000, 2), (16, 1000), (3000, 20)])
 def test_an_image_too_thin_to_explain_is_a_400_naming_its_size(client, explained, width, height):
     for route in ("/api/explain", "/api/report"):
         answer = client.post(route, data=upload(png(width, height), "strip.png"))
         assert answer.status_code == 400, answer.data[:300]
         assert f"{width} x {height} pixels" in answer.get_json()["error"] and "strip.png" in answer.get_json()["error"]
     assert explained == []                    # nothing was queued, nothing was drawn
-    assert client.post("/api/predict", data=upload(png(width, height))).status_code == 200   # predicting is fine
+    # Predicting takes a strip 16 pixels across or more (the model sees its centre square), not thinner.
+    answer = client.post("/api/predict", data=upload(png(width, height), "strip.png"))
+    if min(width, height) >= 16:
+        assert answer.status_code == 200, answer.data[:300]
+    else:
+        assert answer.status_code == 400 and "at least 16 pixels" in answer.get_json()["error"]
 
 
 def test_the_default_pixel_limit_is_25_megapixels(client):

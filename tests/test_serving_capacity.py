@@ -53,7 +53,7 @@ class StandInPredictor:
     temperature, tta, model = 1.0, False, None
     classes = CLASS_CODES
     metadata = {"model_config": {"backbone": "stand-in-net"}, "version": "test", "checkpoint": "/x/stand-in.ckpt"}
-    preprocessing = SimpleNamespace(image_size=32, to_dict=lambda: {"image_size": 32})
+    preprocessing = SimpleNamespace(image_size=32, geometry="center_square", to_dict=lambda: {"image_size": 32})
 
     def __init__(self):
         self.gate = Gate()

@@ -109,7 +109,7 @@ def test_predict_outputs_top_k_as_json_csv_and_table(dermamnist_run, sample_dir,
         assert row["top_class"] == row["top_k"][0]["class"]
     assert main(["predict", "--model", ckpt, images[0], "-f", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "image,rank,class,name,probability,predicted_class,melanoma_flag" and len(lines) == 4
+    assert lines[0] == "image,rank,class,name,probability,predicted_class,melanoma_flag,caution" and len(lines) == 4
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     assert main(["predict", "--model", ckpt, images[0], str(bad)]) == 1

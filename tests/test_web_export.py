@@ -204,7 +204,38 @@ def test_a_small_photo_grows_as_in_python(browser, served, checkpoint, sample_di
     context, page = open_page(browser, served)
     try:
         shown = upload(page, small)
+        caution = page.locator("#caution")
+        assert caution.count() == 1 and not caution.is_visible()   # 48 x 36 into 64 px: 1.8x, no caution
         assert max(abs(shown[c] - p) for c, p in want.items()) <= TOLERANCE
+    finally:
+        context.close()
+
+
+def test_a_small_photo_is_cautioned_and_a_tiny_one_refused_as_in_python(browser, served, checkpoint, sample_dir,
+                                                                       tmp_path):
+    """The page applies data/geometry.py's limits from the record: the caution `dermalens predict` gives, word
+    for word, and the refusal under 16 pixels a side."""
+    from PIL import Image
+
+    photo = Image.open(sorted(sample_dir.glob("ISIC_*.jpg"))[2])
+    small, tiny = tmp_path / "small-lesion.png", tmp_path / "tiny-lesion.png"
+    photo.resize((20, 18)).save(small)
+    photo.resize((12, 10)).save(tiny)
+    out = tmp_path / "small.json"
+    assert main(["predict", "--model", str(checkpoint), str(small), "-f", "json", "-o", str(out)]) == 0
+    want = json.loads(out.read_text())["predictions"][0]["caution"]
+    assert want and "enlarged 3.6x" in want
+    context, page = open_page(browser, served)
+    try:
+        upload(page, small)
+        caution = page.locator("#caution")
+        assert caution.is_visible() and caution.inner_text() == f"Caution: {want}"
+        page.set_input_files("#file-input", str(tiny))
+        error = page.locator("#error")
+        error.wait_for(state="visible")
+        assert "'tiny-lesion.png' is 12 x 10 pixels" in error.inner_text() and "16 pixels" in error.inner_text()
+        assert page.locator("#bars li").count() == 0 and not caution.is_visible()
+        assert not page.errors, page.errors
     finally:
         context.close()
 

@@ -24,7 +24,7 @@ def add_subcommand(subparsers) -> None:
                         f"more than the model has lists them all)")
     p.add_argument("--output-format", "-f", choices=OUTPUT_FORMATS, default=DEFAULT_OUTPUT_FORMAT,
                    help="table (the top classes and the model's decision); csv (long: image,rank,class,name,"
-                        "probability,predicted_class,melanoma_flag); json; isic2018 (the ISIC 2018 Task 3 "
+                        "probability,predicted_class,melanoma_flag,caution); json; isic2018 (the ISIC 2018 Task 3 "
                         "submission CSV: image,MEL,NV,BCC,AKIEC,BKL,DF,VASC, the calibrated probabilities, "
                         "whose argmax the ISIC scorer takes: the raw argmax, not the model's decision rule)")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")

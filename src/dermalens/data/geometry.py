@@ -18,6 +18,8 @@ code uses it to put a heatmap back onto the right pixels of the upload.
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -25,6 +27,19 @@ CENTER_SQUARE = "center_square"
 SQUASH = "squash"
 GEOMETRY_POLICIES = (CENTER_SQUARE, SQUASH)
 LEGACY_GEOMETRY = SQUASH   # what a record without a policy was trained with
+
+
+# Below this many pixels on its shorter side an image cannot show a lesion: predictions refuse it by name
+# rather than answer from a few enlarged pixels (a 1 x 1 PNG once got "nv 78%").
+MIN_IMAGE_SIDE = 16
+# An answer on an image the model sees enlarged more than this is flagged: the model was trained and measured on
+# images about its input size or larger. 3, not 2: the DermaMNIST recipe's own 28-px images reach its 64-px
+# input at 2.3x, and a HAM10000 model shown a DermaMNIST thumbnail (8x) is the case this catches.
+MAX_ENLARGEMENT = 3.0
+
+
+class ImageTooSmallError(ValueError):
+    """An image with fewer than MIN_IMAGE_SIDE pixels on its shorter side; the message names its size."""
 
 
 def check_geometry(policy: str) -> str:
@@ -102,3 +117,28 @@ def map_to_image(square_map: np.ndarray, height: int, width: int, policy: str) -
     placed[top:top + crop_height, left:left + crop_width] = cv2.resize(
         square_map, (crop_width, crop_height), interpolation=cv2.INTER_LINEAR)
     return placed
+
+
+def check_large_enough(height: int, width: int, what: str = "image") -> None:
+    """ImageTooSmallError naming the size when the shorter side is under MIN_IMAGE_SIDE pixels."""
+    if min(int(height), int(width)) < MIN_IMAGE_SIDE:
+        raise ImageTooSmallError(
+            f"{what} is {int(width)} x {int(height)} pixels; a lesion needs at least {MIN_IMAGE_SIDE} pixels "
+            "on the shorter side")
+
+
+def enlargement(height: int, width: int, size: int, policy: str) -> float:
+    """How many times the model's input enlarges the shorter side of the region `policy` keeps."""
+    crop_height, crop_width = crop_box(int(height), int(width), policy)[2:]
+    return int(size) / max(1, min(crop_height, crop_width))
+
+
+def resolution_caution(height: int, width: int, size: int, policy: str) -> str | None:
+    """A sentence for answers on an image the model sees enlarged more than MAX_ENLARGEMENT, else None."""
+    factor = enlargement(height, width, size, policy)
+    if factor <= MAX_ENLARGEMENT:
+        return None
+    # Halves rounded up, as JavaScript's toFixed does: the in-browser page (web/page.js) writes the same words.
+    shown = math.floor(factor * 10 + 0.5) / 10
+    return (f"low resolution: {int(width)} x {int(height)} px, enlarged {shown:.1f}x to the model's "
+            f"{int(size)}-px input, far from the images it was trained and measured on; the answer is unreliable")

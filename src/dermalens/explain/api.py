@@ -30,6 +30,7 @@ from ..data.geometry import fit_to_square
 from ..data.preprocess import Preprocessing
 from ..data.transforms import preprocess_image
 from ..inference.postprocess import DecisionRule
+from ..inference.prediction import image_caution
 from ..inference.predictor import Predictor
 from .base import AttributionMethod, model_device, private_module_tree
 from .display import check_aspect_ratio
@@ -79,6 +80,7 @@ class Explanation:
     temperature: float = 1.0
     decided_class: str | None = None    # the class the model's decision rule reports (None: the most probable)
     melanoma_flag: bool | None = None   # P(mel) at or above the model's operating point (None: it has none)
+    caution: str | None = None          # why the answer is unreliable (prediction.image_caution), None: nothing known
     disclaimer: str = field(default=RESEARCH_DISCLAIMER, repr=False)
 
     @property
@@ -117,6 +119,7 @@ class Explanation:
             "tta": self.tta,                    # the probabilities: the predictor's views and temperature
             "temperature": self.temperature,
             "map_view": "unflipped image",      # the map: one view
+            "caution": self.caution,
             "seconds": self.seconds,
             "disclaimer": self.disclaimer,
         }
@@ -222,11 +225,14 @@ class Explainer:
 
         probabilities: what the predictor serving this image answered (class code -> p, or in class
         order); None: computed here by the same predictor code (`predict`). Images thinner than
-        10:1 are refused (`display.ImageShapeError`, a ValueError naming the size).
+        10:1 are refused (`display.ImageShapeError`, a ValueError naming the size), and so are images the
+        predictions refuse (`prediction.image_caution`: under 16 pixels a side), whose caution the caption
+        repeats.
         """
         method = check_method(method)
         image = check_image(image)
         check_aspect_ratio(*image.shape[:2])
+        caution = image_caution(image, self.preprocessing)
         target_index = class_index(target_class, self.classes) if target_class is not None else None
         started = time.perf_counter()
         probs = self.predict(image) if probabilities is None else self._served(probabilities)
@@ -244,14 +250,14 @@ class Explainer:
         target = self.classes[target_index]
         flag = self.melanoma_flag(probs)
         overlay = render_overlay(shown, heatmap, caption_lines(method, target, probs, self.tta, self.temperature,
-                                                               decided, flag))
+                                                               decided, flag, caution))
         return Explanation(
             method=method, target_class=target, probabilities=probs, heatmap=heatmap,
             raw_map=np.asarray(attribution.raw_map, dtype=np.float32), overlay=overlay,
             class_maps=({self.classes[k]: m for k, m in attribution.class_maps.items()}
                         if attribution.class_maps is not None else None),
             seconds=time.perf_counter() - started, image_size=(int(image.shape[0]), int(image.shape[1])),
-            tta=self.tta, temperature=self.temperature, decided_class=decided, melanoma_flag=flag,
+            tta=self.tta, temperature=self.temperature, decided_class=decided, melanoma_flag=flag, caution=caution,
         )
 
     def decided_class(self, probabilities: dict[str, float]) -> str:
@@ -276,15 +282,18 @@ def predictor_description(tta: bool, temperature: float) -> str:
 
 def caption_lines(method: str, target: str, probabilities: dict[str, float], tta: bool = False,
                   temperature: float = 1.0, predicted: str | None = None,
-                  melanoma_flag: bool | None = None) -> list[str]:
-    """The overlay's caption: the predictor's answer (how it was computed) and its melanoma flag when it
-    has an operating point, as `dermalens predict` states them; the map's class and view."""
+                  melanoma_flag: bool | None = None, caution: str | None = None) -> list[str]:
+    """The overlay's caption: the predictor's answer (how it was computed), its melanoma flag when it
+    has an operating point and the image's caution, as `dermalens predict` states them; the map's class and
+    view."""
     predicted = predicted or max(probabilities, key=probabilities.get)
     lines = [f"Model output: {predicted} ({class_name(predicted)}) {probabilities[predicted]:.1%} "
              f"({predictor_description(tta, temperature)})"]
     if melanoma_flag is not None:
         lines.append("Melanoma flag: " + ("RAISED (P(mel) at or above the model's operating point)"
                                           if melanoma_flag else "not raised"))
+    if caution:
+        lines.append(f"Caution: {caution}")
     lines += [f"{method_label(method)} map for: {target} ({class_name(target)}) {probabilities[target]:.1%}; "
               f"map from the unflipped image only",
               RESEARCH_DISCLAIMER]

@@ -15,7 +15,8 @@ from ..data.image_files import DEFAULT_EXCLUDE, find_image_files
 from .names import CAM_LAYERS, DEFAULT_SHAP_MAX_EVALS, METHODS, MIN_SHAP_MAX_EVALS
 
 SUMMARY_COLUMNS = ("image", "predicted_class", "predicted_probability", "melanoma_flag", "target_class",
-                   "target_probability", "method", "seconds", "centre_energy_share", "centroid_x", "centroid_y", "overlay", "raw_map", "error")
+                   "target_probability", "method", "seconds", "centre_energy_share", "centroid_x", "centroid_y",
+                   "caution", "overlay", "raw_map", "error")
 DEFAULT_OUT = "explanations"
 SUMMARY_CSV = "summary.csv"
 DEFAULT_METHOD = METHODS[0]          # the cheapest: Grad-CAM

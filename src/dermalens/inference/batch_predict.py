@@ -68,5 +68,10 @@ def predict_images(model: str | Path, images: Sequence[str], *, top_k: int = DEF
                          f"for {moved} of {len(rows)} images that is not the class the model's decision rule "
                          f"reports (its per-class biases are not in the probabilities); `dermalens evaluate` "
                          f"scores the rule and the raw argmax side by side")
+    cautioned = [row["image"] for row in rows if row.get("caution")]
+    if cautioned and output_format == "isic2018":   # the other formats carry each image's caution
+        notes.append(f"{len(cautioned)} image(s) are far below the model's {predictor.preprocessing.image_size}-px "
+                     f"input, so their answers are unreliable: {', '.join(cautioned[:5])}"
+                     + (f" and {len(cautioned) - 5} more" if len(cautioned) > 5 else ""))
     text = format_predictions(rows, failures, output_format, predictor.runtime)
     return PredictionRun(text, len(rows), len(paths), failures, notes)

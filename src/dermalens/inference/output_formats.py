@@ -34,12 +34,13 @@ def format_predictions(rows: list[dict], failures: list[str], fmt: str, runtime:
         # Long: one line per listed class; the model's decision (its fitted rule, which may pick another class
         # than rank 1) and its melanoma flag repeat on each line of the image.
         writer = csv.writer(out)
-        writer.writerow(["image", "rank", "class", "name", "probability", "predicted_class", "melanoma_flag"])
+        writer.writerow(["image", "rank", "class", "name", "probability", "predicted_class", "melanoma_flag",
+                         "caution"])
         for row in rows:
             flag = "" if row["melanoma_flag"] is None else str(row["melanoma_flag"]).lower()
             for rank, item in enumerate(row["top_k"], 1):
                 writer.writerow([row["image"], rank, item["class"], item["name"], f"{item['probability']:.6f}",
-                                 row["predicted_class"], flag])
+                                 row["predicted_class"], flag, row.get("caution") or ""])
     elif fmt == "isic2018":
         # One row per image, the image id being the file stem, as isic-challenge-scoring reads it.
         writer = csv.writer(out)
@@ -53,6 +54,8 @@ def format_predictions(rows: list[dict], failures: list[str], fmt: str, runtime:
             for rank, item in enumerate(row["top_k"], 1):
                 out.write(f"  {rank}. {item['class']:6s} {item['probability']:7.2%}  {item['name']}\n")
             out.write(f"  {decision_line(row)}\n")
+            if row.get("caution"):
+                out.write(f"  caution: {row['caution']}\n")
         for rule in dict.fromkeys(row["decision_rule"] for row in rows):   # once, not on every image's line
             out.write(f"decision rule: {rule}\n")
         out.write(f"{RESEARCH_DISCLAIMER}\n")

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..classes import RESEARCH_DISCLAIMER, class_name
+from ..data.geometry import check_large_enough, resolution_caution
 from ..data.readers.images import UnreadableImageError, decode_image_file
 from .settings import DEFAULT_BATCH_SIZE
 
@@ -33,6 +34,7 @@ class Prediction:
     predicted_class: str | None = None
     melanoma_flag: bool | None = None    # P(mel) at or above the model's melanoma operating point
     decision_rule: str = "raw argmax"
+    caution: str | None = None           # why this answer is unreliable (`image_caution`), None: nothing known
 
     @property
     def top_class(self) -> str:
@@ -58,19 +60,22 @@ class Prediction:
             "top_class_name": class_name(self.top_class),
             "probabilities": self.probabilities,
             "top_k": [{"class": c, "name": class_name(c), "probability": p} for c, p in top],
+            "caution": self.caution,
             "disclaimer": RESEARCH_DISCLAIMER,
         }
 
 
-def as_prediction(source: str, probabilities: Sequence[float], classes: Sequence[str], decision=None) -> Prediction:
+def as_prediction(source: str, probabilities: Sequence[float], classes: Sequence[str], decision=None,
+                  caution: str | None = None) -> Prediction:
     """One row of `predict_arrays` as a Prediction; `classes` are the model's, in output order.
 
-    decision: the model's `postprocess.DecisionRule` (None: the argmax decides).
+    decision: the model's `postprocess.DecisionRule` (None: the argmax decides);
+    caution: `image_caution`'s sentence for the image, if any.
     """
     probabilities = np.asarray(probabilities).reshape(-1)
     if len(probabilities) != len(classes):
         raise ValueError(f"{len(probabilities)} probabilities for {len(classes)} classes ({', '.join(classes)})")
-    prediction = Prediction(source, {code: float(p) for code, p in zip(classes, probabilities)})
+    prediction = Prediction(source, {code: float(p) for code, p in zip(classes, probabilities)}, caution=caution)
     if decision is not None:
         prediction.predicted_class = classes[int(decision.decide(probabilities[None])[0])]
         flags = decision.melanoma_flags(probabilities[None])
@@ -78,6 +83,17 @@ def as_prediction(source: str, probabilities: Sequence[float], classes: Sequence
         prediction.decision_rule = "raw argmax" if decision.is_raw else f"{decision.objective} (fitted on " \
                                                                        f"{decision.fitted_on})"
     return prediction
+
+
+def image_caution(image: np.ndarray, preprocessing, what: str = "image") -> str | None:
+    """Whether a model with this `Preprocessing` can answer for this RGB image: ImageTooSmallError (a ValueError
+    naming the size) under `geometry.MIN_IMAGE_SIDE` pixels a side; the low-resolution caution when the model
+    sees it enlarged more than `geometry.MAX_ENLARGEMENT` times; else None."""
+    height, width = np.asarray(image).shape[:2]
+    check_large_enough(height, width, what)
+    if preprocessing is None:
+        return None
+    return resolution_caution(height, width, preprocessing.image_size, preprocessing.geometry)
 
 
 def read_rgb_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
@@ -130,10 +146,13 @@ def predict_sources(predictor, sources: Iterable[str | Path | np.ndarray],
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
         arrays = [s if isinstance(s, np.ndarray) else read_rgb_image(s) for s in chunk]
+        names = ["<array>" if isinstance(s, np.ndarray) else str(s) for s in chunk]
+        cautions = [image_caution(array, getattr(predictor, "preprocessing", None), f"image {name}")
+                    for array, name in zip(arrays, names)]
         probs = predictor.predict_arrays(arrays)
-        for source, row in zip(chunk, probs):
-            results.append(as_prediction("<array>" if isinstance(source, np.ndarray) else str(source), row,
-                                         predictor.classes, getattr(predictor, "decision", None)))
+        for name, row, caution in zip(names, probs, cautions):
+            results.append(as_prediction(name, row, predictor.classes, getattr(predictor, "decision", None),
+                                         caution))
     return results
 
 
@@ -151,12 +170,15 @@ def predict_files(predictor, paths: Sequence[str | Path], batch_size: int = DEFA
     `draft_side`); None = every pixel, as the web app and training decode.
     """
     min_side = draft_side(predictor, reduced_decode)
+    preprocessing = getattr(predictor, "preprocessing", None)
 
     def decode(path):
+        # (path, image, its caution, None) or (path, None, None, why it is not answered)
         try:
-            return path, read_rgb_image(path, min_side), None
+            image = read_rgb_image(path, min_side)
+            return path, image, image_caution(image, preprocessing), None   # the failure line names the file
         except Exception as error:  # noqa: BLE001 - whatever one file does, the others are still answered
-            return path, None, f"{path}: {error}"
+            return path, None, None, f"{path}: {error}"
 
     batches = [list(paths[start:start + batch_size]) for start in range(0, len(paths), batch_size)]
     results: list[Prediction] = []
@@ -168,8 +190,8 @@ def predict_files(predictor, paths: Sequence[str | Path], batch_size: int = DEFA
             decoded = list(upcoming)
             if index + 1 < len(batches):
                 upcoming = pool.map(decode, batches[index + 1])   # decoded while the model runs below
-            good = [(path, image) for path, image, error in decoded if error is None]
-            failures += [error for _, _, error in decoded if error is not None]
+            good = [(path, image, caution) for path, image, caution, error in decoded if error is None]
+            failures += [error for *_, error in decoded if error is not None]
             answered, refused = _predict_batch(predictor, good)
             results += answered
             failures += refused
@@ -182,17 +204,17 @@ def _predict_batch(predictor, good: list[tuple]) -> tuple[list[Prediction], list
     if not good:
         return [], []
     try:
-        probs = predictor.predict_arrays([image for _, image in good])
-        return [as_prediction(str(path), row, predictor.classes, getattr(predictor, "decision", None))
-                for (path, _), row in zip(good, probs)], []
+        probs = predictor.predict_arrays([image for _, image, _ in good])
+        return [as_prediction(str(path), row, predictor.classes, getattr(predictor, "decision", None), caution)
+                for (path, _, caution), row in zip(good, probs)], []
     except Exception as batch_error:  # noqa: BLE001 - found out below, image by image
         if len(good) == 1:
             return [], [f"{good[0][0]}: {batch_error}"]
         answered, refused = [], []
-        for path, image in good:
+        for path, image, caution in good:
             try:
                 answered.append(as_prediction(str(path), predictor.predict_arrays([image])[0], predictor.classes,
-                                              getattr(predictor, "decision", None)))
+                                              getattr(predictor, "decision", None), caution))
             except Exception as error:  # noqa: BLE001
                 refused.append(f"{path}: {error}")
         if not answered:   # no image goes through: the model is broken, not the files

@@ -35,6 +35,7 @@ from pathlib import Path
 from .. import __version__
 from ..atomic_io import file_sha256, user_mode
 from ..classes import RESEARCH_DISCLAIMER, class_name
+from ..data.geometry import MAX_ENLARGEMENT, MIN_IMAGE_SIDE
 from ..data.preprocess import normalisation_tables
 from ..models.calibration_record import read_calibration
 from ..models.description import model_name
@@ -151,6 +152,8 @@ def web_record(predictor: OnnxPredictor, decision: dict | None, model_sha256: st
             "normalisation": "(level - mean*255) / (std*255) in float32, per channel: the tables below",
             "normalisation_tables": normalisation_tables(pre).astype(float).tolist(),
         },
+        # What every runtime refuses or flags (data/geometry.py): the page says the same.
+        "image_limits": {"min_side": MIN_IMAGE_SIDE, "max_enlargement": MAX_ENLARGEMENT},
         "tta": {"views": list(TTA_VIEWS if predictor.tta else TTA_VIEWS[:1]), "merge": "mean of the views' logits"},
         "temperature": float(predictor.temperature),
         "decision": decision,

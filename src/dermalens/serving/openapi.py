@@ -141,6 +141,8 @@ def schemas(classes: list[str]) -> dict:
             "decision_rule": {"type": "string", "description": "'raw argmax', or the rule and what it was fitted on"},
             "melanoma_flag": {"type": "boolean", "nullable": True, "description": "P(mel) at or above the model's "
                               "melanoma operating point; null when the model has none"},
+            "caution": {"type": "string", "nullable": True, "description": "why the answer is unreliable (an "
+                        "image the model sees enlarged more than 3x); null when nothing is known against it"},
             "top_class": {**class_code_schema(classes), "description": "the most probable class"},
             "top_class_name": {"type": "string"},
             "probabilities": probabilities_schema(classes),
@@ -155,6 +157,7 @@ def schemas(classes: list[str]) -> dict:
             "target_class": class_code_schema(classes), "target_class_name": {"type": "string"},
             "probabilities": probabilities_schema(classes),
             "image_size": {"type": "array", "items": {"type": "integer"}, "description": "[width, height] in pixels"},
+            "caution": {"type": "string", "nullable": True, "description": "as in a prediction"},
             "heatmap_shape": {"type": "array", "items": {"type": "integer"}, "description": "[height, width]"},
             "heatmap": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
                         "description": "rows of values in [0, 1] over the whole image, at the model's resolution "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 import threading
 
 import numpy as np
@@ -39,11 +40,12 @@ def matching(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.ndarray, method: str,
                target_class: str, model_name: str, source: str, decided_class: str | None = None,
-               decision_rule: str = "raw argmax", melanoma_flag: bool | None = None) -> bytes:
+               decision_rule: str = "raw argmax", melanoma_flag: bool | None = None,
+               caution: str | None = None) -> bytes:
     """image: RGB uint8 (H, W, 3); heatmap: float (h, w) in [0, 1] over the whole image, at any size;
     probabilities: class code -> p, the served predictor's (the map comes from one view); decided_class,
-    decision_rule, melanoma_flag: the served answer (`Prediction`), which a fitted rule may make another class
-    than the most probable one; the picture states that answer, as the page does."""
+    decision_rule, melanoma_flag, caution: the served answer (`Prediction`), which a fitted rule may make
+    another class than the most probable one; the picture states that answer, as the page does."""
     heatmap = thin(np.asarray(heatmap, dtype=np.float32))
     shown = matching(image, heatmap.shape)
     ranked = sorted(probabilities.items(), key=lambda item: item[1])   # barh draws bottom-up: top class last
@@ -89,6 +91,8 @@ def report_png(image: np.ndarray, probabilities: dict[str, float], heatmap: np.n
         detail = f"decision rule: {decision_rule}"
         if melanoma_flag is not None:
             detail += "; melanoma flag " + ("RAISED" if melanoma_flag else "not raised")
+        if caution:   # a long sentence: wrapped, as the overlay's caption wraps it
+            detail += "\n" + "\n".join(textwrap.wrap(f"caution: {caution}", 110))
         figure.suptitle(f"{title}\n{detail}", fontsize=13, fontweight="bold", parse_math=False)
         figure.supxlabel(RESEARCH_DISCLAIMER, fontsize=12,
                          bbox={"boxstyle": "round", "facecolor": "#fff4e5", "edgecolor": "#f0b429"})

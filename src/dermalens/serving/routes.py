@@ -163,6 +163,7 @@ def explain():
             "target_class": explanation.target_class,
             "target_class_name": class_name(explanation.target_class),
             "probabilities": dict(prediction.probabilities),
+            "caution": prediction.caution,
             "heatmap_shape": list(heatmap.shape),
             "heatmap": np.round(heatmap, 3).tolist(),
             "overlay_png_base64": base64.b64encode(model.overlay_png(explanation)).decode("ascii"),
@@ -200,7 +201,7 @@ def report():
     def draw(explanation) -> bytes:   # runs on the explanation worker, inside its slot
         return report_png(image.rgb, prediction.probabilities, explanation.heatmap, method,
                           explanation.target_class, name, image.filename, prediction.decided_class,
-                          prediction.decision_rule, prediction.melanoma_flag)
+                          prediction.decision_rule, prediction.melanoma_flag, prediction.caution)
 
     png = run_explanation(image, method, target or prediction.decided_class, prediction.probabilities, draw)
     response = current_app.response_class(png, mimetype="image/png")

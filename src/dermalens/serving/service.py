@@ -124,7 +124,7 @@ class ModelService:
             return decode_upload(data, filename, max_pixels=max_pixels)
 
     def predict(self, image: np.ndarray, source: str) -> "Prediction":
-        from ..inference.prediction import as_prediction  # torch-free, unlike inference.predictor
+        from ..inference.prediction import as_prediction, image_caution  # torch-free, unlike inference.predictor
 
         with self.predictions.slot():
             started = time.perf_counter()
@@ -132,7 +132,8 @@ class ModelService:
         log.debug("predicted %s in %.1f ms", source, (time.perf_counter() - started) * 1e3)
         # The class answered is the model's decision rule's (fitted biases, melanoma operating point), as in
         # `dermalens predict`; the most probable class goes beside it.
-        return as_prediction(source, probabilities, self.classes, decision=getattr(self.fast_predictor, "decision", None))
+        return as_prediction(source, probabilities, self.classes, getattr(self.fast_predictor, "decision", None),
+                             image_caution(image, getattr(self.fast_predictor, "preprocessing", None)))
 
     # --- explanations -------------------------------------------------
     def explain_api(self) -> ModuleType:

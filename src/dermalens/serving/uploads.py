@@ -15,6 +15,7 @@ from pathlib import PureWindowsPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.geometry import ImageTooSmallError, check_large_enough
 from ..data.readers.images import pil_to_rgb
 from .capacity import DEFAULT_MAX_PIXELS
 
@@ -79,6 +80,10 @@ def decode_upload(data: bytes, filename: str | None = None,
         width, height = img.size
         if width < 1 or height < 1:
             raise UploadError(f"image '{name}' has no pixels ({width} x {height})")
+        try:
+            check_large_enough(height, width, f"image '{name}'")
+        except ImageTooSmallError as error:
+            raise UploadError(str(error)) from None
         if width * height > max_pixels:
             raise UploadError(
                 f"image '{name}' is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels); "

@@ -157,6 +157,25 @@
     return { index, flag };
   }
 
+  function caution(image) {
+    // data/geometry.py: refuse images under min_side pixels a side; flag those the model sees enlarged more than
+    // max_enlargement times (the shorter side of the kept region, which both geometry policies keep whole).
+    const limits = record.image_limits;
+    if (!limits) return null;
+    const shorter = Math.min(image.width, image.height);
+    if (shorter < limits.min_side) {
+      throw new Error("image '" + image.name + "' is " + image.width + " x " + image.height + " pixels; a lesion needs " +
+        "at least " + limits.min_side + " pixels on the shorter side");
+    }
+    const size = record.preprocessing.image_size;
+    const factor = size / shorter;
+    if (factor <= limits.max_enlargement) return null;
+    const shown = (Math.floor(factor * 10 + 0.5) / 10).toFixed(1);   // geometry.py rounds halves up too
+    return "low resolution: " + image.width + " x " + image.height + " px, enlarged " + shown +
+      "x to the model's " + size + "-px input, far from the images it was trained and measured on; the answer " +
+      "is unreliable";
+  }
+
   function render(fileName, result) {
     const ranked = classes.map((c, k) => ({ ...c, probability: result.probabilities[k] }))
       .sort((a, b) => b.probability - a.probability)
@@ -211,12 +230,15 @@
       $("decision").dataset.class = chosen.code;
       $("decision").dataset.melanomaFlag = String(decision.flag);
     }
+    $("caution").hidden = !result.caution;
+    $("caution").textContent = result.caution ? "Caution: " + result.caution : "";
   }
 
   function resetResults() {
     $("bars").replaceChildren();
     delete $("bars").dataset.image;
     $("decision").hidden = true;
+    $("caution").hidden = true;
     $("top-class").textContent = "Upload an image to see the model's probabilities for each class.";
     showError("");
   }
@@ -234,7 +256,8 @@
     const begin = performance.now();
     try {
       const image = await decode(file);
-      const result = await classify(image);
+      const imageCaution = caution({ ...image, name: file.name });
+      const result = { ...(await classify(image)), caution: imageCaution };
       if (mine !== generation) return;
       $("preview-caption").textContent = file.name + " (" + image.width + " x " + image.height + " px)";
       render(file.name, result);

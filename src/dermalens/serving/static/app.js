@@ -86,6 +86,9 @@
       decision.textContent = text;
       decision.dataset.class = result.predicted_class;
     }
+    // Why this answer is unreliable (an image far smaller than the model's input), as `dermalens predict` says it.
+    $("caution").hidden = !result.caution;
+    $("caution").textContent = result.caution ? "Caution: " + result.caution : "";
   }
 
   const methods = config.explainMethods;           // [{name, label, slot}], empty when explanations are off
@@ -100,6 +103,7 @@
     $("bars").replaceChildren();
     $("top-class").textContent = "Upload an image to see the model's probabilities for each class.";
     $("decision").hidden = true;
+    $("caution").hidden = true;
     for (const m of methods) {
       $(m.slot + "-figure").hidden = true;
     }
