@@ -131,6 +131,35 @@ def test_report_writes_every_file(tmp_path, evaluation, metrics_csv):
         assert (out_dir / f"figures/{name}.png").is_file()
 
 
+def test_a_224_px_model_scored_on_dermamnist_thumbnails_says_so_first(tmp_path):
+    """`dermalens predict` cautions each image the model sees enlarged more than 3x; an evaluation of a set held
+    in memory at one size (DermaMNIST's 28 px given to a 224-px model: 8x) said nothing."""
+    from types import SimpleNamespace
+
+    from dermalens.data.preprocess import Preprocessing
+    from dermalens.evaluation.evaluate import low_resolution_note
+
+    def prepared(side: int, synthetic: bool = False):
+        images = np.zeros((3, side, side, 3), dtype=np.uint8)
+        return SimpleNamespace(dataset=SimpleNamespace(images=images, is_synthetic=synthetic))
+
+    pre = Preprocessing(224, (0.5,) * 3, (0.5,) * 3)
+    note = low_resolution_note(prepared(28), pre)
+    assert note.startswith("every image is 28 x 28 px, enlarged 8.0x to the model's 224-px input")
+    assert low_resolution_note(prepared(28), Preprocessing(64, (0.5,) * 3, (0.5,) * 3)) is None   # 2.3x
+    assert low_resolution_note(prepared(75), pre) is None and low_resolution_note(prepared(28, True), pre) is None
+    assert low_resolution_note(SimpleNamespace(dataset=SimpleNamespace(images=None, is_synthetic=False)),
+                               pre) is None   # image files: cached at the model's size, their own not kept
+
+    labels = np.array([0, 1, 2, 3, 4, 5, 6] * 4)
+    probs = calibrated_probabilities(np.eye(NUM_CLASSES)[labels] * 2.0, 1.0)
+    written = write_evaluation_report(tmp_path, compute_classification_metrics(probs, labels, n_bootstrap=10),
+                                      probs, labels, title="HAM10000 model on DermaMNIST",
+                                      context={"low_resolution": note})
+    text = written["report_md"].read_text()
+    assert f"> **Low resolution:** {note}" in text and text.index("Low resolution") < text.index("## Context")
+
+
 def test_report_flags_synthetic_data_and_missing_classes(tmp_path):
     labels = np.array([0, 1, 4, 5] * 10)  # bkl, df, vasc absent
     logits = np.eye(NUM_CLASSES)[labels] * 2.0

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .. import __version__
 from ..atomic_io import atomic_write_text
+from ..data.geometry import MAX_ENLARGEMENT, enlargement
 from ..data.prepare import PreparedData, prepare_data
 from ..data.split import has_official_splits
 from ..data.validation import write_issues_csv
@@ -166,6 +167,10 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
         context["caution"] = ("the temperature and decision rule were fitted on this validation split: these "
                               "figures are optimistic; the test split's are the model's")
         warnings.warn(f"{split_dir}: {context['caution']}", stacklevel=2)
+    low_resolution = low_resolution_note(prepared, pre)
+    if low_resolution:
+        context["low_resolution"] = low_resolution
+        warnings.warn(low_resolution, stacklevel=2)
     if calibration["fitted_on"] and calibration["tta"] != ev["tta"]:
         context["calibration_note"] = (f"the temperature was fitted with TTA {'on' if calibration['tta'] else 'off'}; "
                                        f"this evaluation ran with TTA {'on' if ev['tta'] else 'off'}")
@@ -192,6 +197,24 @@ def evaluate_checkpoint(config: dict, checkpoint: Path, out_dir: Path, *, prepar
     write_evaluation_report(out_dir, metrics, probs, labels, title=f"dermalens evaluation: {scored}",
                             context=context, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
     return {**metrics, "context": context}
+
+
+def low_resolution_note(prepared: PreparedData, pre) -> str | None:
+    """What `dermalens predict` cautions per image, for a data set held in memory at one size (DermaMNIST's
+    28-px thumbnails given to a 224-px model): None when the model sees it enlarged at most MAX_ENLARGEMENT times.
+
+    Image files are cached at the model's size, their own sizes not kept, so only in-memory sets are judged.
+    """
+    images = getattr(prepared.dataset, "images", None)
+    if images is None or prepared.dataset.is_synthetic:
+        return None
+    height, width = int(images.shape[1]), int(images.shape[2])
+    factor = enlargement(height, width, pre.image_size, pre.geometry)
+    if factor <= MAX_ENLARGEMENT:
+        return None
+    return (f"every image is {width} x {height} px, enlarged {factor:.1f}x to the model's {pre.image_size}-px "
+            "input, far from the images it was trained and measured on: these figures say little of the model "
+            "on its own kind of images")
 
 
 def melanoma_flag_metrics(flags: np.ndarray, is_melanoma: np.ndarray, point) -> dict:

@@ -157,6 +157,8 @@ def render_report_markdown(
     lines += [f"> **{RESEARCH_DISCLAIMER}**", ""]
     if context.get("training_cut_short"):   # figures of a model trained less than its recipe asks
         lines += [f"> **Training was cut short:** {context['training_cut_short']}", ""]
+    if context.get("low_resolution"):   # images far smaller than the model's input (evaluate.low_resolution_note)
+        lines += [f"> **Low resolution:** {context['low_resolution']}", ""]
 
     if context:
         lines += ["## Context", ""]
