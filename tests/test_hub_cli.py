@@ -132,6 +132,7 @@ def test_offline_without_a_cached_copy_is_one_line(tmp_path, sample_dir):
     (["serve", "--model", "{ref}", "--port", "0"], "dermalens.serving.launch.serve"),
     (["export", "{ref}", "--web", "{tmp}/page"], "dermalens.inference.web_export.write_web_bundle"),
     (["export", "{ref}"], "dermalens.inference.export_job.export_with_calibration"),
+    (["export", "{ref}", "--quantize", "int8"], "dermalens.inference.export_job.export_with_calibration"),
 ])
 def test_every_command_that_takes_a_model_resolves_the_reference(package, offline_hub, tmp_path, monkeypatch, command,
                                                                   target):
@@ -155,9 +156,9 @@ def test_every_command_that_takes_a_model_resolves_the_reference(package, offlin
     with pytest.raises(Stop):
         main(argv)
     assert received["model"] == offline_hub / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / commit
-    if command[:2] == ["export", "{ref}"] and len(command) == 2:
-        # An export of a Hub model is written here, never into the Hugging Face cache.
-        assert received["args"][0] == "lesions-tiny.onnx"
+    if command[:2] == ["export", "{ref}"] and "--web" not in command:
+        # An export of a Hub model is written here, never into the Hugging Face cache, named as beside a checkpoint.
+        assert received["args"][0] == ("lesions-tiny.int8.onnx" if "int8" in command else "lesions-tiny.onnx")
 
 
 def test_evaluate_takes_a_hub_model_and_writes_nothing_into_the_cache(package, offline_hub, tmp_path, monkeypatch,

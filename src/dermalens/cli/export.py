@@ -1,6 +1,8 @@
 """`dermalens export`: a checkpoint -> an ONNX model checked against PyTorch (optionally int8)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..inference.settings import (
     DEFAULT_CALIBRATION_COUNT,
     DEFAULT_EXPORTER,
@@ -23,8 +25,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("checkpoint", help="dermalens checkpoint (.ckpt), model package folder, or a package on the "
                                       "Hugging Face Hub: hf-hub:user/repo[@revision]")
     p.add_argument("--out", help="output file (default: <checkpoint stem>.onnx beside it, which `dermalens predict "
-                                 "--model <ckpt>` then uses; .int8.onnx with --quantize int8); an existing file "
-                                 "is replaced only when it is an ONNX model")
+                                 "--model <ckpt>` then uses; .int8.onnx with --quantize int8; for a Hub package, "
+                                 "<repo>.onnx in the current folder); an existing file is replaced only when it "
+                                 "is an ONNX model")
     p.add_argument("--web", metavar="OUT", help="instead: write a static web page into the folder OUT that runs the "
                    "model in the browser (ONNX Runtime Web; the photo never leaves the device; open OUT/index.html "
                    "from disk or put OUT on any static host)")
@@ -70,6 +73,7 @@ def check_web_options(args) -> None:
 
 
 def run(args) -> int:
+    from ..inference.export import default_output
     from ..inference.export_job import describe_export, export_with_calibration
     from ..models.hub_reference import is_hub_reference, resolve_model_reference
 
@@ -79,7 +83,8 @@ def run(args) -> int:
         if getattr(args, dest) is None:
             setattr(args, dest, default)
     if is_hub_reference(args.checkpoint) and not args.out:   # never write into the Hugging Face cache
-        args.out = f"{args.checkpoint.partition('@')[0].rsplit('/', 1)[-1]}.onnx"
+        # Named as beside a local checkpoint (`<stem>.onnx`, `<stem>.int8.onnx`), the repository name as the stem.
+        args.out = str(default_output(Path(args.checkpoint.partition("@")[0].rsplit("/", 1)[-1]), args.quantize))
     args.checkpoint = resolve_model_reference(args.checkpoint)
     if args.web:
         return write_page(args)
