@@ -75,7 +75,7 @@ def check_web_options(args) -> None:
 def run(args) -> int:
     from ..inference.export import default_output
     from ..inference.export_job import describe_export, export_with_calibration
-    from ..models.hub_reference import is_hub_reference, resolve_model_reference
+    from ..models.hub_reference import is_hub_reference, parse_hub_reference, resolve_model_reference
 
     if args.web:
         check_web_options(args)   # before the Hub reference below sets --out
@@ -84,7 +84,8 @@ def run(args) -> int:
             setattr(args, dest, default)
     if is_hub_reference(args.checkpoint) and not args.out:   # never write into the Hugging Face cache
         # Named as beside a local checkpoint (`<stem>.onnx`, `<stem>.int8.onnx`), the repository name as the stem.
-        args.out = str(default_output(Path(args.checkpoint.partition("@")[0].rsplit("/", 1)[-1]), args.quantize))
+        repo_name = parse_hub_reference(args.checkpoint).repo_id.rsplit("/", 1)[-1]
+        args.out = str(default_output(Path(repo_name), args.quantize))
     args.checkpoint = resolve_model_reference(args.checkpoint)
     if args.web:
         return write_page(args)
